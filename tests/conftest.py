@@ -1,0 +1,28 @@
+"""Shared fixtures: a tiny random Qwen2 built in-process (no downloads, < 1 s)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Tests must never reach the model hub, even by accident.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A saved tiny checkpoint: usable wherever a user would pass `--model PATH`."""
+    from trainable.tiny import save_tiny
+
+    return save_tiny(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture()
+def tiny_loaded(tiny_model_dir):
+    """The tiny model loaded through the real loader, in fp32 (deterministic on CPU)."""
+    from trainable.model import load_model
+
+    return load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32)

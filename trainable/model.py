@@ -1,0 +1,129 @@
+"""Load the frozen causal LM: a hub id, a local directory, or `bundled` (the offline stand-in).
+
+A model is never silently swapped for another: an unreachable hub id is an error that says how
+to use `bundled` or a local path. Loaded models are cached per process so that Ray actors reused
+across trials (`reuse_actors=True`) load the weights once.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from trainable.errors import UsageError, field_error
+
+BUNDLED = "bundled"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_ALLOWED = "`bundled`, a local model directory (with config.json) or a Hugging Face hub id like Qwen/Qwen2.5-Coder-0.5B"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A validated model reference: `kind` is bundled | local | hub; `location` is what to load."""
+
+    ref: str
+    kind: str
+    location: str
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    ref: ModelRef
+    # Name + hash etc. recorded in MLflow; the bundled stand-in is never labelled as the hub model.
+    identity: dict = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+
+def resolve_model_ref(ref: str) -> ModelRef:
+    """Check the reference without loading weights (cheap: used by --dry-run and before Ray)."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise field_error("model", ref, _ALLOWED)
+    if ref == BUNDLED:
+        return ModelRef(ref, "bundled", BUNDLED)
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise field_error("model", ref, f"{_ALLOWED}; this directory has no config.json")
+        return ModelRef(ref, "local", str(path.resolve()))
+    looks_like_path = ref.startswith((".", "/", "~")) or ref.count("/") != 1
+    if looks_like_path or not _HUB_ID.match(ref):
+        raise field_error("model", ref, f"{_ALLOWED}; no such directory")
+    return ModelRef(ref, "hub", ref)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bf16 where the device supports it: on CUDA if the GPU has it; on CPU it is 2-3x faster
+    than fp32 for this model size (measured in ../shared/offline-model.md)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16
+
+
+def _location_and_identity(ref: ModelRef) -> tuple[str, dict]:
+    if ref.kind == "bundled":
+        from trainable.bundled import bundled_checkpoint_dir, bundled_identity
+
+        return str(bundled_checkpoint_dir()), bundled_identity()
+    return ref.location, {"name": ref.ref, "kind": ref.kind}
+
+
+def _from_pretrained(location: str, ref: ModelRef, dtype: torch.dtype):
+    # security: never trust_remote_code: a model repo must not run code in our trials.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, trust_remote_code=False)
+    except OSError as exc:
+        if ref.kind != "hub":
+            raise
+        raise UsageError(
+            f"model: got {ref.ref!r}, which could not be loaded from the Hugging Face hub "
+            f"(no network or unknown id: {str(exc).splitlines()[0][:160]}); "
+            "use --model bundled (offline stand-in) or a local model directory"
+        ) from None
+    return tokenizer, model
+
+
+def load_model(ref: str | ModelRef, device: torch.device | str | None = None,
+               dtype: torch.dtype | None = None) -> LoadedModel:
+    """Load tokenizer + frozen model in eval mode; no parameter requires grad."""
+    ref = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref)
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    location, identity = _location_and_identity(ref)
+    tokenizer, model = _from_pretrained(location, ref, dtype)
+    model.to(device).eval()
+    model.requires_grad_(False)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    identity = {**identity, "dtype": str(dtype).removeprefix("torch."), "device": device.type,
+                "parameters": sum(p.numel() for p in model.parameters())}
+    return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, identity=identity)
+
+
+_CACHE: dict[tuple, LoadedModel] = {}
+
+
+def cached_model(ref: str, device: str | None = None, dtype: torch.dtype | None = None) -> LoadedModel:
+    """Per-process cache: a reused Ray actor runs many trials on one copy of the frozen weights.
+    Safe because trials never modify the frozen model (its parameters never require grad)."""
+    key = (ref, device, dtype)
+    if key not in _CACHE:
+        _CACHE.clear()  # one model per process: a second would double memory on a small GPU
+        _CACHE[key] = load_model(ref, device, dtype)
+    return _CACHE[key]

@@ -1,0 +1,129 @@
+"""Train the soft prompt: AdamW on the virtual-token embeddings only, the model frozen.
+
+The loss covers only the completion tokens (the canonical solution + end of text). Only the
+hidden states of those positions go through the output layer: with a 152k vocabulary the
+full logits would dominate time and memory on CPU (see bench/bench_train.py).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from trainable.config import TrainConfig
+from trainable.inputs import right_padded
+from trainable.model import LoadedModel
+from trainable.softprompt import SoftPrompt
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class TrainExample:
+    tokens: list[int]  # prompt + target
+    n_prompt: int      # tokens before the target; they carry no loss
+
+
+@dataclass
+class EpochStats:
+    loss: float
+    steps: int
+    tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def build_examples(loaded: LoadedModel, problems: list[dict], max_length: int) -> list[TrainExample]:
+    """prompt -> canonical solution (+ eos); over-long examples lose prompt tokens from the left."""
+    tok = loaded.tokenizer
+    examples = []
+    for problem in problems:
+        prompt = tok(problem["prompt"], add_special_tokens=False)["input_ids"]
+        target = tok(problem["canonical_solution"], add_special_tokens=False)["input_ids"]
+        if tok.eos_token_id is not None:
+            target = target + [tok.eos_token_id]
+        target = target[:max_length - 1]  # keep at least one prompt token to condition on
+        prompt = prompt[-(max_length - len(target)):]
+        examples.append(TrainExample(prompt + target, len(prompt)))
+    return examples
+
+
+def _labels(examples: list[TrainExample], n_soft: int, width: int, device) -> torch.Tensor:
+    labels = torch.full((len(examples), n_soft + width), IGNORE, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        start = n_soft + ex.n_prompt
+        labels[row, start: n_soft + len(ex.tokens)] = torch.tensor(ex.tokens[ex.n_prompt:])
+    return labels.to(device)
+
+
+def completion_loss(loaded: LoadedModel, soft: torch.Tensor | None, examples: list[TrainExample],
+                    full_logits: bool = False) -> tuple[torch.Tensor, int]:
+    """Mean cross-entropy over completion tokens, and the number of tokens processed.
+
+    `full_logits=True` is the stock path (logits at every position, then masked): kept only so
+    the benchmark can compare against it.
+    """
+    model = loaded.model
+    batch = right_padded([ex.tokens for ex in examples], model.get_input_embeddings(),
+                         loaded.tokenizer.pad_token_id, soft)
+    n_soft = 0 if soft is None else soft.shape[0]
+    labels = _labels(examples, n_soft, max(len(ex.tokens) for ex in examples), batch.inputs_embeds.device)
+    hidden = model.get_decoder()(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids).last_hidden_state
+    head = model.get_output_embeddings()
+    targets = labels[:, 1:]  # the hidden state at t predicts token t+1
+    if full_logits:
+        logits = head(hidden[:, :-1]).float()
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+    else:
+        selected = targets != IGNORE
+        logits = head(hidden[:, :-1][selected]).float()
+        loss = F.cross_entropy(logits, targets[selected])
+    return loss, int(batch.attention_mask.sum())
+
+
+class Trainer:
+    """Optimizer + schedule for one soft prompt; its state travels in trial checkpoints."""
+
+    def __init__(self, loaded: LoadedModel, prompt: SoftPrompt, config: TrainConfig, n_examples: int):
+        self.loaded, self.prompt, self.config = loaded, prompt, config
+        self.optimizer = torch.optim.AdamW([prompt.weight], lr=config.learning_rate,
+                                           weight_decay=config.weight_decay)
+        total = config.epochs * math.ceil(n_examples / config.batch_size)
+        warmup = max(1, round(config.warmup_ratio * total)) if config.warmup_ratio else 0
+        # Linear warm-up then constant: ASHA compares trials at rungs, so a schedule that
+        # depends on the full length would penalise trials differently by where they stop.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    def train_epoch(self, examples: list[TrainExample], epoch: int) -> EpochStats:
+        order = list(range(len(examples)))
+        random.Random(self.config.seed * 100_003 + epoch).shuffle(order)
+        started, losses, tokens = time.perf_counter(), [], 0
+        size = self.config.batch_size
+        for start in range(0, len(order), size):
+            batch = [examples[i] for i in order[start: start + size]]
+            loss, n_tokens = completion_loss(self.loaded, self.prompt.weight, batch)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([self.prompt.weight], self.config.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            losses.append(loss.item())
+            tokens += n_tokens
+        seconds = time.perf_counter() - started
+        return EpochStats(sum(losses) / max(1, len(losses)), len(losses), tokens, seconds)
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
