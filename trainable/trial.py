@@ -1,0 +1,102 @@
+"""One trial without Ray: train a soft prompt epoch by epoch, scoring val pass@1 after each.
+
+`search.trainable` wraps this for Ray Tune (report + checkpoint per epoch); tests and the
+benchmarks call it directly.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from trainable.config import TrainConfig
+from trainable.data import DataSplit, problems_for
+from trainable.evaluation import EvalResult, evaluate_problems
+from trainable.model import LoadedModel, cached_model
+from trainable.softprompt import SoftPrompt
+from trainable.train import Trainer, build_examples
+
+STATE_FILE = "trainer_state.pt"
+ADAPTER_DIR = "adapter"
+
+
+@dataclass
+class EpochResult:
+    epoch: int
+    val_pass_at_1: float
+    val_passed: int
+    val_n: int
+    train_loss: float
+    train_tokens_per_s: float
+    train_seconds: float
+    eval_seconds: float
+    generation_tokens_per_s: float
+    sandbox_seconds: float
+
+    def metrics(self) -> dict:
+        """What every report carries; `pass@1` is the search objective."""
+        out = asdict(self)
+        out["pass@1"] = out.pop("val_pass_at_1")
+        return out
+
+
+class Trial:
+    def __init__(self, config: TrainConfig, model_ref: str, data: DataSplit,
+                 loaded: LoadedModel | None = None):
+        self.config = config
+        self.loaded = loaded or cached_model(model_ref)
+        self.prompt = SoftPrompt.create(self.loaded, config)
+        self.examples = build_examples(self.loaded, problems_for("train", data), config.max_length)
+        self.val_problems = problems_for("val", data)
+        self.trainer = Trainer(self.loaded, self.prompt, config, max(1, len(self.examples)))
+        self.epoch = 0
+        self.last_eval: EvalResult | None = None
+
+    def run_epoch(self) -> EpochResult:
+        self.epoch += 1
+        stats = self.trainer.train_epoch(self.examples, self.epoch) if self.examples else None
+        started = time.perf_counter()
+        self.last_eval = self.evaluate(self.val_problems)
+        eval_seconds = time.perf_counter() - started
+        return EpochResult(
+            epoch=self.epoch, val_pass_at_1=self.last_eval.pass_at_1, val_passed=self.last_eval.passed,
+            val_n=self.last_eval.n, train_loss=stats.loss if stats else float("nan"),
+            train_tokens_per_s=stats.tokens_per_s if stats else 0.0,
+            train_seconds=stats.seconds if stats else 0.0, eval_seconds=eval_seconds,
+            generation_tokens_per_s=self.last_eval.generation.tokens_per_s,
+            sandbox_seconds=self.last_eval.sandbox_seconds,
+        )
+
+    def evaluate(self, problems: list[dict]) -> EvalResult:
+        c = self.config
+        return evaluate_problems(self.loaded, problems, self.prompt.weight, c.max_new_tokens,
+                                 c.eval_batch_size, c.sandbox_timeout_s)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Checkpoint: the PEFT adapter + optimizer/schedule state + epoch (a few KB)."""
+        out_dir = Path(out_dir)
+        self.prompt.save(out_dir / ADAPTER_DIR)
+        torch.save({"epoch": self.epoch, "prompt": self.prompt.state_dict(),
+                    "trainer": self.trainer.state_dict()}, out_dir / STATE_FILE)
+        (out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+        return out_dir
+
+    def restore(self, checkpoint_dir: str | Path) -> None:
+        state = torch.load(Path(checkpoint_dir) / STATE_FILE, weights_only=True)
+        self.prompt.load_state_dict(state["prompt"])
+        self.trainer.load_state_dict(state["trainer"])
+        self.epoch = state["epoch"]
+
+
+def run_trial(config: TrainConfig, model_ref: str, data: DataSplit, on_epoch=None) -> list[EpochResult]:
+    """Train for `config.epochs` epochs; `on_epoch(result, trial)` runs after each."""
+    trial = Trial(config, model_ref, data)
+    results = []
+    while trial.epoch < config.epochs:
+        results.append(trial.run_epoch())
+        if on_epoch:
+            on_epoch(results[-1], trial)
+    return results
