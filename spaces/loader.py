@@ -1,0 +1,168 @@
+"""Load a search space by name or path into a validated `SpaceSpec`.
+
+    .venv/bin/python -c "from spaces import load_space; print(load_space('smoke').to_dict())"
+
+A name (`default`, `smoke`) is a YAML file shipped in this package; anything containing `/` or
+ending in `.yaml`/`.yml` is a path. A file may say `base: NAME|PATH` (a relative path is taken
+from the file's folder) and then holds only what differs: mappings merge key by key, lists and
+scalars replace, a searched parameter's distribution replaces as a whole, and `null` deletes a key.
+Every error is a one-line `UsageError` naming the key path, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import fields
+from pathlib import Path
+
+import yaml
+
+from spaces.distribution import Distribution
+from spaces.paths import check_mapping
+from spaces.spec import Budget, Resources, SpaceSpec, check_train_field
+from trainable.data import DataSplit
+from trainable.errors import UsageError, field_error
+
+SPACES_DIR = Path(__file__).resolve().parent
+# Every YAML file here is a shipped space (and is loaded by tests/test_spaces.py).
+SHIPPED_SPACES = tuple(sorted(path.stem for path in SPACES_DIR.glob("*.yaml")))
+
+TOP_KEYS = ("base", "model", "search", "fixed", "data", "budget", "resources")
+REQUIRED_KEYS = ("model", "search", "data", "budget", "resources")
+DATA_KEYS = ("train", "val", "test", "seed")
+BUDGET_KEYS = tuple(f.name for f in fields(Budget))
+RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
+_REF_ALLOWED = "one of " + ", ".join(SHIPPED_SPACES) + " or a path to a .yaml file"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no object construction) that also rejects duplicate keys.
+
+    A repeated key would otherwise silently keep the last value, e.g. a second learning_rate.
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, (str, int, float, bool)):
+                continue  # SafeLoader itself reports unhashable keys
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads `1e-3` and `3.0e1` as strings; YAML 1.2 and every reader of a
+# hyperparameter file expect numbers, so accept exponent notation with or without a dot/sign.
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def _is_path(ref: str) -> bool:
+    return "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml"))
+
+
+def _locate(ref, field: str, folder: Path, where: str = "") -> Path:
+    """The file a space reference names: a shipped name, or a path relative to `folder`."""
+    if not isinstance(ref, str) or not ref.strip():
+        raise field_error(field, ref, _REF_ALLOWED + where)
+    if _is_path(ref):
+        return (folder / Path(ref).expanduser()).resolve()
+    if ref not in SHIPPED_SPACES:
+        raise field_error(field, ref, _REF_ALLOWED + where)
+    return SPACES_DIR / f"{ref}.yaml"
+
+
+def _yaml_error(path: Path, err: yaml.YAMLError) -> UsageError:
+    mark = getattr(err, "problem_mark", None)
+    at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+    problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
+    return UsageError(f"{path}: got invalid YAML{at} ({problem}), expected valid YAML")
+
+
+def _read(path: Path, field: str, ref) -> dict:
+    """One file's top-level mapping."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        reason = getattr(err, "strerror", None) or type(err).__name__
+        raise field_error(field, ref, f"a readable YAML file ({reason}: {path})") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as err:
+        raise _yaml_error(path, err) from None
+    if not isinstance(raw, dict):
+        what = "an empty file" if raw is None else f"a YAML {type(raw).__name__} ({raw!r:.60})"
+        raise UsageError(f"{path}: got {what}, expected a mapping with keys {', '.join(TOP_KEYS)}")
+    return raw
+
+
+def merge(base: dict, over: dict, path: tuple = ()) -> dict:
+    """`over` deep-merged onto `base` (see the module docstring for the rules)."""
+    out = dict(base)
+    for key, value in over.items():
+        here = path + (key,)
+        # A distribution replaces as a whole: merging {loguniform} with {choice} would mix kinds.
+        whole = len(here) == 2 and here[0] == "search"
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict) and not whole:
+            out[key] = merge(out[key], value, here)
+        else:
+            out[key] = value
+    return out
+
+
+def _resolve(path: Path, field: str, ref, chain: tuple[Path, ...] = ()) -> dict:
+    """The file's mapping merged over its chain of bases, `base` keys consumed."""
+    raw = _read(path, field, ref)
+    base_ref = raw.pop("base", None)
+    if base_ref is None:
+        return raw
+    where = f" (in {path})"
+    base = _locate(base_ref, "base", path.parent, where)
+    seen = chain + (path,)
+    if base in seen:
+        cycle = " -> ".join(p.name for p in seen + (base,))
+        raise field_error("base", base_ref, f"a chain of bases without a cycle ({cycle})")
+    return merge(_resolve(base, "base", base_ref, seen), raw)
+
+
+def _train_fields(raw, section: str) -> dict:
+    if not isinstance(raw, dict):
+        raise field_error(section, raw, "a mapping of TrainConfig fields")
+    for key, value in raw.items():
+        check_train_field(section, key, value)
+    return raw
+
+
+def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
+    """A resolved mapping (bases already merged) as a validated `SpaceSpec`."""
+    check_mapping(raw, "", TOP_KEYS, REQUIRED_KEYS)
+    search = {
+        key: Distribution.from_raw(value, f"search.{key}")
+        for key, value in _train_fields(raw["search"], "search").items()
+    }
+    fixed = _train_fields(raw.get("fixed", {}), "fixed")
+    data = check_mapping(raw["data"], "data", DATA_KEYS, DATA_KEYS)
+    budget = check_mapping(raw["budget"], "budget", BUDGET_KEYS, BUDGET_KEYS)
+    resources = check_mapping(raw["resources"], "resources", RESOURCE_KEYS, RESOURCE_KEYS)
+    return SpaceSpec(
+        name=name, source=source, model=raw["model"], search=search, fixed=fixed,
+        data=DataSplit(**data), budget=Budget(**budget), resources=Resources(**resources),
+    )
+
+
+def load_space(name_or_path: str) -> SpaceSpec:
+    """The space `name_or_path` (a shipped name or a YAML path), bases merged and validated."""
+    path = _locate(name_or_path, "space", Path.cwd())
+    raw = _resolve(path, "space", name_or_path)
+    name = path.stem if _is_path(name_or_path) else name_or_path
+    return parse_space(raw, name, str(path))

@@ -1,0 +1,239 @@
+"""Every shipped space loads; malformed spaces fail with one-line errors naming the key path.
+
+    .venv/bin/pytest tests/test_spaces.py -q
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import spaces
+from spaces import SHIPPED_SPACES, DistKind, Distribution, load_space
+from spaces.loader import SPACES_DIR
+from trainable.config import TrainConfig
+from trainable.errors import UsageError
+
+SHIPPED_FILES = sorted(SPACES_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED_FILES, ids=lambda p: p.stem)
+def test_every_shipped_space_loads(path):
+    by_name = load_space(path.stem)
+    assert by_name.to_dict() == load_space(str(path)).to_dict()
+    assert by_name.name == path.stem and by_name.source == str(path)
+    json.dumps(by_name.to_dict())  # loggable as is
+    for key, dist in by_name.search.items():  # every candidate makes a TrainConfig
+        for _, value in dist.candidates():
+            params = {k: d.candidates()[0][1] for k, d in by_name.search.items()}
+            assert isinstance(by_name.train_config({**params, key: value}), TrainConfig)
+
+
+def test_shipped_names_are_the_yaml_files():
+    assert set(SHIPPED_SPACES) == {p.stem for p in SHIPPED_FILES} >= {"default", "smoke"}
+
+
+def test_default_is_the_real_search():
+    spec = load_space("default")
+    assert spec.model == "Qwen/Qwen2.5-Coder-0.5B"
+    tokens = spec.search["num_virtual_tokens"]
+    assert tokens.kind is DistKind.CHOICE and min(tokens.values) <= 4 and max(tokens.values) >= 100
+    init = spec.search["init"].values
+    texts = [v for v in init if v not in ("random", "sample_vocab")]
+    assert "random" in init and "sample_vocab" in init and len(texts) >= 3
+    assert all(len(text.split()) >= 5 for text in texts)
+    lr = spec.search["learning_rate"]
+    assert lr.kind is DistKind.LOGUNIFORM and (lr.low, lr.high) == (1e-3, 3e-1)
+    assert "epochs" not in spec.fixed and spec.train_config(_first(spec)).epochs == 10
+
+
+def _first(spec) -> dict:
+    return {key: dist.candidates()[0][1] for key, dist in spec.search.items()}
+
+
+def _leaves(tree: dict, prefix=()) -> dict:
+    """Key paths to values; a searched distribution is one leaf (it replaces as a whole)."""
+    out = {}
+    for key, value in tree.items():
+        here = prefix + (key,)
+        is_distribution = len(here) == 2 and here[0] == "search"
+        if isinstance(value, dict) and not is_distribution:
+            out.update(_leaves(value, here))
+        else:
+            out[here] = value
+    return out
+
+
+def test_smoke_differs_from_default_only_where_it_overrides():
+    default, smoke = load_space("default").to_dict(), load_space("smoke").to_dict()
+    overrides = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
+    assert overrides.pop("base") == "default"
+    changed = set(_leaves(overrides))
+    d, s = _leaves(default), _leaves(smoke)
+    assert set(d) - {("name",), ("source",)} == set(s) - {("name",), ("source",)}
+    for path in set(d) - {("name",), ("source",)}:
+        if path in changed:
+            continue
+        assert s[path] == d[path], path
+    assert set(load_space("smoke").search) == set(load_space("default").search)
+    spec = load_space("smoke")
+    assert spec.model == "bundled" and spec.resources.gpu == 0 and spec.budget.num_samples <= 4
+    assert sum(v not in ("random", "sample_vocab") for v in spec.search["init"].values) == 1
+
+
+# Each case: YAML text (`base: default` deltas unless a full file) and the key path the error names.
+MALFORMED = {
+    "unknown top-level key": ("base: default\nmodle: x\n", "modle"),
+    "unknown nested key": ("base: default\nbudget: {max_epoch: 3}\n", "budget.max_epoch"),
+    "unknown distribution kind": ("base: default\nsearch: {learning_rate: {logunif: [0.1, 0.2]}}\n",
+                                  "search.learning_rate.logunif"),
+    "wrong type": ("base: default\nbudget: {num_samples: many}\n", "budget.num_samples"),
+    "wrong type of a fixed value": ("base: default\nfixed: {batch_size: '8'}\n", "fixed.batch_size"),
+    "section not a mapping": ("base: default\ndata: 5\n", "data"),
+    "scalar where a distribution goes": ("base: default\nsearch: {learning_rate: 0.01}\n",
+                                         "search.learning_rate"),
+    "empty choice": ("base: default\nsearch: {init: {choice: []}}\n", "search.init.choice"),
+    "inverted loguniform": ("base: default\nsearch: {learning_rate: {loguniform: [0.3, 0.001]}}\n",
+                            "search.learning_rate.loguniform"),
+    "loguniform low <= 0": ("base: default\nsearch: {learning_rate: {loguniform: [0, 0.1]}}\n",
+                            "search.learning_rate.loguniform[0]"),
+    "inverted randint": ("base: default\nsearch: {num_virtual_tokens: {randint: [5, 1]}}\n",
+                         "search.num_virtual_tokens.randint"),
+    "range of one end": ("base: default\nsearch: {warmup_ratio: {uniform: [0.1]}}\n",
+                         "search.warmup_ratio.uniform"),
+    "float range over an integer field": ("base: default\nsearch: {num_virtual_tokens: {loguniform: [4, 100]}}\n",
+                                          "search.num_virtual_tokens.loguniform"),
+    "range end invalid for TrainConfig": ("base: default\nfixed: {warmup_ratio: null}\n"
+                                          "search: {warmup_ratio: {uniform: [0.0, 1.0]}}\n",
+                                          "search.warmup_ratio.uniform[1]"),
+    "choice value invalid for TrainConfig": ("base: default\nsearch: {num_virtual_tokens: {choice: [4, 0]}}\n",
+                                             "search.num_virtual_tokens.choice[1]"),
+    "repeated choice": ("base: default\nsearch: {num_virtual_tokens: {choice: [4, 4]}}\n",
+                        "search.num_virtual_tokens.choice[1]"),
+    "searched and fixed both": ("base: default\nfixed: {learning_rate: 0.01}\n", "fixed.learning_rate"),
+    "epochs in fixed": ("base: default\nfixed: {epochs: 3}\n", "fixed.epochs"),
+    "epochs in search": ("base: default\nsearch: {epochs: {choice: [1, 2]}}\n", "search.epochs"),
+    "unknown TrainConfig field": ("base: default\nfixed: {lr: 0.1}\n", "fixed.lr"),
+    "grace_period > max_epochs": ("base: default\nbudget: {grace_period: 11}\n", "budget.grace_period"),
+    "max_concurrent 0": ("base: default\nbudget: {max_concurrent: 0}\n", "budget.max_concurrent"),
+    "reduction_factor 1": ("base: default\nbudget: {reduction_factor: 1}\n", "budget.reduction_factor"),
+    "negative gpu": ("base: default\nresources: {gpu: -1}\n", "resources.gpu"),
+    "gpu 1.5": ("base: default\nresources: {gpu: 1.5}\n", "resources.gpu"),
+    "cpu 0": ("base: default\nresources: {cpu: 0}\n", "resources.cpu"),
+    "data sizes exceeding 164": ("base: default\ndata: {train: 100}\n", "data"),
+    "no training problems": ("base: default\ndata: {train: 0}\n", "data.train"),
+    "empty model": ("base: default\nmodel: ''\n", "model"),
+    "missing required key": ("model: bundled\nsearch: {seed: {choice: [0]}}\n", "data"),
+    "missing budget key": ("base: default\nbudget: {seed: null}\n", "budget.seed"),
+    "unknown base name": ("base: nonesuch\n", "base"),
+    "a YAML list at the top": ("- model: bundled\n", "{file}"),
+    "an empty file": ("", "{file}"),
+    "a YAML syntax error": ("base: default\nsearch: {init: [random\n", "{file}"),
+    "a duplicate key": ("base: default\nmodel: a\nmodel: b\n", "{file}"),
+}
+
+
+@pytest.mark.parametrize("text,path", MALFORMED.values(), ids=MALFORMED.keys())
+def test_malformed_space_is_a_one_line_usage_error(tmp_path, text, path):
+    space = tmp_path / "bad.yaml"
+    space.write_text(text)
+    with pytest.raises(UsageError) as caught:
+        load_space(str(space))
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith(path.format(file=space) + ":"), message
+    assert "expected" in message
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    space = tmp_path / "bad.yaml"
+    space.write_text("base: default\nbudget:\n  num_samples: 3\n  seed: [0\n")
+    with pytest.raises(UsageError, match=r"line \d+"):
+        load_space(str(space))
+
+
+@pytest.mark.parametrize("make", [lambda t: t, lambda t: t / "missing.yaml"], ids=["directory", "missing"])
+def test_unreadable_file(tmp_path, make):
+    with pytest.raises(UsageError, match=r"^space: got .*expected a readable YAML file") as caught:
+        load_space(str(make(tmp_path)))
+    assert "\n" not in str(caught.value)
+
+
+def test_unknown_name_lists_the_shipped_spaces():
+    with pytest.raises(UsageError, match=r"^space: got 'nonesuch', expected one of default, smoke"):
+        load_space("nonesuch")
+
+
+def test_base_cycle(tmp_path):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("base: ./a.yaml\nmodel: x\n")
+    with pytest.raises(UsageError, match=r"^base: .*cycle \(a.yaml -> b.yaml -> a.yaml\)"):
+        load_space(str(tmp_path / "a.yaml"))
+
+
+def test_base_chain_by_relative_path_and_null_deletes(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "mid.yaml").write_text("base: smoke\nbudget: {num_samples: 2}\n")
+    (tmp_path / "sub" / "top.yaml").write_text(
+        "base: ../mid.yaml\nsearch: {init: null, learning_rate: {uniform: [1e-2, 5e-2]}}\n"
+        "fixed: {init: sample_vocab}\n"
+    )
+    spec = load_space(str(tmp_path / "sub" / "top.yaml"))
+    assert spec.name == "top" and spec.budget.num_samples == 2 and spec.model == "bundled"
+    assert "init" not in spec.search and spec.fixed["init"] == "sample_vocab"
+    # 1e-2 is a number here (PyYAML alone reads it as a string), and the kind replaced loguniform.
+    assert spec.search["learning_rate"] == Distribution(DistKind.UNIFORM, low=0.01, high=0.05)
+
+
+def test_to_dict_round_trips_through_a_file(tmp_path):
+    spec = load_space("smoke")
+    resolved = spec.to_dict()
+    body = {k: v for k, v in resolved.items() if k not in ("name", "source")}
+    (tmp_path / "resolved.yaml").write_text(yaml.safe_dump(body))
+    again = load_space(str(tmp_path / "resolved.yaml")).to_dict()
+    assert {**again, "name": "smoke", "source": spec.source} == resolved
+
+
+def test_train_config_merges_fixed_params_and_epochs():
+    spec = load_space("smoke")
+    config = spec.train_config({"num_virtual_tokens": 8, "init": "random", "learning_rate": 0.05})
+    assert (config.num_virtual_tokens, config.init, config.learning_rate) == (8, "random", 0.05)
+    assert config.epochs == spec.budget.max_epochs == 2
+    assert (config.batch_size, config.max_length, config.max_new_tokens) == (2, 384, 128)
+    assert config.warmup_ratio == load_space("default").fixed["warmup_ratio"]
+
+
+@pytest.mark.parametrize("params,path", [
+    ({"num_virtual_tokens": 8, "init": "random"}, "params.learning_rate"),
+    ({"num_virtual_tokens": 8, "init": "random", "learning_rate": 0.1, "batch_size": 4}, "params.batch_size"),
+    ({"num_virtual_tokens": 0, "init": "random", "learning_rate": 0.1}, "num_virtual_tokens"),
+])
+def test_train_config_rejects_bad_params(params, path):
+    with pytest.raises(UsageError, match=rf"^{path}:"):
+        load_space("smoke").train_config(params)
+
+
+def test_with_overrides_revalidates():
+    spec = load_space("default")
+    changed = spec.with_overrides(model="bundled", num_samples=2, max_concurrent=1)
+    assert (changed.model, changed.budget.num_samples, changed.budget.max_concurrent) == ("bundled", 2, 1)
+    assert spec.budget.num_samples == 48 and spec.with_overrides() == spec
+    with pytest.raises(UsageError, match=r"^budget\.num_samples: got 0"):
+        spec.with_overrides(num_samples=0)
+    with pytest.raises(UsageError, match=r"^budget\.max_concurrent: got 0"):
+        spec.with_overrides(max_concurrent=0)
+    with pytest.raises(UsageError, match=r"^model: got ''"):
+        spec.with_overrides(model="")
+
+
+def test_spaces_import_no_search_stack():
+    # Spaces describe values; loading one must not pull in Ray, Optuna, torch or the driver.
+    code = ("import sys, spaces; spaces.load_space('default'); "
+            "print([m for m in ('ray', 'optuna', 'torch', 'search') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(spaces.__file__).resolve().parent.parent)
+    assert out.stdout.strip() == "[]"
