@@ -17,9 +17,21 @@ from trainable.data import DataSplit, problems_for
 from trainable.evaluation import EvalResult, evaluate_problems
 from trainable.model import LoadedModel, cached_model
 from trainable.softprompt import SoftPrompt
-from trainable.train import Trainer, build_examples
+from trainable.train import Trainer, build_examples, completion_loss
 
 STATE_FILE = "trainer_state.pt"
+OBJECTIVE = "objective"
+# Val pass@1 moves in steps of 1/len(val); many trials tie (a tiny model ties at 0). Ties are
+# broken by the val loss of the canonical solutions, weighted so that it can never reorder two
+# different pass@1 values (loss is capped at 50: 50 * 1e-4 < 1/164).
+LOSS_TIEBREAK = 1e-4
+LOSS_CAP = 50.0
+
+
+def objective(pass_at_1: float, val_loss: float) -> float:
+    """What ASHA and Optuna maximise: val pass@1, ties broken by lower val loss."""
+    loss = LOSS_CAP if val_loss != val_loss else min(val_loss, LOSS_CAP)  # NaN -> worst
+    return pass_at_1 - LOSS_TIEBREAK * loss
 ADAPTER_DIR = "adapter"
 
 
@@ -29,6 +41,7 @@ class EpochResult:
     val_pass_at_1: float
     val_passed: int
     val_n: int
+    val_loss: float
     train_loss: float
     train_tokens_per_s: float
     train_seconds: float
@@ -40,6 +53,7 @@ class EpochResult:
         """What every report carries; `pass@1` is the search objective."""
         out = asdict(self)
         out["pass@1"] = out.pop("val_pass_at_1")
+        out[OBJECTIVE] = objective(self.val_pass_at_1, self.val_loss)
         return out
 
 
@@ -51,6 +65,7 @@ class Trial:
         self.prompt = SoftPrompt.create(self.loaded, config)
         self.examples = build_examples(self.loaded, problems_for("train", data), config.max_length)
         self.val_problems = problems_for("val", data)
+        self.val_examples = build_examples(self.loaded, self.val_problems, config.max_length)
         self.trainer = Trainer(self.loaded, self.prompt, config, max(1, len(self.examples)))
         self.epoch = 0
         self.last_eval: EvalResult | None = None
@@ -60,10 +75,11 @@ class Trial:
         stats = self.trainer.train_epoch(self.examples, self.epoch) if self.examples else None
         started = time.perf_counter()
         self.last_eval = self.evaluate(self.val_problems)
+        val_loss = self.val_loss()
         eval_seconds = time.perf_counter() - started
         return EpochResult(
             epoch=self.epoch, val_pass_at_1=self.last_eval.pass_at_1, val_passed=self.last_eval.passed,
-            val_n=self.last_eval.n, train_loss=stats.loss if stats else float("nan"),
+            val_n=self.last_eval.n, val_loss=val_loss, train_loss=stats.loss if stats else float("nan"),
             train_tokens_per_s=stats.tokens_per_s if stats else 0.0,
             train_seconds=stats.seconds if stats else 0.0, eval_seconds=eval_seconds,
             generation_tokens_per_s=self.last_eval.generation.tokens_per_s,
@@ -74,6 +90,17 @@ class Trial:
         c = self.config
         return evaluate_problems(self.loaded, problems, self.prompt.weight, c.max_new_tokens,
                                  c.eval_batch_size, c.sandbox_timeout_s)
+
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        """Teacher-forced loss of the val canonical solutions (the objective's tie-breaker)."""
+        size, total, count = self.config.batch_size, 0.0, 0
+        for start in range(0, len(self.val_examples), size):
+            batch = self.val_examples[start: start + size]
+            loss, _ = completion_loss(self.loaded, self.prompt.weight, batch)
+            n = sum(len(ex.tokens) - ex.n_prompt for ex in batch)
+            total, count = total + loss.item() * n, count + n
+        return total / count if count else float("nan")
 
     def save(self, out_dir: str | Path) -> Path:
         """Checkpoint: the PEFT adapter + optimizer/schedule state + epoch (a few KB)."""

@@ -1,0 +1,138 @@
+"""Tune callbacks on the driver: MLflow child runs per trial, and quiet console lines.
+
+Both are pickled with the experiment by Tune, so `--resume` brings them back.
+"""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from ray import tune
+
+from search.searcher import RAY_TRIAL_ID_ATTR
+from search.tracking import MlflowLedger
+from trainable.config import InitKind, init_kind
+
+# Tune's metric names -> MLflow's (MLflow forbids "@").
+METRICS = {"pass@1": "val_pass_at_1", "objective": "objective", "val_loss": "val_loss", "train_loss": "train_loss", "train_tokens_per_s": "train_tokens_per_s",
+           "generation_tokens_per_s": "generation_tokens_per_s", "eval_seconds": "eval_seconds",
+           "train_seconds": "train_seconds", "sandbox_seconds": "sandbox_seconds"}
+
+
+def text_param_hash(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def mlflow_params(params: dict) -> tuple[dict, dict]:
+    """Params for MLflow plus tags: a long init text goes in a tag, a short hash in the param."""
+    out, tags = dict(params), {}
+    if "init" in params and init_kind(params["init"]) is InitKind.TEXT:
+        out["init"] = f"text:{text_param_hash(params['init'])}"
+        tags["init_text"] = params["init"]
+    return out, tags
+
+
+def final_state(trial, max_epochs: int) -> tuple[str, int]:
+    """COMPLETED, PRUNED (ASHA stopped it) or FAILED, and the last epoch it reported."""
+    epoch = int((trial.last_result or {}).get("training_iteration", 0))
+    if trial.status == "ERROR":
+        return "FAILED", epoch
+    return ("PRUNED" if epoch < max_epochs else "COMPLETED"), epoch
+
+
+def error_reason(trial) -> str:
+    try:
+        lines = Path(trial.error_file).read_text().strip().splitlines()
+        return lines[-1][:500] if lines else "unknown error"
+    except (OSError, TypeError):
+        return "unknown error (no error file)"
+
+
+class MlflowCallback(tune.Callback):
+    def __init__(self, ledger: MlflowLedger, max_epochs: int, study_name: str, storage_url: str):
+        self.ledger, self.max_epochs = ledger, max_epochs
+        self.study_name, self.storage_url = study_name, storage_url
+
+    def _optuna_number(self, trial_id: str):
+        try:
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage_url)
+        except Exception:
+            return None
+        for ot in study.get_trials(deepcopy=False):
+            if ot.user_attrs.get(RAY_TRIAL_ID_ATTR) == trial_id:
+                return ot.number
+        return None
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        params, tags = mlflow_params(trial.config)
+        self.ledger.submit("params", trial.trial_id, params)
+        number = self._optuna_number(trial.trial_id)
+        tags.update(ray_trial_id=trial.trial_id, state="RUNNING")
+        if number is not None:
+            tags["optuna_trial_number"] = number
+        self.ledger.submit("tags", trial.trial_id, tags)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        values = {METRICS[k]: v for k, v in result.items() if k in METRICS and v == v}  # drop NaN
+        self.ledger.submit("metrics", trial.trial_id, values, int(result["training_iteration"]))
+
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        # Copy the KB-sized checkpoint into the state dir first: if MLflow is down, the queued
+        # upload must still find its files after Tune deletes old checkpoints.
+        local = self.ledger.state_dir / "artifacts" / trial.trial_id
+        shutil.rmtree(local, ignore_errors=True)
+        checkpoint.to_directory(str(local))
+        self.ledger.submit("artifacts", trial.trial_id, str(local / "adapter"), "soft_prompt")
+        self.ledger.submit("artifacts", trial.trial_id, str(local), "checkpoint")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        state, epoch = final_state(trial, self.max_epochs)
+        self.ledger.submit("tags", trial.trial_id, {"state": state, "stopped_at_epoch": epoch})
+        self.ledger.submit("end", trial.trial_id, self.ledger.end_status(state))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        _, epoch = final_state(trial, self.max_epochs)
+        self.ledger.submit("tags", trial.trial_id, {"state": "FAILED", "stopped_at_epoch": epoch,
+                                                    "error": error_reason(trial)})
+        self.ledger.submit("end", trial.trial_id, self.ledger.end_status("FAILED"))
+
+
+class ConsoleCallback(tune.Callback):
+    """One line per trial result, one per trial end, and a progress line; no Ray tables."""
+
+    def __init__(self, num_samples: int, max_epochs: int):
+        self.num_samples, self.max_epochs = num_samples, max_epochs
+        self.started = time.time()
+
+    def _print(self, line: str) -> None:
+        print(f"[{time.time() - self.started:7.1f}s] {line}", file=sys.stdout, flush=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        self._print(f"trial {trial.trial_id} epoch {result['training_iteration']}/{self.max_epochs} "
+                    f"val pass@1 {result['pass@1']:.3f} val loss {result.get('val_loss', float('nan')):.4f} "
+                    f"train loss {result.get('train_loss', float('nan')):.4f} "
+                    f"({result.get('train_tokens_per_s', 0):.0f} tok/s train)")
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        state, epoch = final_state(trial, self.max_epochs)
+        self._print(f"trial {trial.trial_id} {state} at epoch {epoch} {_short(trial.config)}")
+        self._progress(trials, trial)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._print(f"trial {trial.trial_id} FAILED: {error_reason(trial)}")
+        self._progress(trials, trial)
+
+    def _progress(self, trials, ending) -> None:
+        # Tune calls us before it marks `ending` terminated: count it as ended already.
+        ended = sum(1 for t in trials if t.status in ("TERMINATED", "ERROR") or t is ending)
+        running = sum(1 for t in trials if t.status == "RUNNING" and t is not ending)
+        self._print(f"progress: {ended}/{self.num_samples} trials ended, {running} running")
+
+
+def _short(params: dict) -> str:
+    shown, _ = mlflow_params(params)
+    return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())

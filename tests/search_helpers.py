@@ -1,0 +1,66 @@
+"""Helpers for tests that run whole searches as a user would: `python -m search.run` in a
+subprocess, working dir and storage under tmp_path, the tiny model, a real local Ray and a real
+sqlite MLflow."""
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SPACE = """\
+base: smoke
+search:
+  num_virtual_tokens: {{choice: [2, 4, 8]}}
+  init: {{choice: [random, sample_vocab, "Write correct code."]}}
+  learning_rate: {{loguniform: [1.0e-3, 3.0e-1]}}
+fixed: {{batch_size: 2, max_length: 128, max_new_tokens: 8, eval_batch_size: 4, sandbox_timeout_s: 5}}
+data: {{train: 4, val: 4, test: 4}}
+budget: {{num_samples: {samples}, max_epochs: {epochs}, grace_period: 1, reduction_factor: 2, max_concurrent: 2}}
+resources: {{cpu: 1, gpu: 0}}
+"""
+
+
+def write_space(tmp_path: Path, samples: int = 6, epochs: int = 3) -> Path:
+    path = tmp_path / "tiny_space.yaml"
+    path.write_text(TINY_SPACE.format(samples=samples, epochs=epochs))
+    return path
+
+
+def search_env() -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
+               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env.pop("RAY_ADDRESS", None)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def search_command(space: Path, model: Path, name: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "search.run", "--space", str(space), "--model", str(model),
+            "--name", name, "--storage", "runs", *extra]
+
+
+def run_search(tmp_path: Path, space: Path, model: Path, name: str, *extra: str, timeout: int = 600):
+    return subprocess.run(search_command(space, model, name, *extra), cwd=tmp_path, env=search_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def mlflow_runs(db: Path) -> list[dict]:
+    """Runs straight from MLflow's sqlite store: id, status, parent id, and tags."""
+    with sqlite3.connect(db) as conn:
+        runs = conn.execute("select run_uuid, status from runs where lifecycle_stage = 'active'").fetchall()
+        tags = conn.execute("select run_uuid, key, value from tags").fetchall()
+    out = []
+    for run_id, status in runs:
+        run_tags = {k: v for r, k, v in tags if r == run_id}
+        out.append({"id": run_id, "status": status, "parent": run_tags.get("mlflow.parentRunId"), "tags": run_tags})
+    return out
+
+
+def metric_history(db: Path, run_id: str, key: str) -> list[tuple[int, float]]:
+    with sqlite3.connect(db) as conn:
+        return sorted(conn.execute("select step, value from metrics where run_uuid = ? and key = ?",
+                                   (run_id, key)).fetchall())

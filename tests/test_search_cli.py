@@ -1,0 +1,67 @@
+"""`python -m search.run`: --dry-run prints the resolved configuration; bad input exits 2 with
+one line naming the field, before Ray starts."""
+import subprocess
+import sys
+
+import pytest
+
+from search_helpers import REPO, search_env
+
+
+def _run(tmp_path, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=tmp_path, env=env or search_env(),
+                          capture_output=True, text=True, timeout=180)
+
+
+def test_dry_run_smoke_prints_the_resolved_configuration(tmp_path):
+    proc = _run(tmp_path, "--space", "smoke", "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert '"model": "bundled"' in proc.stdout and '"num_samples": 3' in proc.stdout
+    assert "no trial started" in proc.stdout
+    assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
+
+
+def test_dry_run_default_offline_prints_config_then_says_the_hub_is_unreachable(tmp_path):
+    proc = _run(tmp_path, "--space", "default", "--dry-run")
+    assert '"model": "Qwen/Qwen2.5-Coder-0.5B"' in proc.stdout and '"num_samples": 48' in proc.stdout
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: model: got 'Qwen/Qwen2.5-Coder-0.5B'") and "--model bundled" in line
+
+
+def test_dry_run_default_with_a_local_model(tmp_path, tiny_model_dir):
+    proc = _run(tmp_path, "--space", "default", "--model", str(tiny_model_dir), "--dry-run",
+                "--num-samples", "5", "--max-concurrent", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert '"num_samples": 5' in proc.stdout and '"max_concurrent": 2' in proc.stdout
+
+
+BAD_INPUTS = [
+    (["--space", "nonesuch"], "space: got 'nonesuch'"),
+    (["--space", "smoke", "--model", "./no/such/dir"], "model: got './no/such/dir'"),
+    (["--space", "smoke", "--num-samples", "0"], "budget.num_samples: got 0"),
+    (["--space", "smoke", "--max-concurrent", "0"], "budget.max_concurrent: got 0"),
+    (["--space", "smoke", "--mlflow-uri", "ftp://x"], "--mlflow-uri: got 'ftp://x'"),
+    (["--space", "smoke", "--mlflow-uri", "http://127.0.0.1:9"], "--mlflow-uri: got 'http://127.0.0.1:9'"),
+    (["--space", "smoke", "--storage", "ftp://bucket/x"], "--storage: got 'ftp://bucket/x'"),
+    (["--space", "smoke", "--name", "a/b"], "--name: got 'a/b'"),
+    (["--space", "smoke", "--resume"], "--name: got None"),
+    (["--space", "smoke", "--resume", "--name", "never-ran"], "--name: got 'never-ran'"),
+    (["--space", "smoke", "--num-samples", "many"], "argument --num-samples: invalid int value"),
+    (["--space", "smoke", "--bogus"], "unrecognized arguments: --bogus"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_INPUTS)])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
+    proc = _run(tmp_path, *args, "--dry-run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_storage_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    proc = _run(tmp_path, "--space", "smoke", "--storage", "afile", "--dry-run")
+    assert proc.returncode == 2 and "--storage: got 'afile'" in proc.stderr

@@ -1,0 +1,62 @@
+"""A whole search on the tiny model: real local Ray, real sqlite MLflow, real sandbox."""
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search_helpers import metric_history, mlflow_runs, run_search, write_space
+
+
+@pytest.fixture(scope="module")
+def finished_search(tiny_model_dir, tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("e2e")
+    space = write_space(tmp_path, samples=6, epochs=3)
+    proc = run_search(tmp_path, space, tiny_model_dir, "e2e")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp_path, proc
+
+
+def test_six_trials_with_asha_pruning_reach_optuna_as_pruned(finished_search):
+    tmp_path, _ = finished_search
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{tmp_path}/runs/e2e/optuna.db")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 6
+    states = [t.state for t in trials]
+    assert set(states) <= {TrialState.COMPLETE, TrialState.PRUNED}
+    pruned = [t for t in trials if t.state is TrialState.PRUNED]
+    assert pruned, "ASHA stopped no trial early"
+    for t in pruned:  # pruned = stopped before the last epoch, with its rung values kept
+        assert 1 <= len(t.intermediate_values) < 3
+    for t in trials:
+        if t.state is TrialState.COMPLETE:
+            assert len(t.intermediate_values) == 3
+
+
+def test_mlflow_has_one_parent_and_one_child_per_trial(finished_search):
+    tmp_path, _ = finished_search
+    db = tmp_path / "runs" / "mlflow.db"
+    runs = mlflow_runs(db)
+    parents = [r for r in runs if r["parent"] is None]
+    assert len(parents) == 1
+    children = [r for r in runs if r["parent"] == parents[0]["id"]]
+    assert len(children) == len(runs) - 1 == 6
+    assert {r["status"] for r in runs} == {"FINISHED"}
+    assert len({r["tags"]["ray_trial_id"] for r in children}) == 6
+    for child in children:
+        epochs = int(child["tags"]["stopped_at_epoch"])
+        history = metric_history(db, child["id"], "val_pass_at_1")
+        assert [step for step, _ in history] == list(range(1, epochs + 1))
+        assert child["tags"]["state"] == ("COMPLETED" if epochs == 3 else "PRUNED")
+        assert "optuna_trial_number" in child["tags"]
+    assert {c["tags"]["state"] for c in children} == {"COMPLETED", "PRUNED"}
+    parent_metrics = {k for k in ("test_pass_at_1_best", "test_pass_at_1_baseline", "lift", "lift_ci95_low")
+                      if metric_history(db, parents[0]["id"], k)}
+    assert len(parent_metrics) == 4
+
+
+def test_trials_ran_two_at_a_time_and_the_summary_is_printed(finished_search):
+    tmp_path, proc = finished_search
+    assert "2 running" in proc.stdout
+    for label in ("best trial", "val pass@1", "test pass@1", "baseline", "lift", "adapter", "mlflow"):
+        assert any(line.startswith(label) for line in proc.stdout.splitlines()), label
+    assert (tmp_path / "runs" / "e2e" / "best_adapter" / "adapter_config.json").is_file()
+    assert (tmp_path / "runs" / "e2e" / "report" / "plots" / "optimization_history.png").is_file()
