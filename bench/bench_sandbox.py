@@ -1,0 +1,79 @@
+"""Sandbox throughput on the 164 HumanEval canonical solutions, per isolation mode.
+
+    .venv/bin/python bench/bench_sandbox.py [--repeat N]
+
+Columns: wall time and programs/s for the 164 programs on all cores; per-program latency of a
+trivial `pass` program run alone (start-up + isolation + verdict) against exec'ing the same
+program in-process, whose difference is the sandbox's fixed cost per program.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from trainable import sandbox  # noqa: E402
+from trainable.data import load_problems  # noqa: E402
+from trainable.score import build_program  # noqa: E402
+
+
+def available_modes() -> list[str]:
+    modes = []
+    if shutil.which("bwrap") and sandbox.run_programs(["pass"], mode="bwrap")[0].passed:
+        modes.append("bwrap")
+    if sandbox._netns_works():
+        modes.append("rlimits+netns")
+    return modes + ["rlimits"]
+
+
+def in_process_seconds(source: str, n: int = 2000) -> float:
+    code = compile(source, "<program>", "exec")
+    start = time.perf_counter()
+    for _ in range(n):
+        exec(code, {})
+    return (time.perf_counter() - start) / n
+
+
+def bench(mode: str, programs: list[str], workers: int, repeat: int) -> dict:
+    walls = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        results = sandbox.run_programs(programs, mode=mode, workers=workers)
+        walls.append(time.perf_counter() - start)
+        assert all(r.passed for r in results), [r for r in results if not r.passed][:3]
+    trivial = []
+    for _ in range(10 * repeat):
+        start = time.perf_counter()
+        assert sandbox.run_programs(["pass"], mode=mode, workers=1)[0].passed
+        trivial.append(time.perf_counter() - start)
+    wall, latency = min(walls), sorted(trivial)[len(trivial) // 2]
+    return {"mode": mode, "workers": workers, "programs": len(programs), "wall_s": wall,
+            "per_s": len(programs) / wall, "latency_ms": latency * 1e3,
+            "overhead_ms": (latency - in_process_seconds("pass")) * 1e3}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=1, help="best of N runs")
+    args = parser.parse_args()
+    programs = [build_program(p, p["canonical_solution"]) for p in load_problems().values()]
+    workers = os.cpu_count() or 1
+    print(f"python {sys.version.split()[0]}, {workers} cores, default mode: "
+          f"{sandbox.sandbox_mode()}, in-process exec of `pass`: "
+          f"{in_process_seconds('pass') * 1e6:.2f} us")
+    header = ("mode", "workers", "programs", "wall s", "programs/s", "pass latency ms",
+              "overhead ms/program")
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join("---" for _ in header) + "|")
+    for mode in available_modes():
+        row = bench(mode, programs, workers, args.repeat)
+        print(f"| {row['mode']} | {row['workers']} | {row['programs']} | {row['wall_s']:.2f} | "
+              f"{row['per_s']:.1f} | {row['latency_ms']:.1f} | {row['overhead_ms']:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

