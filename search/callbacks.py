@@ -57,6 +57,15 @@ class MlflowCallback(tune.Callback):
         self.ledger, self.max_epochs = ledger, max_epochs
         self.study_name, self.storage_url = study_name, storage_url
 
+    def _key(self, trial) -> str:
+        """The MLflow run of a trial is keyed by its Optuna trial number, which survives a resume
+        even when Tune reruns a configuration under a new Ray trial id."""
+        numbers = self.__dict__.setdefault("_numbers", {})
+        if trial.trial_id not in numbers:
+            numbers[trial.trial_id] = self._optuna_number(trial.trial_id)
+        number = numbers[trial.trial_id]
+        return trial.trial_id if number is None else f"optuna-{number}"
+
     def _optuna_number(self, trial_id: str):
         try:
             study = optuna.load_study(study_name=self.study_name, storage=self.storage_url)
@@ -69,16 +78,16 @@ class MlflowCallback(tune.Callback):
 
     def on_trial_start(self, iteration, trials, trial, **info):
         params, tags = mlflow_params(trial.config)
-        self.ledger.submit("params", trial.trial_id, params)
-        number = self._optuna_number(trial.trial_id)
+        key = self._key(trial)
+        self.ledger.submit("params", key, params)
         tags.update(ray_trial_id=trial.trial_id, state="RUNNING")
-        if number is not None:
-            tags["optuna_trial_number"] = number
-        self.ledger.submit("tags", trial.trial_id, tags)
+        if key.startswith("optuna-"):
+            tags["optuna_trial_number"] = key.removeprefix("optuna-")
+        self.ledger.submit("tags", key, tags)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         values = {METRICS[k]: v for k, v in result.items() if k in METRICS and v == v}  # drop NaN
-        self.ledger.submit("metrics", trial.trial_id, values, int(result["training_iteration"]))
+        self.ledger.submit("metrics", self._key(trial), values, int(result["training_iteration"]))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Copy the KB-sized checkpoint into the state dir first: if MLflow is down, the queued
@@ -86,19 +95,19 @@ class MlflowCallback(tune.Callback):
         local = self.ledger.state_dir / "artifacts" / trial.trial_id
         shutil.rmtree(local, ignore_errors=True)
         checkpoint.to_directory(str(local))
-        self.ledger.submit("artifacts", trial.trial_id, str(local / "adapter"), "soft_prompt")
-        self.ledger.submit("artifacts", trial.trial_id, str(local), "checkpoint")
+        self.ledger.submit("artifacts", self._key(trial), str(local / "adapter"), "soft_prompt")
+        self.ledger.submit("artifacts", self._key(trial), str(local), "checkpoint")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         state, epoch = final_state(trial, self.max_epochs)
-        self.ledger.submit("tags", trial.trial_id, {"state": state, "stopped_at_epoch": epoch})
-        self.ledger.submit("end", trial.trial_id, self.ledger.end_status(state))
+        self.ledger.submit("tags", self._key(trial), {"state": state, "stopped_at_epoch": epoch})
+        self.ledger.submit("end", self._key(trial), self.ledger.end_status(state))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _, epoch = final_state(trial, self.max_epochs)
-        self.ledger.submit("tags", trial.trial_id, {"state": "FAILED", "stopped_at_epoch": epoch,
-                                                    "error": error_reason(trial)})
-        self.ledger.submit("end", trial.trial_id, self.ledger.end_status("FAILED"))
+        self.ledger.submit("tags", self._key(trial), {"state": "FAILED", "stopped_at_epoch": epoch,
+                                                      "error": error_reason(trial)})
+        self.ledger.submit("end", self._key(trial), self.ledger.end_status("FAILED"))
 
 
 class ConsoleCallback(tune.Callback):
@@ -107,6 +116,9 @@ class ConsoleCallback(tune.Callback):
     def __init__(self, num_samples: int, max_epochs: int):
         self.num_samples, self.max_epochs = num_samples, max_epochs
         self.started = time.time()
+
+    def setup(self, **info):
+        self.started = time.time()  # also on --resume, where this object comes back unpickled
 
     def _print(self, line: str) -> None:
         print(f"[{time.time() - self.started:7.1f}s] {line}", file=sys.stdout, flush=True)

@@ -8,6 +8,7 @@ Optuna PRUNED; Optuna keeps its intermediate values.
 from __future__ import annotations
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
@@ -32,19 +33,52 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self._max_epochs = max_epochs
 
     def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials:
+            unclaimed = self._unclaimed_trial()
+            if unclaimed is not None:
+                self._ot_trials[trial_id] = unclaimed
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None:  # lets MLflow and the dashboard link Ray and Optuna trials
             ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
         return params
 
+    def _unclaimed_trial(self):
+        """An Optuna trial asked for after Tune's last experiment snapshot: the driver died
+        before Tune recorded it, so a resumed search would ask for a new one and end with more
+        trials than `num_samples`. Hand its configuration out again instead."""
+        known = {ot.number for ot in self._ot_trials.values()}
+        for frozen in self._ot_study.get_trials(deepcopy=False):
+            if frozen.number not in known and frozen.state in (TrialState.RUNNING, TrialState.COMPLETE,
+                                                                TrialState.PRUNED):
+                trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
+                if frozen.state is TrialState.RUNNING:
+                    # Killed between `ask` and its last param write: sample what is missing.
+                    for name, dist in self._space.items():
+                        if name not in frozen.params:
+                            trial._suggest(name, dist)
+                return trial
+        return None
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        try:
+            super().on_trial_result(trial_id, result)
+        except UpdateFinishedTrialError:
+            pass  # see on_trial_complete: a resumed search replays what the study already has
+
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
-        if not error and result and self.metric in result:
-            # Tune passes a trial's last result here, never to on_trial_result: without this
-            # Optuna would miss the epoch at which the trial ended.
-            self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+        try:
+            if not error and result and self.metric in result:
+                # Tune passes a trial's last result here, never to on_trial_result: without this
+                # Optuna would miss the epoch at which the trial ended.
+                self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+        except UpdateFinishedTrialError:
+            # Told before the driver died, after Tune's last experiment checkpoint: a resumed
+            # search reports it again. The study already has it; telling twice would fail.
+            self._completed_trials.add(trial_id)
+            return None
         stopped_early = (not error and result is not None
                          and result.get("training_iteration", self._max_epochs) < self._max_epochs)
         if not stopped_early:

@@ -83,7 +83,7 @@ class MlflowLedger:
         return self._experiment_id
 
     def run_id(self, key: str) -> str:
-        """The run of `key` (PARENT or a Ray trial id), found by tag or created once."""
+        """The run of `key` (PARENT or a trial's key), found by tag or created once."""
         if key in self._run_ids:
             return self._run_ids[key]
         tag = f"{self.search_name}/{key}"
@@ -94,7 +94,6 @@ class MlflowLedger:
             tags = {"search_key": tag, "search_name": self.search_name}
             if key != PARENT:
                 tags["mlflow.parentRunId"] = self.run_id(PARENT)
-                tags["ray_trial_id"] = key
             name = self.search_name if key == PARENT else key
             self._run_ids[key] = self.client().create_run(self._experiment(), tags=tags, run_name=name).info.run_id
         return self._run_ids[key]

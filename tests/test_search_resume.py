@@ -1,0 +1,59 @@
+"""Kill the driver (SIGKILL) mid-search; `--resume` finishes it with nothing lost or doubled."""
+import os
+import signal
+import subprocess
+import time
+
+import optuna
+import pytest
+
+from search_helpers import mlflow_runs, run_search, search_command, search_env, write_space
+
+pytestmark = pytest.mark.integration
+
+
+def _start_and_kill_at(tmp_path, space, model, name, marker: str, timeout: float = 300) -> str:
+    log = tmp_path / f"{name}-killed.log"
+    with open(log, "w") as out:
+        # Its own session: Ray's node agents inherit the group, so killpg(pid) reaps them too.
+        proc = subprocess.Popen(search_command(space, model, name), cwd=tmp_path, env=search_env(),
+                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.time() + timeout
+        while marker not in log.read_text():
+            assert proc.poll() is None, f"search ended before {marker!r}:\n{log.read_text()[-2000:]}"
+            assert time.time() < deadline, f"no {marker!r} in {timeout} s"
+            time.sleep(0.1)
+        proc.kill()  # SIGKILL: no cleanup, no atexit, exactly a crashed driver
+        proc.wait(30)
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever the driver left (Ray agents), by its group
+        except ProcessLookupError:
+            pass
+    return log.read_text()
+
+
+@pytest.mark.parametrize("marker", ["progress: 2/6", "progress: 6/6"], ids=["during-trials", "during-final-report"])
+def test_killed_driver_resumes_to_a_complete_search(tiny_model_dir, tmp_path, marker):
+    space = write_space(tmp_path, samples=6, epochs=3)
+    killed_log = _start_and_kill_at(tmp_path, space, tiny_model_dir, "killed", marker)
+    assert "== search finished" not in killed_log
+
+    resumed = run_search(tmp_path, space, tiny_model_dir, "killed", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "== search finished" in resumed.stdout and "0 failed" in resumed.stdout
+
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path}/runs/killed/optuna.db")
+    trials = study.get_trials(deepcopy=False)
+    assert len(trials) == 6
+    assert all(t.state.is_finished() and t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+
+    runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    parents = [r for r in runs if r["parent"] is None]
+    children = [r for r in runs if r["parent"] is not None]
+    assert len(parents) == 1 and len(children) == 6
+    assert all(c["parent"] == parents[0]["id"] for c in children)
+    assert len({c["tags"]["ray_trial_id"] for c in children}) == 6, "a trial got two MLflow runs"
+    assert {r["status"] for r in runs} == {"FINISHED"}, "a run was left RUNNING"
+    assert {c["tags"]["state"] for c in children} <= {"COMPLETED", "PRUNED"}
