@@ -88,6 +88,9 @@ class MlflowCallback(tune.Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info):
         values = {METRICS[k]: v for k, v in result.items() if k in METRICS and v == v}  # drop NaN
         self.ledger.submit("metrics", self._key(trial), values, int(result["training_iteration"]))
+        # Where it ran and how generated code was isolated (bwrap, or a weaker fallback).
+        self.ledger.submit("tags", self._key(trial), {"node_id": result.get("node_id"),
+                                                      "sandbox_mode": result.get("sandbox_mode")})
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Copy the KB-sized checkpoint into the state dir first: if MLflow is down, the queued

@@ -6,16 +6,32 @@ optimizer state + the epoch's val completions, a few KB); a restarted trial resu
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
+import ray
 import torch
 from ray import tune
 
 from spaces import SpaceSpec
+from trainable.sandbox import sandbox_mode
 from trainable.trial import Trial
 
 COMPLETIONS_FILE = "val_completions.jsonl"
+# Fault injection for the fault-tolerance tests, e.g. "num_virtual_tokens=8@2": a trial whose
+# num_virtual_tokens is 8 raises at the start of epoch 2. Unset in normal use.
+FAULT_ENV = "SOFTPROMPT_INJECT_FAULT"
+
+
+def _maybe_inject_fault(params: dict, epoch: int) -> None:
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    condition, at_epoch = spec.rsplit("@", 1)
+    key, value = condition.split("=", 1)
+    if str(params.get(key)) == value and epoch == int(at_epoch):
+        raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
 
 
 def _write_completions(out_dir: Path, samples: list[dict]) -> None:
@@ -33,9 +49,12 @@ def train_soft_prompt(params: dict, spec: SpaceSpec) -> None:
     if checkpoint:
         with checkpoint.as_directory() as checkpoint_dir:
             trial.restore(checkpoint_dir)
+    node_id = ray.get_runtime_context().get_node_id()  # which cluster node ran it (tests, MLflow)
     while trial.epoch < config.epochs:
+        _maybe_inject_fault(params, trial.epoch + 1)
         result = trial.run_epoch()
         with tempfile.TemporaryDirectory() as out_dir:
             trial.save(out_dir)
             _write_completions(Path(out_dir), trial.last_eval.samples)
-            tune.report(result.metrics(), checkpoint=tune.Checkpoint.from_directory(out_dir))
+            metrics = {**result.metrics(), "node_id": node_id, "sandbox_mode": sandbox_mode()}
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out_dir))
