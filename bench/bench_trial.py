@@ -53,7 +53,7 @@ def main() -> None:
     print("share of trial time: " + ", ".join(f"{k} {v:.1f}%" for k, v in share.items()))
     print(f"seconds per trial: {total['span'] / len(rows):.1f} (mean over {len(rows)}, incl. early-stopped); "
           f"trials per hour at concurrency 1: {3600 * len(rows) / total['span']:.1f}")
-    print(f"Ray overhead per trial (span - train - eval): {total["other"] / len(rows):.2f} s")
+    print(f"Ray + set-up + checkpoint overhead per trial (span - train - eval): {total['other'] / len(rows):.2f} s")
 
 
 if __name__ == "__main__":
