@@ -22,6 +22,19 @@ class Batch:
     position_ids: torch.Tensor    # [B, T]
 
 
+def _token_grid(token_lists: list[list[int]], pad_id: int, device, align_right: bool):
+    """Token ids padded to the longest row (on the left if `align_right`) and their mask."""
+    longest = max(len(t) for t in token_lists)
+    ids = torch.full((len(token_lists), longest), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for row, tokens in enumerate(token_lists):
+        if tokens:
+            cols = slice(longest - len(tokens), longest) if align_right else slice(0, len(tokens))
+            ids[row, cols] = torch.tensor(tokens, device=device)
+            mask[row, cols] = 1
+    return ids, mask
+
+
 def _soft(soft_prompt: torch.Tensor | None, batch: int, like: torch.Tensor) -> torch.Tensor:
     if soft_prompt is None:
         return like.new_zeros(batch, 0, like.shape[-1])
@@ -33,13 +46,8 @@ def left_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id:
                 soft_prompt: torch.Tensor | None = None) -> Batch:
     """Generation inputs: rows right-aligned so every row's next token is at the last column."""
     device = embed.weight.device
-    longest = max(len(t) for t in token_lists)
-    ids = torch.full((len(token_lists), longest), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(token_lists):
-        if tokens:
-            ids[row, longest - len(tokens):] = torch.tensor(tokens, device=device)
-            mask[row, longest - len(tokens):] = 1
+    ids, mask = _token_grid(token_lists, pad_id, device, align_right=True)
+    longest = ids.shape[1]
     token_embeds = embed(ids)
     soft = _soft(soft_prompt, len(token_lists), token_embeds)
     n_soft = soft.shape[1]
@@ -59,13 +67,7 @@ def left_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id:
 def right_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id: int,
                  soft_prompt: torch.Tensor | None = None) -> Batch:
     """Training inputs: [soft][tokens][pad]; positions count from the soft prompt's start."""
-    device = embed.weight.device
-    longest = max(len(t) for t in token_lists)
-    ids = torch.full((len(token_lists), longest), pad_id, dtype=torch.long, device=device)
-    mask = torch.zeros_like(ids)
-    for row, tokens in enumerate(token_lists):
-        ids[row, : len(tokens)] = torch.tensor(tokens, device=device)
-        mask[row, : len(tokens)] = 1
+    ids, mask = _token_grid(token_lists, pad_id, embed.weight.device, align_right=False)
     token_embeds = embed(ids)
     soft = _soft(soft_prompt, len(token_lists), token_embeds)
     embeds = torch.cat([soft, token_embeds], dim=1)
