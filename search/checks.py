@@ -70,3 +70,15 @@ def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
                 f"({str(exc).splitlines()[0][:120]}); use --model bundled (offline stand-in) "
                 "or --model PATH (a local checkpoint)") from None
     return model
+
+
+def check_local_resources(cpu: float, gpu: float) -> None:
+    """Without --address the in-process Ray has this machine's cores and GPUs: a trial that asks
+    for more would wait forever, so say so now. (On a cluster the driver checks after connecting.)"""
+    import torch
+
+    for name, want, have in (("cpu", cpu, os.cpu_count() or 1),
+                             ("gpu", gpu, torch.cuda.device_count() if torch.cuda.is_available() else 0)):
+        if want > have:
+            raise field_error(f"resources.{name}", want, f"at most {have:g} ({name.upper()}s on this machine; "
+                              "or use --address to run on a Ray cluster)")

@@ -15,7 +15,7 @@ import os
 import time
 from pathlib import Path
 
-from search.checks import check_mlflow_uri, check_model, check_name, check_storage
+from search.checks import check_local_resources, check_mlflow_uri, check_model, check_name, check_storage
 from spaces import load_space
 from trainable.cli import OneLineParser, run_main
 from trainable.errors import field_error
@@ -45,6 +45,8 @@ def _resolve(args) -> dict:
     """Every check that can fail on user input, before Ray starts. Returns the plan."""
     spec = load_space(args.space).with_overrides(model=args.model, num_samples=args.num_samples,
                                                   max_concurrent=args.max_concurrent)
+    if not args.address:
+        check_local_resources(spec.resources.cpu, spec.resources.gpu)
     storage = check_storage(args.storage)
     local_root = Path(storage if "://" not in storage else DEFAULT_STORAGE).resolve()
     if args.resume and not args.name:

@@ -61,6 +61,15 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     assert "Traceback" not in proc.stderr
 
 
+def test_more_gpu_than_the_machine_has_is_refused_before_ray(tmp_path):
+    space = tmp_path / "gpu.yaml"
+    space.write_text("base: smoke\nresources: {cpu: 1, gpu: 0.5}\n")
+    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    if proc.returncode == 0:
+        pytest.skip("this machine has a GPU")
+    assert proc.returncode == 2 and "resources.gpu: got 0.5, expected at most 0" in proc.stderr
+
+
 def test_storage_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "afile").write_text("x")
     proc = _run(tmp_path, "--space", "smoke", "--storage", "afile", "--dry-run")
