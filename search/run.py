@@ -45,8 +45,6 @@ def _resolve(args) -> dict:
     """Every check that can fail on user input, before Ray starts. Returns the plan."""
     spec = load_space(args.space).with_overrides(model=args.model, num_samples=args.num_samples,
                                                   max_concurrent=args.max_concurrent)
-    if not args.address:
-        check_local_resources(spec.resources.cpu, spec.resources.gpu)
     storage = check_storage(args.storage)
     local_root = Path(storage if "://" not in storage else DEFAULT_STORAGE).resolve()
     if args.resume and not args.name:
@@ -86,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     plan = _resolve(args)
     _print_plan(plan)
+    # Checks of the world outside the command line, after the plan is shown.
+    if not args.address:
+        check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu)
     check_mlflow_uri(plan["mlflow_uri"])
     check_model(plan["spec"].model)
     if args.dry_run:

@@ -21,16 +21,28 @@ def test_dry_run_smoke_prints_the_resolved_configuration(tmp_path):
     assert not (tmp_path / "runs").exists(), "a dry run writes nothing"
 
 
-def test_dry_run_default_offline_prints_config_then_says_the_hub_is_unreachable(tmp_path):
+def test_dry_run_default_prints_the_plan_then_checks_this_machine(tmp_path):
+    """default is the GPU search: on a machine without a GPU the plan is printed, then refused."""
     proc = _run(tmp_path, "--space", "default", "--dry-run")
     assert '"model": "Qwen/Qwen2.5-Coder-0.5B"' in proc.stdout and '"num_samples": 48' in proc.stdout
+    if proc.returncode == 0:
+        pytest.skip("this machine has a GPU and reaches the hub")
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(("error: resources.gpu: got 0.25", "error: model: got 'Qwen/Qwen2.5-Coder-0.5B'"))
+
+
+def test_unreachable_hub_model_says_how_to_run_offline(tmp_path):
+    proc = _run(tmp_path, "--space", "smoke", "--model", "Qwen/Qwen2.5-Coder-0.5B", "--dry-run")
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: model: got 'Qwen/Qwen2.5-Coder-0.5B'") and "--model bundled" in line
 
 
-def test_dry_run_default_with_a_local_model(tmp_path, tiny_model_dir):
-    proc = _run(tmp_path, "--space", "default", "--model", str(tiny_model_dir), "--dry-run",
+def test_dry_run_default_on_cpu_with_a_local_model(tmp_path, tiny_model_dir):
+    space = tmp_path / "default-cpu.yaml"
+    space.write_text("base: default\nresources: {cpu: 1, gpu: 0}\n")
+    proc = _run(tmp_path, "--space", str(space), "--model", str(tiny_model_dir), "--dry-run",
                 "--num-samples", "5", "--max-concurrent", "2")
     assert proc.returncode == 0, proc.stderr
     assert '"num_samples": 5' in proc.stdout and '"max_concurrent": 2' in proc.stdout
