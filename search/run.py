@@ -72,6 +72,7 @@ def _print_plan(plan: dict) -> None:
 def _quiet_libraries() -> None:
     """Our console is one line per trial event; Tune's tables and MLflow/Optuna INFO lines go."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's new engine prints tables even at verbose=0
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # "View run ..." per run
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
