@@ -38,8 +38,12 @@ def mlflow_params(params: dict) -> tuple[dict, dict]:
 
 def final_state(trial, max_epochs: int) -> tuple[str, int]:
     """COMPLETED, PRUNED (ASHA stopped it) or FAILED, and the last epoch it reported."""
-    epoch = int((trial.last_result or {}).get("training_iteration", 0))
-    if trial.status == "ERROR":
+    return state_of(trial.status == "ERROR", trial.last_result, max_epochs)
+
+
+def state_of(errored: bool, last_result: dict | None, max_epochs: int) -> tuple[str, int]:
+    epoch = int((last_result or {}).get("training_iteration", 0))
+    if errored:
         return "FAILED", epoch
     return ("PRUNED" if epoch < max_epochs else "COMPLETED"), epoch
 
@@ -87,7 +91,7 @@ class MlflowCallback(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         values = {METRICS[k]: v for k, v in result.items() if k in METRICS and v == v}  # drop NaN
-        self.ledger.submit("metrics", self._key(trial), values, int(result["training_iteration"]))
+        self.ledger.log_epoch(self._key(trial), values, int(result["training_iteration"]))
         # Where it ran and how generated code was isolated (bwrap, or a weaker fallback).
         self.ledger.submit("tags", self._key(trial), {"node_id": result.get("node_id"),
                                                       "sandbox_mode": result.get("sandbox_mode")})
@@ -136,6 +140,10 @@ class ConsoleCallback(tune.Callback):
         state, epoch = final_state(trial, self.max_epochs)
         self._print(f"trial {trial.trial_id} {state} at epoch {epoch} {_short(trial.config)}")
         self._progress(trials, trial)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self._print(f"trial {trial.trial_id} crashed ({error_reason(trial)}); "
+                    "retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"trial {trial.trial_id} FAILED: {error_reason(trial)}")

@@ -9,7 +9,7 @@ from collections import Counter
 
 import ray
 
-from search.callbacks import final_state, mlflow_params
+from search.callbacks import mlflow_params, state_of
 from search.provenance import provenance
 from search.report import FinalReport, copy_adapter, save_plots, score_best_and_baseline, summary_lines
 from search.searcher import study_storage_url
@@ -80,19 +80,10 @@ def _final_report(plan: dict, results, ledger: MlflowLedger, started: float) -> 
     save_plots(plan["name"], study_storage_url(plan["state_dir"]), out / "plots")
     ledger.submit("artifacts", PARENT, str(out), "report")
     ledger.submit("artifacts", PARENT, str(adapter), "best_soft_prompt")
-    counts = Counter(final_state(t, spec.budget.max_epochs)[0] for t in _trials(results))
+    counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
     for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url()):
         print(line, flush=True)
-
-
-def _trials(results):
-    """Tune's Trial objects are not public on ResultGrid; rebuild what final_state needs."""
-    class _T:
-        def __init__(self, r):
-            self.status = "ERROR" if r.error else "TERMINATED"
-            self.last_result = r.metrics or {}
-    return [_T(r) for r in results]
 
 
 def run_search(plan: dict, resume: bool) -> int:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import time
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -18,6 +20,10 @@ from mlflow.entities import RunStatus
 log = logging.getLogger(__name__)
 PARENT = "parent"
 BACKLOG_FILE = "mlflow_backlog.jsonl"
+STEPS_FILE = "mlflow_steps.json"
+# After a failed write, queue without trying for this long: a server that hangs instead of
+# refusing connections would otherwise cost a timeout on every trial event.
+RETRY_AFTER_S = 30.0
 
 
 class MlflowLedger:
@@ -28,9 +34,10 @@ class MlflowLedger:
         self._client = None
         self._experiment_id = None
         self._run_ids: dict[str, str] = {}
+        self._retry_at = 0.0
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; clients don't pickle
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "_retry_at": 0.0}
 
     # -- the queue -------------------------------------------------------------------------
     def _backlog(self) -> Path:
@@ -48,7 +55,25 @@ class MlflowLedger:
 
     def submit(self, *op) -> bool:
         """Queue one operation and send everything queued; False if something stays queued."""
-        return self._send(self._pending() + [list(op)])
+        ops = self._pending() + [list(op)]
+        if time.monotonic() < self.__dict__.get("_retry_at", 0.0):
+            self._save_pending(ops)
+            return False
+        return self._send(ops)
+
+    def log_epoch(self, key: str, values: dict, step: int) -> None:
+        """Per-epoch metrics, once per step: a resumed search replays the results that came after
+        Tune's last snapshot, and MLflow would keep both copies. The last step sent per run is
+        kept on disk because this object itself may come back from that older snapshot."""
+        path = self.state_dir / STEPS_FILE
+        steps = json.loads(path.read_text()) if path.exists() else {}
+        if step <= steps.get(key, 0):
+            return
+        steps[key] = step
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        path.with_suffix(".tmp").write_text(json.dumps(steps))
+        path.with_suffix(".tmp").replace(path)
+        self.submit("metrics", key, values, step)
 
     def flush(self) -> int:
         """Send what is queued (e.g. after an outage); returns how many operations still wait."""
@@ -64,6 +89,7 @@ class MlflowLedger:
                             str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
                             len(ops) - done, self._backlog())
                 self._client = None  # reconnect next time
+                self._retry_at = time.monotonic() + RETRY_AFTER_S
                 self._save_pending(ops[done:])
                 return False
         self._save_pending([])
@@ -72,6 +98,10 @@ class MlflowLedger:
     # -- operations ------------------------------------------------------------------------
     def client(self) -> MlflowClient:
         if self._client is None:
+            # MLflow's own retries back off for ~4 minutes per request; the queue retries on every
+            # later write instead, so one attempt with a short timeout is enough.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
             self._client = MlflowClient(tracking_uri=self.tracking_uri)
         return self._client
 
