@@ -17,7 +17,6 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import load_bench_model, machine, peak_rss, print_table  # noqa: E402
@@ -81,7 +80,6 @@ def main() -> None:
         rows.append(measure(f"ours, full logits ({d})", lambda: ours_step(loaded, soft, examples, True),
                             [soft], args.steps))
         rows.append(measure(f"ours ({d})", lambda: ours_step(loaded, soft, examples, False), [soft], args.steps))
-        del loaded, peft_model
     base = next(r for r in rows if r[0] == "stock PEFT (float32)")
     for row in rows:
         row.append(base[1] / row[1])

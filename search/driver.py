@@ -13,14 +13,11 @@ from search.callbacks import mlflow_params, state_of
 from search.provenance import provenance
 from search.report import FinalReport, copy_adapter, save_plots, score_best_and_baseline, summary_lines
 from search.searcher import study_storage_url
-from search.tracking import PARENT, MlflowLedger
+from search.tracking import EXPERIMENT, PARENT, MlflowLedger
 from search.tuner import build_tuner, restore_tuner
 from spaces import SpaceSpec
 from trainable.errors import field_error
 from trainable.trial import OBJECTIVE
-
-log = logging.getLogger(__name__)
-
 
 def _start_ray(address: str | None) -> None:
     # Tune snapshots the experiment every second (default: adaptive, >= 10 s), so that a killed
@@ -93,7 +90,7 @@ def run_search(plan: dict, resume: bool) -> int:
     _start_ray(plan["address"])
     try:
         _check_cluster_fits(spec)
-        ledger = MlflowLedger(plan["mlflow_uri"], "softprompt-search", plan["name"], plan["state_dir"],
+        ledger = MlflowLedger(plan["mlflow_uri"], EXPERIMENT, plan["name"], plan["state_dir"],
                               plan["artifact_location"])
         if not resume:
             _log_parent_start(ledger, plan)

@@ -21,7 +21,6 @@ from trainable.cli import OneLineParser, run_main
 from trainable.errors import field_error
 
 DEFAULT_STORAGE = "./runs"
-EXPERIMENT = "softprompt-search"
 
 
 def _parser() -> OneLineParser:

@@ -18,6 +18,7 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 
 log = logging.getLogger(__name__)
+EXPERIMENT = "softprompt-search"  # the MLflow experiment every search logs to
 PARENT = "parent"
 BACKLOG_FILE = "mlflow_backlog.jsonl"
 STEPS_FILE = "mlflow_steps.json"

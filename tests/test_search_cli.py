@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from search_helpers import REPO, search_env
+from search_helpers import search_env
 
 
 def _run(tmp_path, *args, env=None):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from trainable.cli import OneLineParser, run_main
 from trainable.data import SPLITS, DataSplit, problems_for
-from trainable.errors import UsageError, field_error
+from trainable.errors import field_error
 
 
 def _parser() -> OneLineParser:
