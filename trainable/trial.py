@@ -1,6 +1,6 @@
 """One trial without Ray: train a soft prompt epoch by epoch, scoring val pass@1 after each.
 
-`search.trainable` wraps this for Ray Tune (report + checkpoint per epoch); tests and the
+`search.trainable` wraps `Trial` for Ray Tune (report + checkpoint per epoch); tests and the
 benchmarks call it directly.
 """
 from __future__ import annotations
