@@ -60,14 +60,14 @@ class MlflowCallback(tune.Callback):
     def __init__(self, ledger: MlflowLedger, max_epochs: int, study_name: str, storage_url: str):
         self.ledger, self.max_epochs = ledger, max_epochs
         self.study_name, self.storage_url = study_name, storage_url
+        self._numbers: dict[str, int | None] = {}  # Ray trial id -> Optuna trial number
 
     def _key(self, trial) -> str:
         """The MLflow run of a trial is keyed by its Optuna trial number, which survives a resume
         even when Tune reruns a configuration under a new Ray trial id."""
-        numbers = self.__dict__.setdefault("_numbers", {})
-        if trial.trial_id not in numbers:
-            numbers[trial.trial_id] = self._optuna_number(trial.trial_id)
-        number = numbers[trial.trial_id]
+        if trial.trial_id not in self._numbers:
+            self._numbers[trial.trial_id] = self._optuna_number(trial.trial_id)
+        number = self._numbers[trial.trial_id]
         return trial.trial_id if number is None else f"optuna-{number}"
 
     def _optuna_number(self, trial_id: str):
@@ -90,11 +90,12 @@ class MlflowCallback(tune.Callback):
         self.ledger.submit("tags", key, tags)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        key = self._key(trial)
         values = {METRICS[k]: v for k, v in result.items() if k in METRICS and v == v}  # drop NaN
-        self.ledger.log_epoch(self._key(trial), values, int(result["training_iteration"]))
+        self.ledger.log_epoch(key, values, int(result["training_iteration"]))
         # Where it ran and how generated code was isolated (bwrap, or a weaker fallback).
-        self.ledger.submit("tags", self._key(trial), {"node_id": result.get("node_id"),
-                                                      "sandbox_mode": result.get("sandbox_mode")})
+        self.ledger.submit("tags", key, {"node_id": result.get("node_id"),
+                                         "sandbox_mode": result.get("sandbox_mode")})
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Copy the KB-sized checkpoint into the state dir first: if MLflow is down, the queued

@@ -49,15 +49,19 @@ class MlflowLedger:
         return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
 
     def _save_pending(self, ops: list[list]) -> None:
+        self._write_atomically(self._backlog(), "".join(json.dumps(op) + "\n" for op in ops))
+
+    def _write_atomically(self, path: Path, text: str) -> None:
+        # A killed driver must leave the old file or the new one, never half of either.
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self._backlog().with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(op) + "\n" for op in ops))
-        tmp.replace(self._backlog())
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        tmp.replace(path)
 
     def submit(self, *op) -> bool:
         """Queue one operation and send everything queued; False if something stays queued."""
         ops = self._pending() + [list(op)]
-        if time.monotonic() < self.__dict__.get("_retry_at", 0.0):
+        if time.monotonic() < self._retry_at:
             self._save_pending(ops)
             return False
         return self._send(ops)
@@ -71,9 +75,7 @@ class MlflowLedger:
         if step <= steps.get(key, 0):
             return
         steps[key] = step
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        path.with_suffix(".tmp").write_text(json.dumps(steps))
-        path.with_suffix(".tmp").replace(path)
+        self._write_atomically(path, json.dumps(steps))
         self.submit("metrics", key, values, step)
 
     def flush(self) -> int:
