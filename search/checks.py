@@ -82,3 +82,11 @@ def check_local_resources(cpu: float, gpu: float) -> None:
         if want > have:
             raise field_error(f"resources.{name}", want, f"at most {have:g} ({name.upper()}s on this machine; "
                               "or use --address to run on a Ray cluster)")
+
+
+def check_sandbox() -> str:
+    """The sandbox that scores this machine's trials: bwrap, or the weaker mode named in
+    $SOFTPROMPT_SANDBOX; otherwise exit 2 before Ray starts (trainable.sandbox says how to fix)."""
+    from trainable.sandbox import sandbox_mode
+
+    return sandbox_mode()

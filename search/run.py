@@ -15,7 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from search.checks import check_local_resources, check_mlflow_uri, check_model, check_name, check_storage
+from search.checks import (check_local_resources, check_mlflow_uri, check_model, check_name, check_sandbox,
+                           check_storage)
 from spaces import load_space
 from trainable.cli import OneLineParser, run_main
 from trainable.errors import field_error
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     plan = _resolve(args)
     _print_plan(plan)
     # Checks of the world outside the command line, after the plan is shown.
-    if not args.address:
+    if not args.address:  # on a cluster, the nodes that run trials check for themselves
         check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu)
+        check_sandbox()
     check_mlflow_uri(plan["mlflow_uri"])
     check_model(plan["spec"].model)
     if args.dry_run:

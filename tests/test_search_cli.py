@@ -86,3 +86,13 @@ def test_storage_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "afile").write_text("x")
     proc = _run(tmp_path, "--space", "smoke", "--storage", "afile", "--dry-run")
     assert proc.returncode == 2 and "--storage: got 'afile'" in proc.stderr
+
+
+def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny_model_dir):
+    env = {k: v for k, v in search_env().items() if k != "SOFTPROMPT_SANDBOX"}
+    env["PATH"] = str(tmp_path)  # no bwrap on it
+    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), env=env)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "bubblewrap cannot run here" in line and "SOFTPROMPT_SANDBOX=rlimits" in line
+    assert not (tmp_path / "runs").exists()
