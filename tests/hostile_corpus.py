@@ -370,6 +370,13 @@ ps.fork_exec([os.fsencode(a) for a in argv], [os.fsencode(sys.executable)], True
              None, -1, -1, -1, -1, -1, -1, err_r, err_w, True, True, -1, None, None, None, -1,
              None, False)
 time.sleep(0.5)"""),
+    "subprocess_fork_exec_reference": _module(f"""
+import os, subprocess, sys, time
+err_r, err_w = os.pipe()
+subprocess._fork_exec([os.fsencode(a) for a in {_DAEMON}], [os.fsencode(sys.executable)], True,
+                      (), None, None, -1, -1, -1, -1, -1, -1, err_r, err_w, True, True, -1, None,
+                      None, None, -1, None, False)
+time.sleep(0.5)"""),
     "fresh_posix_daemon": _module(f"""
 import importlib.machinery as m, sys, time
 posix = m.BuiltinImporter.create_module(m.ModuleSpec("posix", m.BuiltinImporter))
@@ -464,7 +471,8 @@ OS_LAYER = ("write_abs_file", "delete_abs_file", "write_via_dir_fd", "shell_comm
             "symlink_out_of_workdir", "chdir_and_dir_fd_write", "chdir_and_dir_fd_read",
             "fchdir_escape", "fifo_flood", "mknod_fifo", "set_xattr_on_host_file",
             "list_host_dir", "scandir_host_dir", "resolve_dns_and_connect", "memfd_pin_memory",
-            "posix_shared_memory", "posixsubprocess_alias_daemon", "fresh_posix_daemon",
+            "posix_shared_memory", "posixsubprocess_alias_daemon", "subprocess_fork_exec_reference",
+            "fresh_posix_daemon",
             "fresh_posix_fifo_and_device", "multiprocessing_daemon", "spawn_many_processes",
             "raise_rlimit_then_fork", "kill_init_and_parent")
 KERNEL_LAYER = OS_LAYER + ("fork_bomb", "thread_bomb")

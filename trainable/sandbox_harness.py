@@ -14,7 +14,9 @@ Before any program code runs, in order:
    signals out of the sandbox) and the seccomp program (no processes, no other processes, no
    self-memory access, no device/FIFO nodes, xattrs, memfd, sockets, namespaces...);
 4. imports: every builtin module and the standard-library modules the program names are
-   imported now; `_imp.create_builtin` is removed (no fresh `posix` with its unaudited
+   imported now (a module they load that the guard denies is dropped from sys.modules, though a
+   reference such as subprocess._fork_exec survives: the kernel filter is what refuses
+   processes); `_imp.create_builtin` is removed (no fresh `posix` with its unaudited
    functions) and later imports compile from source (sys.pycache_prefix -> a missing dir) so
    that the guard can refuse marshal, the one way left to build arbitrary bytecode;
 5. the guard: an audit hook (PEP 578) refusing what could reach the pass token or another
@@ -268,6 +270,11 @@ def _preimport(codes):
             __import__(name)
         except Exception:  # a name that only looks like a module (`string` as a variable)
             pass
+    # A standard module may have loaded a denied one (subprocess loads _posixsubprocess): drop it
+    # from the cache so that `import` asks the guard again. (Processes stay impossible anyway:
+    # the kernel filter refuses them.)
+    for name in [m for m in sys.modules if _denied_module(m.rpartition(".")[2])]:
+        del sys.modules[name]
     del _imp.create_builtin  # no second instance of a builtin module (a fresh posix)
     sys.pycache_prefix = "/nonexistent/softprompt-sandbox-pycache"  # later imports: from source
 
