@@ -173,3 +173,54 @@ def test_prefix_key_values_are_not_prompt_embeddings():
     assert torch.equal(prefix.keys[1], peft[2]) and torch.equal(prefix.values[1], peft[3])
     cache = prefix.cache(batch=2, dtype=torch.float32)
     assert cache.get_seq_length() == 3 and cache.layers[0].keys.shape == (2, 2, 3, 4)
+
+
+@pytest.fixture(scope="module")
+def cli_adapters(tmp_path_factory, tiny_model_dir):
+    """An adapter saved on the tiny model (hidden 48), and a second tiny model of hidden size 32."""
+    from trainable.model import load_model
+    from trainable.softprompt import SoftPrompt
+    from trainable.tiny import tiny_model, tiny_tokenizer
+
+    tmp = tmp_path_factory.mktemp("cli-adapters")
+    loaded = load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32)
+    out = {"pt4": SoftPrompt.create(loaded, TrainConfig(num_virtual_tokens=4)).save(tmp / "pt4")}
+    tokenizer = tiny_tokenizer()
+    narrow = tiny_model(len(tokenizer), hidden=32)
+    narrow.config.eos_token_id, narrow.config.pad_token_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    narrow.save_pretrained(tmp / "narrow")
+    tokenizer.save_pretrained(tmp / "narrow")
+    out["narrow"] = tmp / "narrow"
+    return out
+
+
+FIXED_PT = "base: smoke\nsearch: {{method: null, init: null, num_virtual_tokens: {{choice: [TOKENS]}}}}\n"
+# The space-level refusals are tested in-process above; these show the command's contract (exit 2,
+# one line, nothing started) for a space error, a warm-start shape error and a model-level error.
+CLI_CASES = {
+    "unknown method": ("base: smoke\nsearch: {{method: {{choice: [prompt_tuning, lora]}}}}\n", None,
+                       "search.method.choice[1]: got 'lora'"),
+    "warm start with another token count": (FIXED_PT.replace("TOKENS", "8") + "fixed: {{init: 'adapter:{pt4}'}}\n", None,
+                                            "num_virtual_tokens 8 (this adapter has 4)"),
+    "warm start on another hidden size": (FIXED_PT.replace("TOKENS", "4") + "fixed: {{init: 'adapter:{pt4}'}}\n",
+                                          "narrow", "hidden size 32 (this adapter has 48)"),
+}
+
+
+@pytest.mark.parametrize("text, model, message", CLI_CASES.values(), ids=CLI_CASES.keys())
+def test_search_refuses_bad_methods_and_warm_starts_before_anything_starts(tmp_path, tiny_model_dir, cli_adapters,
+                                                                           text, model, message):
+    import subprocess
+    import sys
+
+    from search_helpers import search_env
+
+    space = tmp_path / "bad.yaml"
+    space.write_text(text.format(**cli_adapters))
+    model_dir = cli_adapters[model] if model else tiny_model_dir
+    proc = subprocess.run([sys.executable, "-m", "search.run", "--space", str(space), "--model", str(model_dir),
+                           "--dry-run"], cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and message in line and "Traceback" not in proc.stderr, line
+    assert not (tmp_path / "runs").exists()
