@@ -33,11 +33,6 @@ class AdapterInfo:
     encoder_hidden_size: int | None = None  # P-tuning's MLP / the prefix projection's width
     prefix_projection: bool = False
 
-    @property
-    def reparameterised(self) -> bool:
-        """Trained through an encoder whose weights are not in PEFT's files."""
-        return self.method == Method.P_TUNING.value or self.prefix_projection
-
     def describe(self) -> str:
         extra = ""
         if self.method == Method.P_TUNING.value:

@@ -108,8 +108,7 @@ class SoftPrompt:
     @property
     def reparameterised(self) -> bool:
         """Trained through an MLP whose weights PEFT's adapter file does not hold."""
-        return not self.config.inference_mode and (
-            self.method == Method.P_TUNING.value or bool(getattr(self.config, "prefix_projection", False)))
+        return self.method == Method.P_TUNING.value or bool(getattr(self.config, "prefix_projection", False))
 
     def parameters(self) -> list[torch.nn.Parameter]:
         """The trainable tensors: the method's own encoder, nothing of the model."""
@@ -118,8 +117,6 @@ class SoftPrompt:
     def output(self) -> torch.Tensor:
         """The encoder's output, as PEFT saves it (`prompt_embeddings`): [P, H] input embeddings or
         [P, layers * 2 * kv_width] prefix key/values; differentiable w.r.t. `parameters()`."""
-        if self.config.inference_mode:
-            return self.encoder.embedding.weight
         tokens = torch.arange(self.num_virtual_tokens, device=self.encoder.embedding.weight.device)
         return self.encoder(tokens.unsqueeze(0))[0]
 
