@@ -16,7 +16,7 @@ from spaces.paths import renamed, unknown_key
 from trainable.config import ADAPTER_PREFIX, TrainConfig
 from trainable.data import DataSplit
 from trainable.errors import UsageError, field_error
-from trainable.methods import DEFAULT_METHOD, METHODS, applies, method_list
+from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, applies, method_list
 
 # Set by the budget (ASHA's max_t): a trial trains for at most budget.max_epochs epochs.
 EPOCHS = "epochs"
@@ -197,7 +197,8 @@ class SpaceSpec:
             base[METHOD] = method
             paths[METHOD] = f"search.{METHOD}.choice[{self.search[METHOD].values.index(method)}]"
         for key, path, dist in sampled:
-            if dist.kind in CONTINUOUS and isinstance(getattr(TrainConfig(), key), int):
+            takes_int = isinstance(getattr(TrainConfig(), key), int) or key in METHOD_ONLY  # (those default to None)
+            if dist.kind in CONTINUOUS and takes_int:
                 raise field_error(
                     f"{path}.{dist.kind.value}", [dist.low, dist.high],
                     f"randint or choice ({key} takes integers; {dist.kind.value} samples floats)",

@@ -98,6 +98,9 @@ SPACE_ERRORS = {
         "for method prefix_tuning"),
     "vocab init fixed, p_tuning searched": (
         "base: default\nsearch: {init: null}\nfixed: {init: sample_vocab}\n", "fixed.init", "for method p_tuning"),
+    "float range over a method's integer field": (
+        "base: default\nsearch: {encoder_hidden_size: {loguniform: [64, 512]}}\n",
+        "search.encoder_hidden_size.loguniform", "randint or choice"),
     "per-method entry not a distribution": (
         "base: default\nsearch: {learning_rate: {p_tuning: 0.1}}\n", "search.learning_rate.p_tuning", "a mapping"),
     "per-method keys mixed with kinds": (

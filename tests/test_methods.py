@@ -124,7 +124,6 @@ def test_warm_start_mismatches_are_one_line_errors_naming_init(tiny_loaded, tmp_
     prefix_proj = _adapter(tiny_loaded, tmp_path, "px", method="prefix_tuning", prefix_projection=8)
     cases = [
         ({"init": f"adapter:{tmp_path / 'missing'}"}, "not found"),
-        ({"init": "adapter:"}, "not found"),
         ({"init": f"adapter:{prompt_4}", "method": "p_tuning"}, "method 'p_tuning' (this adapter has 'prompt_tuning')"),
         ({"init": f"adapter:{prompt_4}", "num_virtual_tokens": 8}, "num_virtual_tokens 8 (this adapter has 4)"),
         ({"init": f"adapter:{p_tuning}", "method": "p_tuning", "encoder_hidden_size": 32},
@@ -155,13 +154,34 @@ def test_a_plain_peft_p_tuning_adapter_cannot_warm_start(tiny_loaded, tmp_path):
     """PEFT's files hold P-tuning's output, not its MLP: continuing needs our encoder file."""
     adapter = _adapter(tiny_loaded, tmp_path, "p", method="p_tuning", encoder_hidden_size=16)
     (adapter / ENCODER_FILE).unlink()
-    config = TrainConfig(num_virtual_tokens=4, method="p_tuning", encoder_hidden_size=16, init=f"adapter:{adapter}")
-    with pytest.raises(UsageError, match=rf"^init: got .*expected an adapter saved by this project with {ENCODER_FILE}"):
-        SoftPrompt.create(tiny_loaded, config)
+    with pytest.raises(UsageError, match=rf"^init: got .*expected .*an adapter saved by this project, with {ENCODER_FILE}"):
+        TrainConfig(num_virtual_tokens=4, method="p_tuning", encoder_hidden_size=16, init=f"adapter:{adapter}")
     # It still works as a prompt to use (generation needs only the output).
     assert use_prompt(tiny_loaded, adapter).shape == (4, tiny_loaded.model.config.hidden_size)
     config_json = json.loads((adapter / "adapter_config.json").read_text())
     assert config_json["peft_type"] == "P_TUNING" and config_json["encoder_hidden_size"] == 16
+
+
+def test_damaged_adapter_files_are_one_line_errors(tiny_loaded, tmp_path):
+    from safetensors.torch import save_file
+
+    from trainable.softprompt import load_prompt
+
+    adapter = _adapter(tiny_loaded, tmp_path, "a", method="prefix_tuning")
+    save_file({"other": torch.zeros(4, 96)}, adapter / WEIGHTS_FILE)
+    with pytest.raises(UsageError, match=r"^--prompt: got .*holds prompt_embeddings \(KeyError"):
+        load_prompt(adapter)
+    save_file({"prompt_embeddings": torch.zeros(4, 95)}, adapter / WEIGHTS_FILE)
+    with pytest.raises(UsageError, match=r"^--prompt: got .*of shape \[4, 96\] as its adapter_config.json says"):
+        load_prompt(adapter)
+    (adapter / WEIGHTS_FILE).write_bytes(b"not a safetensors file")
+    with pytest.raises(UsageError, match=r"^--prompt: got .*holds prompt_embeddings"):
+        load_prompt(adapter)
+    (adapter / "adapter_config.json").write_text("{not json")
+    with pytest.raises(UsageError, match=r"^init: got .*JSONDecodeError"):
+        TrainConfig(num_virtual_tokens=4, method="prefix_tuning", init=f"adapter:{adapter}")
+    with pytest.raises(UsageError, match=r"^init: got 'adapter:', expected 'adapter:PATH' with the PATH"):
+        TrainConfig(init="adapter:")
 
 
 @pytest.mark.parametrize("settings, field, message", [

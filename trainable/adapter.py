@@ -33,6 +33,17 @@ class AdapterInfo:
     encoder_hidden_size: int | None = None  # P-tuning's MLP / the prefix projection's width
     prefix_projection: bool = False
 
+    @property
+    def reparameterised(self) -> bool:
+        """Trained through an MLP whose weights PEFT's files do not hold (they are in ENCODER_FILE)."""
+        return self.method == Method.P_TUNING.value or self.prefix_projection
+
+    @property
+    def saved_shape(self) -> tuple[int, int]:
+        """The shape of PEFT's `prompt_embeddings` for this adapter."""
+        width = self.token_dim * (2 * self.num_layers if self.method == Method.PREFIX_TUNING.value else 1)
+        return self.num_virtual_tokens, width
+
     def describe(self) -> str:
         extra = ""
         if self.method == Method.P_TUNING.value:
@@ -61,7 +72,8 @@ def read_adapter_info(path: str, field: str = "init", shown=None) -> AdapterInfo
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         kinds = ", ".join(PEFT_TYPES)
-        raise field_error(field, shown, f"{allowed}, of peft_type {kinds} ({type(exc).__name__}: {exc})") from None
+        why = " ".join(str(exc).split())[:200]
+        raise field_error(field, shown, f"{allowed}, of peft_type {kinds} ({type(exc).__name__}: {why})") from None
     return info
 
 
@@ -77,6 +89,9 @@ def config_mismatch(info: AdapterInfo, method: str, num_virtual_tokens: int,
     for name, has, needed in want:
         if has != needed:
             return f"{name} {needed!r} (this adapter has {has!r})"
+    if info.reparameterised and not (Path(info.path) / ENCODER_FILE).is_file():
+        return (f"an adapter saved by this project, with {ENCODER_FILE} ({method} trains an MLP; "
+                "PEFT's files hold only its output, which is enough to use the prompt but not to continue)")
     return None
 
 

@@ -122,6 +122,8 @@ class TrainConfig:
             raise field_error("init", self.init, f"{words} for method {self.method} (PEFT has TEXT and "
                               "vocabulary inits for prompt_tuning only)")
         if self.init_kind is InitKind.ADAPTER:
+            if not adapter_path(self.init).strip():
+                raise field_error("init", self.init, "'adapter:PATH' with the PATH of a saved soft prompt")
             info = read_adapter_info(adapter_path(self.init), "init", self.init)
             why = config_mismatch(info, self.method, self.num_virtual_tokens, self.encoder_hidden_size,
                                   self.prefix_projection)

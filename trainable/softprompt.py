@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainable.adapter import ENCODER_FILE, WEIGHTS_FILE, AdapterInfo, model_mismatch, read_adapter_info
@@ -62,8 +63,17 @@ def check_fits(info: AdapterInfo, loaded: LoadedModel, field: str, shown: str,
 
 def load_prompt(adapter_dir: str | Path, field: str = "--prompt", shown=None) -> tuple[AdapterInfo, torch.Tensor]:
     """A saved adapter's method/shape and its `prompt_embeddings` (fp32, CPU), without a model."""
+    shown = str(adapter_dir) if shown is None else shown
     info = read_adapter_info(str(adapter_dir), field, shown)
-    output = load_file(Path(info.path) / WEIGHTS_FILE)["prompt_embeddings"].float()
+    try:
+        output = load_file(Path(info.path) / WEIGHTS_FILE)["prompt_embeddings"].float()
+    except (OSError, KeyError, SafetensorError) as exc:
+        why = " ".join(str(exc).split())[:200]
+        raise field_error(field, shown, f"an adapter whose {WEIGHTS_FILE} holds prompt_embeddings "
+                          f"({type(exc).__name__}: {why})") from None
+    if tuple(output.shape) != info.saved_shape:
+        raise field_error(field, shown, f"prompt_embeddings of shape {list(info.saved_shape)} as its "
+                          f"adapter_config.json says (the file has {list(output.shape)})")
     return info, output
 
 
@@ -107,7 +117,7 @@ class SoftPrompt:
 
     @property
     def reparameterised(self) -> bool:
-        """Trained through an MLP whose weights PEFT's adapter file does not hold."""
+        """Trained through an MLP whose weights PEFT's adapter file does not hold (ENCODER_FILE)."""
         return self.method == Method.P_TUNING.value or bool(getattr(self.config, "prefix_projection", False))
 
     def parameters(self) -> list[torch.nn.Parameter]:
@@ -141,11 +151,12 @@ class SoftPrompt:
             with torch.no_grad():
                 self.encoder.embedding.weight.copy_(output)
             return
-        encoder_file = Path(info.path) / ENCODER_FILE
-        if not encoder_file.is_file():
-            raise field_error("init", config.init, f"an adapter saved by this project with {ENCODER_FILE} "
-                              f"({self.method} trains an encoder; PEFT's files hold only its output)")
-        self.encoder.load_state_dict(load_file(encoder_file))
+        try:  # TrainConfig checked that the file exists (`adapter.config_mismatch`)
+            self.encoder.load_state_dict(load_file(Path(info.path) / ENCODER_FILE))
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            why = " ".join(str(exc).split())[:200]
+            raise field_error("init", config.init, f"an adapter whose {ENCODER_FILE} fits the {self.method} "
+                              f"encoder ({type(exc).__name__}: {why})") from None
         with torch.no_grad():
             if not torch.allclose(self.output().cpu(), output, rtol=1e-4, atol=1e-5):
                 raise field_error("init", config.init, f"an adapter whose {ENCODER_FILE} gives its "
