@@ -21,7 +21,8 @@ from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, applies, met
 # Set by the budget (ASHA's max_t): a trial trains for at most budget.max_epochs epochs.
 EPOCHS = "epochs"
 METHOD = "method"
-# Fields that must match a warm start's adapter, so they are checked together with `init`.
+# Fields an init constrains (an adapter's shape; a token init needs a prefix without projection),
+# so they are checked together with `init`.
 SHAPE_FIELDS = ("num_virtual_tokens", "encoder_hidden_size", "prefix_projection")
 
 
@@ -188,8 +189,8 @@ class SpaceSpec:
 
     def _check_train_configs(self, method: str) -> None:
         """For a trial of `method`: fixed values with each searched field's first candidate, then
-        each choice / range end in turn, then every warm start with every shape the search can
-        pick, must make a TrainConfig."""
+        each choice / range end in turn, then every init with every shape the search can pick,
+        must make a TrainConfig."""
         sampled = [(key, self._path(key, method), dist) for _, key, dist in self.sampled(method)]
         base = {**self.fixed_for(method), EPOCHS: self.budget.max_epochs}
         paths = {}
@@ -209,20 +210,27 @@ class SpaceSpec:
         for key, path, dist in sampled:
             for suffix, value in dist.candidates():
                 self._try({**base, key: value}, {**paths, key: f"{path}.{suffix}"})
-        self._check_warm_starts(method, base, paths)
+        self._check_inits(method, base, paths)
+
+    def _inits(self, method: str) -> list[tuple[str, object]]:
+        """(space path, value) of every init a trial of `method` can get."""
+        for _, key, dist in self.sampled(method):
+            if key == "init":
+                path = self._path(key, method)
+                return [(f"{path}.{suffix}", value) for suffix, value in dist.candidates()]
+        return [("fixed.init", self.fixed["init"])] if "init" in self.fixed else []
 
     def warm_starts(self, method: str) -> list[tuple[str, str]]:
         """(space path, `adapter:PATH`) of every warm start a trial of `method` can get."""
-        sampled = {key: (self._path(key, method), dist) for _, key, dist in self.sampled(method)}
-        inits = ([(f"{sampled['init'][0]}.{s}", v) for s, v in sampled["init"][1].candidates()] if "init" in sampled
-                 else [("fixed.init", self.fixed["init"])] if "init" in self.fixed else [])
-        return [(path, init) for path, init in inits if isinstance(init, str) and init.startswith(ADAPTER_PREFIX)]
+        return [(path, init) for path, init in self._inits(method)
+                if isinstance(init, str) and init.startswith(ADAPTER_PREFIX)]
 
-    def _check_warm_starts(self, method: str, base: dict, paths: dict) -> None:
-        """An adapter init fixes the shape: every shape value the search can pick must match it."""
+    def _check_inits(self, method: str, base: dict, paths: dict) -> None:
+        """An init constrains the shape (an adapter fixes it; a token init needs a prefix without a
+        projection): every init with every shape the search can pick must make a TrainConfig."""
         shapes = [[(key, f"{self._path(key, method)}.{s}", v) for s, v in dist.candidates()]
                   for _, key, dist in self.sampled(method) if key in SHAPE_FIELDS]
-        for init_path, init in self.warm_starts(method):
+        for init_path, init in self._inits(method):
             for combo in itertools.product(*shapes):
                 values = {**base, "init": init, **{key: value for key, _, value in combo}}
                 self._try(values, {**paths, "init": init_path, **{key: path for key, path, _ in combo}})

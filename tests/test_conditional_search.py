@@ -94,8 +94,11 @@ SPACE_ERRORS = {
         "base: default\nsearch: {prefix_projection: {p_tuning: {choice: [0, 8]}}}\n",
         "search.prefix_projection.p_tuning", "method p_tuning has no prefix_projection"),
     "text init for every method": (
-        "base: smoke\nsearch: {init: {choice: [random, 'Write code.']}}\n", "search.init.choice[1]",
-        "for method prefix_tuning"),
+        "base: default\nsearch: {init: {choice: [random, 'Write code.']}}\n", "search.init.choice[1]",
+        "for method p_tuning (P-tuning's embeddings pass through an MLP"),
+    "text init with a prefix projection": (
+        "base: smoke\nsearch: {prefix_projection: {choice: [0, 64]}}\n", "search.init.prefix_tuning.choice[0]",
+        "for method prefix_tuning with prefix_projection 64 (a token init sets the key/values directly"),
     "vocab init fixed, p_tuning searched": (
         "base: default\nsearch: {init: null}\nfixed: {init: sample_vocab}\n", "fixed.init", "for method p_tuning"),
     "float range over a method's integer field": (
@@ -124,7 +127,7 @@ def test_a_narrowing_preset_keeps_other_methods_entries(tmp_path):
                             "fixed: {method: prefix_tuning}\n")
     assert spec.methods == ("prefix_tuning",)
     assert [name for name, _, _ in spec.sampled("prefix_tuning")] == [
-        "num_virtual_tokens", "learning_rate.prefix_tuning", "prefix_projection"]
+        "num_virtual_tokens", "init.prefix_tuning", "learning_rate.prefix_tuning"]
 
 
 @pytest.fixture()

@@ -87,6 +87,45 @@ def test_peft_from_pretrained_gives_our_logits(tiny_loaded, tiny_model_dir, tmp_
         assert torch.equal(reread, now)
 
 
+def test_a_prefix_from_text_is_the_text_as_a_hard_prompt(tiny_loaded):
+    """TEXT init of a prefix: the key/values the model computes for the text, so before training
+    the model reads any prompt exactly as if the text came first (Li & Liang's init)."""
+    text = "def solve(x):"
+    text_ids = tiny_loaded.tokenizer(text)["input_ids"]
+    prompt = SoftPrompt.create(tiny_loaded, TrainConfig(method="prefix_tuning", num_virtual_tokens=len(text_ids),
+                                                        init=text))
+    rows = [tiny_loaded.tokenizer(t, add_special_tokens=False)["input_ids"]
+            for t in ("    return x + 1", "    # add one\n    return x+1")]
+    with torch.no_grad():
+        batch = left_padded(rows, tiny_loaded.model.get_input_embeddings(), tiny_loaded.tokenizer.pad_token_id,
+                            prompt.inputs())
+        ours = tiny_loaded.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
+                                 position_ids=batch.position_ids, past_key_values=batch.past_key_values).logits
+        for row, ids in enumerate(rows):
+            hard = tiny_loaded.model(input_ids=torch.tensor([text_ids + ids])).logits[0, -len(ids):]
+            assert torch.allclose(ours[row, -len(ids):], hard, atol=1e-4)
+    # Longer prompts repeat the text's tokens, shorter ones cut them (as PEFT's prompt-tuning TEXT init).
+    from trainable.softprompt import init_token_ids
+
+    long = TrainConfig(method="prefix_tuning", num_virtual_tokens=len(text_ids) * 2 + 1, init=text)
+    assert init_token_ids(tiny_loaded, long) == (text_ids * 3)[: len(text_ids) * 2 + 1]
+
+
+def test_a_prefix_from_sampled_vocabulary_is_seeded(tiny_loaded):
+    from trainable.softprompt import prefix_from_tokens
+
+    config = TrainConfig(method="prefix_tuning", num_virtual_tokens=6, init="sample_vocab", seed=4)
+    a = SoftPrompt.create(tiny_loaded, config).output().detach()
+    b = SoftPrompt.create(tiny_loaded, config).output().detach()
+    assert torch.equal(a, b)
+    c = SoftPrompt.create(tiny_loaded, TrainConfig(method="prefix_tuning", num_virtual_tokens=6,
+                                                   init="sample_vocab", seed=5)).output().detach()
+    assert not torch.equal(a, c)
+    # Position 0 holds real key/values: those of some vocabulary token read at position 0.
+    vocab = [prefix_from_tokens(tiny_loaded, [token])[0] for token in range(len(tiny_loaded.tokenizer))]
+    assert any(torch.allclose(a[0], row, atol=1e-5) for row in vocab)
+
+
 def test_prefix_dims_follow_peft_on_a_gqa_model(tiny_loaded):
     """PEFT stores key/value heads only (GQA); our shape check must agree with what PEFT builds."""
     prompt = SoftPrompt.create(tiny_loaded, TrainConfig(num_virtual_tokens=3, method="prefix_tuning"))
@@ -187,7 +226,10 @@ def test_damaged_adapter_files_are_one_line_errors(tiny_loaded, tmp_path):
 @pytest.mark.parametrize("settings, field, message", [
     ({"method": "lora"}, "method", "one of prompt_tuning, p_tuning, prefix_tuning"),
     ({"method": "p_tuning", "init": "sample_vocab"}, "init", "'random' or 'adapter:PATH' for method p_tuning"),
-    ({"method": "prefix_tuning", "init": "Write code."}, "init", "for method prefix_tuning"),
+    ({"method": "p_tuning", "init": "Write code."}, "init", "P-tuning's embeddings pass through an MLP"),
+    ({"method": "prefix_tuning", "prefix_projection": 8, "init": "Write code."}, "init",
+     "'random' or 'adapter:PATH' for method prefix_tuning with prefix_projection 8"),
+    ({"method": "prefix_tuning", "prefix_projection": 8, "init": "sample_vocab"}, "init", "with prefix_projection 8"),
     ({"encoder_hidden_size": 64}, "encoder_hidden_size", "no value unless method is p_tuning"),
     ({"method": "p_tuning", "prefix_projection": 64}, "prefix_projection", "no value unless method is prefix_tuning"),
     ({"method": "p_tuning", "encoder_hidden_size": 0}, "encoder_hidden_size", "an integer >= 1"),

@@ -52,8 +52,10 @@ def test_default_is_the_real_search():
     lr = spec.search["learning_rate"].by_method["prompt_tuning"]
     assert lr.kind is DistKind.LOGUNIFORM and (lr.low, lr.high) == (1e-3, 3e-1)
     names = {method: [name for name, _, _ in spec.sampled(method)] for method in spec.methods}
-    assert "encoder_hidden_size" in names["p_tuning"] and "prefix_projection" in names["prefix_tuning"]
-    assert "init.prompt_tuning" in names["prompt_tuning"] and "init.prompt_tuning" not in names["p_tuning"]
+    assert "encoder_hidden_size" in names["p_tuning"] and "encoder_hidden_size" not in names["prefix_tuning"]
+    assert "init.prompt_tuning" in names["prompt_tuning"] and "init.prefix_tuning" in names["prefix_tuning"]
+    assert not any(name.startswith("init") for name in names["p_tuning"])
+    assert spec.search["init"].by_method["prefix_tuning"].values[2:] == tuple(texts)
     for method in spec.methods:
         assert "epochs" not in spec.fixed and spec.train_config(_first(spec, method)).epochs == 10
 
@@ -89,8 +91,7 @@ def test_smoke_differs_from_default_only_where_it_overrides():
         if path in changed:
             continue
         assert s[path] == d[path], path
-    assert set(load_space("smoke").search) == set(load_space("default").search) - {
-        "encoder_hidden_size", "prefix_projection"}
+    assert set(load_space("smoke").search) == set(load_space("default").search) - {"encoder_hidden_size"}
     spec = load_space("smoke")
     assert spec.model == "bundled" and spec.resources.gpu == 0 and spec.budget.num_samples <= 4
     assert spec.methods == ("prompt_tuning", "prefix_tuning")  # both ways a soft prompt enters the model

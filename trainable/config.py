@@ -24,15 +24,21 @@ class InitKind(str, Enum):
 
 
 ADAPTER_PREFIX = "adapter:"
-# What each method's PEFT config can start from. PEFT has TEXT and vocabulary inits for prompt
-# tuning only: P-tuning's embeddings pass through an MLP and a prefix is key/values, not tokens.
+# What each method can start from. Prompt tuning: PEFT's inits. P-tuning: its embeddings pass
+# through an MLP, so tokens' embeddings mean nothing there (PEFT has no such init either). Prefix
+# tuning: PEFT draws key/values at random; a text or sampled tokens give the key/values the frozen
+# model computes for those tokens (Li & Liang's "activations of real words"), set directly, so
+# not through a projection.
 INITS = {
     Method.PROMPT_TUNING.value: (InitKind.RANDOM, InitKind.SAMPLE_VOCAB, InitKind.TEXT, InitKind.ADAPTER),
     Method.P_TUNING.value: (InitKind.RANDOM, InitKind.ADAPTER),
-    Method.PREFIX_TUNING.value: (InitKind.RANDOM, InitKind.ADAPTER),
+    Method.PREFIX_TUNING.value: (InitKind.RANDOM, InitKind.SAMPLE_VOCAB, InitKind.TEXT, InitKind.ADAPTER),
 }
+TOKEN_INITS = (InitKind.SAMPLE_VOCAB, InitKind.TEXT)  # inits made from tokens
 _INIT_WORDS = {InitKind.RANDOM: "'random'", InitKind.SAMPLE_VOCAB: "'sample_vocab'",
                InitKind.TEXT: "an init text", InitKind.ADAPTER: "'adapter:PATH'"}
+_WHY_NOT = {Method.P_TUNING.value: "P-tuning's embeddings pass through an MLP, so no token init",
+            Method.PREFIX_TUNING.value: "a token init sets the key/values directly, not through a projection"}
 
 
 def init_kind(init: str) -> InitKind:
@@ -117,10 +123,13 @@ class TrainConfig:
         if not isinstance(self.init, str) or not self.init.strip():
             raise field_error("init", self.init, "'random', 'sample_vocab', 'adapter:PATH' or a non-empty init text")
         allowed = INITS[self.method]
+        projected = self.method == Method.PREFIX_TUNING.value and bool(self.prefix_projection)
+        if projected:
+            allowed = tuple(kind for kind in allowed if kind not in TOKEN_INITS)
         if self.init_kind not in allowed:
             words = " or ".join(_INIT_WORDS[kind] for kind in allowed)
-            raise field_error("init", self.init, f"{words} for method {self.method} (PEFT has TEXT and "
-                              "vocabulary inits for prompt_tuning only)")
+            where = f"{self.method} with prefix_projection {self.prefix_projection}" if projected else self.method
+            raise field_error("init", self.init, f"{words} for method {where} ({_WHY_NOT[self.method]})")
         if self.init_kind is InitKind.ADAPTER:
             if not adapter_path(self.init).strip():
                 raise field_error("init", self.init, "'adapter:PATH' with the PATH of a saved soft prompt")

@@ -2,7 +2,8 @@
 
 PEFT builds and initialises the method's encoder (`trainable.methods`): prompt tuning's embedding
 (`random`, `sample_vocab`, or TEXT init), P-tuning's embedding + MLP, prefix tuning's key/values
-(+ optional projection). It writes the adapter (`adapter_config.json` +
+(+ optional projection). A prefix can also start from the key/values of a text or of sampled
+tokens (`prefix_from_tokens`), which PEFT does not offer. It writes the adapter (`adapter_config.json` +
 `adapter_model.safetensors`, loadable with `PeftModel.from_pretrained`). We do not use PEFT's
 forward: it puts virtual tokens before left padding and drops position ids, which is wrong under
 RoPE for batched generation; `trainable.inputs` places them (or the prefix) itself.
@@ -12,6 +13,7 @@ encoder's own weights (`ENCODER_FILE`), so that a warm start continues the same 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -20,7 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainable.adapter import ENCODER_FILE, WEIGHTS_FILE, AdapterInfo, model_mismatch, read_adapter_info
-from trainable.config import InitKind, TrainConfig, adapter_path
+from trainable.config import TOKEN_INITS, InitKind, TrainConfig, adapter_path
 from trainable.errors import field_error
 from trainable.inputs import Prefix
 from trainable.methods import PEFT_TYPES, Method
@@ -45,6 +47,25 @@ def _peft_config(config: TrainConfig, loaded: LoadedModel, tokenizer_path: str |
         prompt_tuning_init_text=config.init if kind is InitKind.TEXT else None,
         tokenizer_name_or_path=(tokenizer_path or loaded.model.name_or_path) if kind is InitKind.TEXT else None,
     )
+
+
+def init_token_ids(loaded: LoadedModel, config: TrainConfig) -> list[int]:
+    """The tokens a TEXT / sample_vocab init starts from, chosen as PEFT's prompt-tuning init chooses
+    them: the text's tokens cut or repeated to the prompt's length, or tokens drawn uniformly."""
+    n = config.num_virtual_tokens
+    if config.init_kind is InitKind.SAMPLE_VOCAB:
+        return torch.randint(0, loaded.model.get_input_embeddings().num_embeddings, (n,)).tolist()
+    ids = loaded.tokenizer(config.init)["input_ids"]
+    return (ids * math.ceil(n / len(ids)))[:n]
+
+
+@torch.no_grad()
+def prefix_from_tokens(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
+    """The key/values the frozen model computes for `ids` at positions 0..P-1, in PEFT's flat
+    layout (fp32): as a prefix they make the model read what follows as if `ids` came first."""
+    out = loaded.model(input_ids=torch.tensor([ids], device=loaded.device), use_cache=True)
+    per_layer = [t[0] for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+    return torch.stack(per_layer).permute(2, 0, 1, 3).reshape(len(ids), -1).float()  # inverse of Prefix.from_flat
 
 
 def prompt_input(method: str, output: torch.Tensor, num_layers: int, num_heads: int) -> torch.Tensor | Prefix:
@@ -97,6 +118,9 @@ class SoftPrompt:
         prompt = cls(get_peft_model(loaded.model, _peft_config(config, loaded, tokenizer_path)))
         if config.init_kind is InitKind.ADAPTER:
             prompt.warm_start(loaded, config)
+        elif config.method == Method.PREFIX_TUNING.value and config.init_kind in TOKEN_INITS:
+            with torch.no_grad():  # TrainConfig allows these only without a projection
+                prompt.encoder.embedding.weight.copy_(prefix_from_tokens(loaded, init_token_ids(loaded, config)))
         return prompt
 
     @property
