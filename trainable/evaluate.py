@@ -12,6 +12,7 @@ import json
 import time
 from pathlib import Path
 
+from trainable.adapter import read_adapter_info
 from trainable.cli import OneLineParser, run_main
 from trainable.data import SPLITS, DataSplit, problems_for
 from trainable.errors import field_error
@@ -77,13 +78,15 @@ def _generate_and_score(args) -> dict:
     from trainable.model import load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
+    if args.prompt:
+        read_adapter_info(args.prompt, "--prompt")
     problems = problems_for(args.split, _data_split(args.data_sizes))[: args.limit]
     loaded = load_model(ref)
     soft = None
     if args.prompt:
-        from trainable.softprompt import SoftPrompt
+        from trainable.softprompt import use_prompt
 
-        soft = SoftPrompt.load(loaded, args.prompt).weight
+        soft = use_prompt(loaded, args.prompt)
     result = evaluate_problems(loaded, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
     if args.out:
         _write_jsonl(args.out, result.samples)
