@@ -1,13 +1,23 @@
-"""GPU figures against the arithmetic floor (needs CUDA; prints why and exits 0 without it).
+"""GPU figures against the GPU's own measured ceilings (needs CUDA; prints why and exits 0 without it).
 
     python bench/bench_gpu.py [--batch 8] [--seq 196] [--new-tokens 512] [--problems 164]
+                              [--decode-batch 64] [--share 4] [--tokenizer DIR]
 
-A random-init model of Qwen2.5-Coder-0.5B's exact shape in bf16 (the GPU machine cannot
-download weights; with random weights no sequence stops early, so decoding always runs
-`--new-tokens` steps: we report tokens/s). Training: our step (soft prompt, output layer on
-target positions) -> tokens/s and achieved TFLOP/s, counting ~2 GFLOP per token (forward +
-backward through activations only, ~2 x 2 x 0.5e9). Decoding: greedy with KV cache over 164
-prompts -> tokens/s and achieved bandwidth (weights read once per step per batch).
+A random-init model of Qwen2.5-Coder-0.5B's exact shape in bf16 (a GPU machine may have no
+weights; with random weights no sequence stops early, so decoding always runs `--new-tokens`
+steps: we report tokens/s). Ceilings, measured in this process first: an 8192^3 bf16 matrix
+product (TFLOP/s) and a 2 GiB device-to-device copy (bytes read + written per second).
+
+The models behind "% of ceiling":
+- training, frozen model, soft prompt only: forward 2 x N FLOP per token (N = 494M parameters)
+  + backward through the activations only (no weight gradients) ~2 x N -> ~2 GFLOP per token,
+  against the bf16 GEMM ceiling.
+- decoding: every step reads all weights once for the whole batch (+ the KV cache, small at
+  these lengths): bytes per step ~ 2 x N, against the copy bandwidth.
+
+`--share 4`: four processes, each one trial's work (train steps + decoding) on the same GPU, as
+four Ray trials at 0.25 GPU would be: each one's peak CUDA memory and its start/end, so overlap
+(all four running at once) is shown.
 """
 from __future__ import annotations
 
@@ -27,29 +37,55 @@ from trainable.train import TrainExample, completion_loss  # noqa: E402
 FLOP_PER_TOKEN = 2e9  # forward (2 x params) + backward through activations (~2 x params)
 
 
-def train_figures(loaded, batch: int, seq: int, steps: int = 20) -> list:
+def _timed(fn, repeat: int = 10, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeat
+
+
+def ceilings() -> dict:
+    n = 8192
+    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
+    bf16 = 2 * n ** 3 / _timed(lambda: a @ b)
+    a32, b32 = a.float(), b.float()
+    torch.backends.cuda.matmul.allow_tf32 = False
+    fp32 = 2 * n ** 3 / _timed(lambda: a32 @ b32, repeat=3, warmup=1)
+    src = torch.empty(2 ** 30, dtype=torch.uint16, device="cuda")  # 2 GiB
+    dst = torch.empty_like(src)
+    copy = 2 * src.numel() * 2 / _timed(lambda: dst.copy_(src))
+    del a, b, a32, b32, src, dst
+    torch.cuda.empty_cache()
+    return {"bf16_flops": bf16, "fp32_flops": fp32, "copy_bytes": copy}
+
+
+def train_rate(loaded, batch: int, seq: int, steps: int = 20) -> float:
+    """Tokens/s of our training step (soft prompt only, output layer on target positions)."""
     hidden = loaded.model.config.hidden_size
     soft = torch.nn.Parameter(torch.randn(16, hidden, device=loaded.device) * 0.02)
     optimizer = torch.optim.AdamW([soft], lr=1e-2)
     vocab = loaded.model.config.vocab_size
     examples = [TrainExample(torch.randint(0, vocab, (seq,)).tolist(), seq // 2) for _ in range(batch)]
-    for i in range(steps + 3):
-        if i == 3:  # after warm-up
-            torch.cuda.synchronize()
-            started = time.perf_counter()
+    tokens = 0
+
+    def step():
+        nonlocal tokens
         loss, tokens = completion_loss(loaded, soft, examples)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    torch.cuda.synchronize()
-    seconds = (time.perf_counter() - started) / steps
-    tok_s = tokens / seconds
-    epoch_100 = 100 * (seq + 16) / tok_s
-    return ["train step", f"{tok_s:,.0f} tok/s", f"{tok_s * FLOP_PER_TOKEN / 1e12:.1f} TFLOP/s",
-            f"{epoch_100:.3f} s per 100-problem epoch (floor ~0.06 s)"]
+
+    seconds = _timed(step, repeat=steps)  # before reading `tokens`: the steps set it
+    return tokens / seconds
 
 
-def decode_figures(loaded, problems: int, new_tokens: int, batch: int) -> list:
+def decode_rate(loaded, problems: int, new_tokens: int, batch: int) -> tuple[float, float]:
+    """Tokens/s and weight bytes read per second of greedy decoding over HumanEval prompts."""
     prompts = [p["prompt"] for p in list(load_problems().values())[:problems]]
     loaded.model.generation_config.eos_token_id = None  # random weights: never stop early
     stats = GenerationStats()
@@ -57,10 +93,37 @@ def decode_figures(loaded, problems: int, new_tokens: int, batch: int) -> list:
     generate(loaded, prompts, None, max_new_tokens=new_tokens, batch_size=batch, stats=stats)
     torch.cuda.synchronize()
     weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
-    steps = stats.new_tokens / batch
-    bandwidth = weight_bytes * steps / stats.seconds
-    return ["decode", f"{stats.tokens_per_s:,.0f} tok/s", f"{bandwidth / 1e12:.2f} TB/s weights",
-            f"{stats.seconds:.2f} s for {problems} x {new_tokens} tokens (floor ~0.3 s)"]
+    steps = stats.new_tokens / min(batch, problems)
+    return stats.tokens_per_s, weight_bytes * steps / stats.seconds
+
+
+def one_trial(args, tokenizer_dir: str | None, queue) -> None:
+    """One trial's work in its own process (a Ray trial at a GPU fraction is one process)."""
+    started = time.time()
+    loaded = load_bench_model("random-0.5b", torch.bfloat16, device="cuda", tokenizer_dir=tokenizer_dir)
+    train = train_rate(loaded, args.batch, args.seq, steps=10)
+    decode, _ = decode_rate(loaded, min(args.problems, 64), min(args.new_tokens, 128), args.decode_batch)
+    queue.put({"pid": os.getpid(), "start": started, "end": time.time(), "train": train,
+               "decode": decode, "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30})
+
+
+def shared_gpu_rows(args) -> list[list]:
+    ctx = torch.multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=one_trial, args=(args, args.tokenizer, queue)) for _ in range(args.share)]
+    for proc in procs:
+        proc.start()
+    results = [queue.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    origin = min(r["start"] for r in results)
+    overlap = min(r["end"] for r in results) - max(r["start"] for r in results)
+    rows = [[f"trial {i} (pid {r['pid']})", f"{r['start'] - origin:.1f}-{r['end'] - origin:.1f} s",
+             f"{r['train']:,.0f} tok/s", f"{r['decode']:,.0f} tok/s", f"{r['peak_gib']:.2f} GiB"]
+            for i, r in enumerate(sorted(results, key=lambda r: r["start"]))]
+    rows.append(["all running at once", f"{max(overlap, 0):.1f} s" + (" (yes)" if overlap > 0 else " (NO)"),
+                 "", "", f"max {max(r['peak_gib'] for r in results):.2f} GiB"])
+    return rows
 
 
 def main() -> None:
@@ -70,15 +133,33 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=512)
     p.add_argument("--problems", type=int, default=164)
     p.add_argument("--decode-batch", type=int, default=64)
+    p.add_argument("--share", type=int, default=4, help="processes sharing the GPU (0: skip)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: the bundled model's)")
     args = p.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure (run on a GPU machine)")
         return
-    loaded = load_bench_model("random-0.5b", torch.bfloat16, device="cuda")
-    rows = [train_figures(loaded, args.batch, args.seq),
-            decode_figures(loaded, args.problems, args.new_tokens, args.decode_batch)]
-    print(machine())
-    print_table(["what", "throughput", "achieved", "vs floor"], rows)
+    print(machine(), torch.cuda.get_device_properties(0).total_memory // 2 ** 30, "GiB", flush=True)
+    ceiling = ceilings()
+    print(f"ceilings: bf16 GEMM {ceiling['bf16_flops'] / 1e12:.0f} TFLOP/s, fp32 GEMM "
+          f"{ceiling['fp32_flops'] / 1e12:.1f} TFLOP/s, copy {ceiling['copy_bytes'] / 1e12:.2f} TB/s", flush=True)
+    loaded = load_bench_model("random-0.5b", torch.bfloat16, device="cuda", tokenizer_dir=args.tokenizer)
+    train = train_rate(loaded, args.batch, args.seq)
+    rows = [["train step (bf16, batch %d x %d)" % (args.batch, args.seq), f"{train:,.0f} tok/s",
+             f"{train * FLOP_PER_TOKEN / 1e12:.1f} TFLOP/s",
+             f"{100 * train * FLOP_PER_TOKEN / ceiling['bf16_flops']:.1f}% of bf16 GEMM"]]
+    for batch in sorted({8, args.decode_batch, min(args.problems, 164)}):
+        tok_s, bandwidth = decode_rate(loaded, args.problems, args.new_tokens, batch)
+        rows.append([f"decode (bf16, batch {batch}, {args.new_tokens} tokens)", f"{tok_s:,.0f} tok/s",
+                     f"{bandwidth / 1e12:.2f} TB/s weights",
+                     f"{100 * bandwidth / ceiling['copy_bytes']:.1f}% of copy bandwidth"])
+    print_table(["what", "throughput", "achieved", "% of ceiling"], rows)
+    if args.share:
+        del loaded
+        torch.cuda.empty_cache()
+        print(f"\n{args.share} processes sharing the GPU, each one trial's work "
+              f"(10 train steps + 64 prompts x 128 tokens):", flush=True)
+        print_table(["trial", "span", "train", "decode", "peak CUDA memory"], shared_gpu_rows(args))
 
 
 if __name__ == "__main__":

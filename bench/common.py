@@ -14,9 +14,9 @@ QWEN_05B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers
                       tie_word_embeddings=True, rope_theta=1000000.0)
 
 
-def load_bench_model(which: str, dtype: torch.dtype, device: str | None = None):
+def load_bench_model(which: str, dtype: torch.dtype, device: str | None = None, tokenizer_dir: str | None = None):
     """`bundled`, `random-0.5b` (Qwen2.5-Coder-0.5B's exact shape, random weights, the bundled
-    tokenizer), or any model reference trainable.model accepts."""
+    tokenizer or the one in `tokenizer_dir`), or any model reference trainable.model accepts."""
     from trainable.model import LoadedModel, ModelRef, default_device, load_model
 
     device = device or str(default_device())
@@ -26,7 +26,8 @@ def load_bench_model(which: str, dtype: torch.dtype, device: str | None = None):
 
     from trainable.bundled import bundled_checkpoint_dir
 
-    tokenizer = AutoTokenizer.from_pretrained(bundled_checkpoint_dir())
+    # A GPU machine without the bundled model's parts gets the tokenizer files alone (11 MB).
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or bundled_checkpoint_dir())
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(**QWEN_05B_SHAPE)).to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
