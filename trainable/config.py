@@ -11,6 +11,9 @@ from enum import Enum
 from trainable.errors import field_error
 
 
+DTYPES = ("auto", "float32", "bfloat16")  # `auto`: trainable.model.choose_dtype's rule
+
+
 class InitKind(str, Enum):
     """How the virtual-token embeddings start. Any other string is a TEXT init with that text."""
 
@@ -55,6 +58,8 @@ class TrainConfig:
     max_new_tokens: int = 300
     eval_batch_size: int = 8
     sandbox_timeout_s: float = 10.0
+    # The frozen model's compute dtype; the soft prompt itself is always trained in fp32.
+    dtype: str = "auto"
 
     def __post_init__(self):
         _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
@@ -72,6 +77,8 @@ class TrainConfig:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_positive("sandbox_timeout_s", self.sandbox_timeout_s)
+        if self.dtype not in DTYPES:
+            raise field_error("dtype", self.dtype, "one of " + ", ".join(DTYPES))
 
     @property
     def init_kind(self) -> InitKind:
