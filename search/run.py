@@ -15,7 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from search.checks import check_local_resources, check_mlflow_uri, check_model, check_name, check_storage
+from search.checks import (check_data, check_local_resources, check_mlflow_uri, check_model, check_name,
+                           check_storage)
 from spaces import load_space
 from trainable.cli import OneLineParser, run_main
 from trainable.errors import field_error
@@ -89,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu)
     check_mlflow_uri(plan["mlflow_uri"])
     check_model(plan["spec"].model)
+    check_data(plan["spec"])
     if args.dry_run:
         print("dry run: configuration valid; no trial started")
         return 0
