@@ -126,18 +126,19 @@ class ConsoleCallback(tune.Callback):
     def __init__(self, num_samples: int, max_epochs: int):
         self.num_samples, self.max_epochs = num_samples, max_epochs
         self.started = time.time()
+        self.dtypes_shown: set = set()
 
     def setup(self, **info):
         self.started = time.time()  # also on --resume, where this object comes back unpickled
+        self.dtypes_shown = set()
 
     def _print(self, line: str) -> None:
         print(f"[{time.time() - self.started:7.1f}s] {line}", file=sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         choice = (result.get("dtype"), result.get("dtype_reason"))
-        seen = self.__dict__.setdefault("_dtypes", set())  # (an older pickle lacks the attribute)
-        if choice[0] and choice not in seen:  # once per distinct choice, e.g. per machine kind
-            seen.add(choice)
+        if choice[0] and choice not in self.dtypes_shown:  # once per distinct choice, e.g. per machine kind
+            self.dtypes_shown.add(choice)
             self._print(f"dtype {choice[0]} ({choice[1]})")
         self._print(f"trial {trial.trial_id} epoch {result['training_iteration']}/{self.max_epochs} "
                     f"val pass@1 {result['pass@1']:.3f} val loss {result.get('val_loss', float('nan')):.4f} "
