@@ -50,7 +50,7 @@ SOURCES = {
 
 
 def source(name: str, where: str = "source") -> Source:
-    if name not in SOURCES:
+    if not isinstance(name, str) or name not in SOURCES:  # (a list is not even hashable)
         raise field_error(where, name, "one of " + ", ".join(SOURCES))
     return SOURCES[name]
 
