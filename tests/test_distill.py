@@ -126,9 +126,16 @@ def test_a_pinned_file_from_another_model_is_refused(tiny_loaded, tiny_model_dir
     assert "\n" not in message
     with pytest.raises(UsageError, match=r"^data\.distill\.targets: .*every training problem \(1 of 4"):
         read_pinned(report.cache, str(tiny_model_dir), PROBLEMS + [parity_problem("p_new", "# new", 0)])
-    (tmp_path / "junk.json").write_text("{}")
-    with pytest.raises(UsageError, match=r"^data\.distill\.targets: got .*junk.json'"):
-        read_pinned(str(tmp_path / "junk.json"), str(tiny_model_dir), PROBLEMS)
+    record = json.loads(Path(report.cache).read_text())
+    broken = [{}, [], "text", {**record, "model": "someone"}, {**record, "format": 1},
+              {**record, "problems": {"p_even": {"sha256": "x", "targets": [3]}}},
+              {**record, "problems": {"p_even": ["not an entry"]}}]
+    for i, junk in enumerate(broken):
+        (tmp_path / f"junk{i}.json").write_text(json.dumps(junk))
+        with pytest.raises(UsageError, match=rf"^data\.distill\.targets: got .*junk{i}.json', expected a distillation"):
+            read_pinned(str(tmp_path / f"junk{i}.json"), str(tiny_model_dir), PROBLEMS)
+    with pytest.raises(UsageError, match=r"^data\.distill\.targets: got .*expected a distillation"):
+        read_pinned(str(tmp_path), str(tiny_model_dir), PROBLEMS)  # a directory
 
 
 def test_training_skips_problems_without_a_target():

@@ -105,12 +105,21 @@ def generation_settings(settings: DistillSettings, config: TrainConfig) -> dict:
 
 
 # -- the cache file ------------------------------------------------------------------------------
+def _entry_ok(entry) -> bool:
+    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+            and isinstance(entry.get("targets"), list) and all(isinstance(t, str) for t in entry["targets"]))
+
+
 def _read(path: Path) -> dict:
+    """A distillation record, or {} for anything else (missing, another format, malformed):
+    the cache then distils again, and a pinned file is refused."""
     try:
         record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
-    return record if isinstance(record, dict) and record.get("format") == FORMAT else {}
+    ok = (isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("model"), dict)
+          and isinstance(record.get("problems"), dict) and all(map(_entry_ok, record["problems"].values())))
+    return record if ok else {}
 
 
 def _write(path: Path, record: dict) -> None:
@@ -234,7 +243,7 @@ def read_pinned(path: str, model_ref: str, problems: list[dict],
 
     record = _read(Path(path).expanduser())
     if not record.get("problems"):
-        raise field_error(PINNED, path, "a distillation file written by python -m trainable.distill")
+        raise field_error(PINNED, path, f"a distillation file (format {FORMAT}) written by python -m trainable.distill")
     want = model_sha256(resolve_model_ref(model_ref))
     made_with = record.get("model", {})
     if made_with.get("sha256") != want:
