@@ -44,10 +44,14 @@ class HardBaseline:
 
 
 def texts_of(search: dict, fixed: dict) -> list[str]:
-    """The space's TEXT inits, in order: the searched choices, else a fixed init."""
+    """The space's TEXT inits, in order and once each: the searched choices (of every method, when
+    `init` is per method), else a fixed init. A text is a hand-written prompt whatever the method."""
     dist = search.get("init")
-    values = list(dist.values) if dist is not None and dist.kind.value == "choice" else [fixed.get("init", "random")]
-    return [v for v in values if isinstance(v, str) and init_kind(v) is InitKind.TEXT]
+    dists = list(getattr(dist, "by_method", {}).values()) or ([dist] if dist is not None else [])
+    values = ([v for d in dists if d.kind.value == "choice" for v in d.values] if dists
+              else [fixed.get("init", "random")])
+    texts = [v for v in values if isinstance(v, str) and init_kind(v) is InitKind.TEXT]
+    return list(dict.fromkeys(texts))
 
 
 def candidates(texts: list[str]) -> list[HardPrompt]:

@@ -12,7 +12,7 @@ import ray
 
 from search.callbacks import mlflow_params, state_of
 from search.provenance import provenance
-from search.report import FinalReport, copy_adapter, save_plots, score_arms, summary_lines
+from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
 from search.results import write_run_record
 from search.searcher import study_storage_url
 from search.targets import NoTargets, prepare_targets
@@ -71,9 +71,10 @@ def _final_report(plan: dict, results, ledger: MlflowLedger, started: float) -> 
     with checkpoint.as_directory() as checkpoint_dir:
         test_best, test_base, hard = score_arms(spec, best.config, checkpoint_dir)
         adapter = copy_adapter(checkpoint_dir, plan["state_dir"] / "best_adapter")
-    report = FinalReport(best.metrics["trial_id"], best.config, float(best_metrics["pass@1"]),
-                         int(best_metrics["training_iteration"]), test_best, test_base, hard)
-    params, tags = mlflow_params(best.config)
+    report = FinalReport(best.metrics["trial_id"], spec.trial_params(best.config), float(best_metrics["pass@1"]),
+                         int(best_metrics["training_iteration"]), test_best, test_base, hard,
+                         best_by_method(results, spec.trial_params))
+    params, tags = mlflow_params(report.best_params)  # best.method names the best kind of soft prompt
     ledger.submit("params", PARENT, {f"best.{k}": v for k, v in params.items()})
     ledger.submit("tags", PARENT, {**{f"best.{k}": v for k, v in tags.items()}, "best_trial_id": report.best_trial_id})
     if hard is not None:

@@ -17,9 +17,9 @@ import torch
 
 from search.baselines import HardBaseline, candidates, rate, select_and_test, texts_of
 from spaces import SpaceSpec
+from trainable.adapter import AdapterInfo
 from trainable.data import problems_for
-from trainable.trial import ADAPTER_DIR, STATE_FILE
-
+from trainable.trial import ADAPTER_DIR
 
 
 def paired_bootstrap_ci(treated: list[bool], baseline: list[bool], resamples: int = 10_000,
@@ -44,11 +44,16 @@ def _loaded(spec: SpaceSpec, params: dict):
 
 
 @ray.remote
-def _score_test(spec: SpaceSpec, params: dict, weight: torch.Tensor | None) -> list[dict]:
+def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor] | None) -> list[dict]:
     from trainable.evaluation import evaluate_problems
+    from trainable.softprompt import prompt_input
 
     config, loaded = _loaded(spec, params)
-    result = evaluate_problems(loaded, problems_for("test", spec.data), weight, config.max_new_tokens,
+    soft = None
+    if prompt is not None:  # the saved adapter's output, as the trial used it (any method)
+        info, output = prompt
+        soft = prompt_input(info.method, output.to(loaded.device), info.num_layers, info.num_attention_heads)
+    result = evaluate_problems(loaded, problems_for("test", spec.data), soft, config.max_new_tokens,
                                config.eval_batch_size, config.sandbox_timeout_s)
     return result.samples
 
@@ -60,8 +65,17 @@ def _hard_baseline(spec: SpaceSpec, params: dict) -> HardBaseline | None:
     return select_and_test(loaded, hard, problems_for("val", spec.data), problems_for("test", spec.data), config)
 
 
-def load_prompt_weight(checkpoint_dir: str | Path) -> torch.Tensor:
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, weights_only=True)["prompt"]["weight"]
+def best_by_method(results, params_of) -> dict[str, tuple[float, int]]:
+    """Best val pass@1 any epoch reached, and the number of trials, per method: which kind of soft
+    prompt did best (on val; test scores only the overall best)."""
+    out: dict[str, tuple[float, int]] = {}
+    for result in results:
+        if result.config is None or result.metrics_dataframe is None or "pass@1" not in result.metrics_dataframe:
+            continue
+        method = params_of(result.config)["method"]
+        best, count = out.get(method, (0.0, 0))
+        out[method] = (max(best, float(result.metrics_dataframe["pass@1"].max())), count + 1)
+    return dict(sorted(out.items(), key=lambda item: -item[1][0]))
 
 
 @dataclass
@@ -94,6 +108,7 @@ class FinalReport:
     test_best: list[dict] = field(default_factory=list)
     test_baseline: list[dict] = field(default_factory=list)
     hard: HardBaseline | None = None  # None: the space has no text init to use as a hard prompt
+    by_method: dict[str, tuple[float, int]] = field(default_factory=dict)  # best_by_method()
 
     rate = staticmethod(rate)
 
@@ -117,6 +132,7 @@ class FinalReport:
         out = {"best_val_pass_at_1": self.best_val_pass_at_1, "test_pass_at_1_best": self.rate(self.test_best),
                "test_pass_at_1_baseline": self.rate(self.test_baseline), "lift": lift,
                "lift_ci95_low": low, "lift_ci95_high": high, "test_n": len(self.test_best)}
+        out.update({f"best_val_pass_at_1.{method}": best for method, (best, _) in self.by_method.items()})
         for c in self.comparisons():
             out[f"solved_only_by_soft_prompt_vs_{c.other}"] = c.only_soft
             out[f"solved_only_by_{c.other}"] = c.only_other
@@ -140,15 +156,19 @@ class FinalReport:
                 "test": {name: {"pass_at_1": self.rate(samples), "passed": sum(s["passed"] for s in samples),
                                 "n": len(samples)} for name, samples in self.arms().items()},
                 "comparisons": [asdict(c) for c in self.comparisons()], "hard_prompt": hard,
+                "by_method": {method: {"best_val_pass_at_1": best, "trials": count}
+                              for method, (best, count) in self.by_method.items()},
                 "metrics": self.metrics()}
 
 
 def score_arms(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple[list, list, HardBaseline | None]:
     """Test samples of the soft prompt and the frozen model, and the hard-prompt baseline, as
     Ray tasks with the trials' resources (they run side by side where the cluster has room)."""
+    from trainable.softprompt import load_prompt
+
     resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
-    weight = load_prompt_weight(checkpoint_dir)
-    best = _score_test.options(**resources).remote(spec, best_params, weight)
+    prompt = load_prompt(Path(checkpoint_dir) / ADAPTER_DIR, "best_adapter")
+    best = _score_test.options(**resources).remote(spec, best_params, prompt)
     baseline = _score_test.options(**resources).remote(spec, best_params, None)
     hard = _hard_baseline.options(**resources).remote(spec, best_params)
     return ray.get(best), ray.get(baseline), ray.get(hard)
@@ -193,12 +213,16 @@ def arm_lines(report: FinalReport) -> list[str]:
 def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str) -> list[str]:
     m = report.metrics()
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in report.best_params.items())
+    per_method = ", ".join(f"{method} {best:.3f} ({count} trial{'s' * (count != 1)})"
+                           for method, (best, count) in report.by_method.items())
+    methods = [f"methods       {per_method}  (best val pass@1 per method)"] if len(report.by_method) > 1 else []
     return [
         f"== search finished in {seconds:.0f} s: {counts.get('total', 0)} trials "
         f"({counts.get('COMPLETED', 0)} completed, {counts.get('PRUNED', 0)} stopped early by ASHA, "
         f"{counts.get('FAILED', 0)} failed)",
         f"best trial    {report.best_trial_id} (epoch {report.best_epoch}): {params}",
         f"val pass@1    {m['best_val_pass_at_1']:.3f}",
+        *methods,
         *arm_lines(report),
         f"adapter       {adapter}",
         f"mlflow        {mlflow_where}",

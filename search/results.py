@@ -48,11 +48,12 @@ def machine_info() -> dict:
     return info
 
 
-def trial_record(result, max_epochs: int) -> dict:
-    """One trial: parameters, state, and val pass@1 per epoch (from its per-epoch checkpoints)."""
+def trial_record(result, max_epochs: int, params_of=dict) -> dict:
+    """One trial: parameters (by TrainConfig field: `params_of` = `SpaceSpec.trial_params`, which
+    undoes Optuna's per-method names), state, and val pass@1 per epoch (its per-epoch checkpoints)."""
     history = sorted((m for _, m in result.best_checkpoints or []), key=lambda m: m["training_iteration"])
     state, epochs = state_of(bool(result.error), result.metrics, max_epochs)
-    params, tags = mlflow_params(result.config or {})
+    params, tags = mlflow_params(params_of(result.config) if result.config else {})
     return {"trial_id": (result.metrics or {}).get("trial_id"), "params": params, "init_text": tags.get("init_text"),
             "state": state, "epochs": epochs,
             "val_pass_at_1": [float(m["pass@1"]) for m in history],
@@ -71,7 +72,8 @@ def write_run_record(out: Path, plan: dict, report, results, wall_s: float) -> N
             "wall_s": round(wall_s, 1), "machine": machine_info(), "space": spec.to_dict(),
             "dtype": dtypes, "dtype_reason": reasons, "distill": plan.get("distill")}
     (out / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
-    (out / "trials.json").write_text(json.dumps([trial_record(r, spec.budget.max_epochs) for r in results], indent=1))
+    trials = [trial_record(r, spec.budget.max_epochs, spec.trial_params) for r in results]
+    (out / "trials.json").write_text(json.dumps(trials, indent=1))
     (out / "final_report.json").write_text(json.dumps(report.to_dict(), indent=1, default=str))
 
 
@@ -218,6 +220,16 @@ def test_tables(final: dict) -> list[str]:
     return rows
 
 
+def method_lines(final: dict) -> list[str]:
+    """Which kind of soft prompt did best on val, when the search compared kinds."""
+    by_method = final.get("by_method") or {}
+    if len(by_method) < 2:
+        return []
+    shown = ", ".join(f"{method} {v['best_val_pass_at_1']:.3f} ({v['trials']} trial{'s' * (v['trials'] != 1)})"
+                      for method, v in by_method.items())
+    return [f"Best val pass@1 per method: {shown}. (Test scored only the overall best.)", ""]
+
+
 def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
     n = final["test"]["soft_prompt"]["n"]
     hard = final.get("hard_prompt")
@@ -230,7 +242,7 @@ def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
         "# Results: does the searched soft prompt beat the frozen model and a hand-written prompt?", "",
         f"**{headline(final)}**", "", *run_table(info, trials), "",
         f"## Trials (val pass@1 on {info['space']['data']['val'].get('n')} {info['space']['data']['val']['source']} problems)", "",
-        *trials_table(trials, final["best_trial_id"]), "",
+        *trials_table(trials, final["best_trial_id"]), "", *method_lines(final),
         f"## Test ({n} {info['space']['data']['test']['source']} problems, greedy pass@1)", "", *test_tables(final), "",
         "## Learning curves", "", f"![val pass@1 per epoch per trial]({plot_name})", "",
         "## Conclusion", "", *[f"- {line}" for line in conclusion], "",

@@ -26,8 +26,8 @@ def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: Mlf
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=budget.max_epochs,
                               grace_period=budget.grace_period, reduction_factor=budget.reduction_factor)
     callbacks = [
-        ConsoleCallback(budget.num_samples, budget.max_epochs),
-        MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir)),
+        ConsoleCallback(budget.num_samples, budget.max_epochs, spec.trial_params),
+        MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
     ]
     return tune.Tuner(
         trainable_for(spec, targets),

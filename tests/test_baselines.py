@@ -1,11 +1,12 @@
 """Hard-prompt baselines: each text init as tokens (= the TEXT-init soft prompt before training) and
 as a comment line; the best is chosen on val, never on test.
 
-The tiny model writes noise, so the problems are built so that noise passes or fails by a rule:
-the completion lands inside a raw string `X` and the test asserts the parity of `len(X)`. Val and
-test problems have the same prompts (so each arm writes the same completions for both) and
-opposite rules, so an arm's test score is the number of problems minus its val score: the arm
-best on val is the worst on test, and a choice made on test would pick another arm.
+The tiny model writes noise, so the problems make pass/fail a rule of the arm, not of the noise:
+the completion lands on a comment line (and stops at its end), and the test asserts on the line
+where `f` starts - 1 for the tokens form, 1 + the text's lines for the comment form. Val and test
+problems have opposite rules, so an arm's test score is the number of problems minus its val
+score: the arm best on val is not the best on test, and a choice made on test would pick another.
+(The sandbox compiles the program and the test apart, so a test cannot close the prompt's string.)
 """
 from __future__ import annotations
 
@@ -18,18 +19,22 @@ from trainable.config import TrainConfig
 from trainable.softprompt import SoftPrompt
 
 CONFIG = TrainConfig(max_new_tokens=6, eval_batch_size=8, sandbox_timeout_s=5, dtype="float32")
-TEXTS = ["Write correct code.", "def solve", "Return the answer quickly and exactly.", "x"]
-LEADS = ["# a", "value = 1", "# bb", "items = []", "# ccc", "flag = True", "# dddd", "name = 'n'"]
+TEXTS = ["Write correct code.", "def solve\nquickly", "Return the answer\nquickly\nand exactly.", "x"]
+# Per problem, the lines where `f` may start for a val pass (a test pass: any other line). Arms start
+# f at line 1 (tokens form), 2, 3, 4 (comment form of a 1-, 2-, 3-line text).
+VAL_LINES = [{3}, {3}, {3, 1}, {2}]
 
 
-def _problem(task_id: str, lead: str, parity: int) -> dict:
-    return {"task_id": task_id, "entry_point": "f", "stop_tokens": ["\n\n\n"],
-            "prompt": f"def f():\n    return 1\n\n{lead}\nX = r'''",
-            "test": f"'''\ndef check(candidate):\n    assert candidate() == 1\n    assert len(X) % 2 == {parity}\n"}
+def _problem(task_id: str, lines: set[int], on_val: bool) -> dict:
+    rule = "in" if on_val else "not in"
+    return {"task_id": task_id, "entry_point": "f", "stop_tokens": ["\n", "\r", "\x00"],
+            "prompt": "def f():\n    return 1\n\n# ",
+            "test": f"def check(candidate):\n    assert candidate() == 1\n"
+                    f"    assert candidate.__code__.co_firstlineno {rule} {sorted(lines)}\n"}
 
 
-VAL = [_problem(f"v{i}", lead, 0) for i, lead in enumerate(LEADS)]
-TEST = [_problem(f"t{i}", lead, 1) for i, lead in enumerate(LEADS)]
+VAL = [_problem(f"v{i}", lines, True) for i, lines in enumerate(VAL_LINES)]
+TEST = [_problem(f"t{i}", lines, False) for i, lines in enumerate(VAL_LINES)]
 
 
 def test_the_hard_prompt_is_chosen_on_val_not_test(tiny_loaded):
@@ -59,7 +64,7 @@ def test_tokens_form_is_the_text_init_soft_prompt_before_training(tiny_loaded):
     _, weight = arm_inputs(tiny_loaded, HardPrompt(text, "tokens"), VAL)
     ids = tiny_loaded.tokenizer(text)["input_ids"]
     peft = SoftPrompt.create(tiny_loaded, TrainConfig(num_virtual_tokens=len(ids), init=text))
-    assert weight.dtype == torch.float32 and torch.equal(weight, peft.weight.detach())
+    assert weight.dtype == torch.float32 and torch.equal(weight, peft.inputs().detach())
 
 
 def test_comment_form_puts_the_text_before_the_prompt(tiny_loaded):
@@ -73,7 +78,9 @@ def test_comment_form_puts_the_text_before_the_prompt(tiny_loaded):
 def test_candidates_are_the_space_s_text_inits():
     spec = load_space("default")
     texts = texts_of(spec.search, spec.fixed)
-    assert texts == [v for v in spec.search["init"].values if v not in ("random", "sample_vocab")]
+    inits = [v for dist in spec.search["init"].by_method.values() for v in dist.values]
+    assert texts == list(dict.fromkeys(v for v in inits if v not in ("random", "sample_vocab")))
+    assert len(texts) == 3, "per-method init lists share their texts: each is one hard prompt"
     assert [h.form for h in candidates(texts)] == ["tokens", "comment"] * len(texts)
     assert texts_of({}, {"init": "A fixed instruction."}) == ["A fixed instruction."]
     assert texts_of({}, {"init": "random"}) == [] and select_and_test(None, [], [], [], CONFIG) is None

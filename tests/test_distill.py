@@ -34,19 +34,23 @@ FIXTURE = Path(__file__).parent / "fixtures" / "mbpp_sample.json"
 
 
 def parity_problem(task_id: str, lead: str, parity: int | None) -> dict:
-    """Passes iff len(completion + newline) has `parity`; None: never passes."""
-    check = "assert False" if parity is None else f"assert len(X) % 2 == {parity}"
-    return {"task_id": task_id, "entry_point": "f", "stop_tokens": ["\n\n\n"],
-            "prompt": f"def f():\n    return 1\n\n{lead}\nX = r'''",
-            "test": f"'''\ndef check(candidate):\n    assert candidate() == 1\n    {check}\n"}
+    """The completion lands on a comment line: it passes unless it breaks that line (a line break
+    makes the rest code, which noise rarely is); `parity` None: never passes. (`parity` and `lead`
+    only make problems differ. The sandbox compiles the program and the test apart, so a test
+    cannot close a string the prompt opened.)"""
+    check = "assert False" if parity is None else f"assert {parity} in (0, 1)"
+    return {"task_id": task_id, "entry_point": "f", "stop_tokens": ["\x00"],
+            "prompt": f"def f():\n    return 1\n\n{lead}\n#",
+            "test": f"def check(candidate):\n    assert candidate() == 1\n    {check}\n"}
 
 
 PROBLEMS = [parity_problem("p_even", "# even", 0), parity_problem("p_odd", "value = 7", 1),
             parity_problem("p_never", "# never", None)]
 
 
-def _expected_pass(completion: str, parity: int | None) -> bool:
-    return parity is not None and "'''" not in completion and (len(completion) + 1) % 2 == parity
+def _must_pass(completion: str, parity: int | None) -> bool:
+    """A completion that stays on its comment line is a program that runs to `check` and passes."""
+    return parity is not None and "\n" not in completion and "\r" not in completion
 
 
 def test_only_sandbox_passing_candidates_are_kept(tiny_loaded):
@@ -54,8 +58,10 @@ def test_only_sandbox_passing_candidates_are_kept(tiny_loaded):
     assert len(results) == len(PROBLEMS) * (1 + SETTINGS.samples)
     parity = {"p_even": 0, "p_odd": 1, "p_never": None}
     for row in results:
-        if row["passed"]:
-            assert _expected_pass(row["completion"], parity[row["task_id"]]), row
+        if _must_pass(row["completion"], parity[row["task_id"]]):
+            assert row["passed"], row
+        if parity[row["task_id"]] is None:
+            assert not row["passed"], row
     assert any(r["passed"] for r in results) and not all(r["passed"] for r in results), \
         "the check needs both verdicts to have teeth"
     for problem in PROBLEMS:

@@ -116,3 +116,13 @@ def test_a_missing_mbpp_file_names_the_set_up_step(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: mbpp: got ") and "run: python -m trainable.mbpp" in line
+
+
+def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny_model_dir):
+    env = {k: v for k, v in search_env().items() if k != "SOFTPROMPT_SANDBOX"}
+    env["PATH"] = str(tmp_path)  # no bwrap on it
+    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), env=env)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "bubblewrap cannot run here" in line and "SOFTPROMPT_SANDBOX=rlimits" in line
+    assert not (tmp_path / "runs").exists()

@@ -17,6 +17,7 @@ import json
 import time
 from pathlib import Path
 
+from trainable.adapter import read_adapter_info
 from trainable.cli import OneLineParser, run_main
 from trainable.config import DTYPES
 from trainable.data import SPLITS, DataSplit, problems_for
@@ -116,14 +117,16 @@ def _generate_and_score(args) -> dict:
     from trainable.model import choose_dtype, load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
+    if args.prompt:
+        read_adapter_info(args.prompt, "--prompt")  # a damaged adapter fails before weights load
     problems = problems_for(args.split, args.data)[: args.limit]
     dtype, reason = choose_dtype(args.dtype)
     loaded = load_model(ref, dtype=dtype)
     soft = None
     if args.prompt:
-        from trainable.softprompt import SoftPrompt
+        from trainable.softprompt import use_prompt
 
-        soft = SoftPrompt.load(loaded, args.prompt).weight
+        soft = use_prompt(loaded, args.prompt)
     result = evaluate_problems(loaded, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
     if args.out:
         _write_jsonl(args.out, result.samples)
