@@ -188,6 +188,8 @@ def _cell(trial: dict, key: str) -> str:
     if key == "init" and trial.get("init_text"):  # the params carry a hash; show the words
         text = trial["init_text"]
         return repr(text if len(text) <= 40 else text[:37] + "...")
+    if value is None:  # a parameter of another method
+        return "-"
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 

@@ -120,3 +120,18 @@ def test_results_of_an_unfinished_search_is_one_line(tmp_path):
     (tmp_path / "s2").mkdir()
     with pytest.raises(UsageError, match=r"^search: got .*no report/final_report.json"):
         write_results(tmp_path / "s2", tmp_path / "RESULTS.md")
+
+
+def test_a_search_over_methods_reports_each_method_s_best_val_everywhere():
+    report = _report()
+    report.by_method = {"prefix_tuning": (0.6, 2), "prompt_tuning": (0.4, 1)}
+    assert report.metrics()["best_val_pass_at_1.prefix_tuning"] == 0.6
+    final = report.to_dict()
+    assert final["by_method"]["prompt_tuning"] == {"best_val_pass_at_1": 0.4, "trials": 1}
+    from search.results import method_lines
+
+    (line, _) = method_lines(final)
+    assert "prefix_tuning 0.600 (2 trials), prompt_tuning 0.400 (1 trial)" in line
+    assert any(l.startswith("methods       prefix_tuning 0.600") for l in summary_lines(report, {}, 1.0, Path("a"), "m"))
+    report.by_method = {"prompt_tuning": (0.4, 3)}  # one method: nothing to compare, no line
+    assert method_lines(report.to_dict()) == []
