@@ -78,7 +78,7 @@ def main() -> None:
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
     loaded = load_bench_model(args.model, getattr(torch, args.dtype))
-    problems = problems_for("test", DataSplit())[: args.problems]
+    problems = problems_for("test", DataSplit(64, 40, 60))[: args.problems]  # as in bench/README.md
 
     started = time.perf_counter()
     ours = evaluate_problems(loaded, problems, None, args.max_new_tokens, args.batch)

@@ -60,8 +60,10 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     loaded = load_bench_model(args.model, getattr(torch, args.dtype))
-    examples = build_examples(loaded, problems_for("train", DataSplit())[: args.batch], 768)
-    prompts = [pr["prompt"] for pr in problems_for("val", DataSplit())[: args.prompts]]
+    # HumanEval (canonical solutions) of the old 64/40/60 split, as bench_train.py and bench/README.md
+    old_split = DataSplit(64, 40, 60)
+    examples = build_examples(loaded, problems_for("train", old_split)[: args.batch], 768)
+    prompts = [pr["prompt"] for pr in problems_for("val", old_split)[: args.prompts]]
     # Every method generates the same number of tokens per row: no end token or stop sequence ends a
     # row early (rows leaving the batch would change the batch size mid-way, differently per method).
     loaded.model.generation_config.eos_token_id = None

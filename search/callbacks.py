@@ -20,7 +20,9 @@ from trainable.config import InitKind, init_kind
 # Tune's metric names -> MLflow's (MLflow forbids "@").
 METRICS = {"pass@1": "val_pass_at_1", "objective": "objective", "val_loss": "val_loss", "train_loss": "train_loss", "train_tokens_per_s": "train_tokens_per_s",
            "generation_tokens_per_s": "generation_tokens_per_s", "eval_seconds": "eval_seconds",
-           "train_seconds": "train_seconds", "sandbox_seconds": "sandbox_seconds"}
+           "train_seconds": "train_seconds", "sandbox_seconds": "sandbox_seconds", "train_examples": "train_examples"}
+# Strings a trial reports once per epoch that go to its MLflow run as tags.
+TAGS = ("node_id", "sandbox_mode", "dtype", "dtype_reason", "val_source")
 
 
 def text_param_hash(text: str) -> str:
@@ -97,9 +99,9 @@ class MlflowCallback(tune.Callback):
         key = self._key(trial)
         values = {METRICS[k]: v for k, v in result.items() if k in METRICS and v == v}  # drop NaN
         self.ledger.log_epoch(key, values, int(result["training_iteration"]))
-        # Where it ran and how generated code was isolated (bwrap, or a weaker fallback).
-        self.ledger.submit("tags", key, {"node_id": result.get("node_id"),
-                                         "sandbox_mode": result.get("sandbox_mode")})
+        # Where it ran, how generated code was isolated (bwrap, or a weaker fallback), the dtype
+        # the trial chose and why, and the val source (HumanEval: the mission's metric).
+        self.ledger.submit("tags", key, {tag: result.get(tag) for tag in TAGS if tag in result})
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Copy the KB-sized checkpoint into the state dir first: if MLflow is down, the queued
@@ -129,14 +131,20 @@ class ConsoleCallback(tune.Callback):
         self.num_samples, self.max_epochs = num_samples, max_epochs
         self.params_of = params_of  # as in MlflowCallback
         self.started = time.time()
+        self.dtypes_shown: set = set()
 
     def setup(self, **info):
         self.started = time.time()  # also on --resume, where this object comes back unpickled
+        self.dtypes_shown = set()
 
     def _print(self, line: str) -> None:
         print(f"[{time.time() - self.started:7.1f}s] {line}", file=sys.stdout, flush=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
+        choice = (result.get("dtype"), result.get("dtype_reason"))
+        if choice[0] and choice not in self.dtypes_shown:  # once per distinct choice, e.g. per machine kind
+            self.dtypes_shown.add(choice)
+            self._print(f"dtype {choice[0]} ({choice[1]})")
         self._print(f"trial {trial.trial_id} epoch {result['training_iteration']}/{self.max_epochs} "
                     f"val pass@1 {result['pass@1']:.3f} val loss {result.get('val_loss', float('nan')):.4f} "
                     f"train loss {result.get('train_loss', float('nan')):.4f} "

@@ -72,6 +72,18 @@ def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
     return model
 
 
+def check_data(spec) -> None:
+    """The data files are there and intact (MBPP: a one-line set-up error otherwise), explicit task
+    ids exist, and a pinned distillation file fits this model and these training problems."""
+    from trainable.data import check_data as check_split, problems_for
+
+    check_split(spec.data)
+    if spec.data.needs_targets() and spec.data.distill.targets:
+        from trainable.distill import read_pinned
+
+        read_pinned(spec.data.distill.targets, spec.model, problems_for("train", spec.data))
+
+
 def _model_config(model: ModelRef):
     from transformers import AutoConfig
 

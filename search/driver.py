@@ -6,14 +6,16 @@ import logging
 import os
 import time
 from collections import Counter
+from dataclasses import asdict
 
 import ray
 
 from search.callbacks import mlflow_params, state_of
 from search.provenance import provenance
-from search.report import (FinalReport, best_by_method, copy_adapter, save_plots, score_best_and_baseline,
-                           summary_lines)
+from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
+from search.results import write_run_record
 from search.searcher import study_storage_url
+from search.targets import NoTargets, prepare_targets
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger
 from search.tuner import build_tuner, restore_tuner
 from spaces import SpaceSpec
@@ -51,7 +53,11 @@ def _log_parent_start(ledger: MlflowLedger, plan: dict) -> None:
     space_file.parent.mkdir(parents=True, exist_ok=True)
     space_file.write_text(json.dumps(spec.to_dict(), indent=2, default=str))
     identity = {f"model.{k}": v for k, v in _model_identity(spec).items()}
-    ledger.submit("tags", PARENT, {**provenance(), **identity, "space": spec.name, "storage": plan["experiment_path"]})
+    from trainable.data import SOURCES  # each data source used, with its license (MBPP: CC-BY-4.0)
+
+    licenses = {f"data.{name}.license": SOURCES[name].license for name in sorted(spec.data.sources())}
+    ledger.submit("tags", PARENT, {**provenance(), **identity, **licenses, "space": spec.name,
+                                   "storage": plan["experiment_path"]})
     budget = {f"budget.{k}": v for k, v in spec.to_dict()["budget"].items()}
     ledger.submit("params", PARENT, {"space": spec.name, "model": spec.model, **budget})
     ledger.submit("artifacts", PARENT, str(space_file.parent), "space")
@@ -63,19 +69,23 @@ def _final_report(plan: dict, results, ledger: MlflowLedger, started: float) -> 
     checkpoint = best.get_best_checkpoint(OBJECTIVE, "max")
     best_metrics = next((m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics)
     with checkpoint.as_directory() as checkpoint_dir:
-        test_best, test_base = score_best_and_baseline(spec, best.config, checkpoint_dir)
+        test_best, test_base, hard = score_arms(spec, best.config, checkpoint_dir)
         adapter = copy_adapter(checkpoint_dir, plan["state_dir"] / "best_adapter")
     report = FinalReport(best.metrics["trial_id"], spec.trial_params(best.config), float(best_metrics["pass@1"]),
-                         int(best_metrics["training_iteration"]), test_best, test_base,
+                         int(best_metrics["training_iteration"]), test_best, test_base, hard,
                          best_by_method(results, spec.trial_params))
     params, tags = mlflow_params(report.best_params)  # best.method names the best kind of soft prompt
     ledger.submit("params", PARENT, {f"best.{k}": v for k, v in params.items()})
     ledger.submit("tags", PARENT, {**{f"best.{k}": v for k, v in tags.items()}, "best_trial_id": report.best_trial_id})
+    if hard is not None:
+        ledger.submit("tags", PARENT, {"hard_prompt.text": hard.chosen.text, "hard_prompt.form": hard.chosen.form})
     ledger.submit("metrics", PARENT, report.metrics(), 0)
     out = plan["state_dir"] / "report"
     out.mkdir(parents=True, exist_ok=True)
-    for name, samples in (("test_completions_best.jsonl", test_best), ("test_completions_baseline.jsonl", test_base)):
-        (out / name).write_text("".join(json.dumps(s) + "\n" for s in samples))
+    names = {"soft_prompt": "best", "frozen": "baseline", "hard_prompt": "hard_prompt"}
+    for arm, samples in report.arms().items():
+        (out / f"test_completions_{names[arm]}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    write_run_record(out, plan, report, results, time.time() - started)
     save_plots(plan["name"], study_storage_url(plan["state_dir"]), out / "plots")
     ledger.submit("artifacts", PARENT, str(out), "report")
     ledger.submit("artifacts", PARENT, str(adapter), "best_soft_prompt")
@@ -96,8 +106,15 @@ def run_search(plan: dict, resume: bool) -> int:
                               plan["artifact_location"])
         if not resume:
             _log_parent_start(ledger, plan)
-        tuner = (restore_tuner(spec, plan["experiment_path"]) if resume
-                 else build_tuner(spec, plan["storage"], plan["name"], plan["state_dir"], ledger))
+        try:
+            targets, distilled = prepare_targets(spec, ledger)
+            plan["distill"] = asdict(distilled) if distilled else None  # for report/run_info.json
+        except NoTargets as err:
+            print(f"error: {err}", flush=True)
+            ledger.submit("end", PARENT, "FAILED")
+            return 1
+        tuner = (restore_tuner(spec, plan["experiment_path"], targets) if resume
+                 else build_tuner(spec, plan["storage"], plan["name"], plan["state_dir"], ledger, targets))
         results = tuner.fit()
         if all(r.error for r in results) or len(results) == 0:
             print("no trial finished without error; see the FAILED lines above", flush=True)

@@ -1,18 +1,21 @@
-"""The end of a search: score the best soft prompt and the frozen baseline on the test split.
+"""The end of a search: three arms on the test split - the best soft prompt, the frozen model
+(no prompt) and the best hard prompt (chosen on val, `search.baselines`).
 
-Test is read here only, after the search has chosen on val. The lift comes with a 95% paired
-bootstrap confidence interval over test problems (the same problems for both arms).
+Test is read here only, after the search has chosen on val. Each lift of the soft prompt comes
+with a 95% paired bootstrap confidence interval over test problems (the same problems for every
+arm) and the counts of problems one arm solves and the other does not.
 """
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
 
+from search.baselines import HardBaseline, candidates, rate, select_and_test, texts_of
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
 from trainable.data import problems_for
@@ -32,15 +35,20 @@ def paired_bootstrap_ci(treated: list[bool], baseline: list[bool], resamples: in
     return float(a.mean() - b.mean()), float(np.percentile(lifts, tail)), float(np.percentile(lifts, 100 - tail))
 
 
+def _loaded(spec: SpaceSpec, params: dict):
+    from trainable.model import cached_model, choose_dtype
+
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    config = spec.train_config(params)  # evaluation settings (and dtype) are the trials' own
+    return config, cached_model(spec.model, dtype=choose_dtype(config.dtype)[0])
+
+
 @ray.remote
 def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor] | None) -> list[dict]:
     from trainable.evaluation import evaluate_problems
-    from trainable.model import cached_model
     from trainable.softprompt import prompt_input
 
-    torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    config = spec.train_config(params)  # evaluation settings are the trials' own
-    loaded = cached_model(spec.model)
+    config, loaded = _loaded(spec, params)
     soft = None
     if prompt is not None:  # the saved adapter's output, as the trial used it (any method)
         info, output = prompt
@@ -48,6 +56,13 @@ def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.
     result = evaluate_problems(loaded, problems_for("test", spec.data), soft, config.max_new_tokens,
                                config.eval_batch_size, config.sandbox_timeout_s)
     return result.samples
+
+
+@ray.remote
+def _hard_baseline(spec: SpaceSpec, params: dict) -> HardBaseline | None:
+    config, loaded = _loaded(spec, params)
+    hard = candidates(texts_of(spec.search, spec.fixed))
+    return select_and_test(loaded, hard, problems_for("val", spec.data), problems_for("test", spec.data), config)
 
 
 def best_by_method(results, params_of) -> dict[str, tuple[float, int]]:
@@ -64,6 +79,27 @@ def best_by_method(results, params_of) -> dict[str, tuple[float, int]]:
 
 
 @dataclass
+class Comparison:
+    """The soft prompt against another arm on the same test problems."""
+
+    other: str
+    lift: float
+    ci95_low: float
+    ci95_high: float
+    only_soft: int   # problems the soft prompt solves and the other arm does not
+    only_other: int
+
+    @classmethod
+    def of(cls, other: str, soft: list[dict], samples: list[dict]) -> "Comparison":
+        by_task = {s["task_id"]: bool(s["passed"]) for s in samples}
+        treated = [bool(s["passed"]) for s in soft]
+        paired = [by_task[s["task_id"]] for s in soft]
+        lift, low, high = paired_bootstrap_ci(treated, paired)
+        return cls(other, lift, low, high, sum(a and not b for a, b in zip(treated, paired)),
+                   sum(b and not a for a, b in zip(treated, paired)))
+
+
+@dataclass
 class FinalReport:
     best_trial_id: str
     best_params: dict
@@ -71,33 +107,71 @@ class FinalReport:
     best_epoch: int
     test_best: list[dict] = field(default_factory=list)
     test_baseline: list[dict] = field(default_factory=list)
+    hard: HardBaseline | None = None  # None: the space has no text init to use as a hard prompt
     by_method: dict[str, tuple[float, int]] = field(default_factory=dict)  # best_by_method()
 
-    @staticmethod
-    def rate(samples: list[dict]) -> float:
-        return sum(s["passed"] for s in samples) / len(samples) if samples else 0.0
+    rate = staticmethod(rate)
+
+    def arms(self) -> dict[str, list[dict]]:
+        arms = {"soft_prompt": self.test_best, "frozen": self.test_baseline}
+        if self.hard is not None:
+            arms["hard_prompt"] = self.hard.test_samples
+        return arms
+
+    def comparisons(self) -> list[Comparison]:
+        return [Comparison.of(name, self.test_best, samples)
+                for name, samples in self.arms().items() if name != "soft_prompt"]
 
     def lift(self) -> tuple[float, float, float]:
-        by_task = {s["task_id"]: s["passed"] for s in self.test_baseline}
-        treated = [s["passed"] for s in self.test_best]
-        return paired_bootstrap_ci(treated, [by_task[s["task_id"]] for s in self.test_best])
+        c = self.comparisons()[0]
+        return c.lift, c.ci95_low, c.ci95_high
 
     def metrics(self) -> dict:
+        """Numbers for MLflow's parent run (names without '@'); the first seven as before."""
         lift, low, high = self.lift()
-        per_method = {f"best_val_pass_at_1.{method}": best for method, (best, _) in self.by_method.items()}
-        return {"best_val_pass_at_1": self.best_val_pass_at_1, "test_pass_at_1_best": self.rate(self.test_best),
-                "test_pass_at_1_baseline": self.rate(self.test_baseline), "lift": lift,
-                "lift_ci95_low": low, "lift_ci95_high": high, "test_n": len(self.test_best), **per_method}
+        out = {"best_val_pass_at_1": self.best_val_pass_at_1, "test_pass_at_1_best": self.rate(self.test_best),
+               "test_pass_at_1_baseline": self.rate(self.test_baseline), "lift": lift,
+               "lift_ci95_low": low, "lift_ci95_high": high, "test_n": len(self.test_best)}
+        out.update({f"best_val_pass_at_1.{method}": best for method, (best, _) in self.by_method.items()})
+        for c in self.comparisons():
+            out[f"solved_only_by_soft_prompt_vs_{c.other}"] = c.only_soft
+            out[f"solved_only_by_{c.other}"] = c.only_other
+        if self.hard is not None:
+            hard = next(c for c in self.comparisons() if c.other == "hard_prompt")
+            out.update({"test_pass_at_1_hard_prompt": self.rate(self.hard.test_samples),
+                        "val_pass_at_1_hard_prompt": self.hard.val_pass_at_1[self.hard.chosen.label],
+                        "lift_vs_hard_prompt": hard.lift, "lift_vs_hard_prompt_ci95_low": hard.ci95_low,
+                        "lift_vs_hard_prompt_ci95_high": hard.ci95_high})
+            out.update({f"val_pass_at_1_hard.{label}": v for label, v in self.hard.val_pass_at_1.items()})
+        return out
+
+    def to_dict(self) -> dict:
+        """Everything, for report/final_report.json (RESULTS.md is written from it)."""
+        hard = None
+        if self.hard is not None:
+            hard = {"text": self.hard.chosen.text, "form": self.hard.chosen.form, "label": self.hard.chosen.label,
+                    "val_pass_at_1": self.hard.val_pass_at_1}
+        return {"best_trial_id": self.best_trial_id, "best_params": self.best_params,
+                "best_val_pass_at_1": self.best_val_pass_at_1, "best_epoch": self.best_epoch,
+                "test": {name: {"pass_at_1": self.rate(samples), "passed": sum(s["passed"] for s in samples),
+                                "n": len(samples)} for name, samples in self.arms().items()},
+                "comparisons": [asdict(c) for c in self.comparisons()], "hard_prompt": hard,
+                "by_method": {method: {"best_val_pass_at_1": best, "trials": count}
+                              for method, (best, count) in self.by_method.items()},
+                "metrics": self.metrics()}
 
 
-def score_best_and_baseline(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple[list, list]:
+def score_arms(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple[list, list, HardBaseline | None]:
+    """Test samples of the soft prompt and the frozen model, and the hard-prompt baseline, as
+    Ray tasks with the trials' resources (they run side by side where the cluster has room)."""
     from trainable.softprompt import load_prompt
 
     resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
     prompt = load_prompt(Path(checkpoint_dir) / ADAPTER_DIR, "best_adapter")
     best = _score_test.options(**resources).remote(spec, best_params, prompt)
     baseline = _score_test.options(**resources).remote(spec, best_params, None)
-    return ray.get(best), ray.get(baseline)
+    hard = _hard_baseline.options(**resources).remote(spec, best_params)
+    return ray.get(best), ray.get(baseline), ray.get(hard)
 
 
 def copy_adapter(checkpoint_dir: str, out_dir: Path) -> Path:
@@ -108,9 +182,36 @@ def copy_adapter(checkpoint_dir: str, out_dir: Path) -> Path:
     return out_dir
 
 
+def _passed(samples: list[dict]) -> str:
+    return f"{rate(samples):.3f} ({sum(s['passed'] for s in samples)}/{len(samples)})"
+
+
+def _comparison_line(label: str, c: Comparison, other: str) -> str:
+    return (f"{label:<14}{c.lift:+.3f}  95% CI [{c.ci95_low:+.3f}, {c.ci95_high:+.3f}] over {other}; "
+            f"solved only by the soft prompt {c.only_soft}, only by {other} {c.only_other}")
+
+
+def arm_lines(report: FinalReport) -> list[str]:
+    """The three arms on test and the lifts: the console summary's middle (and the README's)."""
+    n = len(report.test_best)
+    lines = [f"test pass@1   {_passed(report.test_best)}  with the soft prompt",
+             f"baseline      {_passed(report.test_baseline)}  frozen model, no soft prompt"]
+    if report.hard is not None:
+        chosen = report.hard.chosen
+        lines.append(f"hard prompt   {_passed(report.hard.test_samples)}  {chosen.describe()} "
+                     f"(best of {len(report.hard.val_pass_at_1)} on val: "
+                     f"{report.hard.val_pass_at_1[chosen.label]:.3f})")
+    else:
+        lines.append("hard prompt   none: the space has no text init to try as a hand-written prompt")
+    names = {"frozen": "the frozen model", "hard_prompt": "the hard prompt"}
+    for c in report.comparisons():
+        lines.append(_comparison_line("lift" if c.other == "frozen" else "lift vs hard", c, names[c.other]))
+    lines.append(f"              (paired bootstrap over {n} test problems)")
+    return lines
+
+
 def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str) -> list[str]:
     m = report.metrics()
-    n = m["test_n"]
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in report.best_params.items())
     per_method = ", ".join(f"{method} {best:.3f} ({count} trial{'s' * (count != 1)})"
                            for method, (best, count) in report.by_method.items())
@@ -122,10 +223,7 @@ def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Pa
         f"best trial    {report.best_trial_id} (epoch {report.best_epoch}): {params}",
         f"val pass@1    {m['best_val_pass_at_1']:.3f}",
         *methods,
-        f"test pass@1   {m['test_pass_at_1_best']:.3f} ({round(m['test_pass_at_1_best'] * n)}/{n})  with the soft prompt",
-        f"baseline      {m['test_pass_at_1_baseline']:.3f} ({round(m['test_pass_at_1_baseline'] * n)}/{n})  frozen model, no soft prompt",
-        f"lift          {m['lift']:+.3f}  95% CI [{m['lift_ci95_low']:+.3f}, {m['lift_ci95_high']:+.3f}] "
-        f"(paired bootstrap over {n} test problems)",
+        *arm_lines(report),
         f"adapter       {adapter}",
         f"mlflow        {mlflow_where}",
     ]

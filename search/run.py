@@ -15,8 +15,8 @@ import os
 import time
 from pathlib import Path
 
-from search.checks import (check_local_resources, check_mlflow_uri, check_model, check_name, check_sandbox,
-                           check_storage, check_warm_starts)
+from search.checks import (check_data, check_local_resources, check_mlflow_uri, check_model, check_name,
+                           check_sandbox, check_storage, check_warm_starts)
 from spaces import load_space
 from trainable.cli import OneLineParser, run_main
 from trainable.errors import field_error
@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu)
         check_sandbox()
     check_mlflow_uri(plan["mlflow_uri"])
+    check_data(plan["spec"])  # cheap file checks before warm starts (which may convert the bundled model)
     check_warm_starts(plan["spec"], check_model(plan["spec"].model))
     if args.dry_run:
         print("dry run: configuration valid; no trial started")

@@ -40,11 +40,11 @@ def _write_completions(out_dir: Path, samples: list[dict]) -> None:
             f.write(json.dumps(sample) + "\n")
 
 
-def train_soft_prompt(params: dict, spec: SpaceSpec) -> None:
+def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None) -> None:
     # A trial gets the CPUs it asked for; more torch threads than that only contend.
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     config = spec.train_config(params)
-    trial = Trial(config, spec.model, spec.data)  # the frozen model is cached per process
+    trial = Trial(config, spec.model, spec.data, targets=targets)  # the frozen model is cached per process
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as checkpoint_dir:
@@ -56,5 +56,7 @@ def train_soft_prompt(params: dict, spec: SpaceSpec) -> None:
         with tempfile.TemporaryDirectory() as out_dir:
             trial.save(out_dir)
             _write_completions(Path(out_dir), trial.last_eval.samples)
-            metrics = {**result.metrics(), "node_id": node_id, "sandbox_mode": sandbox_mode()}
+            metrics = {**result.metrics(), "node_id": node_id, "sandbox_mode": sandbox_mode(),
+                       "dtype": str(trial.loaded.dtype).removeprefix("torch."), "dtype_reason": trial.dtype_reason,
+                       "val_source": spec.data.val.source, "train_examples": len(trial.examples)}
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out_dir))

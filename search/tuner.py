@@ -14,12 +14,14 @@ from trainable.trial import OBJECTIVE
 MAX_TRIAL_FAILURES = 2  # a trial killed mid-epoch restarts from its last checkpoint
 
 
-def trainable_for(spec: SpaceSpec):
+def trainable_for(spec: SpaceSpec, targets: dict | None = None):
+    """`targets`: the distilled training targets (search.targets), shipped to every trial."""
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(train_soft_prompt, spec=spec), resources)
+    return tune.with_resources(tune.with_parameters(train_soft_prompt, spec=spec, targets=targets), resources)
 
 
-def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: MlflowLedger) -> tune.Tuner:
+def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: MlflowLedger,
+                targets: dict | None = None) -> tune.Tuner:
     budget = spec.budget
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=budget.max_epochs,
                               grace_period=budget.grace_period, reduction_factor=budget.reduction_factor)
@@ -28,7 +30,7 @@ def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: Mlf
         MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
     ]
     return tune.Tuner(
-        trainable_for(spec),
+        trainable_for(spec, targets),
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE, mode="max", search_alg=build_searcher(spec, state_dir, name),
             scheduler=scheduler, num_samples=budget.num_samples,
@@ -42,9 +44,9 @@ def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: Mlf
     )
 
 
-def restore_tuner(spec: SpaceSpec, experiment_path: str) -> tune.Tuner:
+def restore_tuner(spec: SpaceSpec, experiment_path: str, targets: dict | None = None) -> tune.Tuner:
     # Errored trials are retried: an interrupted search should finish with every trial terminal.
-    return tune.Tuner.restore(experiment_path, trainable=trainable_for(spec),
+    return tune.Tuner.restore(experiment_path, trainable=trainable_for(spec, targets),
                               resume_unfinished=True, resume_errored=True)
 
 

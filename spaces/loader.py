@@ -29,7 +29,8 @@ SHIPPED_SPACES = tuple(sorted(path.stem for path in SPACES_DIR.glob("*.yaml")))
 
 TOP_KEYS = ("base", "model", "search", "fixed", "data", "budget", "resources")
 REQUIRED_KEYS = ("model", "search", "data", "budget", "resources")
-DATA_KEYS = ("train", "val", "test", "seed")
+DATA_KEYS = ("train", "val", "test", "seed", "distill")
+DATA_REQUIRED = ("train", "val", "test", "seed")
 BUDGET_KEYS = tuple(f.name for f in fields(Budget))
 RESOURCE_KEYS = tuple(f.name for f in fields(Resources))
 _REF_ALLOWED = "one of " + ", ".join(SHIPPED_SPACES) + " or a path to a .yaml file"
@@ -151,7 +152,7 @@ def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
         for key, value in _train_fields(raw["search"], "search").items()
     }
     fixed = _train_fields(raw.get("fixed", {}), "fixed")
-    data = check_mapping(raw["data"], "data", DATA_KEYS, DATA_KEYS)
+    data = check_mapping(raw["data"], "data", DATA_KEYS, DATA_REQUIRED)
     budget = check_mapping(raw["budget"], "budget", BUDGET_KEYS, BUDGET_KEYS)
     resources = check_mapping(raw["resources"], "resources", RESOURCE_KEYS, RESOURCE_KEYS)
     return SpaceSpec(

@@ -137,8 +137,8 @@ class SpaceSpec:
                     f"fixed.{key}", self.fixed[key],
                     f"no fixed value for a searched parameter (to fix it, also set search.{key}: null)",
                 )
-        if self.data.train < 1:
-            raise field_error("data.train", self.data.train, "at least 1 problem (trials train on them)")
+        if self.data.train.n < 1:
+            raise field_error("data.train", self.data.train.n, "at least 1 problem (trials train on them)")
         _check_int("data.seed", self.data.seed, 0)
         self._check_method_dimension()
         check_methods_can_use(self.search, self.fixed, self.methods)
@@ -274,7 +274,7 @@ class SpaceSpec:
             "model": self.model,
             "search": {key: dist.to_dict() for key, dist in self.search.items()},
             "fixed": dict(self.fixed),
-            "data": asdict(self.data),
+            "data": self.data.to_dict(),
             "budget": asdict(self.budget),
             "resources": asdict(self.resources),
         }

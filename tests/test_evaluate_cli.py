@@ -42,12 +42,33 @@ def test_generate_and_score_a_split_with_a_saved_soft_prompt(tmp_path, tiny_load
     assert [set(r) >= {"task_id", "completion", "passed", "result"} for r in rows] == [True] * 3
 
 
+def test_a_saved_prompt_scores_the_split_it_was_trained_with(tmp_path, tiny_model_dir):
+    """No --model, no sizes: the adapter's record says which model and which problems."""
+    from trainable.data import DataSplit, split_task_ids
+    from trainable.trial import Trial
+
+    split = DataSplit(train=3, val=2, test=3, seed=5)
+    config = TrainConfig(num_virtual_tokens=2, epochs=1, max_new_tokens=5, dtype="float32", max_length=128)
+    Trial(config, str(tiny_model_dir), split).save(tmp_path / "ckpt")
+    adapter = tmp_path / "ckpt" / "adapter"
+    proc = _evaluate(tmp_path, "--prompt", str(adapter), "--split", "test", "--out", str(tmp_path / "t.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["n"] == 3 and summary["max_new_tokens"] == 5 and summary["dtype"] == "float32"
+    assert DataSplit.from_dict(summary["data"]) == split
+    rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert [r["task_id"] for r in rows] == split_task_ids(split)["test"]
+    override = _evaluate(tmp_path, "--prompt", str(adapter), "--split", "test", "--data-sizes", "2,2,4")
+    assert override.returncode == 0 and json.loads(override.stdout.strip().splitlines()[-1])["n"] == 4
+
+
 BAD = [
     (["--model", "./no/such/model"], "model: got './no/such/model'"),
     (["--model", "bundled", "--split", "dev"], "--split: got 'dev'"),
     (["--model", "bundled", "--limit", "0"], "--limit: got 0"),
     (["--model", "bundled", "--data-sizes", "1,2"], "--data-sizes: got '1,2'"),
-    (["--model", "bundled", "--data-sizes", "100,40,60"], "data: got"),
+    (["--model", "bundled", "--data-sizes", "100,40,60"], "data.test.n: got 60"),
+    (["--model", "bundled", "--dtype", "float16"], "--dtype: got 'float16'"),
     (["--completions", "missing.jsonl"], "--completions: got 'missing.jsonl'"),
     ([], "--model: got None"),
     (["--model", "bundled", "--timeout", "0"], "--timeout: got 0"),

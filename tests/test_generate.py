@@ -4,7 +4,7 @@ import torch
 
 from trainable.config import TrainConfig
 from trainable.data import load_problems
-from trainable.generate import STOP_SEQUENCES, generate_with_tokens, truncate_at_stop
+from trainable.generate import STOP_SEQUENCES, Sampling, generate, generate_with_tokens, truncate_at_stop
 from trainable.inputs import Prefix, left_padded
 from trainable.model import LoadedModel, ModelRef
 from trainable.tiny import tiny_model, tiny_tokenizer
@@ -136,3 +136,62 @@ def test_truncate_at_first_stop_sequence():
     assert truncate_at_stop(body + "\nif __name__ == '__main__':\n") == body
     assert truncate_at_stop(body) == body
     assert set(STOP_SEQUENCES) == {"\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"}
+
+
+def test_sampling_is_seeded_per_prompt_and_not_by_its_batch():
+    loaded = _scaled_tiny()
+    prompts = _prompts(6)
+    sampling = Sampling(1.0, 0.95, tuple(range(100, 106)))
+    _, batched = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=sampling)
+    _, again = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=sampling)
+    assert batched == again, "same seeds, same samples"
+    for i, prompt in enumerate(prompts):
+        _, single = generate_with_tokens(loaded, [prompt], None, max_new_tokens=12, batch_size=1,
+                                         sampling=Sampling(1.0, 0.95, (100 + i,)))
+        assert single[0] == batched[i], "a prompt's sample must not depend on its batch"
+    _, greedy = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6)
+    assert batched != greedy, "sampling at temperature 1 differs from greedy somewhere"
+    other = Sampling(1.0, 0.95, tuple(range(200, 206)))
+    assert generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=other)[1] != batched
+
+
+def test_a_vanishing_nucleus_is_greedy():
+    loaded = _scaled_tiny()
+    prompts = _prompts(4)
+    _, greedy = generate_with_tokens(loaded, prompts, None, max_new_tokens=10, batch_size=4)
+    _, top1 = generate_with_tokens(loaded, prompts, None, max_new_tokens=10, batch_size=4,
+                                   sampling=Sampling(5.0, 1e-9, (1, 2, 3, 4)))
+    assert top1 == greedy
+
+
+def test_each_prompt_stops_at_its_own_stop_sequences():
+    loaded = _scaled_tiny()
+    prompts = _prompts(2)
+    full = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[("\x00never",)] * 2)
+    assert all(full), "noise long enough to cut"
+    cut_at = full[0][len(full[0]) // 2:][:1] or full[0][-1:]
+    cut = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[(cut_at,), ("\x00never",)])
+    assert cut[0] == truncate_at_stop(full[0], (cut_at,)) and len(cut[0]) < len(full[0])
+    assert cut[1] == full[1]
+
+
+@pytest.mark.parametrize("settings", METHODS.values(), ids=METHODS.keys())
+def test_sampling_and_own_stops_with_every_method_are_batch_independent(settings):
+    """Issue 12's soft prompts (a prefix enters as an initial KV cache) with issue 10's seeded
+    sampling and per-prompt stops: rows that stop early leave the batch (the cache shrinks), and
+    every prompt still gets exactly its one-at-a-time tokens."""
+    loaded = _scaled_tiny()
+    soft = _method_prompt(loaded, settings)
+    prompts = _prompts(6)
+    seeds = tuple(range(300, 306))
+    full = generate(loaded, prompts, soft, max_new_tokens=14, batch_size=6, stops=[("\x00never",)] * 6,
+                    sampling=Sampling(1.0, 0.95, seeds))
+    stops = [((text[len(text) // 2:][:1] or "\x00never"),) if i % 2 == 0 else ("\x00never",)
+             for i, text in enumerate(full)]
+    batched = generate(loaded, prompts, soft, max_new_tokens=14, batch_size=6, stops=stops,
+                       sampling=Sampling(1.0, 0.95, seeds))
+    singles = [generate(loaded, [p], soft, max_new_tokens=14, batch_size=1, stops=[stops[i]],
+                        sampling=Sampling(1.0, 0.95, (seeds[i],)))[0] for i, p in enumerate(prompts)]
+    assert batched == singles
+    assert batched == [truncate_at_stop(text, stop) for text, stop in zip(full, stops)]
+    assert any(len(b) < len(f) for b, f in zip(batched, full)), "some row stopped early, leaving the batch"

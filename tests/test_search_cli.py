@@ -88,6 +88,36 @@ def test_storage_that_is_a_file_is_refused(tmp_path):
     assert proc.returncode == 2 and "--storage: got 'afile'" in proc.stderr
 
 
+BAD_DATA = [
+    ("data: {train: {source: apps, n: 4}}", "data.train.source: got 'apps', expected one of humaneval, mbpp"),
+    ("data: {train: {n: 400}}", "data.train.n: got 400, expected at most 397 (mbpp has 397 problems)"),
+    ("data: {val: {n: 100}, test: {n: 100}}", "data.test.n: got 100, expected at most 64"),
+    ("data: {val: {ids: [HumanEval/1, HumanEval/7]}, test: {ids: [HumanEval/7]}}",
+     "data.test.ids: got 'HumanEval/7', expected a task id in no other split"),
+    ("data: {val: {ids: [HumanEval/1, HumanEval/999]}}", "data.val.ids[1]: got 'HumanEval/999'"),
+    ("fixed: {dtype: fp16}", "fixed.dtype: got 'fp16', expected one of auto, float32, bfloat16"),
+]
+
+
+@pytest.mark.parametrize("delta, message", BAD_DATA, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_DATA)])
+def test_bad_data_in_a_space_is_one_line_and_exit_2(tmp_path, delta, message):
+    space = tmp_path / "bad.yaml"
+    space.write_text(f"base: smoke\n{delta}\n")
+    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_mbpp_file_names_the_set_up_step(tmp_path):
+    env = {**search_env(), "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "empty-cache")}
+    proc = _run(tmp_path, "--space", "smoke", "--dry-run", env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: mbpp: got ") and "run: python -m trainable.mbpp" in line
+
+
 def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny_model_dir):
     env = {k: v for k, v in search_env().items() if k != "SOFTPROMPT_SANDBOX"}
     env["PATH"] = str(tmp_path)  # no bwrap on it

@@ -1,9 +1,13 @@
 """A whole search on the tiny model: real local Ray, real sqlite MLflow, real sandbox."""
+import json
+import subprocess
+import sys
+
 import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search_helpers import metric_history, mlflow_runs, run_search, write_space
+from search_helpers import metric_history, mlflow_runs, run_search, search_env, write_space
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +63,40 @@ def test_trials_ran_two_at_a_time_and_the_summary_is_printed(finished_search):
     spans = sorted((t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False))
     overlaps = [a for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
     assert overlaps, "no two trials ran at the same time (max_concurrent: 2)"
-    for label in ("best trial", "val pass@1", "test pass@1", "baseline", "lift", "adapter", "mlflow"):
+    for label in ("best trial", "val pass@1", "test pass@1", "baseline", "hard prompt", "lift", "lift vs hard",
+                  "adapter", "mlflow"):
         assert any(line.startswith(label) for line in proc.stdout.splitlines()), label
     assert (tmp_path / "runs" / "e2e" / "best_adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "runs" / "e2e" / "report" / "plots" / "optimization_history.png").is_file()
+
+
+def test_the_report_carries_three_arms_everywhere(finished_search):
+    tmp_path, _ = finished_search
+    final = json.loads((tmp_path / "runs" / "e2e" / "report" / "final_report.json").read_text())
+    assert list(final["test"]) == ["soft_prompt", "frozen", "hard_prompt"]
+    assert {t["n"] for t in final["test"].values()} == {4}
+    assert final["hard_prompt"]["text"] == "Write correct code." and len(final["hard_prompt"]["val_pass_at_1"]) == 2
+    assert [c["other"] for c in final["comparisons"]] == ["frozen", "hard_prompt"]
+    report_dir = tmp_path / "runs" / "e2e" / "report"
+    assert (report_dir / "test_completions_hard_prompt.jsonl").is_file()
+    db = tmp_path / "runs" / "mlflow.db"
+    parent = next(r for r in mlflow_runs(db) if r["parent"] is None)
+    for key in ("test_pass_at_1_hard_prompt", "lift_vs_hard_prompt", "lift_vs_hard_prompt_ci95_low",
+                "solved_only_by_soft_prompt_vs_frozen", "solved_only_by_hard_prompt"):
+        assert metric_history(db, parent["id"], key), key
+    assert parent["tags"]["hard_prompt.text"] == "Write correct code."
+
+
+def test_results_markdown_from_the_finished_search(finished_search):
+    tmp_path, _ = finished_search
+    proc = subprocess.run([sys.executable, "-m", "search.results", "runs/e2e", "--out", "RESULTS.md"],
+                          cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "RESULTS.md").read_text()
+    trials = json.loads((tmp_path / "runs" / "e2e" / "report" / "trials.json").read_text())
+    assert len(trials) == 6 and {t["state"] for t in trials} == {"COMPLETED", "PRUNED"}
+    assert all(len(t["val_pass_at_1"]) == t["epochs"] for t in trials)
+    for part in ("search.run", "wall time", "cores", "| trial |", "PRUNED", "frozen model", "hard prompt",
+                 "95% CI", "RESULTS-learning-curves.png", "## Conclusion"):
+        assert part in text, part
+    assert (tmp_path / "RESULTS-learning-curves.png").stat().st_size > 1000

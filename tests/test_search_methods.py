@@ -75,3 +75,21 @@ def test_mlflow_names_every_childs_method_and_the_best(method_search):
     adapter = tmp_path / "runs" / "methods" / "best_adapter"
     peft_type = json.loads((adapter / "adapter_config.json").read_text())["peft_type"]
     assert peft_type == best.upper()
+
+
+def test_report_files_and_results_name_each_method(method_search):
+    """trials.json holds parameters by field (Optuna's `learning_rate.p_tuning` undone), and the
+    final report and RESULTS.md give each method's best val pass@1."""
+    from search.results import write_results
+
+    tmp_path, _ = method_search
+    report = tmp_path / "runs" / "methods" / "report"
+    trials = json.loads((report / "trials.json").read_text())
+    for trial in trials:
+        method = trial["params"]["method"]
+        assert set(trial["params"]) == {"method", "num_virtual_tokens", "learning_rate"} | OWN[method], trial
+    final = json.loads((report / "final_report.json").read_text())
+    assert set(final["by_method"]) == {t["params"]["method"] for t in trials}
+    assert final["hard_prompt"] is None and list(final["test"]) == ["soft_prompt", "frozen"]
+    text = write_results(tmp_path / "runs" / "methods", tmp_path / "RESULTS.md").read_text()
+    assert "Best val pass@1 per method: " in text and "| learning_rate | method |" in text

@@ -36,7 +36,7 @@ def test_every_shipped_space_loads(path):
 
 
 def test_shipped_names_are_the_yaml_files():
-    assert set(SHIPPED_SPACES) == {p.stem for p in SHIPPED_FILES} >= {"default", "smoke"}
+    assert set(SHIPPED_SPACES) == {p.stem for p in SHIPPED_FILES} >= {"cpu", "default", "smoke"}
 
 
 def test_default_is_the_real_search():
@@ -58,6 +58,31 @@ def test_default_is_the_real_search():
     assert spec.search["init"].by_method["prefix_tuning"].values[2:] == tuple(texts)
     for method in spec.methods:
         assert "epochs" not in spec.fixed and spec.train_config(_first(spec, method)).epochs == 10
+
+
+def test_default_trains_on_mbpp_and_keeps_humaneval_for_val_and_test():
+    data = load_space("default").data
+    assert (data.train.source, data.train.n) == ("mbpp", 397)
+    assert (data.val.source, data.val.n, data.test.source, data.test.n) == ("humaneval", 64, "humaneval", 100)
+    assert load_space("default").fixed["dtype"] == "auto"
+
+
+def test_smoke_keeps_its_distillation_tiny():
+    data = load_space("smoke").data
+    assert data.train.source == "mbpp" and data.train.n <= 8 and data.distill.samples <= 2
+
+
+def test_cpu_is_a_real_search_for_two_cores():
+    spec = load_space("cpu")
+    assert spec.model == "bundled" and spec.resources.gpu == 0 and spec.resources.cpu <= 2
+    assert spec.data.train.source == "mbpp" and spec.data.needs_targets()
+    assert (spec.data.val.source, spec.data.test.source) == ("humaneval", "humaneval")
+    assert spec.data.test.n >= 100 and spec.data.val.n >= 20
+    budget = spec.budget
+    assert budget.grace_period < budget.max_epochs and budget.num_samples > budget.reduction_factor, \
+        "ASHA must be able to stop trials early"
+    texts = [v for v in spec.search["init"].values if v not in ("random", "sample_vocab")]
+    assert texts, "the report needs a text init to compare a hand-written prompt"
 
 
 def _first(spec, method: str) -> dict:
@@ -138,7 +163,16 @@ MALFORMED = {
     "negative gpu": ("base: default\nresources: {gpu: -1}\n", "resources.gpu"),
     "gpu 1.5": ("base: default\nresources: {gpu: 1.5}\n", "resources.gpu"),
     "cpu 0": ("base: default\nresources: {cpu: 0}\n", "resources.cpu"),
-    "data sizes exceeding 164": ("base: default\ndata: {train: 100}\n", "data"),
+    "data sizes exceeding 164": ("base: default\ndata: {train: 100}\n", "data.test.n"),
+    "unknown data source": ("base: default\ndata: {val: {source: apps}}\n", "data.val.source"),
+    "more than the source has": ("base: default\ndata: {train: {n: 398}}\n", "data.train.n"),
+    "two splits taking too much of one source": ("base: default\ndata: {val: {n: 100}}\n", "data.test.n"),
+    "overlapping explicit splits": ("base: default\ndata: {val: {ids: [HumanEval/1, HumanEval/2]}, "
+                                    "test: {ids: [HumanEval/2]}}\n", "data.test.ids"),
+    "unknown split key": ("base: default\ndata: {train: {source: mbpp, size: 3}}\n", "data.train.size"),
+    "unknown data key": ("base: default\ndata: {dev: 3}\n", "data.dev"),
+    "bad distill setting": ("base: default\ndata: {distill: {samples: many}}\n", "data.distill.samples"),
+    "bad dtype": ("base: default\nfixed: {dtype: float16}\n", "fixed.dtype"),
     "no training problems": ("base: default\ndata: {train: 0}\n", "data.train"),
     "empty model": ("base: default\nmodel: ''\n", "model"),
     "missing required key": ("model: bundled\nsearch: {seed: {choice: [0]}}\n", "data"),
@@ -178,7 +212,7 @@ def test_unreadable_file(tmp_path, make):
 
 
 def test_unknown_name_lists_the_shipped_spaces():
-    with pytest.raises(UsageError, match=r"^space: got 'nonesuch', expected one of default, smoke"):
+    with pytest.raises(UsageError, match=r"^space: got 'nonesuch', expected one of cpu, default, smoke"):
         load_space("nonesuch")
 
 

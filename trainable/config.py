@@ -13,6 +13,9 @@ from trainable.errors import field_error
 from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, Method, method_list
 
 
+DTYPES = ("auto", "float32", "bfloat16")  # `auto`: trainable.model.choose_dtype's rule
+
+
 class InitKind(str, Enum):
     """How the soft prompt starts. `adapter:PATH` is a warm start from a saved soft prompt of the
     same method and shape; any other string is a TEXT init with that text."""
@@ -89,6 +92,8 @@ class TrainConfig:
     max_new_tokens: int = 300
     eval_batch_size: int = 8
     sandbox_timeout_s: float = 10.0
+    # The frozen model's compute dtype; the soft prompt itself is always trained in fp32.
+    dtype: str = "auto"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -108,6 +113,8 @@ class TrainConfig:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_positive("sandbox_timeout_s", self.sandbox_timeout_s)
+        if self.dtype not in DTYPES:
+            raise field_error("dtype", self.dtype, "one of " + ", ".join(DTYPES))
 
     def _check_method_only(self) -> None:
         for name, owner in METHOD_ONLY.items():

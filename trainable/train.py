@@ -1,6 +1,7 @@
 """Train the soft prompt: AdamW on the method's own parameters only, the model frozen.
 
-The loss covers only the completion tokens (the canonical solution + end of text). Only the
+The loss covers only the completion tokens (the target + end of text): a HumanEval canonical
+solution, or a self-verified completion (`trainable.distill`) for a source without solutions. Only the
 hidden states of those positions go through the output layer: with a 152k vocabulary the
 full logits would dominate time and memory on CPU (see bench/bench_train.py).
 """
@@ -41,12 +42,14 @@ class EpochStats:
 
 
 def build_examples(loaded: LoadedModel, problems: list[dict], max_length: int) -> list[TrainExample]:
-    """prompt -> canonical solution (+ eos); over-long examples lose prompt tokens from the left."""
+    """prompt -> `target` (default: the canonical solution) + eos; over-long examples lose prompt
+    tokens from the left."""
     tok = loaded.tokenizer
     examples = []
     for problem in problems:
         prompt = tok(problem["prompt"], add_special_tokens=False)["input_ids"]
-        target = tok(problem["canonical_solution"], add_special_tokens=False)["input_ids"]
+        text = problem["target"] if "target" in problem else problem["canonical_solution"]
+        target = tok(text, add_special_tokens=False)["input_ids"]
         if tok.eos_token_id is not None:
             target = target + [tok.eos_token_id]
         target = target[:max_length - 1]  # keep at least one prompt token to condition on

@@ -14,8 +14,9 @@ import torch
 
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, problems_for
+from trainable.distill import ensure_targets, training_items
 from trainable.evaluation import EvalResult, evaluate_problems
-from trainable.model import LoadedModel, cached_model
+from trainable.model import LoadedModel, cached_model, choose_dtype
 from trainable.softprompt import SoftPrompt
 from trainable.train import Trainer, build_examples, completion_loss
 
@@ -33,6 +34,8 @@ def objective(pass_at_1: float, val_loss: float) -> float:
     loss = LOSS_CAP if val_loss != val_loss else min(val_loss, LOSS_CAP)  # NaN -> worst
     return pass_at_1 - LOSS_TIEBREAK * loss
 ADAPTER_DIR = "adapter"
+# Beside the adapter: the model and data split it was trained on (`trainable.evaluate --prompt`).
+TRAINED_WITH = "trained_with.json"
 
 
 @dataclass
@@ -59,13 +62,24 @@ class EpochResult:
 
 class Trial:
     def __init__(self, config: TrainConfig, model_ref: str, data: DataSplit,
-                 loaded: LoadedModel | None = None):
-        self.config = config
-        self.loaded = loaded or cached_model(model_ref)
+                 loaded: LoadedModel | None = None, targets: dict[str, list[str]] | None = None):
+        """`targets`: self-verified targets of the train problems (a search distils them once,
+        before its trials); without them a train source that needs them is distilled here."""
+        self.config, self.model_ref, self.data = config, model_ref, data
+        dtype, self.dtype_reason = choose_dtype(config.dtype)
+        self.loaded = loaded or cached_model(model_ref, dtype=dtype)
+        if loaded is not None:
+            self.dtype_reason = "given: the caller's loaded model"
         self.prompt = SoftPrompt.create(self.loaded, config)
-        self.examples = build_examples(self.loaded, problems_for("train", data), config.max_length)
+        train = problems_for("train", data)
+        if targets is None and data.needs_targets():
+            targets, _ = ensure_targets(model_ref, train, data.distill, config, self.loaded)
+        items, self.skipped = training_items(train, targets)
+        self.examples = build_examples(self.loaded, items, config.max_length)
         self.val_problems = problems_for("val", data)
-        self.val_examples = build_examples(self.loaded, self.val_problems, config.max_length)
+        # Val loss (the objective's tie-breaker) needs reference solutions: HumanEval has them.
+        with_solutions = [p for p in self.val_problems if "canonical_solution" in p]
+        self.val_examples = build_examples(self.loaded, with_solutions, config.max_length)
         self.trainer = Trainer(self.loaded, self.prompt, config, max(1, len(self.examples)))
         self.epoch = 0
         self.last_eval: EvalResult | None = None
@@ -105,10 +119,19 @@ class Trial:
             total, count = total + loss.item() * n, count + n
         return total / count if count else float("nan")
 
+    def trained_with(self) -> dict:
+        """What `trainable.evaluate --prompt` needs to score as the search did."""
+        c, ref = self.config, self.loaded.ref
+        return {"model": ref.location if ref.kind == "local" else ref.ref, "model_identity": self.loaded.identity, "data": self.data.to_dict(),
+                "dtype": str(self.loaded.dtype).removeprefix("torch."), "max_new_tokens": c.max_new_tokens,
+                "eval_batch_size": c.eval_batch_size, "sandbox_timeout_s": c.sandbox_timeout_s}
+
     def save(self, out_dir: str | Path) -> Path:
-        """Checkpoint: the PEFT adapter + optimizer/schedule state + epoch (a few KB)."""
+        """Checkpoint: the PEFT adapter (+ what it was trained with) + optimizer/schedule state +
+        epoch (a few KB)."""
         out_dir = Path(out_dir)
         self.prompt.save(out_dir / ADAPTER_DIR)
+        (out_dir / ADAPTER_DIR / TRAINED_WITH).write_text(json.dumps(self.trained_with(), indent=1, default=str))
         torch.save({"epoch": self.epoch, "prompt": self.prompt.state_dict(),
                     "trainer": self.trainer.state_dict()}, out_dir / STATE_FILE)
         (out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=1))
@@ -121,9 +144,10 @@ class Trial:
         self.epoch = state["epoch"]
 
 
-def run_trial(config: TrainConfig, model_ref: str, data: DataSplit, on_epoch=None) -> list[EpochResult]:
+def run_trial(config: TrainConfig, model_ref: str, data: DataSplit, on_epoch=None,
+              targets: dict[str, list[str]] | None = None) -> list[EpochResult]:
     """Train for `config.epochs` epochs; `on_epoch(result, trial)` runs after each."""
-    trial = Trial(config, model_ref, data)
+    trial = Trial(config, model_ref, data, targets=targets)
     results = []
     while trial.epoch < config.epochs:
         results.append(trial.run_epoch())

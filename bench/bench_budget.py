@@ -1,0 +1,130 @@
+"""How long will a space's search take here? Short probes of the two rates that decide it, then
+the arithmetic (the `cpu` space's comment is this script's output).
+
+    python bench/bench_budget.py --space cpu [--problems 8] [--steps 3]
+
+Probes, on the space's model and dtype (auto: this machine's choice): greedy generation at the
+space's batch size and token limit on HumanEval val and MBPP train prompts (new tokens per
+problem, tokens/s: a batch runs until its longest row stops, so seconds per problem is what
+counts), and training steps at the space's batch size (tokens/s). The estimate then counts:
+distillation (train problems x (1 + samples) generations), each epoch (train tokens + a val
+generation), ASHA's rungs (epochs run), and the final report (three test arms + every hard prompt
+on val). Run it on a quiet machine: it prints the load average, and on a shared 2-core machine
+every rate drops several-fold (CPU time does not correct for it: a busy host slows the vCPUs too).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.common import machine  # noqa: E402
+from search.baselines import candidates, texts_of  # noqa: E402
+from spaces import load_space  # noqa: E402
+from trainable.data import problems_for  # noqa: E402
+from trainable.generate import GenerationStats, generate  # noqa: E402
+from trainable.model import choose_dtype, load_model  # noqa: E402
+from trainable.train import build_examples, completion_loss  # noqa: E402
+
+# Distillation yield seen on the bundled model (20 MBPP problems, greedy + 2 samples): 10 problems
+# with a target, 17 targets. Used to guess how many training examples an epoch has.
+TARGETS_PER_PROBLEM = 17 / 20
+
+
+def _timed(fn):
+    wall = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - wall
+
+
+def generation_rate(loaded, problems, config) -> dict:
+    stats = GenerationStats()
+    _, wall = _timed(lambda: generate(loaded, [p["prompt"] for p in problems], None, config.max_new_tokens,
+                                      config.eval_batch_size, stats, [p.get("stop_tokens") for p in problems]))
+    return {"tokens_per_problem": stats.new_tokens / len(problems), "tps": stats.new_tokens / wall}
+
+
+def training_rate(loaded, problems, config, steps: int) -> dict:
+    soft = torch.nn.Parameter(torch.randn(16, loaded.model.config.hidden_size) * 0.02)
+    optimizer = torch.optim.AdamW([soft], lr=1e-2)
+    examples = build_examples(loaded, problems, config.max_length)
+    batches = [examples[i: i + config.batch_size] for i in range(0, len(examples), config.batch_size)][:steps + 1]
+
+    def step(batch):
+        loss, n = completion_loss(loaded, soft, batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return n
+
+    step(batches[0])  # warm-up
+    tokens, wall = _timed(lambda: sum(step(b) for b in batches[1:]))
+    per_example = tokens / sum(len(b) for b in batches[1:])
+    return {"tokens_per_example": per_example, "tps": tokens / wall}
+
+
+def asha_epochs(n: int, grace: int, factor: float, max_t: int) -> float:
+    """Epochs run when each rung keeps 1/factor of the trials (sequential trials: the count that
+    synchronous halving gives; asynchronous ASHA promotes a little more early on)."""
+    total, alive, reached, rung = 0.0, float(n), 0, grace
+    while reached < max_t:
+        total += alive * (min(rung, max_t) - reached)
+        reached, alive, rung = min(rung, max_t), max(1.0, alive / factor), rung * factor
+    return total
+
+
+def estimate(spec, gen_he: dict, gen_mbpp: dict, train: dict, key: str = "tps") -> list[tuple[str, float]]:
+    data, budget = spec.data, spec.budget
+    he_s = gen_he["tokens_per_problem"] / gen_he[key]
+    examples = data.train.n * TARGETS_PER_PROBLEM if data.needs_targets() else data.train.n
+    distill = data.train.n * (1 + data.distill.samples) * gen_mbpp["tokens_per_problem"] / gen_mbpp[key] \
+        if data.needs_targets() else 0.0
+    epoch_train = examples * train["tokens_per_example"] / train[key]
+    epoch_val = data.val.n * he_s
+    epochs = asha_epochs(budget.num_samples, budget.grace_period, budget.reduction_factor, budget.max_epochs)
+    hard = len(candidates(texts_of(spec.search, spec.fixed)))
+    report = (2 + (1 if hard else 0)) * data.test.n * he_s + hard * data.val.n * he_s
+    return [("distillation (once, then cached)", distill), (f"one epoch: train {examples:.0f} examples", epoch_train),
+            (f"one epoch: val {data.val.n} problems", epoch_val), (f"ASHA: {epochs:.0f} epochs", epochs * (epoch_train + epoch_val)),
+            (f"report: {2 + bool(hard)} arms x {data.test.n} test + {hard} hard prompts x {data.val.n} val", report),
+            ("start-up (Ray, model load, per-trial set-up ~10 s)", 60 + 10 * budget.num_samples)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="cpu")
+    p.add_argument("--problems", type=int, default=8, help="problems per generation probe")
+    p.add_argument("--steps", type=int, default=3, help="training steps timed (after one warm-up)")
+    args = p.parse_args()
+    spec = load_space(args.space)
+    config = spec.train_config({k: d.candidates()[0][1] for k, d in spec.search.items()})
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    dtype, reason = choose_dtype(config.dtype)
+    loaded = load_model(spec.model, device="cpu", dtype=dtype)
+    gen_he = generation_rate(loaded, problems_for("val", spec.data)[: args.problems], config)
+    gen_mbpp = generation_rate(loaded, problems_for("train", spec.data)[: args.problems], config)
+    train = training_rate(loaded, problems_for("val", spec.data)[: config.batch_size * (args.steps + 1)], config,
+                          args.steps)
+    load = os.getloadavg()[0]
+    print(f"space {spec.name}; model {spec.model}; dtype {str(dtype)[6:]} ({reason}); {machine()}; "
+          f"load average {load:.1f}" + (" - BUSY: every rate below is low" if load > (os.cpu_count() or 1) else ""))
+    for name, rate in (("generation HumanEval", gen_he), ("generation MBPP", gen_mbpp), ("training", train)):
+        size = rate.get("tokens_per_problem", rate.get("tokens_per_example"))
+        print(f"{name:22s} {size:6.1f} tokens per item  {rate['tps']:7.1f} tokens/s")
+    parts = estimate(spec, gen_he, gen_mbpp, train)
+    print("\nestimate:")
+    for name, seconds in parts:
+        if not name.startswith("one epoch"):
+            print(f"  {name:70s} {seconds / 60:6.1f} min")
+    print(f"  {'total':70s} {sum(s for n, s in parts if not n.startswith('one epoch')) / 60:6.1f} min")
+    epoch = sum(s for n, s in parts if n.startswith("one epoch"))
+    print(f"  (one epoch {epoch / 60:.1f} min; {math.ceil(epoch)} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Hard-prompt baselines: what a user would try before tuning a soft prompt.
+
+Each TEXT init of the space is a hand-written prompt, used two ways:
+  tokens   the text's own token embeddings in the soft prompt's place: exactly the TEXT-init soft
+           prompt before any training (with as many virtual tokens as the text has tokens)
+  comment  the text as a Python comment line before the problem's prompt
+Every candidate is scored on val; the best one (ties: the earlier in the space's order, tokens
+before comment) is then scored on test. Test never takes part in the choice.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from search.callbacks import text_param_hash
+from trainable.config import InitKind, TrainConfig, init_kind
+from trainable.evaluation import evaluate_problems
+from trainable.model import LoadedModel
+
+FORMS = ("tokens", "comment")
+
+
+@dataclass(frozen=True)
+class HardPrompt:
+    text: str
+    form: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.form}-{text_param_hash(self.text)}"
+
+    def describe(self) -> str:
+        shown = self.text if len(self.text) <= 60 else self.text[:57] + "..."
+        how = "as tokens in the soft prompt's place" if self.form == "tokens" else "as a comment line"
+        return f"{shown!r} {how}"
+
+
+@dataclass
+class HardBaseline:
+    chosen: HardPrompt
+    val_pass_at_1: dict[str, float]          # label -> val pass@1, every candidate
+    test_samples: list[dict] = field(default_factory=list)
+
+
+def texts_of(search: dict, fixed: dict) -> list[str]:
+    """The space's TEXT inits, in order and once each: the searched choices (of every method, when
+    `init` is per method), else a fixed init. A text is a hand-written prompt whatever the method."""
+    dist = search.get("init")
+    dists = list(getattr(dist, "by_method", {}).values()) or ([dist] if dist is not None else [])
+    values = ([v for d in dists if d.kind.value == "choice" for v in d.values] if dists
+              else [fixed.get("init", "random")])
+    texts = [v for v in values if isinstance(v, str) and init_kind(v) is InitKind.TEXT]
+    return list(dict.fromkeys(texts))
+
+
+def candidates(texts: list[str]) -> list[HardPrompt]:
+    return [HardPrompt(text, form) for text in texts for form in FORMS]
+
+
+def as_comment(text: str) -> str:
+    return "".join(f"# {line}".rstrip() + "\n" for line in text.splitlines() or [""])
+
+
+def arm_inputs(loaded: LoadedModel, hard: HardPrompt, problems: list[dict]):
+    """(problems, soft prompt) that put `hard` in front of every problem."""
+    if hard.form == "comment":
+        return [{**p, "prompt": as_comment(hard.text) + p["prompt"]} for p in problems], None
+    ids = loaded.tokenizer(hard.text)["input_ids"]  # as PEFT's TEXT init tokenizes it
+    with torch.no_grad():
+        weight = loaded.model.get_input_embeddings().weight[ids].detach().float().clone()
+    return problems, weight
+
+
+def score_hard(loaded: LoadedModel, hard: HardPrompt, problems: list[dict], config: TrainConfig) -> list[dict]:
+    inputs, weight = arm_inputs(loaded, hard, problems)
+    return evaluate_problems(loaded, inputs, weight, config.max_new_tokens, config.eval_batch_size,
+                             config.sandbox_timeout_s).samples
+
+
+def rate(samples: list[dict]) -> float:
+    return sum(s["passed"] for s in samples) / len(samples) if samples else 0.0
+
+
+def choose_on_val(val_results: dict[HardPrompt, list[dict]]) -> HardPrompt:
+    """The best val pass@1; `max` keeps the first of equals, i.e. the space's order."""
+    return max(val_results, key=lambda hard: rate(val_results[hard]))
+
+
+def select_and_test(loaded: LoadedModel, hard_prompts: list[HardPrompt], val_problems: list[dict],
+                    test_problems: list[dict], config: TrainConfig) -> HardBaseline | None:
+    """Score every candidate on val, choose, then score only the chosen one on test."""
+    if not hard_prompts:
+        return None
+    val = {hard: score_hard(loaded, hard, val_problems, config) for hard in hard_prompts}
+    chosen = choose_on_val(val)
+    return HardBaseline(chosen, {hard.label: rate(samples) for hard, samples in val.items()},
+                        score_hard(loaded, chosen, test_problems, config))

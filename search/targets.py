@@ -1,0 +1,53 @@
+"""Training targets before the first trial: for a train source without solutions (MBPP), the
+frozen model's self-verified completions (`trainable.distill`), made once per search by a Ray
+task with a trial's resources, or found in the cache (or the space's pinned file). Trials get
+them as a parameter, so a trial on any node trains on the same targets.
+"""
+from __future__ import annotations
+
+import ray
+import torch
+
+from search.tracking import PARENT, MlflowLedger
+from spaces import SpaceSpec
+from trainable.config import TrainConfig
+from trainable.distill import DistillReport
+
+
+def generation_config(spec: SpaceSpec) -> TrainConfig:
+    """The fixed generation settings (a searched one falls back to its default)."""
+    return TrainConfig.from_dict({**spec.fixed, "epochs": spec.budget.max_epochs})
+
+
+@ray.remote
+def _distill(spec: SpaceSpec) -> tuple[dict, DistillReport]:
+    from trainable.data import problems_for
+    from trainable.distill import ensure_targets
+
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    problems = problems_for("train", spec.data)
+    return ensure_targets(spec.model, problems, spec.data.distill, generation_config(spec))
+
+
+class NoTargets(RuntimeError):
+    """Not one training problem has a passing target: there is nothing to train on."""
+
+
+def prepare_targets(spec: SpaceSpec, ledger: MlflowLedger) -> tuple[dict | None, DistillReport | None]:
+    """(None, None) when train has solutions; else the targets and the yield (printed, logged)."""
+    if not spec.data.needs_targets():
+        return None, None
+    resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
+    targets, report = ray.get(_distill.options(**resources).remote(spec))
+    print(report.line(), flush=True)
+    settings = {f"distill.{k}": v for k, v in spec.data.distill.sampling().items()}
+    ledger.submit("params", PARENT, settings)
+    ledger.submit("tags", PARENT, {"distill.cache": report.cache, "distill.dtype": report.dtype})
+    ledger.submit("metrics", PARENT, {"distill_problems": report.problems, "distill_with_target": report.with_target,
+                                      "distill_targets": report.targets, "distill_skipped": report.skipped,
+                                      "distill_seconds": report.seconds}, 0)
+    if not report.with_target:
+        raise NoTargets(f"no training problem has a passing target (0 of {report.problems}): the model solved "
+                        "none of them, so there is nothing to train on; try more data.distill.samples or "
+                        "another data.train")
+    return targets, report
