@@ -112,6 +112,8 @@ class SpaceSpec:
                 )
         if self.data.train < 1:
             raise field_error("data.train", self.data.train, "at least 1 problem (trials train on them)")
+        if self.data.test < 1:
+            raise field_error("data.test", self.data.test, "at least 1 problem (the final report scores on them)")
         _check_int("data.seed", self.data.seed, 0)
         self._check_train_configs()
 

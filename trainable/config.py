@@ -19,10 +19,20 @@ class InitKind(str, Enum):
     TEXT = "text"
 
 
+KEYWORDS = (InitKind.RANDOM.value, InitKind.SAMPLE_VOCAB.value)
+
+
 def init_kind(init: str) -> InitKind:
-    if init in (InitKind.RANDOM.value, InitKind.SAMPLE_VOCAB.value):
+    if init in KEYWORDS:
         return InitKind(init)
     return InitKind.TEXT
+
+
+def _near_keyword(init: str) -> str | None:
+    """The keyword `init` looks like without being it (`Random`, `SAMPLE_VOCAB`, "random ",
+    `sample-vocab`): as a text init it would silently train from the embedding of that word."""
+    folded = "".join(ch for ch in init.lower() if ch.isalnum())
+    return next((k for k in KEYWORDS if folded == k.replace("_", "") and init != k), None)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -60,6 +70,10 @@ class TrainConfig:
         _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
         if not isinstance(self.init, str) or not self.init.strip():
             raise field_error("init", self.init, "'random', 'sample_vocab' or a non-empty init text")
+        keyword = _near_keyword(self.init)
+        if keyword:
+            raise field_error("init", self.init, f"{keyword!r} exactly (init keywords are lower case, without "
+                              "spaces), or a text init that is not a keyword")
         _check_positive("learning_rate", self.learning_rate)
         _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 1)
