@@ -15,6 +15,7 @@ import torch
 
 from spaces import SpaceSpec
 from trainable.data import problems_for
+from trainable.errors import shown
 from trainable.trial import ADAPTER_DIR, STATE_FILE
 
 
@@ -92,7 +93,7 @@ def copy_adapter(checkpoint_dir: str, out_dir: Path) -> Path:
 def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str) -> list[str]:
     m = report.metrics()
     n = m["test_n"]
-    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in report.best_params.items())
+    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={shown(v)}" for k, v in report.best_params.items())
     return [
         f"== search finished in {seconds:.0f} s: {counts.get('total', 0)} trials "
         f"({counts.get('COMPLETED', 0)} completed, {counts.get('PRUNED', 0)} stopped early by ASHA, "
