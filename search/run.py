@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from search.checks import (check_local_resources, check_mlflow_uri, check_model, check_name, check_storage,
-                           check_writable_dir, sqlite_path)
+                           check_writable_dir, is_no_space, sqlite_path)
 from search.interrupt import CURRENT, SearchInterrupted
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
@@ -152,14 +152,17 @@ def _abbreviated(tree):
 
 
 class _DropMessages(logging.Filter):
-    """Drops records whose message starts with one of `prefixes`."""
+    """Drops records whose message starts with one of `prefixes`, and any record whose exception
+    is a full disk (the driver ends with one line for that instead of a traceback per writer)."""
 
     def __init__(self, *prefixes: str):
         super().__init__()
         self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.prefixes)
+        if record.exc_info and record.exc_info[1] is not None and is_no_space(record.exc_info[1]):
+            return False
+        return not (str(record.msg).startswith(self.prefixes) or "No space left on device" in record.getMessage())
 
 
 def _quiet_libraries() -> None:

@@ -77,3 +77,60 @@ def test_a_local_dir_that_is_not_a_model(tmp_path):
 def test_train_config_names_the_bad_field(kwargs, field):
     with pytest.raises(UsageError, match=f"^{field}: got "):
         TrainConfig(**kwargs)
+
+
+def _hostile_files(tmp_path) -> dict:
+    import gzip
+
+    good = FIXTURE.read_bytes()
+    files = {
+        "not-utf8.jsonl": b'{"task_id": "HumanEval/0", "completion": "\xff\xfe"}\n',
+        "truncated.jsonl.gz": gzip.compress(good)[:300],
+        "corrupt.jsonl.gz": b"\x1f\x8b\x08\x00" + b"\x00" * 40,
+        "nested.jsonl": ("[" * 100_000 + "]" * 100_000 + "\n").encode(),
+        "surrogate.jsonl": b'{"task_id": "HumanEval/0", "completion": "\\ud800"}\n',
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("name, message", [
+    ("not-utf8.jsonl", "not-utf8.jsonl line 1: got b"),
+    ("truncated.jsonl.gz", "samples file: got 'truncated.jsonl.gz', expected a readable JSONL file"),
+    ("corrupt.jsonl.gz", "samples file: got 'corrupt.jsonl.gz', expected a readable JSONL file"),
+    ("nested.jsonl", "nested.jsonl line 1: got '[[["),
+    ("surrogate.jsonl", "surrogate.jsonl line 1: completion: got '\\ud800'"),
+])
+def test_an_unreadable_samples_file_is_one_line_and_exit_2(tmp_path, name, message):
+    """Each was a traceback and exit 1."""
+    _hostile_files(tmp_path)
+    proc = _evaluate(tmp_path, "--completions", name)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("out, message", [
+    ("no/such/dir/results.jsonl", "--out: got 'no/such/dir/results.jsonl', expected a file in an existing directory"),
+    (".", "--out: got '.', expected a file path (this is a directory"),
+    ("/dev/full", "--out: got '/dev/full', expected a file path (this is a directory or a device)"),
+    ("samples.jsonl", "--out: got 'samples.jsonl', expected a file other than --completions"),
+    ("link.jsonl", "--out: got 'link.jsonl', expected a file other than --completions"),
+])
+def test_a_bad_out_is_refused_before_scoring(tmp_path, out, message):
+    """Before, a bad --out was found after all the scoring (a traceback), and --out equal to
+    --completions overwrote the samples."""
+    samples = tmp_path / "samples.jsonl"
+    samples.write_bytes(FIXTURE.read_bytes())
+    (tmp_path / "link.jsonl").symlink_to(samples)
+    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in proc.stderr
+    assert samples.read_bytes() == FIXTURE.read_bytes() and not proc.stdout
+
+
+def test_an_empty_split_is_refused(tmp_path):
+    proc = _evaluate(tmp_path, "--model", "bundled", "--data-sizes", "64,40,0", "--split", "test")
+    assert proc.returncode == 2 and "--split: got 'test', expected a split with at least 1 problem" in proc.stderr
