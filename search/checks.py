@@ -57,15 +57,30 @@ def check_writable_dir(field: str, value, folder: Path) -> None:
                           f"({folder} has {free / 2**30:.2f} GiB)")
 
 
-def is_no_space(exc: BaseException) -> bool:
-    """A full disk (ENOSPC, EDQUOT) anywhere in the exception's chain."""
+# How a full disk reads when it arrives as text: the OS's words, sqlite's (SQLITE_FULL, from the
+# Optuna study and a sqlite MLflow store), and pyarrow's (Tune's storage).
+_NO_SPACE_WORDS = ("No space left on device", "database or disk is full", "[errno 28]", "Disk quota exceeded")
+
+
+def is_no_space_message(text: str) -> bool:
+    return any(words in text for words in _NO_SPACE_WORDS)
+
+
+def no_space(exc: BaseException) -> str | None:
+    """What said the disk is full, anywhere in the exception's chain (ENOSPC/EDQUOT, or a
+    library's words for it), as one line; None if nothing did."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or is_no_space_message(str(exc)):
+            return text
         exc = exc.__cause__ or exc.__context__
-    return False
+    return None
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return no_space(exc) is not None
 
 
 def sqlite_path(uri: str) -> Path | None:

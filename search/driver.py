@@ -21,7 +21,7 @@ from collections import Counter
 import ray
 
 from search.callbacks import mlflow_params, state_of
-from search.checks import is_no_space
+from search.checks import is_no_space, no_space
 from search.interrupt import (CURRENT, TUNE_SIGINT_ENV, Phase, SearchInterrupted, raised_by_signal,
                               sigterm_blocked_for_children)
 from search.provenance import provenance
@@ -249,7 +249,7 @@ def run_search(plan: dict) -> int:
             if not is_no_space(exc):
                 print(f"the search failed; after fixing the cause: {plan['resume_command']}", flush=True)
                 raise
-            print(f"error: disk full ({first}); free some space, then: {plan['resume_command']}", flush=True)
+            print(f"error: disk full ({no_space(exc)}); free some space, then: {plan['resume_command']}", flush=True)
         return 1
     finally:
         with CURRENT.during(Phase.CLEANUP):

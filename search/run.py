@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from search.checks import (check_local_resources, check_mlflow_uri, check_model, check_name, check_storage,
-                           check_writable_dir, is_no_space, sqlite_path)
+                           check_writable_dir, is_no_space, is_no_space_message, sqlite_path)
 from search.interrupt import CURRENT, SearchInterrupted
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
@@ -162,7 +162,7 @@ class _DropMessages(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None and is_no_space(record.exc_info[1]):
             return False
-        return not (str(record.msg).startswith(self.prefixes) or "No space left on device" in record.getMessage())
+        return not (str(record.msg).startswith(self.prefixes) or is_no_space_message(record.getMessage()))
 
 
 def _quiet_libraries() -> None:
@@ -177,7 +177,8 @@ def _quiet_libraries() -> None:
     # traceback is in its error.txt; the console gets our one FAILED line.
     for name, prefixes in (("ray.tune.tune", ("Stop signal received", "Experiment has been interrupted",
                                               "Trials did not complete")),
-                           ("ray.tune.execution.tune_controller", ("Trial task failed",))):
+                           ("ray.tune.execution.tune_controller", ("Trial task failed",)),
+                           ("ray.train._internal.syncer", ())):  # a traceback per second on a full disk
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(*prefixes))

@@ -121,7 +121,7 @@ class MlflowLedger:
         self._retry_at = 0.0
         self._memory: list[list] | None = None  # the queue, while the disk refuses to hold it
         self._steps: dict[str, int] | None = None
-        self._unwritable: set[str] = set()  # files whose last write failed (said once each)
+        self._unwritable: set[str] = set()  # files a write of failed (said once each)
         self.refused = 0
 
     def __getstate__(self):  # Tune pickles callbacks with the experiment; clients don't pickle
@@ -152,12 +152,11 @@ class MlflowLedger:
             self.state_dir.mkdir(parents=True, exist_ok=True)
             tmp.write_text(text)
             tmp.replace(path)
-            self._unwritable.discard(path.name)
             return True
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            if path.name not in self._unwritable:  # once per stretch of failures, not per write
+            if path.name not in self._unwritable:  # once per file, not per write
                 self._unwritable.add(path.name)
                 full = " (disk full)" if is_no_space(exc) else ""
                 print(f"warning: cannot write {path}{full}: {exc.strerror or exc}; keeping {what} in "
