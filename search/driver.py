@@ -175,7 +175,7 @@ def _drive(plan: dict, record: SearchRecord, ledger: MlflowLedger, started: floa
         raise SearchInterrupted(CURRENT.signum or signal.SIGUSR1)
     if all(r.error for r in results) or len(results) == 0:
         print("no trial finished without error; see the FAILED lines above", flush=True)
-        _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"})
+        _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
         return 1
     with CURRENT.during(Phase.RAISE):
         report, adapter = _compute_report(plan, results)

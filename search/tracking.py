@@ -288,12 +288,13 @@ class MlflowLedger:
             local_dir, artifact_path = args
             if Path(local_dir).exists():
                 client.log_artifacts(run_id, local_dir, artifact_path)
-        elif kind == "start":  # a run that was KILLED by an interruption runs again
+        elif kind == "start":  # a run that was KILLED (interrupted) or FAILED runs again
             run = client.get_run(run_id)
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
-            if "interrupted_by" in run.data.tags:
-                client.delete_tag(run_id, "interrupted_by")
+            for stale in ("interrupted_by", "error"):  # why it stopped last time
+                if stale in run.data.tags:
+                    client.delete_tag(run_id, stale)
         elif kind == "end":
             client.set_terminated(run_id, status=args[0])
         else:

@@ -86,3 +86,28 @@ def test_a_finished_search_grows_with_more_trials(tiny_model_dir, tmp_path):
     assert (record["state"], record["num_samples"], record["max_concurrent"], record["reports"]) == ("finished", 3, 1, 2)
     study = optuna.load_study(study_name="grow", storage=f"sqlite:///{tmp_path}/runs/grow/optuna.db")
     assert len(study.get_trials(deepcopy=False)) == 3
+
+
+def test_a_search_whose_trials_all_fail_ends_failed_and_resumes(tiny_model_dir, tmp_path):
+    """Every attempt of the only trial raises: the search is failed (exit 1, MLflow FAILED, the
+    record says so); once the cause is gone, --resume retries the errored trial and finishes."""
+    import json
+
+    from fault_helpers import mlflow_summary, write_fault_space
+
+    space = write_fault_space(tmp_path, samples=1, epochs=1, grace=1, tokens=(8,), slow=False)
+    env = {**search_env(), "SOFTPROMPT_INJECT_FAULT": "num_virtual_tokens=8@1"}
+    failed = subprocess.run(search_command(space, tiny_model_dir, "allfail"), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert "no trial finished without error" in failed.stdout and "Traceback" not in failed.stdout + failed.stderr
+    record = json.loads((tmp_path / "runs" / "allfail" / "search.json").read_text())
+    assert record["state"] == "failed"
+    (parent,) = mlflow_summary(tmp_path / "runs" / "mlflow.db")["parents"]
+    assert (parent["status"], parent["tags"]["search_state"]) == ("FAILED", "failed")
+
+    resumed = run_search(tmp_path, space, tiny_model_dir, "allfail", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = mlflow_summary(tmp_path / "runs" / "mlflow.db")
+    assert summary["parents"][0]["status"] == "FINISHED" and len(summary["children"]) == 1
+    assert summary["children"][0]["status"] == "FINISHED" and summary["not_ended"] == []
