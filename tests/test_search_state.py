@@ -31,8 +31,9 @@ def _snapshot(tmp_path: Path) -> dict:
         tags = sorted(conn.execute("select run_uuid, key, value from tags").fetchall())
     state = tmp_path / "runs" / NAME
     files = sorted(str(p.relative_to(state)) for p in state.rglob("*") if "search.lock" not in p.name)
-    return {"rows": rows, "tags": tags, "files": files, "record": (state / "search.json").read_text(),
-            "space": (state / "space" / "space.json").read_text()}
+    text = lambda path: path.read_text() if path.exists() else None  # noqa: E731
+    return {"rows": rows, "tags": tags, "files": files, "record": text(state / "search.json"),
+            "space": text(state / "space" / "space.json")}
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +44,12 @@ def finished(tiny_model_dir, tmp_path_factory):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     proc = run_search(tmp_path, space, tiny_model_dir, NAME, "--mlflow-uri", uri)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp_path, space, uri
+    return tmp_path, space, uri, tiny_model_dir
 
 
 def _again(finished, *extra, name=NAME, model=None):
-    tmp_path, space, uri = finished
-    return run_search(tmp_path, space, model or _model(tmp_path), name, "--mlflow-uri", uri, *extra, timeout=300)
-
-
-def _model(tmp_path):
-    return Path(json.loads((tmp_path / "runs" / NAME / "search.json").read_text())["identity"]["model"]["path"])
+    tmp_path, space, uri, tiny_model_dir = finished
+    return run_search(tmp_path, space, model or tiny_model_dir, name, "--mlflow-uri", uri, *extra, timeout=300)
 
 
 def _one_line(proc, code: int = 2) -> str:
@@ -63,7 +60,7 @@ def _one_line(proc, code: int = 2) -> str:
 
 
 def test_the_search_is_recorded_with_its_id_and_state(finished):
-    tmp_path, _, _ = finished
+    tmp_path = finished[0]
     record = json.loads((tmp_path / "runs" / NAME / "search.json").read_text())
     assert record["state"] == "finished" and record["reports"] == 1 and len(record["search_id"]) == 32
     runs = mlflow_runs(tmp_path / "store" / "mlflow.db")
@@ -73,7 +70,7 @@ def test_the_search_is_recorded_with_its_id_and_state(finished):
 
 
 def test_an_explicit_sqlite_store_keeps_its_artifacts_beside_it(finished):
-    tmp_path, _, uri = finished
+    tmp_path = finished[0]
     assert not (tmp_path / "mlruns").exists(), "artifacts went to ./mlruns of the working directory"
     with sqlite3.connect(tmp_path / "store" / "mlflow.db") as conn:
         (location,) = conn.execute("select artifact_location from experiments where name = 'softprompt-search'").fetchone()
@@ -134,9 +131,9 @@ def test_an_existing_name_without_resume_is_refused_before_anything(finished):
 def test_a_name_taken_in_mlflow_is_refused_from_another_storage(finished):
     """Another --storage, the same MLflow (the README's cluster set-up): before, the two
     searches' runs were merged (metric steps 1, 2, 1, 2)."""
-    tmp_path, space, uri = finished
+    tmp_path, space, uri, model = finished
     before = _snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "search.run", "--space", str(space), "--model", str(_model(tmp_path)),
+    proc = subprocess.run([sys.executable, "-m", "search.run", "--space", str(space), "--model", str(model),
                            "--name", NAME, "--storage", "elsewhere", "--mlflow-uri", uri],
                           cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=300)
     line = _one_line(proc)
@@ -150,14 +147,11 @@ def test_a_name_left_only_in_mlflow_is_refused(finished):
     moved = tmp_path / "moved-away"
     shutil.move(tmp_path / "runs" / NAME, moved)
     try:
-        line = _one_line(_again(finished, model=_model_from(moved)))
+        line = _one_line(_again(finished))
         assert "MLflow" in line and not (tmp_path / "runs" / NAME).exists()
     finally:
+        shutil.rmtree(tmp_path / "runs" / NAME, ignore_errors=True)
         shutil.move(moved, tmp_path / "runs" / NAME)
-
-
-def _model_from(state: Path) -> Path:
-    return Path(json.loads((state / "search.json").read_text())["identity"]["model"]["path"])
 
 
 def test_resume_of_a_name_that_never_ran_is_refused(finished):
