@@ -64,9 +64,13 @@ def error_reason(trial) -> str:
 
 
 class MlflowCallback(tune.Callback):
-    def __init__(self, ledger: MlflowLedger, max_epochs: int, study_name: str, storage_url: str):
+    def __init__(self, ledger: MlflowLedger, max_epochs: int, study_name: str, storage_url: str,
+                 params_of=dict):
         self.ledger, self.max_epochs = ledger, max_epochs
         self.study_name, self.storage_url = study_name, storage_url
+        # Tune's config (Optuna's names, e.g. `learning_rate.p_tuning`) -> the trial's parameters by
+        # field, `method` always among them (`SpaceSpec.trial_params`).
+        self.params_of = params_of
         self._numbers: dict[str, int | None] = {}  # Ray trial id -> Optuna trial number
 
     def _key(self, trial) -> str:
@@ -88,7 +92,7 @@ class MlflowCallback(tune.Callback):
         return None
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        params, tags = mlflow_params(trial.config)
+        params, tags = mlflow_params(self.params_of(trial.config))
         key = self._key(trial)
         tags.update(ray_trial_id=trial.trial_id, state="RUNNING")
         if key.startswith("optuna-"):
@@ -134,8 +138,9 @@ class MlflowCallback(tune.Callback):
 class ConsoleCallback(tune.Callback):
     """One line per trial result, one per trial end, and a progress line; no Ray tables."""
 
-    def __init__(self, num_samples: int, max_epochs: int):
+    def __init__(self, num_samples: int, max_epochs: int, params_of=dict):
         self.num_samples, self.max_epochs = num_samples, max_epochs
+        self.params_of = params_of  # as in MlflowCallback
         self.started = time.time()
 
     def setup(self, **info):
@@ -152,7 +157,7 @@ class ConsoleCallback(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         state, epoch = final_state(trial, self.max_epochs)
-        self._print(f"trial {trial.trial_id} {state} at epoch {epoch} {_short(trial.config)}")
+        self._print(f"trial {trial.trial_id} {state} at epoch {epoch} {_short(self.params_of(trial.config))}")
         self._progress(trials, trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):

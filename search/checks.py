@@ -143,6 +143,38 @@ def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
     return model
 
 
+def _model_config(model: ModelRef):
+    from transformers import AutoConfig
+
+    location = model.location
+    if model.kind == "bundled":
+        from trainable.bundled import bundled_checkpoint_dir
+
+        location = str(bundled_checkpoint_dir())  # converts once (minutes), as the first trial would
+    return AutoConfig.from_pretrained(location, trust_remote_code=False)
+
+
+def check_warm_starts(spec, model: ModelRef) -> None:
+    """Every `init: adapter:PATH` of the space fits the model (hidden size, layers, key/value
+    heads): a mismatch is a one-line error now rather than a failed trial. Method and shape
+    against the space's own values were checked when the space loaded."""
+    from trainable.adapter import model_mismatch
+    from trainable.config import adapter_path
+    from trainable.softprompt import load_prompt
+
+    starts = [(method, path, init) for method in spec.methods for path, init in spec.warm_starts(method)]
+    if not starts:
+        return
+    config = _model_config(model)
+    for method, path, init in starts:
+        info, _ = load_prompt(adapter_path(init), path, init)  # the tensor is there, of its stated shape
+        sets_width = "encoder_hidden_size" in spec.fixed or any(
+            key == "encoder_hidden_size" for _, key, _ in spec.sampled(method))
+        why = model_mismatch(info, config, info.encoder_hidden_size if sets_width else None)
+        if why:
+            raise field_error(path, init, why)
+
+
 def check_local_resources(cpu: float, gpu: float) -> None:
     """Without --address the in-process Ray has this machine's cores and GPUs: a trial that asks
     for more would wait forever, so say so now. (On a cluster the driver checks after connecting.)"""
@@ -153,3 +185,11 @@ def check_local_resources(cpu: float, gpu: float) -> None:
         if want > have:
             raise field_error(f"resources.{name}", want, f"at most {have:g} ({name.upper()}s on this machine; "
                               "or use --address to run on a Ray cluster)")
+
+
+def check_sandbox() -> str:
+    """The sandbox that scores this machine's trials: bwrap, or the weaker mode named in
+    $SOFTPROMPT_SANDBOX; otherwise exit 2 before Ray starts (trainable.sandbox says how to fix)."""
+    from trainable.sandbox import sandbox_mode
+
+    return sandbox_mode()

@@ -25,7 +25,8 @@ from search.checks import is_no_space, no_space
 from search.interrupt import (CURRENT, TUNE_SIGINT_ENV, Phase, SearchInterrupted, raised_by_signal,
                               sigterm_blocked_for_children)
 from search.provenance import provenance
-from search.report import FinalReport, copy_adapter, save_plots, score_best_and_baseline, summary_lines
+from search.report import (FinalReport, best_by_method, copy_adapter, save_plots, score_best_and_baseline,
+                           summary_lines)
 from search.searcher import study_storage_url
 from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE, RUNNING, SearchLock, SearchRecord,
                           identity)
@@ -124,8 +125,9 @@ def _compute_report(plan: dict, results) -> tuple[FinalReport, object]:
     with checkpoint.as_directory() as checkpoint_dir:
         test_best, test_base = score_best_and_baseline(spec, best.config, checkpoint_dir)
         adapter = copy_adapter(checkpoint_dir, plan["state_dir"] / "best_adapter")
-    report = FinalReport(best.metrics["trial_id"], best.config, float(best_metrics["pass@1"]),
-                         int(best_metrics["training_iteration"]), test_best, test_base)
+    report = FinalReport(best.metrics["trial_id"], spec.trial_params(best.config), float(best_metrics["pass@1"]),
+                         int(best_metrics["training_iteration"]), test_best, test_base,
+                         best_by_method(results, spec.trial_params))
     out = plan["state_dir"] / "report"
     out.mkdir(parents=True, exist_ok=True)
     for name, samples in (("test_completions_best.jsonl", test_best), ("test_completions_baseline.jsonl", test_base)):

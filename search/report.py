@@ -14,9 +14,10 @@ import ray
 import torch
 
 from spaces import SpaceSpec
+from trainable.adapter import AdapterInfo
 from trainable.data import problems_for
 from trainable.errors import shown
-from trainable.trial import ADAPTER_DIR, STATE_FILE
+from trainable.trial import ADAPTER_DIR
 
 
 def paired_bootstrap_ci(treated: list[bool], baseline: list[bool], resamples: int = 10_000,
@@ -33,20 +34,34 @@ def paired_bootstrap_ci(treated: list[bool], baseline: list[bool], resamples: in
 
 
 @ray.remote
-def _score_test(spec: SpaceSpec, params: dict, weight: torch.Tensor | None) -> list[dict]:
+def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor] | None) -> list[dict]:
     from trainable.evaluation import evaluate_problems
     from trainable.model import cached_model
+    from trainable.softprompt import prompt_input
 
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     config = spec.train_config(params)  # evaluation settings are the trials' own
     loaded = cached_model(spec.model)
-    result = evaluate_problems(loaded, problems_for("test", spec.data), weight, config.max_new_tokens,
+    soft = None
+    if prompt is not None:  # the saved adapter's output, as the trial used it (any method)
+        info, output = prompt
+        soft = prompt_input(info.method, output.to(loaded.device), info.num_layers, info.num_attention_heads)
+    result = evaluate_problems(loaded, problems_for("test", spec.data), soft, config.max_new_tokens,
                                config.eval_batch_size, config.sandbox_timeout_s)
     return result.samples
 
 
-def load_prompt_weight(checkpoint_dir: str | Path) -> torch.Tensor:
-    return torch.load(Path(checkpoint_dir) / STATE_FILE, weights_only=True)["prompt"]["weight"]
+def best_by_method(results, params_of) -> dict[str, tuple[float, int]]:
+    """Best val pass@1 any epoch reached, and the number of trials, per method: which kind of soft
+    prompt did best (on val; test scores only the overall best)."""
+    out: dict[str, tuple[float, int]] = {}
+    for result in results:
+        if result.config is None or result.metrics_dataframe is None or "pass@1" not in result.metrics_dataframe:
+            continue
+        method = params_of(result.config)["method"]
+        best, count = out.get(method, (0.0, 0))
+        out[method] = (max(best, float(result.metrics_dataframe["pass@1"].max())), count + 1)
+    return dict(sorted(out.items(), key=lambda item: -item[1][0]))
 
 
 @dataclass
@@ -57,6 +72,7 @@ class FinalReport:
     best_epoch: int
     test_best: list[dict] = field(default_factory=list)
     test_baseline: list[dict] = field(default_factory=list)
+    by_method: dict[str, tuple[float, int]] = field(default_factory=dict)  # best_by_method()
 
     @staticmethod
     def rate(samples: list[dict]) -> float:
@@ -69,15 +85,18 @@ class FinalReport:
 
     def metrics(self) -> dict:
         lift, low, high = self.lift()
+        per_method = {f"best_val_pass_at_1.{method}": best for method, (best, _) in self.by_method.items()}
         return {"best_val_pass_at_1": self.best_val_pass_at_1, "test_pass_at_1_best": self.rate(self.test_best),
                 "test_pass_at_1_baseline": self.rate(self.test_baseline), "lift": lift,
-                "lift_ci95_low": low, "lift_ci95_high": high, "test_n": len(self.test_best)}
+                "lift_ci95_low": low, "lift_ci95_high": high, "test_n": len(self.test_best), **per_method}
 
 
 def score_best_and_baseline(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple[list, list]:
+    from trainable.softprompt import load_prompt
+
     resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
-    weight = load_prompt_weight(checkpoint_dir)
-    best = _score_test.options(**resources).remote(spec, best_params, weight)
+    prompt = load_prompt(Path(checkpoint_dir) / ADAPTER_DIR, "best_adapter")
+    best = _score_test.options(**resources).remote(spec, best_params, prompt)
     baseline = _score_test.options(**resources).remote(spec, best_params, None)
     return ray.get(best), ray.get(baseline)
 
@@ -94,12 +113,16 @@ def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Pa
     m = report.metrics()
     n = m["test_n"]
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={shown(v)}" for k, v in report.best_params.items())
+    per_method = ", ".join(f"{method} {best:.3f} ({count} trial{'s' * (count != 1)})"
+                           for method, (best, count) in report.by_method.items())
+    methods = [f"methods       {per_method}  (best val pass@1 per method)"] if len(report.by_method) > 1 else []
     return [
         f"== search finished in {seconds:.0f} s: {counts.get('total', 0)} trials "
         f"({counts.get('COMPLETED', 0)} completed, {counts.get('PRUNED', 0)} stopped early by ASHA, "
         f"{counts.get('FAILED', 0)} failed)",
         f"best trial    {report.best_trial_id} (epoch {report.best_epoch}): {params}",
         f"val pass@1    {m['best_val_pass_at_1']:.3f}",
+        *methods,
         f"test pass@1   {m['test_pass_at_1_best']:.3f} ({round(m['test_pass_at_1_best'] * n)}/{n})  with the soft prompt",
         f"baseline      {m['test_pass_at_1_baseline']:.3f} ({round(m['test_pass_at_1_baseline'] * n)}/{n})  frozen model, no soft prompt",
         f"lift          {m['lift']:+.3f}  95% CI [{m['lift_ci95_low']:+.3f}, {m['lift_ci95_high']:+.3f}] "

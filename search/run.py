@@ -17,8 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from search.checks import (check_local_resources, check_mlflow_uri, check_model, check_name, check_storage,
-                           check_writable_dir, is_no_space, is_no_space_message, sqlite_path)
+from search.checks import (check_local_resources, check_mlflow_uri, check_model, check_name, check_sandbox,
+                           check_storage, check_warm_starts, check_writable_dir, is_no_space, is_no_space_message,
+                           sqlite_path)
 from search.interrupt import CURRENT, SearchInterrupted
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
@@ -201,10 +202,11 @@ def _main(argv: list[str] | None) -> int:
     plan = _resolve(args)
     _print_plan(plan)
     # Checks of the world outside the command line, after the plan is shown.
-    if not args.address:
+    if not args.address:  # on a cluster, the nodes that run trials check for themselves
         check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu)
+        check_sandbox()
     check_mlflow_uri(plan["mlflow_uri"], create_dir=plan["default_mlflow"])
-    check_model(plan["spec"].model)
+    check_warm_starts(plan["spec"], check_model(plan["spec"].model))
     if plan["record"] is None:
         _check_name_unused_in_mlflow(plan)
     if args.dry_run:

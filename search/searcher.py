@@ -4,6 +4,9 @@ Ray's `OptunaSearch` tells Optuna COMPLETE for a trial that ASHA stopped at a lo
 low-rung value: TPE then models "bad" configurations from half-trained numbers as if they were
 final. A trial that ended (without error) before the last epoch was stopped early, so we tell
 Optuna PRUNED; Optuna keeps its intermediate values.
+
+The space is define-by-run (`ConditionalSpace`): `method` first, then only that method's
+parameters (`spaces.conditional`), so Optuna never holds a value that the trial ignored.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from spaces import DistKind, Distribution, SpaceSpec
+from spaces.spec import METHOD
 from trainable.trial import OBJECTIVE
 
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
@@ -25,6 +29,30 @@ def optuna_distribution(dist: Distribution):
     if dist.kind is DistKind.RANDINT:
         return IntDistribution(int(dist.low), int(dist.high))  # both ends included, as in spaces
     return FloatDistribution(float(dist.low), float(dist.high), log=dist.kind is DistKind.LOGUNIFORM)
+
+
+def suggest(trial, name: str, dist: Distribution):
+    """One value through Optuna's public API (Ray records what the suggest_* calls return)."""
+    d = optuna_distribution(dist)
+    if isinstance(d, CategoricalDistribution):
+        return trial.suggest_categorical(name, d.choices)
+    if isinstance(d, IntDistribution):
+        return trial.suggest_int(name, d.low, d.high)
+    return trial.suggest_float(name, d.low, d.high, log=d.log)
+
+
+class ConditionalSpace:
+    """The define-by-run space (a class, not a closure: Tune pickles the searcher with it)."""
+
+    def __init__(self, spec: SpaceSpec):
+        self.spec = spec
+
+    def __call__(self, trial) -> None:
+        method = self.spec.methods[0]
+        if METHOD in self.spec.search:
+            method = suggest(trial, METHOD, self.spec.search[METHOD])
+        for name, _, dist in self.spec.sampled(method):
+            suggest(trial, name, dist)
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -51,13 +79,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         for frozen in self._ot_study.get_trials(deepcopy=False):
             if frozen.number not in known and frozen.state in (TrialState.RUNNING, TrialState.COMPLETE,
                                                                 TrialState.PRUNED):
-                trial = optuna.trial.Trial(self._ot_study, frozen._trial_id)
-                if frozen.state is TrialState.RUNNING:
-                    # Killed between `ask` and its last param write: sample what is missing.
-                    for name, dist in self._space.items():
-                        if name not in frozen.params:
-                            trial._suggest(name, dist)
-                return trial
+                # Killed between `ask` and its last param write? The define-by-run space samples
+                # what is missing and returns the values the trial already has.
+                return optuna.trial.Trial(self._ot_study, frozen._trial_id)
         return None
 
     def on_trial_result(self, trial_id: str, result: dict):
@@ -93,10 +117,9 @@ def study_storage_url(state_dir) -> str:
 
 def build_searcher(spec: SpaceSpec, state_dir, study_name: str) -> PrunedAwareOptunaSearch:
     """TPE seeded from the space; the study persists in `state_dir/optuna.db` (optuna-dashboard)."""
-    space = {name: optuna_distribution(dist) for name, dist in spec.search.items()}
     storage = optuna.storages.RDBStorage(study_storage_url(state_dir))
     return PrunedAwareOptunaSearch(
-        space=space, metric=OBJECTIVE, mode="max", max_epochs=spec.budget.max_epochs,
+        space=ConditionalSpace(spec), metric=OBJECTIVE, mode="max", max_epochs=spec.budget.max_epochs,
         sampler=optuna.samplers.TPESampler(seed=spec.budget.seed),
         storage=storage, study_name=study_name,
     )

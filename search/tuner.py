@@ -66,8 +66,8 @@ def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: Mlf
                               grace_period=budget.grace_period, reduction_factor=budget.reduction_factor)
     watch = ExperimentEnd()
     callbacks = [
-        ConsoleCallback(budget.num_samples, budget.max_epochs),
-        MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir)),
+        ConsoleCallback(budget.num_samples, budget.max_epochs, spec.trial_params),
+        MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
         TuneInterrupt(), watch,
     ]
     # With a searcher and no concurrency limit, Tune runs one trial at a time.

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from spaces.distribution import Distribution
+from spaces.conditional import parse_searched
 from spaces.paths import check_mapping
 from spaces.spec import Budget, Resources, SpaceSpec, check_train_field
 from trainable.data import DataSplit
@@ -202,7 +202,7 @@ def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
     """A resolved mapping (bases already merged) as a validated `SpaceSpec`."""
     check_mapping(raw, "", TOP_KEYS, REQUIRED_KEYS)
     search = {
-        key: Distribution.from_raw(value, f"search.{key}")
+        key: parse_searched(value, f"search.{key}")
         for key, value in _train_fields(raw["search"], "search").items()
     }
     fixed = _train_fields(raw.get("fixed", {}), "fixed")

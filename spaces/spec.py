@@ -5,17 +5,25 @@ Every dataclass checks itself at construction, so a spec that exists is valid; t
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, replace
+from pathlib import Path
 from typing import Any
 
-from spaces.distribution import CONTINUOUS, Distribution, is_number
+from spaces.conditional import PerMethod, check_methods_can_use, sampled_for
+from spaces.distribution import CONTINUOUS, DistKind, Distribution, is_number
 from spaces.paths import renamed, unknown_key
-from trainable.config import TrainConfig
+from trainable.config import ADAPTER_PREFIX, TrainConfig
 from trainable.data import DataSplit
 from trainable.errors import UsageError, field_error
+from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, applies, method_list
 
 # Set by the budget (ASHA's max_t): a trial trains for at most budget.max_epochs epochs.
 EPOCHS = "epochs"
+METHOD = "method"
+# Fields an init constrains (an adapter's shape; a token init needs a prefix without projection),
+# so they are checked together with `init`.
+SHAPE_FIELDS = ("num_virtual_tokens", "encoder_hidden_size", "prefix_projection")
 
 
 def _check_int(path: str, value, minimum: int) -> None:
@@ -82,12 +90,27 @@ def _plain(value):
     return value.item() if hasattr(value, "item") and not isinstance(value, str) else value
 
 
+def _absolute_init(value):
+    """`adapter:PATH` with PATH made absolute: trials run in other working directories."""
+    if isinstance(value, str) and value.startswith(ADAPTER_PREFIX) and value != ADAPTER_PREFIX:
+        return ADAPTER_PREFIX + str(Path(value[len(ADAPTER_PREFIX):]).expanduser().resolve())
+    return value
+
+
+def _absolute_inits(searched):
+    if isinstance(searched, PerMethod):
+        return PerMethod({m: _absolute_inits(d) for m, d in searched.by_method.items()})
+    if searched.kind is DistKind.CHOICE:
+        return Distribution(DistKind.CHOICE, values=tuple(_absolute_init(v) for v in searched.values))
+    return searched
+
+
 @dataclass(frozen=True)
 class SpaceSpec:
     name: str
     source: str
     model: str
-    search: dict[str, Distribution]
+    search: dict[str, Distribution | PerMethod]  # see spaces.conditional
     fixed: dict[str, Any]
     data: DataSplit
     budget: Budget
@@ -97,6 +120,10 @@ class SpaceSpec:
         # Own copies: a frozen spec should not change when the caller's dicts do.
         object.__setattr__(self, "search", dict(self.search))
         object.__setattr__(self, "fixed", dict(self.fixed))
+        if "init" in self.search:
+            self.search["init"] = _absolute_inits(self.search["init"])
+        if "init" in self.fixed:
+            self.fixed["init"] = _absolute_init(self.fixed["init"])
         if not isinstance(self.model, str) or not self.model.strip():
             raise field_error("model", self.model, "a hub id, a local path or 'bundled'")
         if not self.search:
@@ -115,39 +142,131 @@ class SpaceSpec:
         if self.data.test < 1:
             raise field_error("data.test", self.data.test, "at least 1 problem (the final report scores on them)")
         _check_int("data.seed", self.data.seed, 0)
-        self._check_train_configs()
+        self._check_method_dimension()
+        check_methods_can_use(self.search, self.fixed, self.methods)
+        for method in self.methods:
+            self._check_train_configs(method)
 
-    def _check_train_configs(self) -> None:
-        """Fixed values alone, then each choice / range end on top of them, must make a TrainConfig."""
-        base = {**self.fixed, EPOCHS: self.budget.max_epochs}
+    # -- methods: the conditional part of the space ------------------------------------------
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods a trial of this space can have."""
+        if METHOD in self.search:
+            return tuple(self.search[METHOD].values)
+        return (self.fixed.get(METHOD, DEFAULT_METHOD),)
+
+    def _check_method_dimension(self) -> None:
+        searched = self.search.get(METHOD)
+        if searched is None:
+            return
+        if isinstance(searched, PerMethod) or searched.kind is not DistKind.CHOICE:
+            raise field_error(f"search.{METHOD}", searched.to_dict(), f"a choice among {method_list()}")
+        for i, value in enumerate(searched.values):
+            if value not in METHODS:
+                raise field_error(f"search.{METHOD}.choice[{i}]", value, "one of " + method_list())
+
+    def sampled(self, method: str) -> list[tuple[str, str, Distribution]]:
+        """(Optuna name, TrainConfig field, distribution) that a trial of `method` samples."""
+        return sampled_for(self.search, method)
+
+    def fixed_for(self, method: str) -> dict:
+        """The fixed values a trial of `method` uses (another method's own fields drop out)."""
+        return {key: value for key, value in self.fixed.items() if applies(key, method)}
+
+    def _path(self, key: str, method: str) -> str:
+        return f"search.{key}.{method}" if isinstance(self.search.get(key), PerMethod) else f"search.{key}"
+
+    def _try(self, values: dict, paths: dict) -> None:
+        """TrainConfig(**values), its error naming the space path of the bad field; `paths` maps
+        the searched fields in `values` to the path of the candidate tried. The message adds the
+        searched values the bad one met (method, shape, init: the fields that constrain each other)."""
         try:
-            TrainConfig(**base)
+            TrainConfig(**values)
         except UsageError as err:
-            field_name = str(err).partition(":")[0]
-            raise renamed(err, field_name, f"fixed.{field_name}") from None
-        for key, dist in self.search.items():
-            path = f"search.{key}"
-            if dist.kind in CONTINUOUS and isinstance(getattr(TrainConfig(), key), int):
+            field = str(err).partition(":")[0]
+            path = paths.get(field) or (f"fixed.{field}" if field in self.fixed else field)
+            context = ", ".join(f"{paths[f]} = {values[f]!r}" for f in paths
+                                if f != field and f in (METHOD, "init", *SHAPE_FIELDS))
+            raise UsageError(str(renamed(err, field, path)) + (f" (with {context})" if context else "")) from None
+
+    def _check_train_configs(self, method: str) -> None:
+        """For a trial of `method`: fixed values with each searched field's first candidate, then
+        each choice / range end in turn, then every init with every shape the search can pick,
+        must make a TrainConfig."""
+        sampled = [(key, self._path(key, method), dist) for _, key, dist in self.sampled(method)]
+        base = {**self.fixed_for(method), EPOCHS: self.budget.max_epochs}
+        paths = {}
+        if METHOD in self.search:
+            base[METHOD] = method
+            paths[METHOD] = f"search.{METHOD}.choice[{self.search[METHOD].values.index(method)}]"
+        for key, path, dist in sampled:
+            takes_int = isinstance(getattr(TrainConfig(), key), int) or key in METHOD_ONLY  # (those default to None)
+            if dist.kind in CONTINUOUS and takes_int:
                 raise field_error(
                     f"{path}.{dist.kind.value}", [dist.low, dist.high],
                     f"randint or choice ({key} takes integers; {dist.kind.value} samples floats)",
                 )
+            suffix, base[key] = dist.candidates()[0]
+            paths[key] = f"{path}.{suffix}"
+        self._try(base, paths)
+        for key, path, dist in sampled:
             for suffix, value in dist.candidates():
-                try:
-                    TrainConfig(**{**base, key: value})
-                except UsageError as err:
-                    raise renamed(err, key, f"{path}.{suffix}") from None
+                self._try({**base, key: value}, {**paths, key: f"{path}.{suffix}"})
+        self._check_inits(method, base, paths)
+
+    def _inits(self, method: str) -> list[tuple[str, object]]:
+        """(space path, value) of every init a trial of `method` can get."""
+        for _, key, dist in self.sampled(method):
+            if key == "init":
+                path = self._path(key, method)
+                return [(f"{path}.{suffix}", value) for suffix, value in dist.candidates()]
+        return [("fixed.init", self.fixed["init"])] if "init" in self.fixed else []
+
+    def warm_starts(self, method: str) -> list[tuple[str, str]]:
+        """(space path, `adapter:PATH`) of every warm start a trial of `method` can get."""
+        return [(path, init) for path, init in self._inits(method)
+                if isinstance(init, str) and init.startswith(ADAPTER_PREFIX)]
+
+    def _check_inits(self, method: str, base: dict, paths: dict) -> None:
+        """An init constrains the shape (an adapter fixes it; a token init needs a prefix without a
+        projection): every init with every shape the search can pick must make a TrainConfig."""
+        shapes = [[(key, f"{self._path(key, method)}.{s}", v) for s, v in dist.candidates()]
+                  for _, key, dist in self.sampled(method) if key in SHAPE_FIELDS]
+        for init_path, init in self._inits(method):
+            for combo in itertools.product(*shapes):
+                values = {**base, "init": init, **{key: value for key, _, value in combo}}
+                self._try(values, {**paths, "init": init_path, **{key: path for key, path, _ in combo}})
 
     def train_config(self, params: dict) -> TrainConfig:
-        """One trial's settings: fixed values + the sampled `params` + epochs = budget.max_epochs."""
+        """One trial's settings: fixed values + the sampled `params` (Optuna's names) + epochs."""
         params = {key: _plain(value) for key, value in params.items()}
-        for key in params:
-            if key not in self.search:
-                raise unknown_key(f"params.{key}", key, list(self.search))
-        for key in self.search:
-            if key not in params:
-                raise UsageError(f"params.{key}: got no value, expected a sample of search.{key}")
-        return TrainConfig.from_dict({**self.fixed, **params, EPOCHS: self.budget.max_epochs}, "params.")
+        method = self._method_of(params)
+        expected = {name: key for name, key, _ in self.sampled(method)}
+        if METHOD in self.search:
+            expected[METHOD] = METHOD
+        for name in params:
+            if name not in expected:
+                raise unknown_key(f"params.{name}", name, list(expected))
+        for name in expected:
+            if name not in params:
+                raise UsageError(f"params.{name}: got no value, expected a sample of search.{name}")
+        values = {**self.fixed_for(method), **{key: params[name] for name, key in expected.items()}}
+        return TrainConfig.from_dict({**values, EPOCHS: self.budget.max_epochs}, "params.")
+
+    def _method_of(self, params: dict) -> str:
+        if METHOD not in self.search:
+            return self.methods[0]
+        method = params.get(METHOD)
+        if method not in self.methods:
+            raise field_error(f"params.{METHOD}", method, "a sample of search.method: " + ", ".join(self.methods))
+        return method
+
+    def trial_params(self, params: dict) -> dict:
+        """A trial's parameters by TrainConfig field (`method` first, always present): what MLflow
+        logs and the console shows, whatever Optuna's names were."""
+        method = self._method_of(params)
+        named = {name: key for name, key, _ in self.sampled(method)}
+        return {METHOD: method, **{key: _plain(params[name]) for name, key in named.items() if name in params}}
 
     def to_dict(self) -> dict:
         """The resolved space (bases merged), JSON/YAML-serializable, in the space-file layout."""

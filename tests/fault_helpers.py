@@ -28,6 +28,7 @@ from search_helpers import REPO, metric_history, mlflow_runs, search_command, se
 FAULT_SPACE = """\
 base: smoke
 search:
+  method: null
   num_virtual_tokens: {{choice: {tokens}}}
   init: {{choice: [random, sample_vocab]}}
   learning_rate: {{loguniform: [1.0e-3, 3.0e-1]}}

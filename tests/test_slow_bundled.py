@@ -1,4 +1,5 @@
 """The bundled 0.5B model through our own code paths (slow: minutes on 2 CPU cores)."""
+import sqlite3
 import subprocess
 import sys
 
@@ -39,3 +40,10 @@ def test_smoke_search_on_the_bundled_model(tmp_path):
     assert {r["status"] for r in runs} == {"FINISHED"}
     parent = next(r for r in runs if r["parent"] is None)
     assert parent["tags"]["model.sha256"].startswith("1d9614638d18")
+    # smoke searches both ways a soft prompt enters the model; TPE's seeded start-up picks each.
+    with sqlite3.connect(tmp_path / "runs" / "mlflow.db") as conn:
+        methods = {v for (v,) in conn.execute("select value from params where key = 'method'")}
+        best = conn.execute("select value from params where key = 'best.method' and run_uuid = ?",
+                            (parent["id"],)).fetchall()
+    assert methods == {"prompt_tuning", "prefix_tuning"} and len(best) == 1 and best[0][0] in methods
+    assert any(line.startswith("methods ") for line in proc.stdout.splitlines())

@@ -27,10 +27,12 @@ def test_every_shipped_space_loads(path):
     assert by_name.to_dict() == load_space(str(path)).to_dict()
     assert by_name.name == path.stem and by_name.source == str(path)
     json.dumps(by_name.to_dict())  # loggable as is
-    for key, dist in by_name.search.items():  # every candidate makes a TrainConfig
-        for _, value in dist.candidates():
-            params = {k: d.candidates()[0][1] for k, d in by_name.search.items()}
-            assert isinstance(by_name.train_config({**params, key: value}), TrainConfig)
+    for method in by_name.methods:  # every candidate of every method makes a TrainConfig
+        params = _first(by_name, method)
+        for name, _, dist in by_name.sampled(method):
+            for _, value in dist.candidates():
+                config = by_name.train_config({**params, name: value})
+                assert isinstance(config, TrainConfig) and config.method == method
 
 
 def test_shipped_names_are_the_yaml_files():
@@ -40,19 +42,28 @@ def test_shipped_names_are_the_yaml_files():
 def test_default_is_the_real_search():
     spec = load_space("default")
     assert spec.model == "Qwen/Qwen2.5-Coder-0.5B"
+    assert spec.methods == ("prompt_tuning", "p_tuning", "prefix_tuning")
     tokens = spec.search["num_virtual_tokens"]
     assert tokens.kind is DistKind.CHOICE and min(tokens.values) <= 4 and max(tokens.values) >= 100
-    init = spec.search["init"].values
+    init = spec.search["init"].by_method["prompt_tuning"].values
     texts = [v for v in init if v not in ("random", "sample_vocab")]
     assert "random" in init and "sample_vocab" in init and len(texts) >= 3
     assert all(len(text.split()) >= 5 for text in texts)
-    lr = spec.search["learning_rate"]
+    lr = spec.search["learning_rate"].by_method["prompt_tuning"]
     assert lr.kind is DistKind.LOGUNIFORM and (lr.low, lr.high) == (1e-3, 3e-1)
-    assert "epochs" not in spec.fixed and spec.train_config(_first(spec)).epochs == 10
+    names = {method: [name for name, _, _ in spec.sampled(method)] for method in spec.methods}
+    assert "encoder_hidden_size" in names["p_tuning"] and "encoder_hidden_size" not in names["prefix_tuning"]
+    assert "init.prompt_tuning" in names["prompt_tuning"] and "init.prefix_tuning" in names["prefix_tuning"]
+    assert not any(name.startswith("init") for name in names["p_tuning"])
+    assert spec.search["init"].by_method["prefix_tuning"].values[2:] == tuple(texts)
+    for method in spec.methods:
+        assert "epochs" not in spec.fixed and spec.train_config(_first(spec, method)).epochs == 10
 
 
-def _first(spec) -> dict:
-    return {key: dist.candidates()[0][1] for key, dist in spec.search.items()}
+def _first(spec, method: str) -> dict:
+    """One trial's params of `method` (Optuna's names): the first candidate of each."""
+    params = {name: dist.candidates()[0][1] for name, _, dist in spec.sampled(method)}
+    return {**params, "method": method} if "method" in spec.search else params
 
 
 def _leaves(tree: dict, prefix=()) -> dict:
@@ -73,16 +84,19 @@ def test_smoke_differs_from_default_only_where_it_overrides():
     overrides = yaml.safe_load((SPACES_DIR / "smoke.yaml").read_text())
     assert overrides.pop("base") == "default"
     changed = set(_leaves(overrides))
+    deleted = {path for path, value in _leaves(overrides).items() if value is None}
     d, s = _leaves(default), _leaves(smoke)
-    assert set(d) - {("name",), ("source",)} == set(s) - {("name",), ("source",)}
+    assert set(d) - {("name",), ("source",)} - deleted == set(s) - {("name",), ("source",)}
     for path in set(d) - {("name",), ("source",)}:
         if path in changed:
             continue
         assert s[path] == d[path], path
-    assert set(load_space("smoke").search) == set(load_space("default").search)
+    assert set(load_space("smoke").search) == set(load_space("default").search) - {"encoder_hidden_size"}
     spec = load_space("smoke")
     assert spec.model == "bundled" and spec.resources.gpu == 0 and spec.budget.num_samples <= 4
-    assert sum(v not in ("random", "sample_vocab") for v in spec.search["init"].values) == 1
+    assert spec.methods == ("prompt_tuning", "prefix_tuning")  # both ways a soft prompt enters the model
+    init = spec.search["init"].by_method["prompt_tuning"].values
+    assert sum(v not in ("random", "sample_vocab") for v in init) == 1
 
 
 # Each case: YAML text (`base: default` deltas unless a full file) and the key path the error names.
@@ -196,7 +210,7 @@ def test_base_chain_by_relative_path_and_null_deletes(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "mid.yaml").write_text("base: smoke\nbudget: {num_samples: 2}\n")
     (tmp_path / "sub" / "top.yaml").write_text(
-        "base: ../mid.yaml\nsearch: {init: null, learning_rate: {uniform: [1e-2, 5e-2]}}\n"
+        "base: ../mid.yaml\nsearch: {method: null, init: null, learning_rate: {uniform: [1e-2, 5e-2]}}\n"
         "fixed: {init: sample_vocab}\n"
     )
     spec = load_space(str(tmp_path / "sub" / "top.yaml"))
@@ -217,17 +231,22 @@ def test_to_dict_round_trips_through_a_file(tmp_path):
 
 def test_train_config_merges_fixed_params_and_epochs():
     spec = load_space("smoke")
-    config = spec.train_config({"num_virtual_tokens": 8, "init": "random", "learning_rate": 0.05})
+    config = spec.train_config({"method": "prompt_tuning", "num_virtual_tokens": 8, "init.prompt_tuning": "random",
+                                "learning_rate.prompt_tuning": 0.05})
     assert (config.num_virtual_tokens, config.init, config.learning_rate) == (8, "random", 0.05)
     assert config.epochs == spec.budget.max_epochs == 2
     assert (config.batch_size, config.max_length, config.max_new_tokens) == (2, 384, 128)
     assert config.warmup_ratio == load_space("default").fixed["warmup_ratio"]
 
 
+SMOKE_PT = {"method": "prompt_tuning", "num_virtual_tokens": 8, "init.prompt_tuning": "random"}
+
+
 @pytest.mark.parametrize("params,path", [
-    ({"num_virtual_tokens": 8, "init": "random"}, "params.learning_rate"),
-    ({"num_virtual_tokens": 8, "init": "random", "learning_rate": 0.1, "batch_size": 4}, "params.batch_size"),
-    ({"num_virtual_tokens": 0, "init": "random", "learning_rate": 0.1}, "num_virtual_tokens"),
+    (SMOKE_PT, "params.learning_rate.prompt_tuning"),
+    ({**SMOKE_PT, "learning_rate.prompt_tuning": 0.1, "batch_size": 4}, "params.batch_size"),
+    ({**SMOKE_PT, "num_virtual_tokens": 0, "learning_rate.prompt_tuning": 0.1}, "num_virtual_tokens"),
+    ({**SMOKE_PT, "method": "p_tuning", "learning_rate.prompt_tuning": 0.1}, "params.method"),
 ])
 def test_train_config_rejects_bad_params(params, path):
     with pytest.raises(UsageError, match=rf"^{path}:"):

@@ -5,7 +5,7 @@ from transformers import AutoModelForCausalLM
 
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, problems_for
-from trainable.softprompt import SoftPrompt
+from trainable.softprompt import SoftPrompt, use_prompt
 from trainable.train import Trainer, build_examples, completion_loss
 
 
@@ -20,16 +20,16 @@ def test_loss_falls_and_frozen_weights_are_bit_identical(tiny_loaded):
     prompt = SoftPrompt.create(tiny_loaded, config)
     examples = build_examples(tiny_loaded, problems_for("train", DataSplit(8, 4, 4)), 256)
     trainer = Trainer(tiny_loaded, prompt, config, len(examples))
-    start = prompt.weight.detach().clone()
+    start = prompt.output().detach().clone()
     losses = [trainer.train_epoch(examples, epoch).loss for epoch in range(1, 7)]
     assert losses[-1] < losses[0] * 0.95, losses
-    assert not torch.equal(prompt.weight.detach(), start)
+    assert not torch.equal(prompt.output().detach(), start)
     after = tiny_loaded.model.state_dict()
     assert before.keys() == after.keys()
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not any(p.requires_grad for p in tiny_loaded.model.parameters())
-    assert [p for p in prompt.peft_model.parameters() if p.requires_grad] == [prompt.weight]
-    assert prompt.weight.dtype == torch.float32
+    assert [p for p in prompt.peft_model.parameters() if p.requires_grad] == prompt.parameters()
+    assert [p.dtype for p in prompt.parameters()] == [torch.float32]
 
 
 def test_selected_positions_loss_equals_full_logits_loss(tiny_loaded):
@@ -58,13 +58,13 @@ def test_saved_adapter_reloads_to_the_same_tensor(tiny_loaded, tiny_model_dir, t
     config = TrainConfig(num_virtual_tokens=6, init="Write correct Python code.")
     prompt = SoftPrompt.create(tiny_loaded, config)
     with torch.no_grad():
-        prompt.weight.add_(torch.randn_like(prompt.weight))
+        prompt.encoder.embedding.weight.add_(torch.randn_like(prompt.output()))
     out = prompt.save(tmp_path / "adapter")
     assert (out / "adapter_config.json").is_file() and (out / "adapter_model.safetensors").is_file()
     fresh = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     reloaded = PeftModel.from_pretrained(fresh, out)
-    assert torch.equal(reloaded.prompt_encoder["default"].embedding.weight, prompt.weight)
-    assert torch.equal(SoftPrompt.load(tiny_loaded, out).weight, prompt.weight)
+    assert torch.equal(reloaded.prompt_encoder["default"].embedding.weight, prompt.output())
+    assert torch.equal(use_prompt(tiny_loaded, out), prompt.output())
 
 
 def test_inits_follow_peft(tiny_loaded):
@@ -72,9 +72,9 @@ def test_inits_follow_peft(tiny_loaded):
     text = "def solve"
     ids = tiny_loaded.tokenizer(text)["input_ids"]
     prompt = SoftPrompt.create(tiny_loaded, TrainConfig(num_virtual_tokens=len(ids), init=text))
-    assert torch.equal(prompt.weight.detach(), embed[ids].float())
-    rows = SoftPrompt.create(tiny_loaded, TrainConfig(num_virtual_tokens=5, init="sample_vocab")).weight
+    assert torch.equal(prompt.output().detach(), embed[ids].float())
+    rows = SoftPrompt.create(tiny_loaded, TrainConfig(num_virtual_tokens=5, init="sample_vocab")).output()
     assert all(any(torch.equal(r, e) for e in embed.float()) for r in rows.detach())
-    a = SoftPrompt.create(tiny_loaded, TrainConfig(init="random", seed=3)).weight.detach().clone()
-    b = SoftPrompt.create(tiny_loaded, TrainConfig(init="random", seed=3)).weight.detach()
+    a = SoftPrompt.create(tiny_loaded, TrainConfig(init="random", seed=3)).output().detach().clone()
+    b = SoftPrompt.create(tiny_loaded, TrainConfig(init="random", seed=3)).output().detach()
     assert torch.equal(a, b), "inits are seedable"

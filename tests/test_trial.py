@@ -35,7 +35,7 @@ def test_checkpoint_restores_prompt_optimizer_and_epoch(tiny_model_dir, tmp_path
     fresh = Trial(CONFIG, str(tiny_model_dir), SMALL)
     fresh.restore(tmp_path)
     assert fresh.epoch == 1
-    assert torch.equal(fresh.prompt.weight, trial.prompt.weight)
+    assert torch.equal(fresh.prompt.output(), trial.prompt.output())
     steps = [s["step"] for s in fresh.trainer.optimizer.state_dict()["state"].values()]
     assert steps and all(float(s) == float(t["step"]) for s, t in
                          zip(steps, trial.trainer.optimizer.state_dict()["state"].values()))

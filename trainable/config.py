@@ -8,15 +8,37 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from enum import Enum
 
+from trainable.adapter import config_mismatch, read_adapter_info
 from trainable.errors import field_error
+from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, Method, method_list
 
 
 class InitKind(str, Enum):
-    """How the virtual-token embeddings start. Any other string is a TEXT init with that text."""
+    """How the soft prompt starts. `adapter:PATH` is a warm start from a saved soft prompt of the
+    same method and shape; any other string is a TEXT init with that text."""
 
     RANDOM = "random"
     SAMPLE_VOCAB = "sample_vocab"
     TEXT = "text"
+    ADAPTER = "adapter"
+
+
+ADAPTER_PREFIX = "adapter:"
+# What each method can start from. Prompt tuning: PEFT's inits. P-tuning: its embeddings pass
+# through an MLP, so tokens' embeddings mean nothing there (PEFT has no such init either). Prefix
+# tuning: PEFT draws key/values at random; a text or sampled tokens give the key/values the frozen
+# model computes for those tokens (Li & Liang's "activations of real words"), set directly, so
+# not through a projection.
+INITS = {
+    Method.PROMPT_TUNING.value: (InitKind.RANDOM, InitKind.SAMPLE_VOCAB, InitKind.TEXT, InitKind.ADAPTER),
+    Method.P_TUNING.value: (InitKind.RANDOM, InitKind.ADAPTER),
+    Method.PREFIX_TUNING.value: (InitKind.RANDOM, InitKind.SAMPLE_VOCAB, InitKind.TEXT, InitKind.ADAPTER),
+}
+TOKEN_INITS = (InitKind.SAMPLE_VOCAB, InitKind.TEXT)  # inits made from tokens
+_INIT_WORDS = {InitKind.RANDOM: "'random'", InitKind.SAMPLE_VOCAB: "'sample_vocab'",
+               InitKind.TEXT: "an init text", InitKind.ADAPTER: "'adapter:PATH'"}
+_WHY_NOT = {Method.P_TUNING.value: "P-tuning's embeddings pass through an MLP, so no token init",
+            Method.PREFIX_TUNING.value: "a token init sets the key/values directly, not through a projection"}
 
 
 KEYWORDS = (InitKind.RANDOM.value, InitKind.SAMPLE_VOCAB.value)
@@ -25,7 +47,12 @@ KEYWORDS = (InitKind.RANDOM.value, InitKind.SAMPLE_VOCAB.value)
 def init_kind(init: str) -> InitKind:
     if init in KEYWORDS:
         return InitKind(init)
-    return InitKind.TEXT
+    return InitKind.ADAPTER if init.startswith(ADAPTER_PREFIX) else InitKind.TEXT
+
+
+def adapter_path(init: str) -> str:
+    """The directory of an `adapter:PATH` init."""
+    return init[len(ADAPTER_PREFIX):]
 
 
 def _near_keyword(init: str) -> str | None:
@@ -49,9 +76,16 @@ def _check_positive(name: str, value, allow_zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # prompt_tuning | p_tuning | prefix_tuning (see trainable.methods).
+    method: str = DEFAULT_METHOD
     num_virtual_tokens: int = 16
-    # `random` | `sample_vocab` | any other non-empty text (PEFT TEXT init with that text).
+    # `random` | `sample_vocab` | `adapter:PATH` | any other non-empty text (PEFT TEXT init);
+    # which of them a method can use: INITS.
     init: str = "random"
+    # p_tuning only: the MLP's width (None: PEFT's default, the model's hidden size).
+    encoder_hidden_size: int | None = None
+    # prefix_tuning only: 0 or None learns the key/values directly; N > 0 through an MLP of width N.
+    prefix_projection: int | None = None
     learning_rate: float = 3e-2
     epochs: int = 4
     batch_size: int = 4
@@ -67,13 +101,11 @@ class TrainConfig:
     sandbox_timeout_s: float = 10.0
 
     def __post_init__(self):
+        if self.method not in METHODS:
+            raise field_error("method", self.method, "one of " + method_list())
         _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
-        if not isinstance(self.init, str) or not self.init.strip():
-            raise field_error("init", self.init, "'random', 'sample_vocab' or a non-empty init text")
-        keyword = _near_keyword(self.init)
-        if keyword:
-            raise field_error("init", self.init, f"{keyword!r} exactly (init keywords are lower case, without "
-                              "spaces), or a text init that is not a keyword")
+        self._check_method_only()
+        self._check_init()
         _check_positive("learning_rate", self.learning_rate)
         _check_int("epochs", self.epochs, 1)
         _check_int("batch_size", self.batch_size, 1)
@@ -86,6 +118,40 @@ class TrainConfig:
         _check_int("max_new_tokens", self.max_new_tokens, 1)
         _check_int("eval_batch_size", self.eval_batch_size, 1)
         _check_positive("sandbox_timeout_s", self.sandbox_timeout_s)
+
+    def _check_method_only(self) -> None:
+        for name, owner in METHOD_ONLY.items():
+            value = getattr(self, name)
+            if value is not None and self.method != owner:
+                raise field_error(name, value, f"no value unless method is {owner} (method is {self.method})")
+        if self.encoder_hidden_size is not None:
+            _check_int("encoder_hidden_size", self.encoder_hidden_size, 1)
+        if self.prefix_projection is not None:
+            _check_int("prefix_projection", self.prefix_projection, 0)
+
+    def _check_init(self) -> None:
+        if not isinstance(self.init, str) or not self.init.strip():
+            raise field_error("init", self.init, "'random', 'sample_vocab', 'adapter:PATH' or a non-empty init text")
+        keyword = _near_keyword(self.init)
+        if keyword:
+            raise field_error("init", self.init, f"{keyword!r} exactly (init keywords are lower case, without "
+                              "spaces), or a text init that is not a keyword")
+        allowed = INITS[self.method]
+        projected = self.method == Method.PREFIX_TUNING.value and bool(self.prefix_projection)
+        if projected:
+            allowed = tuple(kind for kind in allowed if kind not in TOKEN_INITS)
+        if self.init_kind not in allowed:
+            words = " or ".join(_INIT_WORDS[kind] for kind in allowed)
+            where = f"{self.method} with prefix_projection {self.prefix_projection}" if projected else self.method
+            raise field_error("init", self.init, f"{words} for method {where} ({_WHY_NOT[self.method]})")
+        if self.init_kind is InitKind.ADAPTER:
+            if not adapter_path(self.init).strip():
+                raise field_error("init", self.init, "'adapter:PATH' with the PATH of a saved soft prompt")
+            info = read_adapter_info(adapter_path(self.init), "init", self.init)
+            why = config_mismatch(info, self.method, self.num_virtual_tokens, self.encoder_hidden_size,
+                                  self.prefix_projection)
+            if why:
+                raise field_error("init", self.init, f"a soft prompt of the trial's shape: {why}")
 
     @property
     def init_kind(self) -> InitKind:

@@ -14,6 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainable.adapter import read_adapter_info
 from trainable.cli import OneLineParser, run_main
 from trainable.data import SPLITS, DataSplit, problems_for
 from trainable.errors import field_error
@@ -113,15 +114,17 @@ def _generate_and_score(args) -> dict:
     from trainable.model import load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
+    if args.prompt:
+        read_adapter_info(args.prompt, "--prompt")
     problems = problems_for(args.split, _data_split(args.data_sizes))[: args.limit]
     if not problems:
         raise field_error("--split", args.split, f"a split with at least 1 problem (--data-sizes {args.data_sizes})")
     loaded = load_model(ref)
     soft = None
     if args.prompt:
-        from trainable.softprompt import SoftPrompt
+        from trainable.softprompt import use_prompt
 
-        soft = SoftPrompt.load(loaded, args.prompt).weight
+        soft = use_prompt(loaded, args.prompt)
     result = evaluate_problems(loaded, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
     if args.out:
         _write_jsonl(args.out, result.samples)

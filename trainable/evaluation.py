@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 
 from trainable.generate import GenerationStats, generate
+from trainable.inputs import Prefix
 from trainable.model import LoadedModel
 from trainable.score import pass_at_k, score_samples
 
@@ -25,7 +26,7 @@ class EvalResult:
         return {"pass@1": self.pass_at_1, "n": self.n, "passed": self.passed}
 
 
-def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: torch.Tensor | None = None,
+def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: torch.Tensor | Prefix | None = None,
                       max_new_tokens: int = 300, batch_size: int = 8,
                       sandbox_timeout_s: float = 10.0) -> EvalResult:
     stats = GenerationStats()

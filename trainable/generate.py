@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainable.inputs import left_padded
+from trainable.inputs import Prefix, left_padded
 from trainable.model import LoadedModel
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -69,7 +69,8 @@ def _greedy_batch(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt
     model, embed = loaded.model, loaded.model.get_input_embeddings()
     batch = left_padded(token_lists, embed, loaded.tokenizer.pad_token_id, soft_prompt)
     out = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, use_cache=True, logits_to_keep=1)
+                position_ids=batch.position_ids, past_key_values=batch.past_key_values,
+                use_cache=True, logits_to_keep=1)
     cache, mask = out.past_key_values, batch.attention_mask
     next_position = batch.position_ids[:, -1:] + 1
     rows = _Rows(len(token_lists), loaded)
@@ -94,14 +95,17 @@ def _greedy_batch(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt
     return [truncate_at_stop(rows.text(row)) for row in range(len(token_lists))], rows.tokens
 
 
-def generate(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | None = None,
+def generate(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None,
              max_new_tokens: int = 300, batch_size: int = 8,
              stats: GenerationStats | None = None) -> list[str]:
-    """Greedy completions (cut at the first stop sequence), in the order of `prompts`."""
+    """Greedy completions (cut at the first stop sequence), in the order of `prompts`.
+
+    `soft_prompt`: virtual-token input embeddings [P, H] (prompt tuning, P-tuning) or a `Prefix`
+    of key/values (prefix tuning), as `SoftPrompt.inputs()` gives them."""
     return generate_with_tokens(loaded, prompts, soft_prompt, max_new_tokens, batch_size, stats)[0]
 
 
-def generate_with_tokens(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | None = None,
+def generate_with_tokens(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None,
                          max_new_tokens: int = 300, batch_size: int = 8,
                          stats: GenerationStats | None = None) -> tuple[list[str], list[list[int]]]:
     """Completions and the generated token ids (up to the stop), both in the order of `prompts`."""

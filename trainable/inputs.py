@@ -7,19 +7,54 @@ Either way the soft prompt sits at positions 0..P-1 and the first real token at 
 attention mask covers the soft prompt, so a padded row sees exactly what it would see alone.
 PEFT's own forward puts the soft prompt before the padding and drops position ids, which
 shifts RoPE positions by the padding length: batched output then differs from one-at-a-time.
+
+A prefix (prefix tuning) is not in the inputs: its learned key/values are the initial KV cache,
+[prefix][pad ... pad][prompt tokens] with the mask covering the prefix on every row, and the
+first real token again at position P (as PEFT places it for an unpadded sequence).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+from transformers import DynamicCache
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """Prefix tuning's learned key/values: per layer a key and a value [kv_heads, P, head_dim].
+
+    Built from PEFT's flat layout (`prompt_embeddings` [P, layers * 2 * kv_heads * head_dim],
+    viewed as [P, layers * 2, kv_heads, head_dim]: entry 2l is layer l's key, 2l + 1 its value;
+    `PeftModelForCausalLM.get_prompt`). The keys enter the cache as learned, with no RoPE applied.
+    """
+
+    keys: tuple[torch.Tensor, ...]
+    values: tuple[torch.Tensor, ...]
+
+    @classmethod
+    def from_flat(cls, flat: torch.Tensor, num_layers: int, num_heads: int) -> "Prefix":
+        per_layer = flat.view(flat.shape[0], num_layers * 2, num_heads, -1).permute(1, 2, 0, 3)
+        return cls(tuple(per_layer[0::2]), tuple(per_layer[1::2]))
+
+    def __len__(self) -> int:
+        return self.keys[0].shape[1]
+
+    def detach(self) -> "Prefix":
+        return Prefix(tuple(k.detach() for k in self.keys), tuple(v.detach() for v in self.values))
+
+    def cache(self, batch: int, dtype: torch.dtype) -> DynamicCache:
+        """A fresh cache holding the prefix for `batch` rows (the forward appends to it in place)."""
+        rows = lambda t: t.to(dtype).unsqueeze(0).expand(batch, -1, -1, -1)  # noqa: E731
+        return DynamicCache([(rows(k), rows(v)) for k, v in zip(self.keys, self.values)])
 
 
 @dataclass
 class Batch:
     inputs_embeds: torch.Tensor   # [B, T, H] in the model's dtype
-    attention_mask: torch.Tensor  # [B, T] long, 0 on padding
+    attention_mask: torch.Tensor  # [B, T] long, 0 on padding; [B, P + T] with a prefix
     position_ids: torch.Tensor    # [B, T]
+    past_key_values: DynamicCache | None = None  # the prefix, if any
 
 
 def _token_grid(token_lists: list[list[int]], pad_id: int, device, align_right: bool):
@@ -42,9 +77,19 @@ def _soft(soft_prompt: torch.Tensor | None, batch: int, like: torch.Tensor) -> t
     return soft_prompt.to(like.dtype).unsqueeze(0).expand(batch, -1, -1)
 
 
+def _with_prefix(batch: Batch, prefix: Prefix) -> Batch:
+    """`batch` (built without a soft prompt) behind the prefix: mask and positions cover it."""
+    rows, n = batch.attention_mask.shape[0], len(prefix)
+    mask = torch.cat([batch.attention_mask.new_ones(rows, n), batch.attention_mask], dim=1)
+    return Batch(batch.inputs_embeds, mask, positions(mask)[:, n:],
+                 prefix.cache(rows, batch.inputs_embeds.dtype))
+
+
 def left_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id: int,
-                soft_prompt: torch.Tensor | None = None) -> Batch:
+                soft_prompt: torch.Tensor | Prefix | None = None) -> Batch:
     """Generation inputs: rows right-aligned so every row's next token is at the last column."""
+    if isinstance(soft_prompt, Prefix):
+        return _with_prefix(left_padded(token_lists, embed, pad_id), soft_prompt)
     device = embed.weight.device
     ids, mask = _token_grid(token_lists, pad_id, device, align_right=True)
     longest = ids.shape[1]
@@ -65,8 +110,10 @@ def left_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id:
 
 
 def right_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id: int,
-                 soft_prompt: torch.Tensor | None = None) -> Batch:
+                 soft_prompt: torch.Tensor | Prefix | None = None) -> Batch:
     """Training inputs: [soft][tokens][pad]; positions count from the soft prompt's start."""
+    if isinstance(soft_prompt, Prefix):
+        return _with_prefix(right_padded(token_lists, embed, pad_id), soft_prompt)
     ids, mask = _token_grid(token_lists, pad_id, embed.weight.device, align_right=False)
     token_embeds = embed(ids)
     soft = _soft(soft_prompt, len(token_lists), token_embeds)

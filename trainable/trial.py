@@ -88,16 +88,19 @@ class Trial:
 
     def evaluate(self, problems: list[dict]) -> EvalResult:
         c = self.config
-        return evaluate_problems(self.loaded, problems, self.prompt.weight, c.max_new_tokens,
-                                 c.eval_batch_size, c.sandbox_timeout_s)
+        with torch.no_grad():
+            soft = self.prompt.inputs()
+        return evaluate_problems(self.loaded, problems, soft, c.max_new_tokens, c.eval_batch_size,
+                                 c.sandbox_timeout_s)
 
     @torch.no_grad()
     def val_loss(self) -> float:
         """Teacher-forced loss of the val canonical solutions (the objective's tie-breaker)."""
         size, total, count = self.config.batch_size, 0.0, 0
+        soft = self.prompt.inputs()
         for start in range(0, len(self.val_examples), size):
             batch = self.val_examples[start: start + size]
-            loss, _ = completion_loss(self.loaded, self.prompt.weight, batch)
+            loss, _ = completion_loss(self.loaded, soft, batch)
             n = sum(len(ex.tokens) - ex.n_prompt for ex in batch)
             total, count = total + loss.item() * n, count + n
         return total / count if count else float("nan")
