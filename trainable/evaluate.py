@@ -99,10 +99,12 @@ class OutputError(RuntimeError):
 
 
 def _score_file(args) -> dict:
+    from trainable.data import load_problems
     from trainable.score import pass_at_k, read_samples, score_samples
 
-    samples = read_samples(args.completions)  # every line checked before anything runs
-    results = score_samples(samples, timeout_s=args.timeout)
+    problems = load_problems()
+    samples = read_samples(args.completions, problems)  # every line checked before anything runs
+    results = score_samples(samples, problems, timeout_s=args.timeout)
     if args.out:
         _write_jsonl(args.out, results)
     return {"pass@1": pass_at_k(results)["pass@1"], "n": len(results),
