@@ -8,8 +8,9 @@
   same name.
 - `state`: running | interrupted (resumable) | finished | failed.
 - `identity`: what the results depend on (the resolved space without its trial budget, and the
-  model's identity: path and config hash, or the bundled model's sha256). `--resume` refuses
-  another one; only the trial budget may change (`SAFE_TO_CHANGE`).
+  model's identity: path and config hash, or the bundled model's sha256; the sha256 of each
+  `adapter:PATH` warm start). `--resume` refuses another one; only the trial budget may change
+  (`SAFE_TO_CHANGE`).
 - `reports`: how many final reports were committed (a second one only after more trials).
 
 The record is written before Ray starts and rewritten atomically; `search.lock` (flock) is held
@@ -92,7 +93,26 @@ def identity(spec: SpaceSpec) -> dict:
         space.pop(key)
     for key in ("num_samples", "max_concurrent"):
         space["budget"].pop(key)
-    return json.loads(json.dumps({"model": model_identity(spec.model), **space}, default=str))
+    warm = warm_start_identity(space)
+    return json.loads(json.dumps({"model": model_identity(spec.model), **space,
+                                  **({"warm_starts": warm} if warm else {})}, default=str))
+
+
+def warm_start_identity(tree) -> dict:
+    """sha256 of each `adapter:PATH` soft prompt the space starts trials from: a warm start whose
+    files changed would resume the remaining trials from another starting point."""
+    from trainable.config import ADAPTER_PREFIX, adapter_path
+
+    if isinstance(tree, dict):
+        return {k: v for value in tree.values() for k, v in warm_start_identity(value).items()}
+    if isinstance(tree, (list, tuple)):
+        return {k: v for value in tree for k, v in warm_start_identity(value).items()}
+    if not (isinstance(tree, str) and tree.startswith(ADAPTER_PREFIX)):
+        return {}
+    folder, digest = Path(adapter_path(tree)), hashlib.sha256()
+    for file in sorted(p for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else ():
+        digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes())
+    return {adapter_path(tree): digest.hexdigest()}
 
 
 def _flat(tree, prefix: str = "") -> dict:

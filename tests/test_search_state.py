@@ -157,3 +157,20 @@ def test_a_name_left_only_in_mlflow_is_refused(finished):
 def test_resume_of_a_name_that_never_ran_is_refused(finished):
     line = _one_line(_again(finished, "--resume", name="never-ran"))
     assert line.startswith("error: --name: got 'never-ran', expected a search to resume")
+
+
+def test_a_warm_start_whose_files_changed_is_another_identity(tmp_path):
+    """A space warm-started from `adapter:PATH` (issue 12): the identity holds the adapter's
+    sha256, so --resume after its files changed names it instead of resuming from another start."""
+    from search.state import differences, warm_start_identity
+
+    adapter = tmp_path / "prompt"
+    adapter.mkdir()
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v1")
+    space = {"search": {"init": {"prompt_tuning": {"choice": ["random", f"adapter:{adapter}"]}}}}
+    before = {"model": {}, **space, "warm_starts": warm_start_identity(space)}
+    assert warm_start_identity({"search": {"init": {"choice": ["random", "adapter-like text"]}}}) == {}
+    (adapter / "adapter_model.safetensors").write_bytes(b"weights v2")
+    after = {"model": {}, **space, "warm_starts": warm_start_identity(space)}
+    (changed,) = differences(before, after)
+    assert changed.startswith(f"warm_starts.{adapter} '") and before != after
