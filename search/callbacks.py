@@ -25,6 +25,11 @@ METRICS = {"pass@1": "val_pass_at_1", "objective": "objective", "val_loss": "val
 TAGS = ("node_id", "sandbox_mode", "dtype", "dtype_reason", "val_source")
 
 
+# MLflow keeps at most 8000 characters in a tag value; a longer init text is cut there (the
+# whole text is in the parent run's space/space.json).
+TAG_CHARS = 8000
+
+
 def text_param_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
@@ -34,7 +39,9 @@ def mlflow_params(params: dict) -> tuple[dict, dict]:
     out, tags = dict(params), {}
     if "init" in params and init_kind(params["init"]) is InitKind.TEXT:
         out["init"] = f"text:{text_param_hash(params['init'])}"
-        tags["init_text"] = params["init"]
+        text = params["init"]
+        tags["init_text"] = text if len(text) <= TAG_CHARS else (
+            f"{text[:TAG_CHARS - 100]}... ({len(text)} chars; all of it in the parent run's space/space.json)")
     return out, tags
 
 
@@ -89,11 +96,11 @@ class MlflowCallback(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         params, tags = mlflow_params(self.params_of(trial.config))
         key = self._key(trial)
-        self.ledger.submit("params", key, params)
         tags.update(ray_trial_id=trial.trial_id, state="RUNNING")
         if key.startswith("optuna-"):
             tags["optuna_trial_number"] = key.removeprefix("optuna-")
-        self.ledger.submit("tags", key, tags)
+        # "start": RUNNING again if an interruption had KILLED it.
+        self.ledger.submit_all([["start", key], ["params", key, params], ["tags", key, tags]])
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = self._key(trial)
@@ -108,20 +115,26 @@ class MlflowCallback(tune.Callback):
         # upload must still find its files after Tune deletes old checkpoints.
         local = self.ledger.state_dir / "artifacts" / trial.trial_id
         shutil.rmtree(local, ignore_errors=True)
-        checkpoint.to_directory(str(local))
+        try:
+            checkpoint.to_directory(str(local))
+        except OSError as exc:  # a full disk: the trial goes on, this epoch's files stay in Tune's storage
+            print(f"warning: trial {trial.trial_id}: checkpoint not copied for MLflow ({exc.strerror or exc})",
+                  flush=True)
+            return
         self.ledger.submit("artifacts", self._key(trial), str(local / "adapter"), "soft_prompt")
         self.ledger.submit("artifacts", self._key(trial), str(local), "checkpoint")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         state, epoch = final_state(trial, self.max_epochs)
-        self.ledger.submit("tags", self._key(trial), {"state": state, "stopped_at_epoch": epoch})
-        self.ledger.submit("end", self._key(trial), self.ledger.end_status(state))
+        key = self._key(trial)
+        self.ledger.submit_all([["tags", key, {"state": state, "stopped_at_epoch": epoch}],
+                                ["end", key, self.ledger.end_status(state)]])
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _, epoch = final_state(trial, self.max_epochs)
-        self.ledger.submit("tags", self._key(trial), {"state": "FAILED", "stopped_at_epoch": epoch,
-                                                      "error": error_reason(trial)})
-        self.ledger.submit("end", self._key(trial), self.ledger.end_status("FAILED"))
+        key = self._key(trial)
+        tags = {"state": "FAILED", "stopped_at_epoch": epoch, "error": error_reason(trial)}
+        self.ledger.submit_all([["tags", key, tags], ["end", key, self.ledger.end_status("FAILED")]])
 
 
 class ConsoleCallback(tune.Callback):

@@ -1,8 +1,11 @@
 """Checks of the command line that run before `ray.init()`: nothing starts on bad input."""
 from __future__ import annotations
 
+import errno
 import os
 import re
+import shutil
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -12,6 +15,9 @@ from trainable.model import ModelRef, resolve_model_ref
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs", "file")
 MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# A search writes checkpoints, MLflow artifacts and Tune's state as it goes; below this much free
+# space it would fail mid-search (tracebacks from every writer), so it does not start.
+MIN_FREE_BYTES = 1 << 30
 
 
 def check_name(name: str) -> str:
@@ -31,17 +37,69 @@ def check_storage(storage: str) -> str:
     if path.exists() and not path.is_dir():
         raise field_error("--storage", storage, "a directory (this is a file)")
     existing = next(p for p in [path, *path.parents] if p.exists())
-    if not os.access(existing, os.W_OK):
-        raise field_error("--storage", storage, f"a writable directory ({existing} is not writable)")
+    check_writable_dir("--storage", storage, existing)
     return str(path)
 
 
-def check_mlflow_uri(uri: str, probe: bool = True) -> str:
+def check_writable_dir(field: str, value, folder: Path) -> None:
+    """`folder` takes a new file (tried, not guessed: root passes every permission check, a
+    read-only mount does not) and has MIN_FREE_BYTES free."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+        raise field_error(field, value, f"a writable directory ({folder}: {reason})") from None
+    free = shutil.disk_usage(folder).free
+    if free < MIN_FREE_BYTES:
+        raise field_error(field, value, f"a directory with at least {MIN_FREE_BYTES / 2**30:.1f} GiB free "
+                          f"({folder} has {free / 2**30:.2f} GiB)")
+
+
+# How a full disk reads when it arrives as text: the OS's words, sqlite's (SQLITE_FULL, from the
+# Optuna study and a sqlite MLflow store), and pyarrow's (Tune's storage).
+_NO_SPACE_WORDS = ("No space left on device", "database or disk is full", "[errno 28]", "Disk quota exceeded")
+
+
+def is_no_space_message(text: str) -> bool:
+    return any(words in text for words in _NO_SPACE_WORDS)
+
+
+def no_space(exc: BaseException) -> str | None:
+    """What said the disk is full, anywhere in the exception's chain (ENOSPC/EDQUOT, or a
+    library's words for it), as one line; None if nothing did."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        if (isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)) or is_no_space_message(str(exc)):
+            return text
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def is_no_space(exc: BaseException) -> bool:
+    return no_space(exc) is not None
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///PATH` URI (None for other schemes)."""
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0]) if uri.startswith("sqlite:///") else None
+
+
+def check_mlflow_uri(uri: str, probe: bool = True, create_dir: bool = False) -> str:
+    """A tracking URI we can use. A sqlite file's directory must exist (unless it is our default,
+    `create_dir`), take a new file and have free space: MLflow would otherwise retry for ~100 s
+    per client before failing."""
     scheme = uri.split(":", 1)[0] if ":" in uri else ""
     if scheme not in MLFLOW_SCHEMES:
         raise field_error("--mlflow-uri", uri, "a tracking URI with scheme " + ", ".join(MLFLOW_SCHEMES))
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         raise field_error("--mlflow-uri", uri, "sqlite:///PATH (three slashes)")
+    db = sqlite_path(uri)
+    if db is not None and probe:
+        _check_sqlite_file(uri, db, create_dir)
     if scheme in ("http", "https") and probe:
         try:
             with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5) as response:
@@ -49,6 +107,19 @@ def check_mlflow_uri(uri: str, probe: bool = True) -> str:
         except Exception as exc:  # noqa: BLE001 - any failure means: not a reachable server
             raise field_error("--mlflow-uri", uri, f"a reachable MLflow server (GET /health failed: {exc})") from None
     return uri
+
+
+def _check_sqlite_file(uri: str, db: Path, create_dir: bool) -> None:
+    if db.is_dir():
+        raise field_error("--mlflow-uri", uri, "sqlite:///FILE (this is a directory)")
+    folder = db.parent
+    if not folder.is_dir():
+        if not create_dir:
+            raise field_error("--mlflow-uri", uri, f"a sqlite file in an existing directory ({folder} does not exist)")
+        folder = next(p for p in folder.parents if p.exists())
+    check_writable_dir("--mlflow-uri", uri, folder)
+    if db.exists() and not os.access(db, os.W_OK):
+        raise field_error("--mlflow-uri", uri, f"a writable sqlite file ({db} is read-only)")
 
 
 def check_model(ref: str, probe_hub: bool = True) -> ModelRef:

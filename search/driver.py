@@ -1,9 +1,20 @@
-"""Drive one search after its input is validated: Ray, the Tuner, MLflow, the final report."""
+"""Drive one search after its input is validated: Ray, the Tuner, MLflow, the final report.
+
+A search ends in one of four states, the same in its record (`search.state`), in MLflow (the
+parent's `search_state` tag and run status) and in the exit code:
+
+    finished     every trial ended and the final report is logged      FINISHED   exit 0
+    interrupted  SIGINT/SIGTERM: trials stop, state saved, no report   KILLED     exit 130 / 143
+    failed       no trial succeeded, or the driver itself failed       FAILED     exit 1
+
+An interrupted (or failed) search goes on with `--resume --name NAME`; the command is printed.
+"""
 from __future__ import annotations
 
 import json
 import logging
 import os
+import signal
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -11,24 +22,32 @@ from dataclasses import asdict
 import ray
 
 from search.callbacks import mlflow_params, state_of
+from search.checks import is_no_space, no_space
+from search.interrupt import (CURRENT, TUNE_SIGINT_ENV, Phase, SearchInterrupted, raised_by_signal,
+                              sigterm_blocked_for_children)
 from search.provenance import provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
 from search.results import write_run_record
 from search.searcher import study_storage_url
 from search.targets import NoTargets, prepare_targets
+from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE, RUNNING, SearchLock, SearchRecord,
+                          identity)
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger
-from search.tuner import build_tuner, restore_tuner
+from search.tuner import build_tuner, can_restore
 from spaces import SpaceSpec
-from trainable.errors import field_error
+from trainable.errors import UsageError, field_error
 from trainable.trial import OBJECTIVE
+
 
 def _start_ray(address: str | None) -> None:
     # Tune snapshots the experiment every second (default: adaptive, >= 10 s), so that a killed
     # driver's --resume replays little; the snapshot is a few KB per trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    os.environ[TUNE_SIGINT_ENV] = "1"  # SIGINT stays ours during fit() (search.interrupt)
     # log_to_driver=False: trial output stays in Ray's log files; the console gets our lines.
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-             include_dashboard=False if address is None else None)
+    with sigterm_blocked_for_children():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
+                 include_dashboard=False if address is None else None)
 
 
 def _check_cluster_fits(spec: SpaceSpec) -> None:
@@ -39,6 +58,30 @@ def _check_cluster_fits(spec: SpaceSpec) -> None:
             raise field_error(f"resources.{key}", want, f"at most {have:g} (the {key.upper()}s this Ray cluster has)")
 
 
+def _new_record(plan: dict) -> SearchRecord:
+    spec: SpaceSpec = plan["spec"]
+    return SearchRecord(name=plan["name"], identity=identity(spec), num_samples=spec.budget.num_samples,
+                        max_concurrent=spec.budget.max_concurrent, mlflow_uri=plan["mlflow_uri"])
+
+
+def _open_record(plan: dict, lock: SearchLock) -> SearchRecord:
+    """The record, written before anything else, under the search's lock. A new search's state
+    dir is created here, once: a second search of the same name fails on it, never shares it."""
+    record = plan["record"]
+    if record is None:
+        plan["state_dir"].parent.mkdir(parents=True, exist_ok=True)
+        try:
+            plan["state_dir"].mkdir()
+        except FileExistsError:
+            raise field_error("--name", plan["name"], f"a new search name ({plan['state_dir']} appeared meanwhile)") from None
+        record = _new_record(plan)
+    lock.acquire()
+    record.state, record.interrupted_by = RUNNING, None
+    record.num_samples, record.max_concurrent = plan["spec"].budget.num_samples, plan["spec"].budget.max_concurrent
+    record.save(plan["state_dir"])
+    return record
+
+
 def _model_identity(spec: SpaceSpec) -> dict:
     if spec.model == "bundled":
         from trainable.bundled import bundled_identity
@@ -47,39 +90,50 @@ def _model_identity(spec: SpaceSpec) -> dict:
     return {"name": spec.model}
 
 
-def _log_parent_start(ledger: MlflowLedger, plan: dict) -> None:
+def _log_parent_start(ledger: MlflowLedger, plan: dict, record: SearchRecord, resumed: bool) -> None:
     spec: SpaceSpec = plan["spec"]
-    space_file = plan["state_dir"] / "space" / "space.json"
-    space_file.parent.mkdir(parents=True, exist_ok=True)
-    space_file.write_text(json.dumps(spec.to_dict(), indent=2, default=str))
-    identity = {f"model.{k}": v for k, v in _model_identity(spec).items()}
-    from trainable.data import SOURCES  # each data source used, with its license (MBPP: CC-BY-4.0)
+    # The trial budget may grow on --resume: tags (params cannot change in MLflow).
+    ops = [["tags", PARENT, {"search_state": RUNNING, "budget.num_samples": spec.budget.num_samples,
+                             "budget.max_concurrent": spec.budget.max_concurrent}]]
+    if resumed:
+        ops = [["start", PARENT], *ops, ["tags", PARENT, {"resume_command": plan["resume_command"]}]]
+    else:
+        space_file = plan["state_dir"] / "space" / "space.json"
+        space_file.parent.mkdir(parents=True, exist_ok=True)
+        space_file.write_text(json.dumps(spec.to_dict(), indent=2, default=str))
+        identity_tags = {f"model.{k}": v for k, v in _model_identity(spec).items()}
+        budget = {f"budget.{k}": v for k, v in spec.to_dict()["budget"].items()
+                  if k not in ("num_samples", "max_concurrent")}
+        from trainable.data import SOURCES  # each data source used, with its license (MBPP: CC-BY-4.0)
 
-    licenses = {f"data.{name}.license": SOURCES[name].license for name in sorted(spec.data.sources())}
-    ledger.submit("tags", PARENT, {**provenance(), **identity, **licenses, "space": spec.name,
-                                   "storage": plan["experiment_path"]})
-    budget = {f"budget.{k}": v for k, v in spec.to_dict()["budget"].items()}
-    ledger.submit("params", PARENT, {"space": spec.name, "model": spec.model, **budget})
-    ledger.submit("artifacts", PARENT, str(space_file.parent), "space")
+        licenses = {f"data.{name}.license": SOURCES[name].license for name in sorted(spec.data.sources())}
+        ops += [["tags", PARENT, {**provenance(), **identity_tags, **licenses, "space": spec.name,
+                                  "storage": plan["experiment_path"]}],
+                ["params", PARENT, {"space": spec.name, "model": spec.model, **budget}],
+                ["artifacts", PARENT, str(space_file.parent), "space"]]
+    ledger.submit_all(ops)
 
 
-def _final_report(plan: dict, results, ledger: MlflowLedger, started: float) -> None:
-    spec: SpaceSpec = plan["spec"]
+def _best(results):
     best = results.get_best_result(metric=OBJECTIVE, mode="max", scope="all")
     checkpoint = best.get_best_checkpoint(OBJECTIVE, "max")
-    best_metrics = next((m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics)
+    metrics = next((m for c, m in best.best_checkpoints if c.path == checkpoint.path), best.metrics)
+    return best, checkpoint, metrics
+
+
+def _compute_report(plan: dict, results, started: float) -> tuple[FinalReport, object]:
+    """Score the three arms (best soft prompt, frozen model, best hard prompt) on test, write the
+    report files. Stoppable at any point: nothing of it is in MLflow yet."""
+    spec: SpaceSpec = plan["spec"]
+    best, checkpoint, best_metrics = _best(results)
+    print(f"final report: scoring trial {best.metrics['trial_id']} (epoch {best_metrics['training_iteration']}) "
+          f"and the baselines on {spec.data.test.n} test problems", flush=True)
     with checkpoint.as_directory() as checkpoint_dir:
         test_best, test_base, hard = score_arms(spec, best.config, checkpoint_dir)
         adapter = copy_adapter(checkpoint_dir, plan["state_dir"] / "best_adapter")
     report = FinalReport(best.metrics["trial_id"], spec.trial_params(best.config), float(best_metrics["pass@1"]),
                          int(best_metrics["training_iteration"]), test_best, test_base, hard,
                          best_by_method(results, spec.trial_params))
-    params, tags = mlflow_params(report.best_params)  # best.method names the best kind of soft prompt
-    ledger.submit("params", PARENT, {f"best.{k}": v for k, v in params.items()})
-    ledger.submit("tags", PARENT, {**{f"best.{k}": v for k, v in tags.items()}, "best_trial_id": report.best_trial_id})
-    if hard is not None:
-        ledger.submit("tags", PARENT, {"hard_prompt.text": hard.chosen.text, "hard_prompt.form": hard.chosen.form})
-    ledger.submit("metrics", PARENT, report.metrics(), 0)
     out = plan["state_dir"] / "report"
     out.mkdir(parents=True, exist_ok=True)
     names = {"soft_prompt": "best", "frozen": "baseline", "hard_prompt": "hard_prompt"}
@@ -87,45 +141,165 @@ def _final_report(plan: dict, results, ledger: MlflowLedger, started: float) -> 
         (out / f"test_completions_{names[arm]}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     write_run_record(out, plan, report, results, time.time() - started)
     save_plots(plan["name"], study_storage_url(plan["state_dir"]), out / "plots")
-    ledger.submit("artifacts", PARENT, str(out), "report")
-    ledger.submit("artifacts", PARENT, str(adapter), "best_soft_prompt")
+    return report, adapter
+
+
+def _commit_report(plan: dict, record: SearchRecord, ledger: MlflowLedger, report: FinalReport, adapter) -> None:
+    """The report into MLflow and the record, in one write ahead of sending: a report is logged
+    once (a later one, after more trials, at the next step)."""
+    params, tags = mlflow_params(report.best_params)
+    best = {**{f"best.{k}": v for k, v in {**params, **tags}.items()}, "best_trial_id": report.best_trial_id}
+    if report.hard is not None:
+        best.update({"hard_prompt.text": report.hard.chosen.text, "hard_prompt.form": report.hard.chosen.form})
+    ledger.submit_all([
+        ["tags", PARENT, {**best, "report_round": record.reports}],  # tags: a later round may change them
+        ["metrics", PARENT, report.metrics(), record.reports],
+        ["artifacts", PARENT, str(plan["state_dir"] / "report"), "report"],
+        ["artifacts", PARENT, str(adapter), "best_soft_prompt"],
+        ["tags", PARENT, {"search_state": FINISHED}],
+        ["end", PARENT, "FINISHED"],
+    ])
+    record.reports += 1
+    record.state = FINISHED
+    record.save(plan["state_dir"])
+
+
+def _drive(plan: dict, record: SearchRecord, ledger: MlflowLedger, started: float) -> int:
+    spec: SpaceSpec = plan["spec"]
+    resumed = plan["record"] is not None
+    with CURRENT.during(Phase.DEFER):
+        _start_ray(plan["address"])
+        _check_cluster_fits(spec)
+        ledger.connect()
+        if resumed and ledger.queued():
+            waiting = ledger.flush()  # what an earlier run could not send
+            print(f"MLflow: sent the operations an earlier run queued{f'; {waiting} still wait' if waiting else ''}",
+                  flush=True)
+        _log_parent_start(ledger, plan, record, resumed)
+        CURRENT.check()
+    with CURRENT.during(Phase.RAISE):  # distillation (or its cache): nothing to save if stopped
+        try:
+            targets, distilled = prepare_targets(spec, ledger)
+        except NoTargets as err:
+            print(f"error: {err}", flush=True)
+            _end(plan, record, ledger, FAILED, {"error": str(err)[:500]}, "no training targets")
+            return 1
+    plan["distill"] = asdict(distilled) if distilled else None  # for report/run_info.json
+    with CURRENT.during(Phase.DEFER):
+        # A search interrupted before Tune saved anything starts its experiment afresh.
+        tuner, watch = build_tuner(spec, plan["storage"], plan["name"], plan["state_dir"], ledger, targets,
+                                   resume=resumed and can_restore(plan["experiment_path"]))
+    with CURRENT.during(Phase.TUNE):
+        CURRENT.check()
+        results = tuner.fit()
+    if CURRENT.requested or watch.unfinished:  # Tune stopped early: partial results are no result
+        raise SearchInterrupted(CURRENT.signum or signal.SIGUSR1)
+    if all(r.error for r in results) or len(results) == 0:
+        print("no trial finished without error; see the FAILED lines above", flush=True)
+        _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
+        return 1
+    with CURRENT.during(Phase.RAISE):
+        report, adapter = _compute_report(plan, results, started)
+    with CURRENT.during(Phase.DEFER):
+        _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
     for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url()):
         print(line, flush=True)
+    _warn_if_queued(plan, ledger)
+    return 0
 
 
-def run_search(plan: dict, resume: bool) -> int:
-    started = time.time()
-    spec: SpaceSpec = plan["spec"]
-    plan["state_dir"].mkdir(parents=True, exist_ok=True)
-    _start_ray(plan["address"])
+def _end(plan: dict, record: SearchRecord | None, ledger: MlflowLedger | None, state: str, tags: dict,
+         reason: str) -> None:
+    """Record `state` (interrupted or failed): the record first, then MLflow, where every run of
+    this search still RUNNING becomes KILLED (with the reason) and the parent says `state`."""
+    if record is None:
+        return
+    record.state, record.interrupted_by = state, reason if state == INTERRUPTED else None
     try:
-        _check_cluster_fits(spec)
-        ledger = MlflowLedger(plan["mlflow_uri"], EXPERIMENT, plan["name"], plan["state_dir"],
-                              plan["artifact_location"])
-        if not resume:
-            _log_parent_start(ledger, plan)
-        try:
-            targets, distilled = prepare_targets(spec, ledger)
-            plan["distill"] = asdict(distilled) if distilled else None  # for report/run_info.json
-        except NoTargets as err:
-            print(f"error: {err}", flush=True)
-            ledger.submit("end", PARENT, "FAILED")
-            return 1
-        tuner = (restore_tuner(spec, plan["experiment_path"], targets) if resume
-                 else build_tuner(spec, plan["storage"], plan["name"], plan["state_dir"], ledger, targets))
-        results = tuner.fit()
-        if all(r.error for r in results) or len(results) == 0:
-            print("no trial finished without error; see the FAILED lines above", flush=True)
-            ledger.submit("end", PARENT, "FAILED")
-            return 1
-        _final_report(plan, results, ledger, started)
-        ledger.submit("end", PARENT, "FINISHED")
-        waiting = ledger.flush()
-        if waiting:
-            print(f"warning: MLflow unreachable; {waiting} operation(s) not logged, kept in "
-                  f"{plan['state_dir']}/mlflow_backlog.jsonl; `--resume --name {plan['name']}` sends them", flush=True)
-        return 0
+        record.save(plan["state_dir"])
+    except OSError as exc:
+        print(f"warning: cannot write {plan['state_dir']}/search.json ({exc.strerror or exc})", flush=True)
+    if ledger is not None:
+        ledger.submit_all([["interrupted", PARENT, reason], ["tags", PARENT, {"search_state": state, **tags}],
+                           ["end", PARENT, "KILLED" if state == INTERRUPTED else "FAILED"]])
+
+
+def _warn_if_queued(plan: dict, ledger: MlflowLedger, send: bool = True) -> None:
+    waiting = ledger.flush() if send else ledger.queued()
+    if waiting:
+        print(f"warning: MLflow unreachable; {waiting} operation(s) not logged, kept in "
+              f"{plan['state_dir']}/mlflow_backlog.jsonl; `--resume --name {plan['name']}` sends them", flush=True)
+
+
+def _interrupted(plan: dict, record, ledger, stop: SearchInterrupted) -> int:
+    with CURRENT.during(Phase.CLEANUP):
+        print(f"== search {plan['name']} interrupted by {stop}: state saved, no final report "
+              f"(unfinished trials and the report run on resume)\nresume with: {plan['resume_command']}", flush=True)
+        _end(plan, record, ledger, INTERRUPTED, {}, str(stop))
+        if ledger is not None:
+            _warn_if_queued(plan, ledger, send=False)
+    return stop.exit_code
+
+
+def run_search(plan: dict) -> int:
+    started = time.time()
+    lock, record, ledger = SearchLock(plan["state_dir"]), None, None
+    try:
+        with CURRENT.during(Phase.DEFER):
+            record = _open_record(plan, lock)
+            ledger = MlflowLedger(plan["mlflow_uri"], EXPERIMENT, plan["name"], record.search_id,
+                                  plan["state_dir"], plan["artifact_location"])
+        return _drive(plan, record, ledger, started)
+    except SearchInterrupted as stop:
+        return _interrupted(plan, record, ledger, stop)
+    except UsageError:
+        # Bad input found late (the search's lock, the cluster's size): a new search that wrote
+        # only its record leaves nothing behind, so the same command works once fixed.
+        if plan["record"] is None and record is not None:
+            _forget_new_search(plan["state_dir"])
+        raise
+    except Exception as exc:
+        stop = raised_by_signal(exc)
+        if stop is not None:
+            return _interrupted(plan, record, ledger, stop)
+        with CURRENT.during(Phase.CLEANUP):
+            first = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+            _end(plan, record, ledger, FAILED, {"error": first}, "driver failed")
+            if not is_no_space(exc):
+                print(f"the search failed; after fixing the cause: {plan['resume_command']}", flush=True)
+                raise
+            print(f"error: disk full ({no_space(exc)}); free some space, then: {plan['resume_command']}", flush=True)
+        return 1
     finally:
-        ray.shutdown()
+        with CURRENT.during(Phase.CLEANUP):
+            ray.shutdown()
+            lock.release()
+
+
+def _forget_new_search(state_dir) -> None:
+    if {p.name for p in state_dir.iterdir()} <= {RECORD_FILE, LOCK_FILE}:
+        for name in (RECORD_FILE, LOCK_FILE):
+            (state_dir / name).unlink(missing_ok=True)
+        state_dir.rmdir()
+
+
+def already_finished(plan: dict) -> int:
+    """--resume of a finished search without more trials: change nothing (but send what MLflow
+    has not taken yet)."""
+    record: SearchRecord = plan["record"]
+    lock = SearchLock(plan["state_dir"])
+    lock.acquire()
+    try:
+        ledger = MlflowLedger(plan["mlflow_uri"], EXPERIMENT, plan["name"], record.search_id, plan["state_dir"],
+                              plan["artifact_location"])
+        waiting = ledger.flush() if ledger.queued() else 0
+    finally:
+        lock.release()
+    print(f"search {plan['name']} already finished ({record.num_samples} trials, final report logged); "
+          f"nothing to do. Best soft prompt: {plan['state_dir'] / 'best_adapter'}. To add trials: "
+          f"{plan['resume_command']} --num-samples N (N > {record.num_samples})", flush=True)
+    if waiting:
+        print(f"warning: MLflow unreachable; {waiting} operation(s) still queued", flush=True)
+    return 0

@@ -19,6 +19,7 @@ from search.baselines import HardBaseline, candidates, rate, select_and_test, te
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
 from trainable.data import problems_for
+from trainable.errors import shown
 from trainable.trial import ADAPTER_DIR
 
 
@@ -212,7 +213,7 @@ def arm_lines(report: FinalReport) -> list[str]:
 
 def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str) -> list[str]:
     m = report.metrics()
-    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v!r}" for k, v in report.best_params.items())
+    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={shown(v)}" for k, v in report.best_params.items())
     per_method = ", ".join(f"{method} {best:.3f} ({count} trial{'s' * (count != 1)})"
                            for method, (best, count) in report.by_method.items())
     methods = [f"methods       {per_method}  (best val pass@1 per method)"] if len(report.by_method) > 1 else []

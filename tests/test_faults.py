@@ -93,7 +93,7 @@ def _event_gap(output: str) -> float:
 
 
 def _completed(search: SearchProcess, rc) -> bool:
-    return rc == 0 and "== search finished" in search.output()
+    return rc == 0 and ("== search finished" in search.output() or "already finished" in search.output())
 
 
 @contextlib.contextmanager
@@ -335,7 +335,10 @@ def test_mlflow_outage_and_recovery_loses_nothing(tiny_model_dir, tmp_path, faul
 
 # -- 4. MLflow goes down and stays down until --resume -----------------------------------------------
 
-FINISH_WITHOUT_MLFLOW_S = 60   # the trials left after the outage need ~10-20 s with MLflow up
+# The trials left after the outage need ~10-20 s with MLflow up on an idle 2-core machine, 40-60 s
+# on a busy one (load 3-5, measured), then the report and Ray's shutdown; a driver stalled by
+# MLflow's retries needs minutes per trial event.
+FINISH_WITHOUT_MLFLOW_S = 120
 
 
 @pytest.mark.parametrize("client", CLIENTS, ids=list(CLIENTS))
@@ -396,7 +399,12 @@ def test_mlflow_down_until_resume_sends_the_backlog(tiny_model_dir, tmp_path, fa
                   f"(with differing values: {summary['parent_conflicting_keys']})")
 
             assert rc2 == 0, resumed[-3000:]
-            assert "== search finished" in resumed and WARNING not in resumed, resumed[-3000:]
+            # A first run that finished (report included, queued): the resume changes nothing but
+            # sends the backlog, and says the search was already finished.
+            done = f"search {name} already finished" if rc == 0 else "== search finished"
+            assert done in resumed and WARNING not in resumed, resumed[-3000:]
+            if rc == 0:
+                assert "final report: scoring" not in resumed, "the report ran twice"
             if backlog_ops(state_dir):
                 problems.append("--resume left operations queued")
             _check_mlflow_complete(problems, summary, samples, None)

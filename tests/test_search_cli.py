@@ -61,6 +61,10 @@ BAD_INPUTS = [
     (["--space", "smoke", "--resume", "--name", "never-ran"], "--name: got 'never-ran'"),
     (["--space", "smoke", "--num-samples", "many"], "argument --num-samples: invalid int value"),
     (["--space", "smoke", "--bogus"], "unrecognized arguments: --bogus"),
+    # A sqlite store in a directory that does not exist: before, each MLflow client retried ~100 s.
+    (["--space", "smoke", "--mlflow-uri", "sqlite:////no/such/dir/mlflow.db"],
+     "--mlflow-uri: got 'sqlite:////no/such/dir/mlflow.db', expected a sqlite file in an existing directory"),
+    (["--space", "smoke", "--mlflow-uri", "sqlite:////tmp"], "--mlflow-uri: got 'sqlite:////tmp', expected sqlite:///FILE"),
 ]
 
 
@@ -116,6 +120,50 @@ def test_a_missing_mbpp_file_names_the_set_up_step(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: mbpp: got ") and "run: python -m trainable.mbpp" in line
+def test_zero_test_problems_is_refused_by_the_dry_run(tmp_path):
+    """Before, the whole search ran, then the report crashed with the parent left RUNNING."""
+    space = tmp_path / "notest.yaml"
+    space.write_text("base: smoke\ndata: {test: 0}\n")
+    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: data.test: got 0, expected at least 1 problem (the final report scores on them)")
+
+
+def test_a_long_init_text_is_abbreviated_in_the_printed_configuration(tmp_path):
+    space = tmp_path / "long.yaml"
+    space.write_text("base: smoke\nsearch: {init: {choice: [random, '" + "y" * 10_000 + "']}}\n")
+    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    assert "y" * 1000 not in proc.stdout and "(10000 chars)" in proc.stdout
+    assert max(len(line) for line in proc.stdout.splitlines()) < 200
+
+
+def _in_a_small_mount(tmp_path, options: str, *args: str):
+    """`python -m search.run ARGS` with tmp_path/mnt a fresh tmpfs (`options`), in a mount
+    namespace of its own: nothing outside the command sees the mount."""
+    (tmp_path / "mnt").mkdir()
+    script = f'mount -t tmpfs -o {options} tmpfs "$0" && exec "$@"'
+    cmd = ["unshare", "-m", "sh", "-c", script, str(tmp_path / "mnt"), sys.executable, "-m", "search.run", *args]
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", script, str(tmp_path / "mnt"), "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"no private tmpfs mounts here ({probe.stderr.decode().strip()[:80]})")
+    return subprocess.run(cmd, cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=180)
+
+
+def test_storage_without_free_space_is_refused_before_ray(tmp_path):
+    """Before, a full disk ended the search in 130-330 lines of tracebacks."""
+    proc = _in_a_small_mount(tmp_path, "size=64m", "--space", "smoke", "--storage", "mnt/runs", "--dry-run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: --storage: got 'mnt/runs', expected a directory with at least 1.0 GiB free")
+
+
+def test_a_sqlite_store_on_a_read_only_mount_is_refused(tmp_path):
+    proc = _in_a_small_mount(tmp_path, "ro,size=2g", "--space", "smoke", "--mlflow-uri",
+                             f"sqlite:///{tmp_path}/mnt/mlflow.db", "--dry-run")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "expected a writable directory" in line and "Read-only file system" in line
 
 
 def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny_model_dir):

@@ -1,5 +1,7 @@
-"""Kill the driver (SIGKILL) mid-search; `--resume` finishes it with nothing lost or doubled."""
+"""Kill the driver (SIGKILL) mid-search; `--resume` finishes it with nothing lost or doubled. A
+finished search grows with more trials."""
 import os
+import re
 import signal
 import subprocess
 import time
@@ -57,3 +59,55 @@ def test_killed_driver_resumes_to_a_complete_search(tiny_model_dir, tmp_path, ma
     assert len({c["tags"]["ray_trial_id"] for c in children}) == 6, "a trial got two MLflow runs"
     assert {r["status"] for r in runs} == {"FINISHED"}, "a run was left RUNNING"
     assert {c["tags"]["state"] for c in children} <= {"COMPLETED", "PRUNED"}
+
+
+def test_a_finished_search_grows_with_more_trials(tiny_model_dir, tmp_path):
+    """--resume --num-samples 3 on a finished 2-trial search: one more trial (not a rerun of the
+    two), the report runs again on the new best and is logged at the next step, once."""
+    import json
+
+    from fault_helpers import metric_rows, mlflow_summary, write_fault_space
+
+    space = write_fault_space(tmp_path, samples=2, epochs=1, grace=1, slow=False)
+    first = run_search(tmp_path, space, tiny_model_dir, "grow")
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    grown = run_search(tmp_path, space, tiny_model_dir, "grow", "--resume", "--num-samples", "3", "--max-concurrent", "1")
+    assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
+    assert "== search finished" in grown.stdout and "3 trials" in grown.stdout
+    assert len(set(re.findall(r"trial (\w+) COMPLETED", grown.stdout))) == 1, "only the new trial ran"
+    db = tmp_path / "runs" / "mlflow.db"
+    summary = mlflow_summary(db)
+    (parent,) = summary["parents"]
+    assert len(summary["children"]) == 3 and {c["status"] for c in summary["children"]} == {"FINISHED"}
+    assert parent["status"] == "FINISHED" and parent["tags"]["budget.num_samples"] == "3"
+    lift = sorted(step for key, step, _ in metric_rows(db, parent["id"]) if key == "lift")
+    assert lift == [0, 1], "one report per round, at its own step"
+    record = json.loads((tmp_path / "runs" / "grow" / "search.json").read_text())
+    assert (record["state"], record["num_samples"], record["max_concurrent"], record["reports"]) == ("finished", 3, 1, 2)
+    study = optuna.load_study(study_name="grow", storage=f"sqlite:///{tmp_path}/runs/grow/optuna.db")
+    assert len(study.get_trials(deepcopy=False)) == 3
+
+
+def test_a_search_whose_trials_all_fail_ends_failed_and_resumes(tiny_model_dir, tmp_path):
+    """Every attempt of the only trial raises: the search is failed (exit 1, MLflow FAILED, the
+    record says so); once the cause is gone, --resume retries the errored trial and finishes."""
+    import json
+
+    from fault_helpers import mlflow_summary, write_fault_space
+
+    space = write_fault_space(tmp_path, samples=1, epochs=1, grace=1, tokens=(8,), slow=False)
+    env = {**search_env(), "SOFTPROMPT_INJECT_FAULT": "num_virtual_tokens=8@1"}
+    failed = subprocess.run(search_command(space, tiny_model_dir, "allfail"), cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
+    assert "no trial finished without error" in failed.stdout and "Traceback" not in failed.stdout + failed.stderr
+    record = json.loads((tmp_path / "runs" / "allfail" / "search.json").read_text())
+    assert record["state"] == "failed"
+    (parent,) = mlflow_summary(tmp_path / "runs" / "mlflow.db")["parents"]
+    assert (parent["status"], parent["tags"]["search_state"]) == ("FAILED", "failed")
+
+    resumed = run_search(tmp_path, space, tiny_model_dir, "allfail", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    summary = mlflow_summary(tmp_path / "runs" / "mlflow.db")
+    assert summary["parents"][0]["status"] == "FINISHED" and len(summary["children"]) == 1
+    assert summary["children"][0]["status"] == "FINISHED" and summary["not_ended"] == []

@@ -182,6 +182,23 @@ MALFORMED = {
     "an empty file": ("", "{file}"),
     "a YAML syntax error": ("base: default\nsearch: {init: [random\n", "{file}"),
     "a duplicate key": ("base: default\nmodel: a\nmodel: b\n", "{file}"),
+    # Zero test problems: the whole search ran, then the final report crashed.
+    "no test problems": ("base: default\ndata: {test: 0}\n", "data.test"),
+    "no val problems": ("base: default\ndata: {val: 0}\n", "data.val"),
+    # A keyword spelled otherwise silently became a TEXT init from the embedding of that word.
+    "init keyword in capitals": ("base: default\nsearch: {init: {choice: [Random, x]}}\n", "search.init.choice[0]"),
+    "init keyword upper case": ("base: default\nsearch: {init: {choice: [x, SAMPLE_VOCAB]}}\n",
+                                "search.init.choice[1]"),
+    "init keyword with a space": ("base: default\nsearch: {init: {choice: ['random ', x]}}\n",
+                                  "search.init.choice[0]"),
+    "init keyword with a hyphen": ("base: default\nsearch: {init: {choice: [x, Sample-Vocab]}}\n",
+                                   "search.init.choice[1]"),
+    "a fixed init keyword in capitals": ("base: smoke\nsearch: {init: null}\nfixed: {init: RANDOM}\n",
+                                         "fixed.init"),
+    # YAML 1.1 reads off/on/yes/no as booleans; the message must show what the user wrote.
+    "yaml off where a number goes": ("base: default\nfixed: {weight_decay: off}\n", "fixed.weight_decay"),
+    "yaml alias that contains itself": ("base: default\nx: &x [*x]\n", "{file}"),
+    "yaml nested past the recursion limit": ("base: default\nx: " + "[" * 5000 + "]" * 5000 + "\n", "{file}"),
 }
 
 
@@ -290,3 +307,34 @@ def test_spaces_import_no_search_stack():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(spaces.__file__).resolve().parent.parent)
     assert out.stdout.strip() == "[]"
+
+
+def test_yaml_off_on_yes_no_stay_what_the_user_wrote(tmp_path):
+    space = tmp_path / "s.yaml"
+    space.write_text("base: smoke\nsearch: {init: {choice: [random, off, yes, On]}}\nfixed: {weight_decay: 0}\n")
+    assert load_space(str(space)).search["init"].values == ("random", "off", "yes", "On")
+    space.write_text("base: smoke\nfixed: {weight_decay: off}\n")
+    with pytest.raises(UsageError, match=r"^fixed.weight_decay: got 'off', expected"):
+        load_space(str(space))
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_is_built(tmp_path):
+    """A 1 KB file of aliases nine deep is 9^9 values: before, MemoryError after 2.5 GB."""
+    lines = ["base: smoke", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, 9)]
+    space = tmp_path / "bomb.yaml"
+    space.write_text("\n".join(lines) + "\n")
+    with pytest.raises(UsageError, match=r"expands to more than \d+ values") as caught:
+        load_space(str(space))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_ten_thousand_character_init_text_is_one_short_line_in_errors(tmp_path):
+    text = "x" * 10_000
+    space = tmp_path / "long.yaml"
+    space.write_text(f"base: smoke\nsearch: {{init: {{choice: [random, '{text}', '{text}']}}}}\n")
+    with pytest.raises(UsageError) as caught:
+        load_space(str(space))
+    message = str(caught.value)
+    assert message.startswith("search.init.choice[2]: got 'xxx") and "(10002 chars)" in message
+    assert len(message) < 300

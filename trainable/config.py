@@ -44,8 +44,11 @@ _WHY_NOT = {Method.P_TUNING.value: "P-tuning's embeddings pass through an MLP, s
             Method.PREFIX_TUNING.value: "a token init sets the key/values directly, not through a projection"}
 
 
+KEYWORDS = (InitKind.RANDOM.value, InitKind.SAMPLE_VOCAB.value)
+
+
 def init_kind(init: str) -> InitKind:
-    if init in (InitKind.RANDOM.value, InitKind.SAMPLE_VOCAB.value):
+    if init in KEYWORDS:
         return InitKind(init)
     return InitKind.ADAPTER if init.startswith(ADAPTER_PREFIX) else InitKind.TEXT
 
@@ -53,6 +56,13 @@ def init_kind(init: str) -> InitKind:
 def adapter_path(init: str) -> str:
     """The directory of an `adapter:PATH` init."""
     return init[len(ADAPTER_PREFIX):]
+
+
+def _near_keyword(init: str) -> str | None:
+    """The keyword `init` looks like without being it (`Random`, `SAMPLE_VOCAB`, "random ",
+    `sample-vocab`): as a text init it would silently train from the embedding of that word."""
+    folded = "".join(ch for ch in init.lower() if ch.isalnum())
+    return next((k for k in KEYWORDS if folded == k.replace("_", "") and init != k), None)
 
 
 def _check_int(name: str, value, minimum: int) -> None:
@@ -129,6 +139,10 @@ class TrainConfig:
     def _check_init(self) -> None:
         if not isinstance(self.init, str) or not self.init.strip():
             raise field_error("init", self.init, "'random', 'sample_vocab', 'adapter:PATH' or a non-empty init text")
+        keyword = _near_keyword(self.init)
+        if keyword:
+            raise field_error("init", self.init, f"{keyword!r} exactly (init keywords are lower case, without "
+                              "spaces), or a text init that is not a keyword")
         allowed = INITS[self.method]
         projected = self.method == Method.PREFIX_TUNING.value and bool(self.prefix_projection)
         if projected:

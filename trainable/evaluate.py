@@ -14,6 +14,8 @@ Generated code runs only in the sandbox (`trainable.sandbox`).
 from __future__ import annotations
 
 import json
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -95,21 +97,57 @@ def _check_args(args) -> None:
             raise field_error("--" + name.replace("_", "-"), getattr(args, name), "an integer >= 1")
     if args.timeout <= 0:
         raise field_error("--timeout", args.timeout, "a number of seconds > 0")
+    if args.completions is not None and not Path(args.completions).is_file():
+        raise field_error("--completions", args.completions, "an existing JSONL file of samples")
+    if args.out is not None:
+        _check_out(args.out, args.completions)
+
+
+def _check_out(out: str, completions: str | None) -> None:
+    """--out before any work: found only after minutes of scoring, a bad path loses them all."""
+    path = Path(out)
+    if path.exists() and not path.is_file():
+        raise field_error("--out", out, "a file path (this is a directory or a device)")
+    if completions is not None and path.exists() and path.samefile(completions):
+        raise field_error("--out", out, "a file other than --completions (it would overwrite the samples)")
+    folder = path.parent
+    if not folder.is_dir():
+        raise field_error("--out", out, f"a file in an existing directory ({folder} does not exist)")
+    try:
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as e:
+        raise field_error("--out", out, f"a file in a writable directory ({folder}: {e.strerror})") from None
 
 
 def _write_jsonl(path: str, rows: list[dict]) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
+    """Written beside, then renamed: a failed write leaves an existing --out as it was."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"--out {path}: cannot write the results ({e.strerror or e})") from None
+
+
+class OutputError(RuntimeError):
+    """The results could not be written (exit 1: the input was fine, the disk was not)."""
 
 
 def _score_file(args) -> dict:
-    from trainable.score import score_file
+    from trainable.data import load_problems
+    from trainable.score import pass_at_k, read_samples, score_samples
 
-    if not Path(args.completions).is_file():
-        raise field_error("--completions", args.completions, "an existing JSONL file of samples")
-    return score_file(args.completions, args.out, timeout_s=args.timeout)
+    problems = load_problems()
+    samples = read_samples(args.completions, problems)  # every line checked before anything runs
+    results = score_samples(samples, problems, timeout_s=args.timeout)
+    if args.out:
+        _write_jsonl(args.out, results)
+    return {"pass@1": pass_at_k(results)["pass@1"], "n": len(results),
+            "passed": sum(result["passed"] for result in results)}
 
 
 def _generate_and_score(args) -> dict:
@@ -120,6 +158,8 @@ def _generate_and_score(args) -> dict:
     if args.prompt:
         read_adapter_info(args.prompt, "--prompt")  # a damaged adapter fails before weights load
     problems = problems_for(args.split, args.data)[: args.limit]
+    if not problems:
+        raise field_error("--split", args.split, "a split with at least 1 problem (see --data-sizes)")
     dtype, reason = choose_dtype(args.dtype)
     loaded = load_model(ref, dtype=dtype)
     soft = None
@@ -144,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     from trainable.sandbox import sandbox_mode
 
     started = time.perf_counter()
-    summary = _score_file(args) if args.completions else _generate_and_score(args)
+    try:
+        summary = _score_file(args) if args.completions else _generate_and_score(args)
+    except OutputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     summary.update(sandbox=sandbox_mode(), seconds=round(time.perf_counter() - started, 1))
     print(json.dumps(summary))
     return 0

