@@ -230,3 +230,11 @@ def test_search_refuses_bad_methods_and_warm_starts_before_anything_starts(tmp_p
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line and "Traceback" not in proc.stderr, line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", ["x" * 5000, "~no-such-user-xyz/adapter"], ids=["too-long", "unknown-user"])
+def test_a_warm_start_path_the_os_refuses_is_one_line(tmp_path, path):
+    with pytest.raises(UsageError) as caught:
+        _space(tmp_path, f"base: smoke\nsearch: {{method: null, init: null}}\nfixed: {{init: 'adapter:{path}'}}\n")
+    line = str(caught.value)
+    assert line.startswith("fixed.init: got ") and "(not found" in line and "\n" not in line, line
