@@ -268,3 +268,22 @@ def test_hostile_adapter_configs_are_one_line_errors(tiny_loaded, tmp_path, chan
         config_file.write_text(bad)
         with pytest.raises(UsageError, match=r"^init: got .*expected a saved soft prompt"):
             TrainConfig(num_virtual_tokens=4, init=f"adapter:{adapter}")
+
+
+@pytest.mark.parametrize("settings", [METHODS["p_tuning"][0], METHODS["prefix_projected"][0]],
+                         ids=["p_tuning", "prefix_projected"])
+def test_a_warm_started_trial_begins_at_the_saved_prompt_and_trains_it(tiny_loaded, tmp_path, settings):
+    """Through `Trial` (what a search runs): epoch 0 is the saved prompt bit for bit, and the
+    optimizer holds the very parameters the adapter was loaded into."""
+    from trainable.trial import Trial
+
+    out = _perturbed(tiny_loaded, settings, tokens=4).save(tmp_path / "source")
+    saved = load_file(out / WEIGHTS_FILE)["prompt_embeddings"]
+    config = TrainConfig(num_virtual_tokens=4, epochs=1, batch_size=4, learning_rate=0.01, max_new_tokens=4,
+                         **{**settings, "init": f"adapter:{out}"})
+    trial = Trial(config, "tiny", DataSplit(4, 2, 2), loaded=tiny_loaded)
+    assert torch.equal(trial.prompt.output().detach(), saved)
+    trained = {id(p) for group in trial.trainer.optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in trial.prompt.parameters()}
+    trial.trainer.train_epoch(trial.examples, 1)
+    assert not torch.equal(trial.prompt.output().detach(), saved), "training moves the warm-started prompt"
