@@ -93,7 +93,10 @@ def _plain(value):
 def _absolute_init(value):
     """`adapter:PATH` with PATH made absolute: trials run in other working directories."""
     if isinstance(value, str) and value.startswith(ADAPTER_PREFIX) and value != ADAPTER_PREFIX:
-        return ADAPTER_PREFIX + str(Path(value[len(ADAPTER_PREFIX):]).expanduser().resolve())
+        try:
+            return ADAPTER_PREFIX + str(Path(value[len(ADAPTER_PREFIX):]).expanduser().resolve())
+        except (OSError, ValueError, RuntimeError):  # unreadable path: TrainConfig says so in one line
+            return value
     return value
 
 

@@ -202,10 +202,18 @@ def cli_adapters(tmp_path_factory, tiny_model_dir):
 
 FIXED_PT = "base: smoke\nsearch: {{method: null, init: null, num_virtual_tokens: {{choice: [TOKENS]}}}}\n"
 # The space-level refusals are tested in-process above; these show the command's contract (exit 2,
-# one line, nothing started) for a space error, a warm-start shape error and a model-level error.
+# one line, nothing started) for each bad input the issue names.
 CLI_CASES = {
     "unknown method": ("base: smoke\nsearch: {{method: {{choice: [prompt_tuning, lora]}}}}\n", None,
                        "search.method.choice[1]: got 'lora'"),
+    "method-only parameter searched without its method": (
+        "base: smoke\nsearch: {{encoder_hidden_size: {{choice: [64, 128]}}}}\n", None,
+        "search.encoder_hidden_size: got {'choice': [64, 128]}, expected no value: only another method uses it"),
+    "warm start from a missing dir": (FIXED_PT.replace("TOKENS", "4") + "fixed: {{init: 'adapter:{pt4}/missing'}}\n",
+                                      None, "(not found)"),
+    "warm start of another method": (FIXED_PT.replace("TOKENS", "4") + "fixed: {{method: prefix_tuning, "
+                                     "init: 'adapter:{pt4}'}}\n", None,
+                                     "method 'prefix_tuning' (this adapter has 'prompt_tuning')"),
     "warm start with another token count": (FIXED_PT.replace("TOKENS", "8") + "fixed: {{init: 'adapter:{pt4}'}}\n", None,
                                             "num_virtual_tokens 8 (this adapter has 4)"),
     "warm start on another hidden size": (FIXED_PT.replace("TOKENS", "4") + "fixed: {{init: 'adapter:{pt4}'}}\n",
@@ -230,3 +238,11 @@ def test_search_refuses_bad_methods_and_warm_starts_before_anything_starts(tmp_p
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line and "Traceback" not in proc.stderr, line
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("path", ["x" * 5000, "~no-such-user-xyz/adapter"], ids=["too-long", "unknown-user"])
+def test_a_warm_start_path_the_os_refuses_is_one_line(tmp_path, path):
+    with pytest.raises(UsageError) as caught:
+        _space(tmp_path, f"base: smoke\nsearch: {{method: null, init: null}}\nfixed: {{init: 'adapter:{path}'}}\n")
+    line = str(caught.value)
+    assert line.startswith("fixed.init: got ") and "(not found" in line and "\n" not in line, line

@@ -239,3 +239,51 @@ def test_method_settings_are_checked(settings, field, message):
     with pytest.raises(UsageError) as caught:
         TrainConfig(**settings)
     assert str(caught.value).startswith(f"{field}: got ") and message in str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["x" * 5000, "a\x00b", "~no-such-user-xyz/adapter", "/dev/null"],
+                         ids=["too-long", "nul-byte", "unknown-user", "a-device"])
+def test_paths_the_os_refuses_are_not_found_in_one_line(path):
+    with pytest.raises(UsageError) as caught:
+        TrainConfig(init=f"adapter:{path}")
+    text = str(caught.value)
+    assert text.startswith("init: got ") and "(not found" in text and "\n" not in text, text
+
+
+@pytest.mark.parametrize("change", [
+    {"num_virtual_tokens": 1e400}, {"num_virtual_tokens": True}, {"num_virtual_tokens": 4.5},
+    {"num_virtual_tokens": "4"}, {"num_virtual_tokens": 0}, {"token_dim": -48}, {"num_layers": None},
+    {"encoder_hidden_size": [16]}, {"peft_type": "LORA"}, {"peft_type": ["PROMPT_TUNING"]},
+], ids=lambda change: repr(change))
+def test_hostile_adapter_configs_are_one_line_errors(tiny_loaded, tmp_path, change):
+    adapter = _adapter(tiny_loaded, tmp_path, "a", method="prompt_tuning")
+    config_file = adapter / "adapter_config.json"
+    raw = json.loads(config_file.read_text())
+    config_file.write_text(json.dumps({**raw, **change}))
+    with pytest.raises(UsageError) as caught:
+        TrainConfig(num_virtual_tokens=4, init=f"adapter:{adapter}")
+    text = str(caught.value)
+    assert text.startswith(f"init: got 'adapter:{adapter}', expected a saved soft prompt") and "\n" not in text, text
+    for bad in ("[1]", '"text"', "null"):
+        config_file.write_text(bad)
+        with pytest.raises(UsageError, match=r"^init: got .*expected a saved soft prompt"):
+            TrainConfig(num_virtual_tokens=4, init=f"adapter:{adapter}")
+
+
+@pytest.mark.parametrize("settings", [METHODS["p_tuning"][0], METHODS["prefix_projected"][0]],
+                         ids=["p_tuning", "prefix_projected"])
+def test_a_warm_started_trial_begins_at_the_saved_prompt_and_trains_it(tiny_loaded, tmp_path, settings):
+    """Through `Trial` (what a search runs): epoch 0 is the saved prompt bit for bit, and the
+    optimizer holds the very parameters the adapter was loaded into."""
+    from trainable.trial import Trial
+
+    out = _perturbed(tiny_loaded, settings, tokens=4).save(tmp_path / "source")
+    saved = load_file(out / WEIGHTS_FILE)["prompt_embeddings"]
+    config = TrainConfig(num_virtual_tokens=4, epochs=1, batch_size=4, learning_rate=0.01, max_new_tokens=4,
+                         **{**settings, "init": f"adapter:{out}"})
+    trial = Trial(config, "tiny", DataSplit(4, 2, 2), loaded=tiny_loaded)
+    assert torch.equal(trial.prompt.output().detach(), saved)
+    trained = {id(p) for group in trial.trainer.optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in trial.prompt.parameters()}
+    trial.trainer.train_epoch(trial.examples, 1)
+    assert not torch.equal(trial.prompt.output().detach(), saved), "training moves the warm-started prompt"

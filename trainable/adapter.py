@@ -53,21 +53,34 @@ class AdapterInfo:
         return f"{self.method}, {self.num_virtual_tokens} virtual tokens, token_dim {self.token_dim}{extra}"
 
 
+def _count(raw: dict, key: str) -> int:
+    """A size from adapter_config.json: a JSON integer >= 1 (not 4.5, true, "4" or 1e400)."""
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} is {value!r}, not an integer >= 1")
+    return value
+
+
 def read_adapter_info(path: str, field: str = "init", shown=None) -> AdapterInfo:
     """The adapter at `path`, or a one-line error naming `field` (and `shown`, the user's value)."""
     shown = path if shown is None else shown
-    config_file = Path(path).expanduser() / CONFIG_FILE
     allowed = f"a saved soft prompt: a PEFT adapter directory with {CONFIG_FILE} and {WEIGHTS_FILE}"
-    if not config_file.is_file() or not (config_file.parent / WEIGHTS_FILE).is_file():
+    try:  # a path the OS refuses to look at (too long, no permission, ~nobody) is not found either
+        config_file = Path(path).expanduser() / CONFIG_FILE
+        found = config_file.is_file() and (config_file.parent / WEIGHTS_FILE).is_file()
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise field_error(field, shown, f"{allowed} (not found: {type(exc).__name__})") from None
+    if not found:
         raise field_error(field, shown, allowed + " (not found)")
     try:
         raw = json.loads(config_file.read_text())
         method = PEFT_TYPES[raw["peft_type"]]
+        width = raw.get("encoder_hidden_size")
         info = AdapterInfo(
-            path=str(config_file.parent), method=method, num_virtual_tokens=int(raw["num_virtual_tokens"]),
-            token_dim=int(raw["token_dim"]), num_layers=int(raw["num_layers"]),
-            num_attention_heads=int(raw["num_attention_heads"]),
-            encoder_hidden_size=raw.get("encoder_hidden_size"),
+            path=str(config_file.parent), method=method, num_virtual_tokens=_count(raw, "num_virtual_tokens"),
+            token_dim=_count(raw, "token_dim"), num_layers=_count(raw, "num_layers"),
+            num_attention_heads=_count(raw, "num_attention_heads"),
+            encoder_hidden_size=None if width is None else _count(raw, "encoder_hidden_size"),
             prefix_projection=bool(raw.get("prefix_projection", False)),
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
