@@ -43,7 +43,6 @@ def test_smoke_search_on_the_bundled_model(tmp_path):
     # smoke searches both ways a soft prompt enters the model; TPE's seeded start-up picks each.
     with sqlite3.connect(tmp_path / "runs" / "mlflow.db") as conn:
         methods = {v for (v,) in conn.execute("select value from params where key = 'method'")}
-        best = conn.execute("select value from params where key = 'best.method' and run_uuid = ?",
-                            (parent["id"],)).fetchall()
-    assert methods == {"prompt_tuning", "prefix_tuning"} and len(best) == 1 and best[0][0] in methods
+    # best.* are tags: a resume with more trials may pick another best, and MLflow refuses a changed param.
+    assert methods == {"prompt_tuning", "prefix_tuning"} and parent["tags"]["best.method"] in methods
     assert any(line.startswith("methods ") for line in proc.stdout.splitlines())
