@@ -195,3 +195,41 @@ def test_sampling_and_own_stops_with_every_method_are_batch_independent(settings
     assert batched == singles
     assert batched == [truncate_at_stop(text, stop) for text, stop in zip(full, stops)]
     assert any(len(b) < len(f) for b, f in zip(batched, full)), "some row stopped early, leaving the batch"
+
+
+def _first_stop_by_whole_decode(tokenizer, ids: list[int], stops) -> int | None:
+    """The reference: the first token after which the whole decoded row holds a stop."""
+    for n in range(1, len(ids) + 1):
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        if truncate_at_stop(text, stops) != text:
+            return n
+    return None
+
+
+@pytest.mark.parametrize("stops", [STOP_SEQUENCES, ("\n    return",), ("é\n",)])
+def test_a_row_stops_at_the_token_a_whole_decode_would(stops):
+    """The stop check decodes only a row's last tokens; it must stop exactly where decoding the
+    whole row would, whatever the tokenization (single bytes, multi-byte characters, long tokens)."""
+    from trainable.generate import _Rows
+
+    tokenizer = tiny_tokenizer()
+    loaded = LoadedModel(tiny_model(len(tokenizer)), tokenizer, ModelRef("tiny", "local", "tiny"))
+    texts = [p["prompt"] + "    return x  # café\n# done\ndef g():\n" for p in list(load_problems().values())[:12]]
+    texts += ["x = 'café'\n    return 1\nprint(2)\n", "a\n\n\n#\ndef ", "ü" * 40 + "é\n" + "b" * 5]
+    checked = 0
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        # The tokenizer's own ids, and the same text one byte-level token per character.
+        spelled = [tid for ch in text for tid in tokenizer(ch, add_special_tokens=False)["input_ids"]]
+        for row_ids in (ids, spelled):
+            expected = _first_stop_by_whole_decode(tokenizer, row_ids, stops)
+            rows = _Rows(1, loaded, [stops])
+            stopped_at = None
+            for n, token in enumerate(row_ids, start=1):
+                rows.add(0, token)
+                if rows.done[0]:
+                    stopped_at = n
+                    break
+            assert stopped_at == expected, (text[:60], stops)
+            checked += expected is not None
+    assert checked >= 10, "most texts hold a stop: the test compares stopping points"
