@@ -22,6 +22,7 @@ four Ray trials at 0.25 GPU would be: each one's peak CUDA memory and its start/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -31,7 +32,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import load_bench_model, machine, print_table  # noqa: E402
 from trainable.data import load_problems  # noqa: E402
-from trainable.generate import GenerationStats, generate  # noqa: E402
+from trainable.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402
 from trainable.train import TrainExample, completion_loss  # noqa: E402
 
 FLOP_PER_TOKEN = 2e9  # forward (2 x params) + backward through activations (~2 x params)
@@ -97,6 +98,24 @@ def decode_rate(loaded, problems: int, new_tokens: int, batch: int) -> tuple[flo
     return stats.tokens_per_s, weight_bytes * steps / stats.seconds
 
 
+@contextlib.contextmanager
+def whole_row_stop_check():
+    """The stop check before 2026-11-30, as the baseline: decode each row whole at every token."""
+    def add(self, row: int, token: int) -> None:
+        if token in self.eos:
+            self.done[row] = True
+            return
+        self.tokens[row].append(token)
+        if truncate_at_stop(self.text(row), self.stops[row]) != self.text(row):
+            self.done[row] = True
+
+    ours, _Rows.add = _Rows.add, add
+    try:
+        yield
+    finally:
+        _Rows.add = ours
+
+
 def one_trial(args, tokenizer_dir: str | None, queue) -> None:
     """One trial's work in its own process (a Ray trial at a GPU fraction is one process)."""
     started = time.time()
@@ -148,12 +167,16 @@ def main() -> None:
     rows = [["train step (bf16, batch %d x %d)" % (args.batch, args.seq), f"{train:,.0f} tok/s",
              f"{train * FLOP_PER_TOKEN / 1e12:.1f} TFLOP/s",
              f"{100 * train * FLOP_PER_TOKEN / ceiling['bf16_flops']:.1f}% of bf16 GEMM"]]
+    rows[0].append("")
     for batch in sorted({8, args.decode_batch, min(args.problems, 164)}):
+        with whole_row_stop_check():
+            base, _ = decode_rate(loaded, args.problems, args.new_tokens, batch)
         tok_s, bandwidth = decode_rate(loaded, args.problems, args.new_tokens, batch)
         rows.append([f"decode (bf16, batch {batch}, {args.new_tokens} tokens)", f"{tok_s:,.0f} tok/s",
                      f"{bandwidth / 1e12:.2f} TB/s weights",
-                     f"{100 * bandwidth / ceiling['copy_bytes']:.1f}% of copy bandwidth"])
-    print_table(["what", "throughput", "achieved", "% of ceiling"], rows)
+                     f"{100 * bandwidth / ceiling['copy_bytes']:.1f}% of copy bandwidth",
+                     f"{tok_s / base:.2f}x ({base:,.0f} tok/s)"])
+    print_table(["what", "throughput", "achieved", "% of ceiling", "vs whole-row stop check"], rows)
     if args.share:
         del loaded
         torch.cuda.empty_cache()
