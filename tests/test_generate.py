@@ -98,12 +98,16 @@ def test_the_check_has_teeth_peft_layout_differs():
     the soft-prompt-to-prompt distances: a first argmax can survive it, the logits do not.)"""
     loaded = _scaled_tiny()
     torch.manual_seed(0)
-    soft = torch.randn(5, loaded.model.config.hidden_size) * 2
+    _assert_peft_layout_differs(loaded, _last_logits, torch.randn(5, loaded.model.config.hidden_size) * 2)
+
+
+def _assert_peft_layout_differs(loaded, last_logits, prompt) -> None:
+    """Batched == one at a time with our layout, and PEFT's layout moves the logits."""
     tokens = [loaded.tokenizer(p)["input_ids"] for p in _prompts(8)]
     with torch.no_grad():
-        singles = torch.cat([_last_logits(loaded, [t], soft, peft_layout=False) for t in tokens])
-        ours = _last_logits(loaded, tokens, soft, peft_layout=False)
-        peft = _last_logits(loaded, tokens, soft, peft_layout=True)
+        singles = torch.cat([last_logits(loaded, [t], prompt, peft_layout=False) for t in tokens])
+        ours = last_logits(loaded, tokens, prompt, peft_layout=False)
+        peft = last_logits(loaded, tokens, prompt, peft_layout=True)
     assert torch.allclose(ours, singles, atol=1e-4)
     assert (peft - singles).abs().max() > 1e-2
 
@@ -119,14 +123,7 @@ def _prefix_logits(loaded, token_lists, prefix: Prefix, peft_layout: bool) -> to
 
 def test_the_prefix_check_has_teeth_peft_positions_differ():
     loaded = _scaled_tiny()
-    prefix = _method_prompt(loaded, METHODS["prefix_tuning"])
-    tokens = [loaded.tokenizer(p)["input_ids"] for p in _prompts(8)]
-    with torch.no_grad():
-        singles = torch.cat([_prefix_logits(loaded, [t], prefix, peft_layout=False) for t in tokens])
-        ours = _prefix_logits(loaded, tokens, prefix, peft_layout=False)
-        peft = _prefix_logits(loaded, tokens, prefix, peft_layout=True)
-    assert torch.allclose(ours, singles, atol=1e-4)
-    assert (peft - singles).abs().max() > 1e-2
+    _assert_peft_layout_differs(loaded, _prefix_logits, _method_prompt(loaded, METHODS["prefix_tuning"]))
 
 
 def test_truncate_at_first_stop_sequence():
