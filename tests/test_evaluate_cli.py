@@ -202,7 +202,7 @@ def test_an_endless_line_is_refused_without_holding_it(tmp_path):
     proc = _evaluate(tmp_path, "--completions", "bomb.jsonl.gz")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert f"bomb.jsonl.gz line 1: got b'[[[[" in line and f"a line of at most {MAX_LINE_BYTES} bytes" in line
+    assert "bomb.jsonl.gz line 1: got b'[[[[" in line and f"a line of at most {MAX_LINE_BYTES} bytes" in line
 
 
 def test_odd_but_valid_samples_still_score(tmp_path):

@@ -30,7 +30,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from trainable.cli import OneLineParser, run_main
-from trainable.errors import UsageError, field_error
+from trainable.errors import field_error
 
 SOURCE = "mbpp"
 LICENSE = "CC-BY-4.0"

@@ -297,8 +297,6 @@ def _make_guard(root):
     import os
     import posix
     import signal
-    import stat
-    import sys
     import _signal
     from importlib.util import find_spec
 
