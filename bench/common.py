@@ -1,4 +1,4 @@
-"""Shared bench plumbing: model choice, a peak-RSS sampler, table printing."""
+"""Shared bench plumbing: model choice, the machine's own ceilings, a peak-RSS sampler, table printing."""
 from __future__ import annotations
 
 import os
@@ -34,6 +34,73 @@ def load_bench_model(which: str, dtype: torch.dtype, device: str | None = None, 
     return LoadedModel(model, tokenizer, ModelRef(which, "local", which), {"name": which})
 
 
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _timed(fn, device: str, repeat: int, warmup: int) -> float:
+    """Seconds per call, best of `repeat` single calls after `warmup` calls (best-of: a ceiling is
+    what the machine CAN do; a neighbour's burst only ever slows a call down)."""
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeat):
+        _sync(device)
+        started = time.perf_counter()
+        fn()
+        _sync(device)
+        best = min(best, time.perf_counter() - started)
+    return best
+
+
+def ceilings(device: str = "cpu") -> dict:
+    """The machine's own limits, measured in this process: a large matrix product in fp32 and in
+    bf16 (FLOP/s) and a large copy (bytes read + written per second). On a CPU, with the threads
+    torch uses (set them before calling); a GEMM is the best case a transformer's matmuls can
+    reach, a copy the most bytes a memory-bound step (decoding) can move."""
+    cuda = device.startswith("cuda")
+    n, n_bf16, copy_numel = (8192, 8192, 2 ** 30) if cuda else (2048, 1024, 2 ** 27)
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = False
+    fp32 = 2 * n ** 3 / _timed(lambda: a @ b, device, repeat=3, warmup=1)
+    # bf16 is emulated (slow) on CPUs without avx512_bf16/AMX: a smaller product keeps it short
+    a16, b16 = a[:n_bf16, :n_bf16].bfloat16(), b[:n_bf16, :n_bf16].bfloat16()
+    bf16 = 2 * n_bf16 ** 3 / _timed(lambda: a16 @ b16, device, repeat=3 if cuda else 2, warmup=1)
+    src = torch.empty(copy_numel, dtype=torch.uint16, device=device).fill_(1)  # 2 GiB GPU, 256 MiB CPU
+    dst = torch.empty_like(src)
+    copy = 2 * src.numel() * 2 / _timed(lambda: dst.copy_(src), device, repeat=5, warmup=1)
+    return {"fp32_flops": fp32, "bf16_flops": bf16, "copy_bytes": copy}
+
+
+def describe_ceilings(c: dict) -> str:
+    unit, scale = ("TFLOP/s", 1e12) if c["bf16_flops"] > 1e13 else ("GFLOP/s", 1e9)
+    return (f"ceilings measured here: fp32 GEMM {c['fp32_flops'] / scale:,.1f} {unit}, bf16 GEMM "
+            f"{c['bf16_flops'] / scale:,.1f} {unit}, copy {c['copy_bytes'] / 1e9:,.1f} GB/s")
+
+
+def model_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+# The work models behind every "% of ceiling" (N = the frozen model's parameters, ~494M for
+# Qwen2.5-Coder-0.5B): a training token costs a forward (2N FLOP) and a backward through the
+# activations only (~2N; frozen weights get no gradients); a decoded token costs a forward (2N),
+# and a decoding step reads every weight once for the whole batch.
+def train_flop_per_token(model) -> float:
+    return 4.0 * model_params(model)
+
+
+def decode_flop_per_token(model) -> float:
+    return 2.0 * model_params(model)
+
+
+def weight_bytes(model) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
 def rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -62,9 +129,17 @@ def peak_rss():
             result["cuda_peak"] = torch.cuda.max_memory_allocated()
 
 
+def cpu_flags() -> str:
+    """The CPU features our dtype rule and every CPU figure depend on (bf16 is fast only with AMX)."""
+    from trainable.model import AMX_FLAGS, cpu_flags as flags_of_this_cpu
+
+    flags = flags_of_this_cpu()
+    return " ".join(f if f in flags else f"no {f}" for f in ("avx2", "avx512f", "avx512_bf16", *AMX_FLAGS))
+
+
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {gpu}, "
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({cpu_flags()}), {gpu}, "
             f"torch {torch.__version__}, threads {torch.get_num_threads()}")
 
 

@@ -21,8 +21,8 @@ from trainable import data as data_module
 from trainable import mbpp, model as model_module
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, DistillSettings
-from trainable.distill import (cache_file, distill, ensure_targets, model_sha256, read_pinned, training_items,
-                               verified_targets)
+from trainable.distill import (cache_file, cached_targets, distill, ensure_targets, model_sha256, read_pinned,
+                               training_items, verified_targets)
 from trainable.errors import UsageError
 from trainable.model import resolve_model_ref
 from trainable.trial import Trial
@@ -102,6 +102,16 @@ def test_the_cache_answers_a_second_call_without_loading_the_model(tiny_loaded, 
     changed = [PROBLEMS[0], parity_problem("p_odd", "value = 8", 1), PROBLEMS[2]]
     _, third = ensure_targets(str(tiny_model_dir), changed, SETTINGS, CONFIG, tiny_loaded, tmp_path)
     assert third.distilled_now == 1
+
+
+def test_cached_targets_reads_without_generating_and_only_when_complete(tiny_loaded, tiny_model_dir, tmp_path):
+    assert cached_targets(tiny_loaded, PROBLEMS, SETTINGS, CONFIG, tmp_path) is None
+    targets, _ = ensure_targets(str(tiny_model_dir), PROBLEMS, SETTINGS, CONFIG, tiny_loaded, tmp_path)
+    assert cached_targets(tiny_loaded, PROBLEMS, SETTINGS, CONFIG, tmp_path) == targets
+    changed = [PROBLEMS[0], parity_problem("p_odd", "value = 8", 1)]
+    assert cached_targets(tiny_loaded, changed, SETTINGS, CONFIG, tmp_path) is None  # one changed: not complete
+    other = dataclasses.replace(CONFIG, max_new_tokens=7)
+    assert cached_targets(tiny_loaded, PROBLEMS, SETTINGS, other, tmp_path) is None  # other settings, other file
 
 
 def test_the_cache_key_covers_model_dtype_and_sampling(tiny_model_dir, tmp_path):

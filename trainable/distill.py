@@ -225,6 +225,16 @@ def ensure_targets(model_ref: str, problems: list[dict], settings: DistillSettin
     return targets, _report(targets, len(missing), started, str(path), dtype)
 
 
+def cached_targets(loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig,
+                   cache_dir: Path | None = None) -> dict[str, list[str]] | None:
+    """The cached targets of every problem, or None when any is missing (generates nothing)."""
+    path = cache_file(model_sha256(loaded.ref), _name(loaded.dtype), generation_settings(settings, config), cache_dir)
+    record = _read(path)
+    if _missing(record, problems):
+        return None
+    return {p["task_id"]: record["problems"][p["task_id"]]["targets"] for p in problems}
+
+
 def _name(dtype: "torch.dtype") -> str:
     return str(dtype).removeprefix("torch.")
 
