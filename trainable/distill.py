@@ -154,14 +154,15 @@ def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSetti
 
     prompts = [p["prompt"] for p in problems]
     stops = [p.get("stop_tokens") for p in problems]
-    greedy = generate(loaded, prompts, None, config.max_new_tokens, config.eval_batch_size, stops=stops)
+    greedy = generate(loaded, prompts, None, max_new_tokens=config.max_new_tokens,
+                      batch_size=config.eval_batch_size, stops=stops)
     rows = [{"task_id": p["task_id"], "completion": body_only(c)} for p, c in zip(problems, greedy)]
     if settings.samples:
         repeated = [(p, j) for j in range(1, settings.samples + 1) for p in problems]
         sampling = Sampling(settings.temperature, settings.top_p,
                             tuple(_seed(settings.seed, p["task_id"], j) for p, j in repeated))
-        sampled = generate(loaded, [p["prompt"] for p, _ in repeated], None, config.max_new_tokens,
-                           config.eval_batch_size, stops=[p.get("stop_tokens") for p, _ in repeated],
+        sampled = generate(loaded, [p["prompt"] for p, _ in repeated], None, max_new_tokens=config.max_new_tokens,
+                           batch_size=config.eval_batch_size, stops=[p.get("stop_tokens") for p, _ in repeated],
                            sampling=sampling)
         rows += [{"task_id": p["task_id"], "completion": body_only(c)} for (p, _), c in zip(repeated, sampled)]
     return rows

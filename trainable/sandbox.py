@@ -1,6 +1,6 @@
 """Run untrusted Python programs (model-written code + its tests), each in a fresh sandbox.
 
-    results = run_programs([Program(prompt + completion, test, entry_point), ...])
+    results = run_programs([Program(prompt + completion, test, entry_point), ...], timeout_s=10.0)
 
 A `Program` passes only if the test's own `check(candidate)` returns normally; a plain string
 passes if it runs to the end. Layers, outermost first:
@@ -109,8 +109,8 @@ class ProgramResult:
     detail: str  # short reason: last stderr line, exit status, ...
 
 
-def run_programs(programs: Sequence[Union[Program, str]], timeout_s: float = 10.0,
-                 workers: int | None = None, *, mode: str | None = None, guard: bool = True,
+def run_programs(programs: Sequence[Union[Program, str]], *, timeout_s: float,
+                 workers: int | None = None, mode: str | None = None, guard: bool = True,
                  kernel_filters: bool = True) -> list[ProgramResult]:
     """Run each program in its own sandbox, in parallel; results in input order.
 

@@ -32,7 +32,7 @@ def result_text(result: ProgramResult) -> str:
     return result.status if result.status != "failed" else f"failed: {result.detail}"
 
 
-def score_samples(samples: list[dict], problems: dict | None = None, timeout_s: float = 10.0,
+def score_samples(samples: list[dict], problems: dict | None = None, *, timeout_s: float,
                   workers: int | None = None) -> list[dict]:
     """Copies of `samples` with `passed` and `result` added, in input order."""
     problems = load_problems() if problems is None else problems
@@ -115,7 +115,7 @@ def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | No
     return sample
 
 
-def score_file(path, out_path=None, timeout_s: float = 10.0) -> dict:
+def score_file(path, out_path=None, *, timeout_s: float) -> dict:
     """Score a samples file; write per-sample results JSONL to `out_path` when given."""
     results = score_samples(read_samples(path), timeout_s=timeout_s)
     if out_path is not None:
