@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 from trainable.adapter import read_adapter_info
+from trainable.checkpoint import TRAINED_WITH, trained_with_file
 from trainable.cli import OneLineParser, run_main
 from trainable.config import DTYPES, TrainConfig
 from trainable.data import SPLITS, DataSplit, problems_for
 from trainable.errors import field_error
 
-TRAINED_WITH = "trained_with.json"  # = trainable.trial.TRAINED_WITH (not imported: it loads torch)
 # Flag defaults where neither the flag nor a soft prompt's record says otherwise: TrainConfig's.
 FALLBACK = {"max_new_tokens": TrainConfig.max_new_tokens, "batch_size": TrainConfig.eval_batch_size,
             "timeout": TrainConfig.sandbox_timeout_s, "dtype": TrainConfig.dtype}
@@ -61,7 +61,7 @@ def _data_split(text: str | None) -> DataSplit:
 
 def _trained_with(prompt: str | None) -> dict:
     """The record a search saved beside the adapter; {} for an adapter saved without one."""
-    path = Path(prompt) / TRAINED_WITH if prompt else None
+    path = trained_with_file(prompt) if prompt else None
     if path is None or not path.is_file():
         return {}
     try:
