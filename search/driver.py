@@ -36,7 +36,7 @@ from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE,
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger
 from search.tuner import build_tuner, can_restore
 from spaces import SpaceSpec
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.trial import OBJECTIVE
 
 

@@ -19,7 +19,7 @@ from search.baselines import HardBaseline, candidates, rate, select_and_test, te
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
 from trainable.data import problems_for
-from trainable.errors import shown
+from softprompt_cli.errors import shown
 from trainable.checkpoint import adapter_dir
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from search.callbacks import mlflow_params, state_of
-from trainable.cli import OneLineParser, run_main
-from trainable.errors import field_error
+from softprompt_cli.commands import OneLineParser, run_main
+from softprompt_cli.errors import field_error
 
 if TYPE_CHECKING:
     from search.plan import SearchPlan

@@ -25,8 +25,8 @@ from search.interrupt import CURRENT, SearchInterrupted
 from search.plan import SearchPlan
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
-from trainable.cli import OneLineParser, run_main
-from trainable.errors import abbreviated, field_error
+from softprompt_cli.commands import OneLineParser, run_main
+from softprompt_cli.errors import abbreviated, field_error
 
 DEFAULT_STORAGE = "./runs"
 # Options that a resume command repeats when they were given (--name and --resume are added).

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from spaces.distribution import Distribution
 from spaces.paths import check_mapping, child
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 from trainable.methods import METHODS, applies
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from spaces.paths import check_mapping, under
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 
 
 class DistKind(str, Enum):

@@ -22,7 +22,7 @@ from spaces.paths import check_mapping
 from spaces.spec import Budget, Resources, SpaceSpec, check_train_field
 from trainable.config import run_defaults
 from trainable.data import DataSplit
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 SPACES_DIR = Path(__file__).resolve().parent
 # Every YAML file here is a shipped space (and is loaded by tests/test_spaces.py).
@@ -120,7 +120,7 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> UsageError:
     mark = getattr(err, "problem_mark", None)
     at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
-    return UsageError(f"{path}: got invalid YAML{at} ({problem}), expected valid YAML")
+    return UsageError(str(path), None, "valid YAML", got=f"invalid YAML{at} ({problem})")
 
 
 def _read(path: Path, field: str, ref) -> dict:
@@ -137,10 +137,10 @@ def _read(path: Path, field: str, ref) -> dict:
     except yaml.YAMLError as err:
         raise _yaml_error(path, err) from None
     except RecursionError:
-        raise UsageError(f"{path}: got YAML nested too deeply, expected a space file") from None
+        raise UsageError(str(path), None, "a space file", got="YAML nested too deeply") from None
     if not isinstance(raw, dict):
         what = "an empty file" if raw is None else f"a YAML {type(raw).__name__} ({raw!r:.60})"
-        raise UsageError(f"{path}: got {what}, expected a mapping with keys {', '.join(TOP_KEYS)}")
+        raise UsageError(str(path), raw, f"a mapping with keys {', '.join(TOP_KEYS)}", got=what)
     return raw
 
 
@@ -152,10 +152,10 @@ def _load_yaml(text: str, path: Path):
             return None
         size = _count_values(node, MAX_VALUES)
         if size < 0:
-            raise UsageError(f"{path}: got a YAML alias that contains itself, expected a space file")
+            raise UsageError(str(path), None, "a space file", got="a YAML alias that contains itself")
         if size > MAX_VALUES:
-            raise UsageError(f"{path}: got YAML that expands to more than {MAX_VALUES} values (through "
-                             "aliases), expected a space file")
+            raise UsageError(str(path), None, "a space file",
+                             got=f"YAML that expands to more than {MAX_VALUES} values (through aliases)")
         return loader.construct_document(node)
     finally:
         loader.dispose()

@@ -23,7 +23,7 @@ from trainable.config import TrainConfig
 from trainable.data import DataSplit, DistillSettings
 from trainable.distill import (cache_file, distill, ensure_targets, model_sha256, read_pinned, training_items,
                                verified_targets)
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.model import resolve_model_ref
 from trainable.trial import Trial
 

@@ -15,7 +15,7 @@ import pytest
 
 from trainable import sandbox
 from trainable.data import load_problems
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.sandbox import Program, SandboxUnavailable, run_programs, sandbox_mode
 from trainable.sandbox_filters import ARCHES, seccomp_program
 from trainable.score import build_program

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from trainable.data import load_problems
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.score import pass_at_k, read_samples, score_file, score_samples
 
 sys.path.insert(0, os.path.dirname(__file__))

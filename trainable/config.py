@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 
 from trainable.adapter import config_mismatch, read_adapter_info
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, Method, method_list
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from trainable.config import DTYPES, TrainConfig
 from trainable.data import SOURCES, DistillSettings, drawn
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 if TYPE_CHECKING:  # torch and transformers load lazily: the command's bad input fails fast
     import torch
@@ -275,7 +275,7 @@ def training_items(problems: list[dict], targets: dict[str, list[str]] | None) -
 
 # -- the command ---------------------------------------------------------------------------------
 def _parser():
-    from trainable.cli import OneLineParser
+    from softprompt_cli.commands import OneLineParser
 
     defaults = DistillSettings()
     p = OneLineParser(prog="python -m trainable.distill", description=__doc__.splitlines()[0])
@@ -305,9 +305,8 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(max_new_tokens=args.max_new_tokens, eval_batch_size=args.batch_size,
                              sandbox_timeout_s=args.timeout, dtype=args.dtype)
     except UsageError as err:  # the settings name their space fields; here the flag is the field
-        field, _, rest = str(err).partition(": ")
-        flag = {"eval_batch_size": "batch-size", "sandbox_timeout_s": "timeout"}.get(field, field.rsplit(".", 1)[-1])
-        raise UsageError(f"--{flag.replace('_', '-')}: {rest}") from None
+        flag = {"eval_batch_size": "batch-size", "sandbox_timeout_s": "timeout"}.get(err.field, err.field.rsplit(".", 1)[-1])
+        raise err.at(f"--{flag.replace('_', '-')}") from None
     from trainable.model import resolve_model_ref
 
     resolve_model_ref(args.model)  # a bad reference fails before any data or weights load
@@ -319,6 +318,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainable.cli import run_main
+    from softprompt_cli.commands import run_main
 
     run_main(main)

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from trainable.adapter import read_adapter_info
 from trainable.checkpoint import TRAINED_WITH, trained_with_file
-from trainable.cli import OneLineParser, run_main
+from softprompt_cli.commands import OneLineParser, run_main
 from trainable.config import DTYPES, TrainConfig
 from trainable.data import SPLITS, DataSplit, problems_for
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 
 # Flag defaults where neither the flag nor a soft prompt's record says otherwise: TrainConfig's.
 FALLBACK = {"max_new_tokens": TrainConfig.max_new_tokens, "batch_size": TrainConfig.eval_batch_size,

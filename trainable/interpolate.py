@@ -15,10 +15,10 @@ import json
 from pathlib import Path
 
 from trainable.adapter import AdapterInfo, read_adapter_info
-from trainable.cli import OneLineParser, run_main
+from softprompt_cli.commands import OneLineParser, run_main
 from trainable.config import TrainConfig
 from trainable.data import SPLITS, problems_for
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 from trainable.evaluate import _data_split  # the same --data-sizes as `trainable.evaluate`
 
 

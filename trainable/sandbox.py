@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.sandbox_filters import seccomp_program
 
 MODES = ("bwrap", "rlimits+netns", "rlimits")

