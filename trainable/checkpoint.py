@@ -7,7 +7,7 @@
       train_config.json        the trial's TrainConfig
       val_completions.jsonl    the epoch's val samples with their verdicts
 
-Written by `trainable.trial.Trial.save` and `search.trainable`, read by `Trial.restore`, the
+Written by `trainable.trial.Trial.save` and `search.tune_trial`, read by `Trial.restore`, the
 final report (`search.report`), the MLflow callback (`search.callbacks`) and `trainable.evaluate`.
 """
 from __future__ import annotations

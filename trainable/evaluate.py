@@ -152,7 +152,7 @@ def _score_file(args) -> dict:
 
 
 def _generate_and_score(args) -> dict:
-    from trainable.evaluation import evaluate_problems
+    from trainable.generate_and_score import evaluate_problems
     from trainable.model import choose_dtype, load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load

@@ -94,7 +94,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     info, _ = check_args(args)
-    from trainable.evaluation import evaluate_problems
+    from trainable.generate_and_score import evaluate_problems
     from trainable.model import load_model, resolve_model_ref
     from trainable.softprompt import check_fits, load_prompt, prompt_input
 

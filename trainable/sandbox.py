@@ -177,12 +177,15 @@ def _announce(mode: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
+PROBE_TIMEOUT_S = 10.0  # the start-up check's trivial program; not a run setting (TrainConfig's)
+
+
 def _probe() -> str:
     # Run a trivial program end to end in bwrap; anything else must be asked for.
     if not shutil.which("bwrap"):
         reason = "bwrap is not installed"
     else:
-        result = _run_one(Program("pass"), timeout_s=10.0, mode="bwrap", guard=True,
+        result = _run_one(Program("pass"), timeout_s=PROBE_TIMEOUT_S, mode="bwrap", guard=True,
                           kernel_filters=True)
         if result.passed:
             return "bwrap"

@@ -1,6 +1,6 @@
 """One trial without Ray: train a soft prompt epoch by epoch, scoring val pass@1 after each.
 
-`search.trainable` wraps `Trial` for Ray Tune (report + checkpoint per epoch); tests and the
+`search.tune_trial` wraps `Trial` for Ray Tune (report + checkpoint per epoch); tests and the
 benchmarks call it directly.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from trainable.checkpoint import adapter_dir, state_file, write_trial_files
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, problems_for
 from trainable.distill import ensure_targets, training_items
-from trainable.evaluation import EvalResult, evaluate_problems
+from trainable.generate_and_score import EvalResult, evaluate_problems
 from trainable.model import LoadedModel, cached_model, choose_dtype
 from trainable.softprompt import SoftPrompt
 from trainable.train import Trainer, build_examples, completion_loss
