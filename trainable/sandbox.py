@@ -176,10 +176,10 @@ def _announce(mode: str) -> str:
     return mode
 
 
-@functools.lru_cache(maxsize=1)
 PROBE_TIMEOUT_S = 10.0  # the start-up check's trivial program; not a run setting (TrainConfig's)
 
 
+@functools.lru_cache(maxsize=1)
 def _probe() -> str:
     # Run a trivial program end to end in bwrap; anything else must be asked for.
     if not shutil.which("bwrap"):
