@@ -46,8 +46,9 @@ def _timed(fn):
 
 def generation_rate(loaded, problems, config) -> dict:
     stats = GenerationStats()
-    _, wall = _timed(lambda: generate(loaded, [p["prompt"] for p in problems], None, config.max_new_tokens,
-                                      config.eval_batch_size, stats, [p.get("stop_tokens") for p in problems]))
+    _, wall = _timed(lambda: generate(loaded, [p["prompt"] for p in problems], None, max_new_tokens=config.max_new_tokens,
+                                      batch_size=config.eval_batch_size, stats=stats,
+                                      stops=[p.get("stop_tokens") for p in problems]))
     return {"tokens_per_problem": stats.new_tokens / len(problems), "tps": stats.new_tokens / wall}
 
 

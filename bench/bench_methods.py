@@ -21,7 +21,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import load_bench_model, machine, print_table  # noqa: E402
 from trainable.config import TrainConfig  # noqa: E402
-from trainable.data import DataSplit, problems_for  # noqa: E402
+from bench.common import OLD_SPLIT  # noqa: E402
+from trainable.data import problems_for  # noqa: E402
 import trainable.generate as gen_module  # noqa: E402
 from trainable.generate import GenerationStats, generate  # noqa: E402
 from trainable.softprompt import SoftPrompt  # noqa: E402
@@ -59,10 +60,9 @@ def main() -> None:
     args = p.parse_args()
     torch.manual_seed(0)
     loaded = load_bench_model(args.model, getattr(torch, args.dtype))
-    # HumanEval (canonical solutions) of the old 64/40/60 split, as bench_train.py and bench/README.md
-    old_split = DataSplit(64, 40, 60)
-    examples = build_examples(loaded, problems_for("train", old_split)[: args.batch], 768)
-    prompts = [pr["prompt"] for pr in problems_for("val", old_split)[: args.prompts]]
+    # HumanEval (canonical solutions) of OLD_SPLIT, as bench_train.py and bench/README.md
+    examples = build_examples(loaded, problems_for("train", OLD_SPLIT)[: args.batch], 768)
+    prompts = [pr["prompt"] for pr in problems_for("val", OLD_SPLIT)[: args.prompts]]
     # Every method generates the same number of tokens per row: no end token or stop sequence ends a
     # row early (rows leaving the batch would change the batch size mid-way, differently per method).
     loaded.model.generation_config.eos_token_id = None

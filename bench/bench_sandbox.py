@@ -21,13 +21,16 @@ import warnings
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trainable import sandbox  # noqa: E402
+from trainable.config import TrainConfig  # noqa: E402
 from trainable.data import load_problems  # noqa: E402
 from trainable.score import build_program  # noqa: E402
+
+TIMEOUT_S = TrainConfig.sandbox_timeout_s  # the searches' per-program limit
 
 
 def available_modes() -> list[str]:
     modes = []
-    if shutil.which("bwrap") and sandbox.run_programs(["pass"], mode="bwrap")[0].passed:
+    if shutil.which("bwrap") and sandbox.run_programs(["pass"], timeout_s=TIMEOUT_S, mode="bwrap")[0].passed:
         modes.append("bwrap")
     if sandbox._netns_works():
         modes.append("rlimits+netns")
@@ -46,13 +49,13 @@ def bench(mode: str, programs: list, workers: int, repeat: int, **layers) -> dic
     walls = []
     for _ in range(repeat):
         start = time.perf_counter()
-        results = sandbox.run_programs(programs, mode=mode, workers=workers, **layers)
+        results = sandbox.run_programs(programs, timeout_s=TIMEOUT_S, mode=mode, workers=workers, **layers)
         walls.append(time.perf_counter() - start)
         assert all(r.passed for r in results), [r for r in results if not r.passed][:3]
     trivial = []
     for _ in range(10 * repeat):
         start = time.perf_counter()
-        assert sandbox.run_programs(["pass"], mode=mode, workers=1, **layers)[0].passed
+        assert sandbox.run_programs(["pass"], timeout_s=TIMEOUT_S, mode=mode, workers=1, **layers)[0].passed
         trivial.append(time.perf_counter() - start)
     wall, latency = min(walls), sorted(trivial)[len(trivial) // 2]
     label = mode + "".join(f", no {name.replace('_', ' ')}" for name, on in layers.items() if not on)

@@ -22,9 +22,9 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (ceilings, describe_ceilings, load_bench_model, machine, peak_rss,  # noqa: E402
-                          print_table, train_flop_per_token)
-from trainable.data import DataSplit, problems_for  # noqa: E402
+from bench.common import (OLD_SPLIT, ceilings, describe_ceilings, load_bench_model, machine,  # noqa: E402
+                          peak_rss, print_table, train_flop_per_token)
+from trainable.data import problems_for  # noqa: E402
 from trainable.train import build_examples, completion_loss  # noqa: E402
 
 
@@ -77,8 +77,8 @@ def main() -> None:
     rows = []
     for dtype in (torch.bfloat16, torch.float32):
         loaded = load_bench_model(args.model, dtype)
-        # HumanEval train (canonical solutions) of the old 64/40/60 split: the figures in bench/README.md
-        examples = build_examples(loaded, problems_for("train", DataSplit(64, 40, 60))[: args.batch], 768)
+        # HumanEval train (canonical solutions) of OLD_SPLIT: the figures in bench/README.md
+        examples = build_examples(loaded, problems_for("train", OLD_SPLIT)[: args.batch], 768)
         peft_model = get_peft_model(loaded.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
                                                                      num_virtual_tokens=args.tokens))
         peft_soft = peft_model.prompt_encoder["default"].embedding.weight

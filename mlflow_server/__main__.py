@@ -45,7 +45,7 @@ from pathlib import Path
 from mlflow_server.auth import resolve_auth, write_auth_ini, child_env
 from mlflow_server.config import ServerConfig, is_loopback, parse_config
 from mlflow_server.supervisor import Server, StartError, check_port_free
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 PROG = "mlflow_server"
 

@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 MIN_PASSWORD = 12                      # MLflow's own policy (mlflow.utils.validation)
 _LEGACY_DEFAULT = "password1234"       # GHSA-gq3w-7jj3-x7gr; MLflow refuses it too
@@ -49,18 +49,18 @@ def resolve_auth(env=None) -> AuthSettings:
     _, username = _first_set(USERNAME_VARS, env)
     name, password = _first_set(PASSWORD_VARS, env)
     if not password:
-        raise UsageError(f"{PASSWORD_VARS[1]}: not set, expected the admin password "
+        raise UsageError(PASSWORD_VARS[1], text=f"not set, expected the admin password "
                          f"({MIN_PASSWORD}+ characters) in the environment when --auth is "
                          f"given (or {PASSWORD_VARS[0]})")
     if len(password) < MIN_PASSWORD:
-        raise UsageError(f"{name}: got a {len(password)}-character password, expected at "
-                         f"least {MIN_PASSWORD} characters")
+        # The value itself stays out of the error: it is a secret.
+        raise UsageError(name, None, f"at least {MIN_PASSWORD} characters",
+                         got=f"a {len(password)}-character password")
     if password == _LEGACY_DEFAULT:
-        raise UsageError(f"{name}: got MLflow's published legacy default password, "
-                         "expected a secret one")
+        raise UsageError(name, None, "a secret one", got="MLflow's published legacy default password")
     username = username or "admin"
     if ":" in username or not username.strip():
-        raise UsageError(f"{USERNAME_VARS[1]}: got {username!r}, expected a name without ':'")
+        raise UsageError(USERNAME_VARS[1], username, "a name without ':'", got=repr(username))
     key = env.get(SECRET_KEY_VAR)
     # A per-start random key is fine for one replica: it only signs the CSRF token of the
     # user-signup form. Several replicas behind one Service must share a fixed key.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 DEFAULT_RUNS_DIR = Path("runs")
 DEFAULT_BACKEND = "sqlite:///./runs/mlflow.db"
@@ -62,7 +62,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse prints usage + message on two lines; the contract is one line, exit 2."""
 
     def error(self, message):  # noqa: D401 - argparse API
-        raise UsageError(message)
+        raise UsageError("", text=message)  # argparse's own words; its message names the flag
 
 
 def build_parser(epilog: str = "") -> argparse.ArgumentParser:

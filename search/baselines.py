@@ -15,7 +15,7 @@ import torch
 
 from search.callbacks import text_param_hash
 from trainable.config import InitKind, TrainConfig, init_kind
-from trainable.evaluation import evaluate_problems
+from trainable.generate_and_score import evaluate_problems
 from trainable.model import LoadedModel
 
 FORMS = ("tokens", "comment")

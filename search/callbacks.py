@@ -15,6 +15,7 @@ from ray import tune
 
 from search.searcher import RAY_TRIAL_ID_ATTR
 from search.tracking import MlflowLedger
+from trainable.checkpoint import adapter_dir
 from trainable.config import InitKind, init_kind
 
 # Tune's metric names -> MLflow's (MLflow forbids "@").
@@ -121,7 +122,7 @@ class MlflowCallback(tune.Callback):
             print(f"warning: trial {trial.trial_id}: checkpoint not copied for MLflow ({exc.strerror or exc})",
                   flush=True)
             return
-        self.ledger.submit("artifacts", self._key(trial), str(local / "adapter"), "soft_prompt")
+        self.ledger.submit("artifacts", self._key(trial), str(adapter_dir(local)), "soft_prompt")
         self.ledger.submit("artifacts", self._key(trial), str(local), "checkpoint")
 
     def on_trial_complete(self, iteration, trials, trial, **info):

@@ -9,7 +9,7 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.model import ModelRef, resolve_model_ref
 
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs", "file")
@@ -137,7 +137,7 @@ def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
             AutoConfig.from_pretrained(model.location, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise UsageError(
-                f"model: got {ref!r}, which the Hugging Face hub cannot provide here "
+                "model", ref, text=f"got {ref!r}, which the Hugging Face hub cannot provide here "
                 f"({str(exc).splitlines()[0][:120]}); use --model bundled (offline stand-in) "
                 "or --model PATH (a local checkpoint)") from None
     return model

@@ -25,6 +25,7 @@ from search.callbacks import mlflow_params, state_of
 from search.checks import is_no_space, no_space
 from search.interrupt import (CURRENT, TUNE_SIGINT_ENV, Phase, SearchInterrupted, raised_by_signal,
                               sigterm_blocked_for_children)
+from search.plan import SearchPlan
 from search.provenance import provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
 from search.results import write_run_record
@@ -35,7 +36,7 @@ from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE,
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger
 from search.tuner import build_tuner, can_restore
 from spaces import SpaceSpec
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.trial import OBJECTIVE
 
 
@@ -58,27 +59,27 @@ def _check_cluster_fits(spec: SpaceSpec) -> None:
             raise field_error(f"resources.{key}", want, f"at most {have:g} (the {key.upper()}s this Ray cluster has)")
 
 
-def _new_record(plan: dict) -> SearchRecord:
-    spec: SpaceSpec = plan["spec"]
-    return SearchRecord(name=plan["name"], identity=identity(spec), num_samples=spec.budget.num_samples,
-                        max_concurrent=spec.budget.max_concurrent, mlflow_uri=plan["mlflow_uri"])
+def _new_record(plan: SearchPlan) -> SearchRecord:
+    spec: SpaceSpec = plan.spec
+    return SearchRecord(name=plan.name, identity=identity(spec), num_samples=spec.budget.num_samples,
+                        max_concurrent=spec.budget.max_concurrent, mlflow_uri=plan.mlflow_uri)
 
 
-def _open_record(plan: dict, lock: SearchLock) -> SearchRecord:
+def _open_record(plan: SearchPlan, lock: SearchLock) -> SearchRecord:
     """The record, written before anything else, under the search's lock. A new search's state
     dir is created here, once: a second search of the same name fails on it, never shares it."""
-    record = plan["record"]
+    record = plan.record
     if record is None:
-        plan["state_dir"].parent.mkdir(parents=True, exist_ok=True)
+        plan.state_dir.parent.mkdir(parents=True, exist_ok=True)
         try:
-            plan["state_dir"].mkdir()
+            plan.state_dir.mkdir()
         except FileExistsError:
-            raise field_error("--name", plan["name"], f"a new search name ({plan['state_dir']} appeared meanwhile)") from None
+            raise field_error("--name", plan.name, f"a new search name ({plan.state_dir} appeared meanwhile)") from None
         record = _new_record(plan)
     lock.acquire()
     record.state, record.interrupted_by = RUNNING, None
-    record.num_samples, record.max_concurrent = plan["spec"].budget.num_samples, plan["spec"].budget.max_concurrent
-    record.save(plan["state_dir"])
+    record.num_samples, record.max_concurrent = plan.spec.budget.num_samples, plan.spec.budget.max_concurrent
+    record.save(plan.state_dir)
     return record
 
 
@@ -90,15 +91,15 @@ def _model_identity(spec: SpaceSpec) -> dict:
     return {"name": spec.model}
 
 
-def _log_parent_start(ledger: MlflowLedger, plan: dict, record: SearchRecord, resumed: bool) -> None:
-    spec: SpaceSpec = plan["spec"]
+def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchRecord, resumed: bool) -> None:
+    spec: SpaceSpec = plan.spec
     # The trial budget may grow on --resume: tags (params cannot change in MLflow).
     ops = [["tags", PARENT, {"search_state": RUNNING, "budget.num_samples": spec.budget.num_samples,
                              "budget.max_concurrent": spec.budget.max_concurrent}]]
     if resumed:
-        ops = [["start", PARENT], *ops, ["tags", PARENT, {"resume_command": plan["resume_command"]}]]
+        ops = [["start", PARENT], *ops, ["tags", PARENT, {"resume_command": plan.resume_command}]]
     else:
-        space_file = plan["state_dir"] / "space" / "space.json"
+        space_file = plan.state_dir / "space" / "space.json"
         space_file.parent.mkdir(parents=True, exist_ok=True)
         space_file.write_text(json.dumps(spec.to_dict(), indent=2, default=str))
         identity_tags = {f"model.{k}": v for k, v in _model_identity(spec).items()}
@@ -108,7 +109,7 @@ def _log_parent_start(ledger: MlflowLedger, plan: dict, record: SearchRecord, re
 
         licenses = {f"data.{name}.license": SOURCES[name].license for name in sorted(spec.data.sources())}
         ops += [["tags", PARENT, {**provenance(), **identity_tags, **licenses, "space": spec.name,
-                                  "storage": plan["experiment_path"]}],
+                                  "storage": plan.experiment_path}],
                 ["params", PARENT, {"space": spec.name, "model": spec.model, **budget}],
                 ["artifacts", PARENT, str(space_file.parent), "space"]]
     ledger.submit_all(ops)
@@ -121,30 +122,30 @@ def _best(results):
     return best, checkpoint, metrics
 
 
-def _compute_report(plan: dict, results, started: float) -> tuple[FinalReport, object]:
+def _compute_report(plan: SearchPlan, results, started: float, distill: dict | None) -> tuple[FinalReport, object]:
     """Score the three arms (best soft prompt, frozen model, best hard prompt) on test, write the
     report files. Stoppable at any point: nothing of it is in MLflow yet."""
-    spec: SpaceSpec = plan["spec"]
+    spec: SpaceSpec = plan.spec
     best, checkpoint, best_metrics = _best(results)
     print(f"final report: scoring trial {best.metrics['trial_id']} (epoch {best_metrics['training_iteration']}) "
           f"and the baselines on {spec.data.test.n} test problems", flush=True)
     with checkpoint.as_directory() as checkpoint_dir:
         test_best, test_base, hard = score_arms(spec, best.config, checkpoint_dir)
-        adapter = copy_adapter(checkpoint_dir, plan["state_dir"] / "best_adapter")
+        adapter = copy_adapter(checkpoint_dir, plan.state_dir / "best_adapter")
     report = FinalReport(best.metrics["trial_id"], spec.trial_params(best.config), float(best_metrics["pass@1"]),
                          int(best_metrics["training_iteration"]), test_best, test_base, hard,
                          best_by_method(results, spec.trial_params))
-    out = plan["state_dir"] / "report"
+    out = plan.state_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     names = {"soft_prompt": "best", "frozen": "baseline", "hard_prompt": "hard_prompt"}
     for arm, samples in report.arms().items():
         (out / f"test_completions_{names[arm]}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    write_run_record(out, plan, report, results, time.time() - started)
-    save_plots(plan["name"], study_storage_url(plan["state_dir"]), out / "plots")
+    write_run_record(out, plan, report, results, time.time() - started, distill)
+    save_plots(plan.name, study_storage_url(plan.state_dir), out / "plots")
     return report, adapter
 
 
-def _commit_report(plan: dict, record: SearchRecord, ledger: MlflowLedger, report: FinalReport, adapter) -> None:
+def _commit_report(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, report: FinalReport, adapter) -> None:
     """The report into MLflow and the record, in one write ahead of sending: a report is logged
     once (a later one, after more trials, at the next step)."""
     params, tags = mlflow_params(report.best_params)
@@ -154,21 +155,21 @@ def _commit_report(plan: dict, record: SearchRecord, ledger: MlflowLedger, repor
     ledger.submit_all([
         ["tags", PARENT, {**best, "report_round": record.reports}],  # tags: a later round may change them
         ["metrics", PARENT, report.metrics(), record.reports],
-        ["artifacts", PARENT, str(plan["state_dir"] / "report"), "report"],
+        ["artifacts", PARENT, str(plan.state_dir / "report"), "report"],
         ["artifacts", PARENT, str(adapter), "best_soft_prompt"],
         ["tags", PARENT, {"search_state": FINISHED}],
         ["end", PARENT, "FINISHED"],
     ])
     record.reports += 1
     record.state = FINISHED
-    record.save(plan["state_dir"])
+    record.save(plan.state_dir)
 
 
-def _drive(plan: dict, record: SearchRecord, ledger: MlflowLedger, started: float) -> int:
-    spec: SpaceSpec = plan["spec"]
-    resumed = plan["record"] is not None
+def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started: float) -> int:
+    spec: SpaceSpec = plan.spec
+    resumed = plan.record is not None
     with CURRENT.during(Phase.DEFER):
-        _start_ray(plan["address"])
+        _start_ray(plan.address)
         _check_cluster_fits(spec)
         ledger.connect()
         if resumed and ledger.queued():
@@ -184,11 +185,11 @@ def _drive(plan: dict, record: SearchRecord, ledger: MlflowLedger, started: floa
             print(f"error: {err}", flush=True)
             _end(plan, record, ledger, FAILED, {"error": str(err)[:500]}, "no training targets")
             return 1
-    plan["distill"] = asdict(distilled) if distilled else None  # for report/run_info.json
+    distill = asdict(distilled) if distilled else None  # for report/run_info.json
     with CURRENT.during(Phase.DEFER):
         # A search interrupted before Tune saved anything starts its experiment afresh.
-        tuner, watch = build_tuner(spec, plan["storage"], plan["name"], plan["state_dir"], ledger, targets,
-                                   resume=resumed and can_restore(plan["experiment_path"]))
+        tuner, watch = build_tuner(spec, plan.storage, plan.name, plan.state_dir, ledger, targets,
+                                   resume=resumed and can_restore(plan.experiment_path))
     with CURRENT.during(Phase.TUNE):
         CURRENT.check()
         results = tuner.fit()
@@ -199,7 +200,7 @@ def _drive(plan: dict, record: SearchRecord, ledger: MlflowLedger, started: floa
         _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
         return 1
     with CURRENT.during(Phase.RAISE):
-        report, adapter = _compute_report(plan, results, started)
+        report, adapter = _compute_report(plan, results, started, distill)
     with CURRENT.during(Phase.DEFER):
         _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
@@ -210,7 +211,7 @@ def _drive(plan: dict, record: SearchRecord, ledger: MlflowLedger, started: floa
     return 0
 
 
-def _end(plan: dict, record: SearchRecord | None, ledger: MlflowLedger | None, state: str, tags: dict,
+def _end(plan: SearchPlan, record: SearchRecord | None, ledger: MlflowLedger | None, state: str, tags: dict,
          reason: str) -> None:
     """Record `state` (interrupted or failed): the record first, then MLflow, where every run of
     this search still RUNNING becomes KILLED (with the reason) and the parent says `state`."""
@@ -218,47 +219,47 @@ def _end(plan: dict, record: SearchRecord | None, ledger: MlflowLedger | None, s
         return
     record.state, record.interrupted_by = state, reason if state == INTERRUPTED else None
     try:
-        record.save(plan["state_dir"])
+        record.save(plan.state_dir)
     except OSError as exc:
-        print(f"warning: cannot write {plan['state_dir']}/search.json ({exc.strerror or exc})", flush=True)
+        print(f"warning: cannot write {plan.state_dir}/search.json ({exc.strerror or exc})", flush=True)
     if ledger is not None:
         ledger.submit_all([["interrupted", PARENT, reason], ["tags", PARENT, {"search_state": state, **tags}],
                            ["end", PARENT, "KILLED" if state == INTERRUPTED else "FAILED"]])
 
 
-def _warn_if_queued(plan: dict, ledger: MlflowLedger, send: bool = True) -> None:
+def _warn_if_queued(plan: SearchPlan, ledger: MlflowLedger, send: bool = True) -> None:
     waiting = ledger.flush() if send else ledger.queued()
     if waiting:
         print(f"warning: MLflow unreachable; {waiting} operation(s) not logged, kept in "
-              f"{plan['state_dir']}/mlflow_backlog.jsonl; `--resume --name {plan['name']}` sends them", flush=True)
+              f"{plan.state_dir}/mlflow_backlog.jsonl; `--resume --name {plan.name}` sends them", flush=True)
 
 
-def _interrupted(plan: dict, record, ledger, stop: SearchInterrupted) -> int:
+def _interrupted(plan: SearchPlan, record, ledger, stop: SearchInterrupted) -> int:
     with CURRENT.during(Phase.CLEANUP):
-        print(f"== search {plan['name']} interrupted by {stop}: state saved, no final report "
-              f"(unfinished trials and the report run on resume)\nresume with: {plan['resume_command']}", flush=True)
+        print(f"== search {plan.name} interrupted by {stop}: state saved, no final report "
+              f"(unfinished trials and the report run on resume)\nresume with: {plan.resume_command}", flush=True)
         _end(plan, record, ledger, INTERRUPTED, {}, str(stop))
         if ledger is not None:
             _warn_if_queued(plan, ledger, send=False)
     return stop.exit_code
 
 
-def run_search(plan: dict) -> int:
+def run_search(plan: SearchPlan) -> int:
     started = time.time()
-    lock, record, ledger = SearchLock(plan["state_dir"]), None, None
+    lock, record, ledger = SearchLock(plan.state_dir), None, None
     try:
         with CURRENT.during(Phase.DEFER):
             record = _open_record(plan, lock)
-            ledger = MlflowLedger(plan["mlflow_uri"], EXPERIMENT, plan["name"], record.search_id,
-                                  plan["state_dir"], plan["artifact_location"])
+            ledger = MlflowLedger(plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id,
+                                  plan.state_dir, plan.artifact_location)
         return _drive(plan, record, ledger, started)
     except SearchInterrupted as stop:
         return _interrupted(plan, record, ledger, stop)
     except UsageError:
         # Bad input found late (the search's lock, the cluster's size): a new search that wrote
         # only its record leaves nothing behind, so the same command works once fixed.
-        if plan["record"] is None and record is not None:
-            _forget_new_search(plan["state_dir"])
+        if plan.record is None and record is not None:
+            _forget_new_search(plan.state_dir)
         raise
     except Exception as exc:
         stop = raised_by_signal(exc)
@@ -268,9 +269,9 @@ def run_search(plan: dict) -> int:
             first = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
             _end(plan, record, ledger, FAILED, {"error": first}, "driver failed")
             if not is_no_space(exc):
-                print(f"the search failed; after fixing the cause: {plan['resume_command']}", flush=True)
+                print(f"the search failed; after fixing the cause: {plan.resume_command}", flush=True)
                 raise
-            print(f"error: disk full ({no_space(exc)}); free some space, then: {plan['resume_command']}", flush=True)
+            print(f"error: disk full ({no_space(exc)}); free some space, then: {plan.resume_command}", flush=True)
         return 1
     finally:
         with CURRENT.during(Phase.CLEANUP):
@@ -285,21 +286,21 @@ def _forget_new_search(state_dir) -> None:
         state_dir.rmdir()
 
 
-def already_finished(plan: dict) -> int:
+def already_finished(plan: SearchPlan) -> int:
     """--resume of a finished search without more trials: change nothing (but send what MLflow
     has not taken yet)."""
-    record: SearchRecord = plan["record"]
-    lock = SearchLock(plan["state_dir"])
+    record: SearchRecord = plan.record
+    lock = SearchLock(plan.state_dir)
     lock.acquire()
     try:
-        ledger = MlflowLedger(plan["mlflow_uri"], EXPERIMENT, plan["name"], record.search_id, plan["state_dir"],
-                              plan["artifact_location"])
+        ledger = MlflowLedger(plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir,
+                              plan.artifact_location)
         waiting = ledger.flush() if ledger.queued() else 0
     finally:
         lock.release()
-    print(f"search {plan['name']} already finished ({record.num_samples} trials, final report logged); "
-          f"nothing to do. Best soft prompt: {plan['state_dir'] / 'best_adapter'}. To add trials: "
-          f"{plan['resume_command']} --num-samples N (N > {record.num_samples})", flush=True)
+    print(f"search {plan.name} already finished ({record.num_samples} trials, final report logged); "
+          f"nothing to do. Best soft prompt: {plan.state_dir / 'best_adapter'}. To add trials: "
+          f"{plan.resume_command} --num-samples N (N > {record.num_samples})", flush=True)
     if waiting:
         print(f"warning: MLflow unreachable; {waiting} operation(s) still queued", flush=True)
     return 0

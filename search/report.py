@@ -19,8 +19,8 @@ from search.baselines import HardBaseline, candidates, rate, select_and_test, te
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
 from trainable.data import problems_for
-from trainable.errors import shown
-from trainable.trial import ADAPTER_DIR
+from softprompt_cli.errors import shown
+from trainable.checkpoint import adapter_dir
 
 
 def paired_bootstrap_ci(treated: list[bool], baseline: list[bool], resamples: int = 10_000,
@@ -46,7 +46,7 @@ def _loaded(spec: SpaceSpec, params: dict):
 
 @ray.remote
 def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor] | None) -> list[dict]:
-    from trainable.evaluation import evaluate_problems
+    from trainable.generate_and_score import evaluate_problems
     from trainable.softprompt import prompt_input
 
     config, loaded = _loaded(spec, params)
@@ -168,7 +168,7 @@ def score_arms(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple
     from trainable.softprompt import load_prompt
 
     resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
-    prompt = load_prompt(Path(checkpoint_dir) / ADAPTER_DIR, "best_adapter")
+    prompt = load_prompt(adapter_dir(checkpoint_dir), "best_adapter")
     best = _score_test.options(**resources).remote(spec, best_params, prompt)
     baseline = _score_test.options(**resources).remote(spec, best_params, None)
     hard = _hard_baseline.options(**resources).remote(spec, best_params)
@@ -179,7 +179,7 @@ def copy_adapter(checkpoint_dir: str, out_dir: Path) -> Path:
     import shutil
 
     shutil.rmtree(out_dir, ignore_errors=True)
-    shutil.copytree(Path(checkpoint_dir) / ADAPTER_DIR, out_dir)
+    shutil.copytree(adapter_dir(checkpoint_dir), out_dir)
     return out_dir
 
 

@@ -15,10 +15,14 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from search.callbacks import mlflow_params, state_of
-from trainable.cli import OneLineParser, run_main
-from trainable.errors import field_error
+from softprompt_cli.commands import OneLineParser, run_main
+from softprompt_cli.errors import field_error
+
+if TYPE_CHECKING:
+    from search.plan import SearchPlan
 
 REPORT_FILES = ("final_report.json", "trials.json", "run_info.json")
 DTYPE_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8")
@@ -60,17 +64,17 @@ def trial_record(result, max_epochs: int, params_of=dict) -> dict:
             "error": str(result.error).splitlines()[0][:300] if result.error else None}
 
 
-def write_run_record(out: Path, plan: dict, report, results, wall_s: float) -> None:
+def write_run_record(out: Path, plan: SearchPlan, report, results, wall_s: float, distill: dict | None) -> None:
     """report/final_report.json, trials.json, run_info.json: all RESULTS.md needs, on disk."""
     from search.provenance import provenance
 
-    spec = plan["spec"]
+    spec = plan.spec
     dtypes = sorted({(r.metrics or {}).get("dtype") for r in results} - {None})
     reasons = sorted({(r.metrics or {}).get("dtype_reason") for r in results} - {None})
-    info = {"search": plan["name"], "command": provenance()["command"], "git_sha": provenance()["git_sha"],
+    info = {"search": plan.name, "command": provenance()["command"], "git_sha": provenance()["git_sha"],
             "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() - wall_s)),
             "wall_s": round(wall_s, 1), "machine": machine_info(), "space": spec.to_dict(),
-            "dtype": dtypes, "dtype_reason": reasons, "distill": plan.get("distill")}
+            "dtype": dtypes, "dtype_reason": reasons, "distill": distill}
     (out / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
     trials = [trial_record(r, spec.budget.max_epochs, spec.trial_params) for r in results]
     (out / "trials.json").write_text(json.dumps(trials, indent=1))

@@ -15,16 +15,18 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from search.checks import (check_data, check_local_resources, check_mlflow_uri, check_model, check_name,
                            check_sandbox, check_storage, check_warm_starts, check_writable_dir, is_no_space,
                            is_no_space_message, sqlite_path)
 from search.interrupt import CURRENT, SearchInterrupted
+from search.plan import SearchPlan
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
-from trainable.cli import OneLineParser, run_main
-from trainable.errors import abbreviated, field_error
+from softprompt_cli.commands import OneLineParser, run_main
+from softprompt_cli.errors import abbreviated, field_error
 
 DEFAULT_STORAGE = "./runs"
 # Options that a resume command repeats when they were given (--name and --resume are added).
@@ -48,7 +50,7 @@ def _parser() -> OneLineParser:
     return p
 
 
-def _resolve(args) -> dict:
+def _resolve(args) -> SearchPlan:
     """Every check that can fail on user input, before Ray starts. Returns the plan."""
     spec = load_space(args.space).with_overrides(model=args.model, num_samples=args.num_samples,
                                                   max_concurrent=args.max_concurrent)
@@ -61,14 +63,14 @@ def _resolve(args) -> dict:
         raise field_error("--name", None, "the name of the search to resume (a directory under the storage)")
     name = check_name(args.name or _default_name(spec.name, local_root))
     mlflow_uri = args.mlflow_uri or f"sqlite:///{local_root / 'mlflow.db'}"
-    plan = {"spec": spec, "storage": storage, "name": name, "experiment_path": f"{storage.rstrip('/')}/{name}",
-            "state_dir": local_root / name, "mlflow_uri": mlflow_uri, "default_mlflow": not args.mlflow_uri,
-            "artifact_location": _artifact_location(mlflow_uri), "address": args.address,
-            "resume_command": resume_command(args, name), "record": None}
+    plan = SearchPlan(spec=spec, storage=storage, name=name, experiment_path=f"{storage.rstrip('/')}/{name}",
+                      state_dir=local_root / name, mlflow_uri=mlflow_uri, default_mlflow=not args.mlflow_uri,
+                      artifact_location=_artifact_location(mlflow_uri), address=args.address,
+                      resume_command=resume_command(args, name))
     if args.resume:
-        plan["record"] = _resumable(plan)
-    elif plan["state_dir"].exists() or ("://" in storage and _can_restore(plan["experiment_path"])):
-        raise _name_taken(name, f"{plan['state_dir'] if plan['state_dir'].exists() else plan['experiment_path']} "
+        plan = replace(plan, record=_resumable(plan))
+    elif plan.state_dir.exists() or ("://" in storage and _can_restore(plan.experiment_path)):
+        raise _name_taken(name, f"{plan.state_dir if plan.state_dir.exists() else plan.experiment_path} "
                                 "holds a search")
     return plan
 
@@ -108,18 +110,18 @@ def _name_taken(name: str, where: str):
                                        "or choose another --name)")
 
 
-def _resumable(plan: dict) -> SearchRecord:
+def _resumable(plan: SearchPlan) -> SearchRecord:
     """The record of the search --resume names, if this run may continue it."""
-    record = SearchRecord.load(plan["state_dir"])
+    record = SearchRecord.load(plan.state_dir)
     if record is None:
-        what = (f"a search started with its record {plan['state_dir']}/search.json (this one has none)"
-                if _can_restore(plan["experiment_path"])
-                else f"a search to resume (nothing resumable at {plan['experiment_path']})")
-        raise field_error("--name", plan["name"], what)
-    if SearchLock(plan["state_dir"]).held_elsewhere():
-        raise field_error("--name", plan["name"], "a search that is not running now (another driver holds "
-                          f"{plan['state_dir']}/search.lock)")
-    check_resumable(record, plan["spec"], plan["mlflow_uri"])
+        what = (f"a search started with its record {plan.state_dir}/search.json (this one has none)"
+                if _can_restore(plan.experiment_path)
+                else f"a search to resume (nothing resumable at {plan.experiment_path})")
+        raise field_error("--name", plan.name, what)
+    if SearchLock(plan.state_dir).held_elsewhere():
+        raise field_error("--name", plan.name, "a search that is not running now (another driver holds "
+                          f"{plan.state_dir}/search.lock)")
+    check_resumable(record, plan.spec, plan.mlflow_uri)
     return record
 
 
@@ -134,12 +136,12 @@ def resume_command(args, name: str) -> str:
     return shlex.join(out + ["--resume", "--name", name])
 
 
-def _print_plan(plan: dict) -> None:
-    shown_space = _abbreviated(plan["spec"].to_dict())
-    shown = {"search": plan["name"], "space": shown_space, "storage": plan["experiment_path"],
-             "mlflow_uri": plan["mlflow_uri"], "ray_address": plan["address"] or "local (in-process)"}
-    if plan["record"] is not None:
-        shown["resuming"] = {"search_id": plan["record"].search_id, "state": plan["record"].state}
+def _print_plan(plan: SearchPlan) -> None:
+    shown_space = _abbreviated(plan.spec.to_dict())
+    shown = {"search": plan.name, "space": shown_space, "storage": plan.experiment_path,
+             "mlflow_uri": plan.mlflow_uri, "ray_address": plan.address or "local (in-process)"}
+    if plan.record is not None:
+        shown["resuming"] = {"search_id": plan.record.search_id, "state": plan.record.state}
     print("resolved configuration:\n" + json.dumps(shown, indent=2, default=str), flush=True)
 
 
@@ -203,18 +205,18 @@ def _main(argv: list[str] | None) -> int:
     _print_plan(plan)
     # Checks of the world outside the command line, after the plan is shown.
     if not args.address:  # on a cluster, the nodes that run trials check for themselves
-        check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu)
+        check_local_resources(plan.spec.resources.cpu, plan.spec.resources.gpu)
         check_sandbox()
-    check_mlflow_uri(plan["mlflow_uri"], create_dir=plan["default_mlflow"])
-    check_data(plan["spec"])  # cheap file checks before warm starts (which may convert the bundled model)
-    check_warm_starts(plan["spec"], check_model(plan["spec"].model))
-    if plan["record"] is None:
+    check_mlflow_uri(plan.mlflow_uri, create_dir=plan.default_mlflow)
+    check_data(plan.spec)  # cheap file checks before warm starts (which may convert the bundled model)
+    check_warm_starts(plan.spec, check_model(plan.spec.model))
+    if plan.record is None:
         _check_name_unused_in_mlflow(plan)
     if args.dry_run:
         print("dry run: configuration valid; no trial started")
         return 0
-    record = plan["record"]
-    if record is not None and record.state == FINISHED and plan["spec"].budget.num_samples == record.num_samples:
+    record = plan.record
+    if record is not None and record.state == FINISHED and plan.spec.budget.num_samples == record.num_samples:
         from search.driver import already_finished
 
         return already_finished(plan)
@@ -224,12 +226,12 @@ def _main(argv: list[str] | None) -> int:
     return run_search(plan)
 
 
-def _check_name_unused_in_mlflow(plan: dict) -> None:
+def _check_name_unused_in_mlflow(plan: SearchPlan) -> None:
     from search.tracking import search_name_taken
 
     _quiet_libraries()
-    if search_name_taken(plan["mlflow_uri"], plan["name"]):
-        raise _name_taken(plan["name"], f"MLflow at {plan['mlflow_uri']} has runs of a search of that name")
+    if search_name_taken(plan.mlflow_uri, plan.name):
+        raise _name_taken(plan.name, f"MLflow at {plan.mlflow_uri} has runs of a search of that name")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from spaces import SpaceSpec
-from trainable.errors import UsageError, field_error, shown
+from softprompt_cli.errors import UsageError, field_error, shown
 
 RECORD_FILE = "search.json"
 LOCK_FILE = "search.lock"
@@ -145,9 +145,9 @@ def check_resumable(record: SearchRecord, spec: SpaceSpec, mlflow_uri: str) -> N
     """One line naming what differs, if --resume would change what the results mean."""
     changed = differences(record.identity, identity(spec))
     if changed:
-        raise UsageError(f"--resume: got a different search than {record.name!r} was started with "
-                         f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''}), expected the "
-                         f"same space and model; only {SAFE_TO_CHANGE} may change on --resume")
+        raise UsageError("--resume", None, f"the same space and model; only {SAFE_TO_CHANGE} may change on --resume",
+                         got=f"a different search than {record.name!r} was started with "
+                             f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''})")
     if spec.budget.num_samples < record.num_samples:
         raise field_error("--num-samples", spec.budget.num_samples,
                           f"at least {record.num_samples} (the trials search {record.name!r} was started with)")

@@ -16,7 +16,7 @@ from search.callbacks import ConsoleCallback, MlflowCallback
 from search.interrupt import TuneInterrupt
 from search.searcher import build_searcher, study_storage_url
 from search.tracking import MlflowLedger
-from search.trainable import train_soft_prompt
+from search.tune_trial import train_soft_prompt
 from spaces import SpaceSpec
 from trainable.trial import OBJECTIVE
 

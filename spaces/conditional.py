@@ -17,8 +17,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from spaces.distribution import Distribution
-from spaces.paths import check_mapping, child
-from trainable.errors import field_error
+from spaces.key_paths import check_mapping, child
+from softprompt_cli.errors import field_error
 from trainable.methods import METHODS, applies
 
 

@@ -9,8 +9,8 @@ import math
 from dataclasses import dataclass
 from enum import Enum
 
-from spaces.paths import check_mapping, under
-from trainable.errors import field_error
+from spaces.key_paths import check_mapping, under
+from softprompt_cli.errors import field_error
 
 
 class DistKind(str, Enum):

@@ -18,10 +18,11 @@ from pathlib import Path
 import yaml
 
 from spaces.conditional import parse_searched
-from spaces.paths import check_mapping
+from spaces.key_paths import check_mapping
 from spaces.spec import Budget, Resources, SpaceSpec, check_train_field
+from trainable.config import run_defaults
 from trainable.data import DataSplit
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 SPACES_DIR = Path(__file__).resolve().parent
 # Every YAML file here is a shipped space (and is loaded by tests/test_spaces.py).
@@ -119,7 +120,7 @@ def _yaml_error(path: Path, err: yaml.YAMLError) -> UsageError:
     mark = getattr(err, "problem_mark", None)
     at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
     problem = " ".join(str(getattr(err, "problem", None) or err).split())  # one line
-    return UsageError(f"{path}: got invalid YAML{at} ({problem}), expected valid YAML")
+    return UsageError(str(path), None, "valid YAML", got=f"invalid YAML{at} ({problem})")
 
 
 def _read(path: Path, field: str, ref) -> dict:
@@ -136,10 +137,10 @@ def _read(path: Path, field: str, ref) -> dict:
     except yaml.YAMLError as err:
         raise _yaml_error(path, err) from None
     except RecursionError:
-        raise UsageError(f"{path}: got YAML nested too deeply, expected a space file") from None
+        raise UsageError(str(path), None, "a space file", got="YAML nested too deeply") from None
     if not isinstance(raw, dict):
         what = "an empty file" if raw is None else f"a YAML {type(raw).__name__} ({raw!r:.60})"
-        raise UsageError(f"{path}: got {what}, expected a mapping with keys {', '.join(TOP_KEYS)}")
+        raise UsageError(str(path), raw, f"a mapping with keys {', '.join(TOP_KEYS)}", got=what)
     return raw
 
 
@@ -151,10 +152,10 @@ def _load_yaml(text: str, path: Path):
             return None
         size = _count_values(node, MAX_VALUES)
         if size < 0:
-            raise UsageError(f"{path}: got a YAML alias that contains itself, expected a space file")
+            raise UsageError(str(path), None, "a space file", got="a YAML alias that contains itself")
         if size > MAX_VALUES:
-            raise UsageError(f"{path}: got YAML that expands to more than {MAX_VALUES} values (through "
-                             "aliases), expected a space file")
+            raise UsageError(str(path), None, "a space file",
+                             got=f"YAML that expands to more than {MAX_VALUES} values (through aliases)")
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -169,8 +170,9 @@ def merge(base: dict, over: dict, path: tuple = ()) -> dict:
         whole = len(here) == 2 and here[0] == "search"
         if value is None:
             out.pop(key, None)
-        elif isinstance(value, dict) and isinstance(out.get(key), dict) and not whole:
-            out[key] = merge(out[key], value, here)
+        elif isinstance(value, dict) and not whole:
+            # Onto an empty mapping where the base has none: its nulls delete nothing, and go.
+            out[key] = merge(out[key] if isinstance(out.get(key), dict) else {}, value, here)
         else:
             out[key] = value
     return out
@@ -199,6 +201,13 @@ def _train_fields(raw, section: str) -> dict:
     return raw
 
 
+def _with_run_defaults(fixed: dict, search: dict) -> dict:
+    """`fixed` over TrainConfig's run defaults (the one home of those values), less the searched
+    ones: the resolved space names every value a trial runs with, as when the YAML restated them."""
+    defaults = {key: value for key, value in run_defaults().items() if key not in search}
+    return {**defaults, **fixed}
+
+
 def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
     """A resolved mapping (bases already merged) as a validated `SpaceSpec`."""
     check_mapping(raw, "", TOP_KEYS, REQUIRED_KEYS)
@@ -206,7 +215,7 @@ def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
         key: parse_searched(value, f"search.{key}")
         for key, value in _train_fields(raw["search"], "search").items()
     }
-    fixed = _train_fields(raw.get("fixed", {}), "fixed")
+    fixed = _with_run_defaults(_train_fields(raw.get("fixed", {}), "fixed"), search)
     data = check_mapping(raw["data"], "data", DATA_KEYS, DATA_REQUIRED)
     budget = check_mapping(raw["budget"], "budget", BUDGET_KEYS, BUDGET_KEYS)
     resources = check_mapping(raw["resources"], "resources", RESOURCE_KEYS, RESOURCE_KEYS)

@@ -12,10 +12,10 @@ from typing import Any
 
 from spaces.conditional import PerMethod, check_methods_can_use, sampled_for
 from spaces.distribution import CONTINUOUS, DistKind, Distribution, is_number
-from spaces.paths import renamed, unknown_key
+from spaces.key_paths import renamed, unknown_key
 from trainable.config import ADAPTER_PREFIX, TrainConfig
 from trainable.data import DataSplit
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, applies, method_list
 
 # Set by the budget (ASHA's max_t): a trial trains for at most budget.max_epochs epochs.
@@ -186,11 +186,11 @@ class SpaceSpec:
         try:
             TrainConfig(**values)
         except UsageError as err:
-            field = str(err).partition(":")[0]
+            field = err.field
             path = paths.get(field) or (f"fixed.{field}" if field in self.fixed else field)
             context = ", ".join(f"{paths[f]} = {values[f]!r}" for f in paths
                                 if f != field and f in (METHOD, "init", *SHAPE_FIELDS))
-            raise UsageError(str(renamed(err, field, path)) + (f" (with {context})" if context else "")) from None
+            raise renamed(err, field, path).noted(f" (with {context})" if context else "") from None
 
     def _check_train_configs(self, method: str) -> None:
         """For a trial of `method`: fixed values with each searched field's first candidate, then
@@ -252,7 +252,7 @@ class SpaceSpec:
                 raise unknown_key(f"params.{name}", name, list(expected))
         for name in expected:
             if name not in params:
-                raise UsageError(f"params.{name}: got no value, expected a sample of search.{name}")
+                raise UsageError(f"params.{name}", None, f"a sample of search.{name}", got="no value")
         values = {**self.fixed_for(method), **{key: params[name] for name, key in expected.items()}}
         return TrainConfig.from_dict({**values, EPOCHS: self.budget.max_epochs}, "params.")
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from trainable import bundled
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 INSTALL = "pip install --no-deps --require-hashes -r requirements-bundled.txt"
 

@@ -10,7 +10,7 @@ import torch
 
 from spaces import load_space
 from trainable.config import TrainConfig
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 OBJECTIVE = "objective"
 

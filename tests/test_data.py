@@ -5,7 +5,7 @@ import pytest
 from spaces import SHIPPED_SPACES, load_space
 from trainable import mbpp
 from trainable.data import SOURCES, DataSplit, allocate, drawn, load_problems, problems_for, split_task_ids
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 needs_mbpp = pytest.mark.skipif(not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
 

@@ -21,9 +21,9 @@ from trainable import data as data_module
 from trainable import mbpp, model as model_module
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, DistillSettings
+from softprompt_cli.errors import UsageError
 from trainable.distill import (cache_file, cached_targets, distill, ensure_targets, model_sha256, read_pinned,
                                training_items, verified_targets)
-from trainable.errors import UsageError
 from trainable.model import resolve_model_ref
 from trainable.trial import Trial
 

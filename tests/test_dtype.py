@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainable.config import TrainConfig
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.model import choose_dtype, cpu_flags, dtype_rule
 
 SAPPHIRE_RAPIDS = {"avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8"}

@@ -1,4 +1,4 @@
-"""`python -m trainable.evaluate`: the contract of DESIGN.md, through the real command line."""
+"""`python -m trainable.evaluate`: the contract of docs/DESIGN.md, through the real command line."""
 import json
 import subprocess
 import sys
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from trainable.config import TrainConfig
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "known_answer_samples.jsonl"
 

@@ -8,7 +8,7 @@ import torch
 
 from trainable import evaluate, interpolate
 from trainable.config import TrainConfig
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.softprompt import SoftPrompt
 
 

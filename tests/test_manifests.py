@@ -1,7 +1,7 @@
 """Offline validation of k8s/: built-in kinds against Kubernetes JSON schemas (strict, via the
 `kubernetes-validate` package), RayJob/RayCluster against JSON schemas converted from the KubeRay
 v1.7.0 CRDs kept in tests/k8s_schemas/. Plus the project's own rules: no literal secrets, no
-exposed Ray ports, the RayJob/MLflow contracts of DESIGN.md.
+exposed Ray ports, the RayJob/MLflow contracts of docs/DESIGN.md.
 """
 from __future__ import annotations
 

@@ -17,7 +17,7 @@ import pytest
 
 from trainable import mbpp
 from trainable.data import load_problems as humaneval_problems
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.score import score_samples
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mbpp_sample.json"

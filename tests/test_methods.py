@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from trainable.adapter import ENCODER_FILE, WEIGHTS_FILE, model_dims
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, problems_for
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.inputs import Prefix, left_padded
 from trainable.softprompt import SoftPrompt, use_prompt
 from trainable.tiny import tiny_model

@@ -115,7 +115,7 @@ def test_results_markdown_has_every_part(tmp_path):
 
 
 def test_results_of_an_unfinished_search_is_one_line(tmp_path):
-    from trainable.errors import UsageError
+    from softprompt_cli.errors import UsageError
 
     (tmp_path / "s2").mkdir()
     with pytest.raises(UsageError, match=r"^search: got .*no report/final_report.json"):

@@ -15,7 +15,7 @@ import pytest
 
 from trainable import sandbox
 from trainable.data import load_problems
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.sandbox import Program, SandboxUnavailable, run_programs, sandbox_mode
 from trainable.sandbox_filters import ARCHES, seccomp_program
 from trainable.score import build_program
@@ -166,19 +166,19 @@ def test_bad_arguments_are_usage_errors(monkeypatch):
     with pytest.raises(UsageError, match="timeout_s"):
         run_programs(["pass"], timeout_s=0)
     with pytest.raises(UsageError, match="workers"):
-        run_programs(["pass"], workers=0)
+        run_programs(["pass"], timeout_s=5, workers=0)
     with pytest.raises(UsageError, match="sandbox mode"):
-        run_programs(["pass"], mode="docker")
+        run_programs(["pass"], timeout_s=5, mode="docker")
     with pytest.raises(UsageError, match=r"programs\[1\]"):
-        run_programs(["pass", 42])
+        run_programs(["pass", 42], timeout_s=5)
     with pytest.raises(UsageError, match=r"programs\[0\].entry_point"):
-        run_programs([Program("pass", CHECK_DOUBLES, None)])
+        run_programs([Program("pass", CHECK_DOUBLES, None)], timeout_s=5)
     monkeypatch.setenv(sandbox.MODE_ENV, "sandbox-of-sand")
     with pytest.raises(UsageError, match=r"SOFTPROMPT_SANDBOX.*got 'sandbox-of-sand'"):
         sandbox_mode()
     monkeypatch.setenv(sandbox.MODE_ENV, "rlimits")
     assert sandbox_mode() == "rlimits"
-    assert run_programs([]) == []
+    assert run_programs([], timeout_s=5) == []
 
 
 def test_without_bwrap_scoring_stops_unless_a_weaker_mode_is_named(monkeypatch):
@@ -190,11 +190,11 @@ def test_without_bwrap_scoring_stops_unless_a_weaker_mode_is_named(monkeypatch):
     sandbox._announce.cache_clear()
     try:
         with pytest.raises(SandboxUnavailable, match=r"bwrap is not installed.*SOFTPROMPT_SANDBOX=rlimits"):
-            run_programs(["pass"])
+            run_programs(["pass"], timeout_s=5)
         monkeypatch.setenv(sandbox.MODE_ENV, "rlimits")
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            assert run_programs(["pass"])[0].passed
+            assert run_programs(["pass"], timeout_s=5)[0].passed
         assert any("SANDBOX IS WEAKER" in str(w.message) for w in caught)
     finally:
         sandbox._probe.cache_clear()
@@ -332,7 +332,7 @@ def test_works_when_python_lives_under_tmp(tmp_path):
     script = ("import sys; sys.path[:0] = [sys.argv[1], *sys.argv[2:]]\n"
               "from trainable.sandbox import Program, run_programs, sandbox_mode\n"
               "r = run_programs([Program('def f(x):\\n    return 2 * x\\n', "
-              "'def check(f):\\n    assert f(2) == 4\\n', 'f')])\n"
+              "'def check(f):\\n    assert f(2) == 4\\n', 'f')], timeout_s=10)\n"
               "print(sandbox_mode(), r[0].status, sys.prefix)")
     site = [p for p in sys.path if p.endswith("site-packages")]
     env = {k: v for k, v in os.environ.items() if k != sandbox.MODE_ENV}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from trainable.data import load_problems
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 from trainable.score import pass_at_k, read_samples, score_file, score_samples
 
 sys.path.insert(0, os.path.dirname(__file__))
@@ -61,7 +61,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 def test_canonical_solutions_all_pass():
     samples = [{"task_id": task_id, "completion": problem["canonical_solution"]}
                for task_id, problem in load_problems().items()]
-    results = score_samples(samples)
+    results = score_samples(samples, timeout_s=TIMEOUT_S)
     failed = [(r["task_id"], r["result"]) for r in results if not r["passed"]]
     assert not failed
     assert pass_at_k(results) == {"pass@1": 1.0}
@@ -69,7 +69,7 @@ def test_canonical_solutions_all_pass():
 
 def test_empty_bodies_all_fail():
     samples = [{"task_id": task_id, "completion": "    pass\n"} for task_id in load_problems()]
-    results = score_samples(samples)
+    results = score_samples(samples, timeout_s=TIMEOUT_S)
     assert pass_at_k(results) == {"pass@1": 0.0}
     assert all(r["result"].startswith("failed: ") for r in results)
 
@@ -135,7 +135,7 @@ def test_pass_at_k_uses_the_unbiased_estimator_and_skips_large_k():
 
 def test_unknown_task_id_is_a_usage_error():
     with pytest.raises(UsageError, match=r"task_id: got 'HumanEval/999'"):
-        score_samples([{"task_id": "HumanEval/999", "completion": "    pass\n"}])
+        score_samples([{"task_id": "HumanEval/999", "completion": "    pass\n"}], timeout_s=TIMEOUT_S)
 
 
 @pytest.mark.parametrize("lines, match", [

@@ -16,7 +16,7 @@ import spaces
 from spaces import SHIPPED_SPACES, DistKind, Distribution, load_space
 from spaces.loader import SPACES_DIR
 from trainable.config import TrainConfig
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 SHIPPED_FILES = sorted(SPACES_DIR.glob("*.yaml"))
 

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 from trainable.methods import PEFT_TYPES, Method
 
 CONFIG_FILE = "adapter_config.json"

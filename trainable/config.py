@@ -9,7 +9,7 @@ from dataclasses import dataclass, fields
 from enum import Enum
 
 from trainable.adapter import config_mismatch, read_adapter_info
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, Method, method_list
 
 
@@ -77,6 +77,10 @@ def _check_positive(name: str, value, allow_zero: bool = False) -> None:
         raise field_error(name, value, "a number >= 0" if allow_zero else "a number > 0")
 
 
+# The one home of the run defaults (batch and sequence sizes, evaluation settings, dtype): the
+# CLIs' flag defaults read them from TrainConfig, spaces/default.yaml lists only what it changes
+# (nothing today) and the space loader fills the rest in (`run_defaults`), so a resolved space
+# still names every value a trial runs with. Library functions take these as required arguments.
 @dataclass(frozen=True)
 class TrainConfig:
     # prompt_tuning | p_tuning | prefix_tuning (see trainable.methods).
@@ -91,7 +95,7 @@ class TrainConfig:
     prefix_projection: int | None = None
     learning_rate: float = 3e-2
     epochs: int = 4
-    batch_size: int = 4
+    batch_size: int = 8
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
     weight_decay: float = 0.0
@@ -175,3 +179,15 @@ class TrainConfig:
         if unknown:
             raise field_error(f"{where}{unknown[0]}", unknown[0], "one of " + ", ".join(cls.field_names()))
         return cls(**values)
+
+
+# The settings a space holds fixed unless it searches them (spaces/default.yaml's `fixed`): not the
+# scientific parameters (method, length, init, learning rate, method-only ones), nor `epochs`
+# (a space's budget.max_epochs).
+RUN_SETTINGS = ("batch_size", "warmup_ratio", "max_grad_norm", "weight_decay", "max_length", "seed",
+                "max_new_tokens", "eval_batch_size", "sandbox_timeout_s", "dtype")
+
+
+def run_defaults() -> dict:
+    """TrainConfig's defaults of RUN_SETTINGS, in that order."""
+    return {name: getattr(TrainConfig, name) for name in RUN_SETTINGS}

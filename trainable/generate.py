@@ -138,8 +138,8 @@ def _greedy_batch(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt
     return texts, rows.tokens
 
 
-def generate(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None,
-             max_new_tokens: int = 300, batch_size: int = 8,
+def generate(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None, *,
+             max_new_tokens: int, batch_size: int,
              stats: GenerationStats | None = None, stops: list[Sequence[str] | None] | None = None,
              sampling: Sampling | None = None) -> list[str]:
     """Completions (greedy unless `sampling`), each cut at its first stop sequence (`stops[i]`,
@@ -147,12 +147,12 @@ def generate(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor 
 
     `soft_prompt`: virtual-token input embeddings [P, H] (prompt tuning, P-tuning) or a `Prefix`
     of key/values (prefix tuning), as `SoftPrompt.inputs()` gives them."""
-    return generate_with_tokens(loaded, prompts, soft_prompt, max_new_tokens, batch_size, stats,
-                                stops, sampling)[0]
+    return generate_with_tokens(loaded, prompts, soft_prompt, max_new_tokens=max_new_tokens,
+                                batch_size=batch_size, stats=stats, stops=stops, sampling=sampling)[0]
 
 
 def generate_with_tokens(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None,
-                         max_new_tokens: int = 300, batch_size: int = 8,
+                         *, max_new_tokens: int, batch_size: int,
                          stats: GenerationStats | None = None, stops: list[Sequence[str] | None] | None = None,
                          sampling: Sampling | None = None) -> tuple[list[str], list[list[int]]]:
     """Completions and the generated token ids (up to the stop), both in the order of `prompts`."""

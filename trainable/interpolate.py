@@ -15,9 +15,10 @@ import json
 from pathlib import Path
 
 from trainable.adapter import AdapterInfo, read_adapter_info
-from trainable.cli import OneLineParser, run_main
+from softprompt_cli.commands import OneLineParser, run_main
+from trainable.config import TrainConfig
 from trainable.data import SPLITS, problems_for
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 from trainable.evaluate import _data_split  # the same --data-sizes as `trainable.evaluate`
 
 
@@ -30,9 +31,9 @@ def _parser() -> OneLineParser:
     p.add_argument("--split", default="val", help="train | val | test | all (default val)")
     p.add_argument("--data-sizes", default=None, metavar="TRAIN,VAL,TEST", help="split sizes, as in the search space")
     p.add_argument("--limit", type=int, default=None, help="score only the first N problems")
-    p.add_argument("--max-new-tokens", type=int, default=300)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--timeout", type=float, default=10.0, help="sandbox seconds per program")
+    p.add_argument("--max-new-tokens", type=int, default=TrainConfig.max_new_tokens)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.eval_batch_size)
+    p.add_argument("--timeout", type=float, default=TrainConfig.sandbox_timeout_s, help="sandbox seconds per program")
     p.add_argument("--plot", default="interpolation.png", help="PNG of pass@1 against the weight")
     p.add_argument("--out", help="write every point's samples/results here (JSONL, with the weight)")
     return p
@@ -93,7 +94,7 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     info, _ = check_args(args)
-    from trainable.evaluation import evaluate_problems
+    from trainable.generate_and_score import evaluate_problems
     from trainable.model import load_model, resolve_model_ref
     from trainable.softprompt import check_fits, load_prompt, prompt_input
 

@@ -29,8 +29,8 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from trainable.cli import OneLineParser, run_main
-from trainable.errors import field_error
+from softprompt_cli.commands import OneLineParser, run_main
+from softprompt_cli.errors import field_error
 
 SOURCE = "mbpp"
 LICENSE = "CC-BY-4.0"

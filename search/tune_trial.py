@@ -5,20 +5,18 @@ optimizer state + the epoch's val completions, a few KB); a restarted trial resu
 """
 from __future__ import annotations
 
-import json
 import os
 import tempfile
-from pathlib import Path
 
 import ray
 import torch
 from ray import tune
 
 from spaces import SpaceSpec
+from trainable.checkpoint import write_completions
 from trainable.sandbox import sandbox_mode
 from trainable.trial import Trial
 
-COMPLETIONS_FILE = "val_completions.jsonl"
 # Fault injection for the fault-tolerance tests, e.g. "num_virtual_tokens=8@2": a trial whose
 # num_virtual_tokens is 8 raises at the start of epoch 2. Unset in normal use.
 FAULT_ENV = "SOFTPROMPT_INJECT_FAULT"
@@ -32,12 +30,6 @@ def _maybe_inject_fault(params: dict, epoch: int) -> None:
     key, value = condition.split("=", 1)
     if str(params.get(key)) == value and epoch == int(at_epoch):
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
-
-
-def _write_completions(out_dir: Path, samples: list[dict]) -> None:
-    with open(out_dir / COMPLETIONS_FILE, "w") as f:
-        for sample in samples:
-            f.write(json.dumps(sample) + "\n")
 
 
 def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None) -> None:
@@ -55,7 +47,7 @@ def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None
         result = trial.run_epoch()
         with tempfile.TemporaryDirectory() as out_dir:
             trial.save(out_dir)
-            _write_completions(Path(out_dir), trial.last_eval.samples)
+            write_completions(out_dir, trial.last_eval.samples)
             metrics = {**result.metrics(), "node_id": node_id, "sandbox_mode": sandbox_mode(),
                        "dtype": str(trial.loaded.dtype).removeprefix("torch."), "dtype_reason": trial.dtype_reason,
                        "val_source": spec.data.val.source, "train_examples": len(trial.examples)}

@@ -1,7 +1,7 @@
 """Key paths in error messages: every space error names where in the file it is.
 
 All messages keep the project's one format, ``FIELD: got VALUE, expected ALLOWED``
-(`trainable.errors.field_error`), with FIELD a dotted key path such as
+(`softprompt_cli.errors.field_error`), with FIELD a dotted key path such as
 ``search.num_virtual_tokens.choice[2]``.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 from contextlib import contextmanager
 
-from trainable.errors import UsageError, field_error
+from softprompt_cli.errors import UsageError, field_error
 
 
 def child(path: str, key) -> str:
@@ -22,7 +22,7 @@ def under(path: str):
     try:
         yield
     except UsageError as err:
-        raise UsageError(child(path, err)) from None
+        raise err.at(child(path, err.field)) from None
 
 
 def renamed(err: UsageError, field: str, path: str) -> UsageError:
@@ -31,8 +31,7 @@ def renamed(err: UsageError, field: str, path: str) -> UsageError:
     TrainConfig names bare fields (`num_virtual_tokens: ...`); the space knows where the value
     came from (`search.num_virtual_tokens.choice[2]`).
     """
-    head, sep, rest = str(err).partition(": ")
-    return UsageError(f"{path}: {rest}") if sep and head == field else err
+    return err.at(path) if err.field == field else err
 
 
 def check_mapping(raw, path: str, allowed, required=()) -> dict:
@@ -44,7 +43,7 @@ def check_mapping(raw, path: str, allowed, required=()) -> dict:
             raise unknown_key(child(path, key), key, allowed)
     for key in required:
         if key not in raw:
-            raise UsageError(f"{child(path, key)}: got no value, expected it to be set (required)")
+            raise UsageError(child(path, key), None, "it to be set (required)", got="no value")
     return raw
 
 

@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import Callable, NoReturn
 
-from trainable.errors import UsageError
+from softprompt_cli.errors import UsageError
 
 
 class OneLineParser(argparse.ArgumentParser):
