@@ -1,6 +1,7 @@
 """SIGINT/SIGTERM handling pieces with real signals, no search: the phases of
 `search.interrupt`, the SIGTERM mask Ray's processes inherit, the resume command, and a canary
-for the Tune internals we rely on (ray 2.60): it fails on an upgrade before a search does.
+for the Tune internals we rely on (search/private_apis.py lists them): it fails on an upgrade
+before a search does.
 
     .venv/bin/pytest tests/test_interrupt.py -q
 """
