@@ -14,8 +14,9 @@ real objects, so an upgrade that moves one of them fails there before a search d
 
 Behaviours (not attributes) of the same packages that the code relies on, each with its own test:
 Tune's SIGUSR1 graceful stop (search/interrupt.py, tests/test_interrupt.py); the logger names
-whose messages the console drops (search/run.py `_quiet_libraries`); token auth as k8s/README.md
-describes it (tests/test_cluster.py, integration tier).
+whose messages the console drops, with the messages' prefixes (search/run.py `_quiet_libraries`,
+tests/test_private_apis.py); token auth as k8s/README.md describes it (tests/test_cluster.py,
+integration tier).
 """
 from __future__ import annotations
 
