@@ -30,10 +30,11 @@ from enum import Enum
 from ray import tune
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Tune (ray 2.60, ray/tune/tune.py `_setup_signal_catching`) installs one handler for SIGINT
-# and SIGUSR1 while `fit()` runs; calling it is Tune's own graceful stop. We keep SIGINT for
-# ourselves (TUNE_DISABLE_SIGINT_HANDLER=1) and reach Tune through its SIGUSR1 handler, which
-# it installs even then. tests/test_interrupt.py fails if a Ray upgrade changes this.
+# Tune (ray/tune/tune.py `_setup_signal_catching`, in the ray of search.private_apis.READ_FROM)
+# installs one handler for SIGINT and SIGUSR1 while `fit()` runs; calling it is Tune's own
+# graceful stop. We keep SIGINT for ourselves (TUNE_DISABLE_SIGINT_HANDLER=1) and reach Tune
+# through its SIGUSR1 handler, which it installs even then. tests/test_interrupt.py fails if a
+# Ray upgrade changes this.
 TUNE_STOP_SIGNAL = signal.SIGUSR1
 TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 

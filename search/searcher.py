@@ -16,6 +16,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from search import private_apis
 from spaces import DistKind, Distribution, SpaceSpec
 from spaces.spec import METHOD
 from trainable.trial import OBJECTIVE
@@ -56,17 +57,22 @@ class ConditionalSpace:
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
+    """Ray's OptunaSearch, plus: ASHA-stopped trials told as PRUNED, the Ray trial id on each
+    Optuna trial, and a resumed search that hands out the trials its snapshot missed. What it
+    reads of Ray's and Optuna's internals goes through `search.private_apis`."""
+
     def __init__(self, *args, max_epochs: int, **kwargs):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
 
     def suggest(self, trial_id: str):
-        if trial_id not in self._ot_trials:
+        ot_trials = private_apis.optuna_trials(self)
+        if trial_id not in ot_trials:
             unclaimed = self._unclaimed_trial()
             if unclaimed is not None:
-                self._ot_trials[trial_id] = unclaimed
+                ot_trials[trial_id] = unclaimed
         params = super().suggest(trial_id)
-        ot_trial = self._ot_trials.get(trial_id)
+        ot_trial = ot_trials.get(trial_id)
         if ot_trial is not None:  # lets MLflow and the dashboard link Ray and Optuna trials
             ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
         return params
@@ -75,13 +81,14 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         """An Optuna trial asked for after Tune's last experiment snapshot: the driver died
         before Tune recorded it, so a resumed search would ask for a new one and end with more
         trials than `num_samples`. Hand its configuration out again instead."""
-        known = {ot.number for ot in self._ot_trials.values()}
-        for frozen in self._ot_study.get_trials(deepcopy=False):
+        known = {ot.number for ot in private_apis.optuna_trials(self).values()}
+        study = private_apis.optuna_study(self)
+        for frozen in study.get_trials(deepcopy=False):
             if frozen.number not in known and frozen.state in (TrialState.RUNNING, TrialState.COMPLETE,
                                                                 TrialState.PRUNED):
                 # Killed between `ask` and its last param write? The define-by-run space samples
                 # what is missing and returns the values the trial already has.
-                return optuna.trial.Trial(self._ot_study, frozen._trial_id)
+                return private_apis.reopen_trial(study, frozen)
         return None
 
     def on_trial_result(self, trial_id: str, result: dict):
@@ -91,24 +98,25 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             pass  # see on_trial_complete: a resumed search replays what the study already has
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        ot_trials, told = private_apis.optuna_trials(self), private_apis.told_trials(self)
+        if trial_id in told or trial_id not in ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         try:
             if not error and result and self.metric in result:
                 # Tune passes a trial's last result here, never to on_trial_result: without this
                 # Optuna would miss the epoch at which the trial ended.
-                self._ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
+                ot_trials[trial_id].report(result[self.metric], result["training_iteration"])
         except UpdateFinishedTrialError:
             # Told before the driver died, after Tune's last experiment checkpoint: a resumed
             # search reports it again. The study already has it; telling twice would fail.
-            self._completed_trials.add(trial_id)
+            told.add(trial_id)
             return None
         stopped_early = (not error and result is not None
                          and result.get("training_iteration", self._max_epochs) < self._max_epochs)
         if not stopped_early:
             return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-        self._completed_trials.add(trial_id)
+        private_apis.optuna_study(self).tell(ot_trials[trial_id], state=TrialState.PRUNED)
+        told.add(trial_id)
 
 
 def study_storage_url(state_dir) -> str:

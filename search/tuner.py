@@ -12,6 +12,7 @@ from ray.tune import ResumeConfig
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 
+from search import private_apis
 from search.callbacks import ConsoleCallback, MlflowCallback
 from search.interrupt import TuneInterrupt
 from search.searcher import build_searcher, study_storage_url
@@ -23,8 +24,8 @@ from trainable.trial import OBJECTIVE
 MAX_TRIAL_FAILURES = 2  # a trial killed mid-epoch restarts from its last checkpoint
 # What Tuner.restore(resume_unfinished=True, resume_errored=True) does: unfinished trials go on
 # from their checkpoints, errored ones are retried, so an interrupted search ends with every
-# trial terminal. Passed to tune.run through Tuner's `_tuner_kwargs` (ray 2.60), since
-# Tuner.restore keeps the callbacks and budget pickled by the first run.
+# trial terminal. Passed to a Tuner built like a new one (search.private_apis.tuner_resume_kwargs),
+# since Tuner.restore keeps the callbacks and budget pickled by the first run.
 RESUME = ResumeConfig(unfinished=ResumeConfig.ResumeType.RESUME, errored=ResumeConfig.ResumeType.RESUME)
 
 
@@ -37,10 +38,8 @@ class BudgetedSearch(SearchGenerator):
         self.budget = (num_samples, max_concurrent)
 
     def set_state(self, state: dict):
-        super().set_state(state)
         num_samples, max_concurrent = self.budget
-        if num_samples > self._total_samples:  # more trials asked for on --resume
-            self._total_samples, self._finished = num_samples, False
+        super().set_state(private_apis.grow_sample_budget(state, num_samples))  # more on --resume
         self.searcher.set_max_concurrency(max_concurrent)
 
 
@@ -83,7 +82,7 @@ def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: Mlf
             name=name, storage_path=storage, verbose=0, callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
         ),
-        _tuner_kwargs={"resume_config": RESUME} if resume else None,
+        **(private_apis.tuner_resume_kwargs(RESUME) if resume else {}),
     )
     return tuner, watch
 

@@ -12,40 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from helpers import REPO, MlflowServer, alive, free_ports
+
 BIN = Path(sys.executable).parent  # the venv's bin: ray, python
 RAY = str(BIN / "ray")
 MARKER_VAR = "SPS_TEST_MARKER"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> list[int]:
-    """n distinct free ports (held open together so that they differ)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def new_marker() -> str:
@@ -64,14 +42,6 @@ def base_env(marker: str, **extra: str) -> dict[str, str]:
 
 
 # -- processes ---------------------------------------------------------------------------------
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def marked_processes(marker: str) -> dict[int, str]:
     """Live processes whose environment carries our marker: pid -> command line."""
     needle = f"{MARKER_VAR}={marker}".encode()
@@ -80,7 +50,7 @@ def marked_processes(marker: str) -> dict[int, str]:
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0") and _alive(int(entry.name)):
+            if needle in (entry / "environ").read_bytes().split(b"\0") and alive(int(entry.name)):
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
                 found[int(entry.name)] = cmd.strip()[:200]
         except OSError:
@@ -172,32 +142,11 @@ def alive_nodes(env: dict, gcs_address: str) -> list[dict]:
 
 
 # -- MLflow server -------------------------------------------------------------------------------
-class MlflowServer:
-    def __init__(self, proc: subprocess.Popen, url: str, log: Path):
-        self.proc, self.url, self.log = proc, url, log
-
-    def stop(self) -> int | None:
-        return stop_process(self.proc, signal.SIGTERM, timeout=30)
-
-
 def start_mlflow_server(workdir: Path, backend_db: Path, artifacts: Path, env: dict, *args: str,
                         timeout: float = 90) -> MlflowServer:
-    """`python -m mlflow_server` on a free loopback port; returns once it printed its ready line."""
-    port = free_port()
-    log = workdir / f"mlflow-server-{port}.log"
-    cmd = [sys.executable, "-m", "mlflow_server", "--host", "127.0.0.1", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{backend_db}", "--artifacts-destination", str(artifacts), *args]
-    env = dict(env, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env, text=True, stdout=subprocess.PIPE,
-                            stderr=log.open("w"), stdin=subprocess.DEVNULL)
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=timeout)
-    except queue.Empty:
-        stop_process(proc)
-        raise RuntimeError(f"mlflow_server: no ready line in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-    if "ready at" not in line:
-        proc.wait(timeout=30)
-        raise RuntimeError(f"mlflow_server failed (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-    return MlflowServer(proc, line.split("ready at", 1)[1].strip(), log)
+    """`python -m mlflow_server` (tests/helpers.py) in `env`, which carries the test's marker;
+    returns once it printed its ready line."""
+    server = MlflowServer(workdir, *args, env=env, backend_db=backend_db, artifacts=artifacts)
+    server.START_TIMEOUT = timeout
+    server.start()
+    return server

@@ -1,24 +1,20 @@
 """Helpers for the fault-injection tests (`tests/test_faults.py`): searches run as background
 processes in their own session (so that the driver, Ray's node processes and the trial workers
-can be signalled by pid and reaped by process group, never by name), a real MLflow server that
-can be stopped and restarted on the same port, and readers for what Tune and MLflow stored.
+can be signalled by pid and reaped by process group, never by name), and readers for what Tune and
+MLflow stored. The MLflow server that goes away and comes back is tests/helpers.py's.
 """
 from __future__ import annotations
 
 import json
 import os
-import queue
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
-from search_helpers import REPO, metric_history, mlflow_runs, search_command, search_env
+from search_helpers import metric_history, mlflow_runs, search_command, search_env
 
 # The tiny-model space of `search_helpers.TINY_SPACE`, with every knob the fault tests turn:
 # the searched num_virtual_tokens values (the fault is keyed on one), the epoch length
@@ -53,12 +49,6 @@ def write_fault_space(tmp_path: Path, *, samples: int, epochs: int, tokens=(8,),
 
 
 # -- processes --------------------------------------------------------------------------------
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def process_session(pid: int) -> int | None:
     try:
@@ -192,77 +182,6 @@ def read_results(trial_dir: Path) -> list[dict]:
 
 def all_results(experiment_dir: Path) -> dict[str, list[dict]]:
     return {tid: read_results(d) for tid, d in trial_dirs(experiment_dir).items()}
-
-
-# -- a real MLflow server that can go away and come back ------------------------------------------
-
-def _server_env() -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_BACKEND"))}
-    env["PYTHONPATH"] = str(REPO)
-    return env
-
-
-class MlflowServer:
-    """`python -m mlflow_server` on a fixed port with a fixed sqlite store and artifact dir, so a
-    restart is the same server coming back. Stopped by its own pid (the supervisor stops its
-    process group)."""
-
-    START_TIMEOUT = 90
-
-    def __init__(self, workdir: Path, port: int | None = None):
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = port or free_port()
-        self.db = workdir / "mlflow.db"
-        self.artifacts = workdir / "artifacts"
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> float:
-        """Start and wait for the ready line; returns the seconds it took."""
-        self.starts += 1
-        log = self.workdir / f"server-{self.starts}.log"
-        cmd = [sys.executable, "-m", "mlflow_server", "--host", "127.0.0.1", "--port", str(self.port),
-               "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.artifacts)]
-        t0 = time.monotonic()
-        with open(log, "w") as err:
-            self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=_server_env(), text=True,
-                                         stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
-        lines: queue.Queue = queue.Queue()
-        proc = self.proc
-        threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-        try:
-            line = lines.get(timeout=self.START_TIMEOUT)
-        except queue.Empty:
-            self.stop()
-            raise AssertionError(f"MLflow server: no ready line in {self.START_TIMEOUT} s:\n{log.read_text()[-3000:]}")
-        if "ready at" not in line:
-            proc.wait(30)
-            raise AssertionError(f"MLflow server failed to start (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-        return time.monotonic() - t0
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self) -> int | None:
-        if not self.running():
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(30)
-
-    def port_closed(self) -> bool:
-        with socket.socket() as s:
-            s.settimeout(1)
-            return s.connect_ex(("127.0.0.1", self.port)) != 0
 
 
 # -- what MLflow stored -------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ routable IP for both, whatever --node-ip-address says; the job server listens on
 Each trial needs 1 CPU and the job's driver none, so two trials at a time must run on different
 nodes; nodes are told apart by Ray node id.
 
-Ray token authentication (Ray 2.60): a new local cluster turns token auth on when RAY_AUTH_MODE
+Ray token authentication (read from the pinned ray): a new local cluster turns token auth on when RAY_AUTH_MODE
 is unset and ~/.ray/auth_token exists, and then every `ray` command and every node must present
 the same token. This test never touches ~/.ray: every process it starts gets RAY_AUTH_MODE=token,
 a RAY_AUTH_TOKEN generated here, and HOME pointing into the test's own directory. On a real
@@ -42,6 +42,7 @@ import pytest
 
 from cluster_helpers import (BIN, REPO, RayNode, alive_nodes, base_env, free_ports, marked_processes,
                              new_marker, ray_cli, reap_marked, start_mlflow_server)
+from helpers import pinned
 from search_helpers import write_space
 
 pytestmark = pytest.mark.integration
@@ -72,7 +73,7 @@ def _get(url: str, auth: tuple[str, str] | None = None) -> int:
 def cluster(tmp_path):
     """A head + a worker node (1 CPU each) and an auth MLflow server; all stopped by PID after."""
     if importlib.util.find_spec("aiohttp_cors") is None:
-        pytest.fail("the Ray job server (dashboard) needs ray[default]: pip install 'ray[default,tune]==2.60.0'")
+        pytest.fail(f"the Ray job server (dashboard) needs ray[default]: pip install 'ray[default,tune]=={pinned('ray')}'")
     marker = new_marker()
     home = tmp_path / "home"
     home.mkdir()
@@ -124,7 +125,7 @@ def cluster(tmp_path):
 
 
 def _job_status(env: dict, dashboard: str, job_id: str) -> str:
-    """The job's status as `ray job status` prints it (Ray 2.60's wording, see
+    """The job's status as `ray job status` prints it (the pinned Ray's wording, see
     ray/dashboard/modules/job/cli.py:_log_job_status)."""
     proc = ray_cli(env, "job", "status", "--address", dashboard, job_id, timeout=60)
     out = proc.stdout + proc.stderr

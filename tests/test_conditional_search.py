@@ -11,8 +11,7 @@ import torch
 from spaces import load_space
 from trainable.config import TrainConfig
 from softprompt_cli.errors import UsageError
-
-OBJECTIVE = "objective"
+from trainable.trial import OBJECTIVE
 
 
 def _space(tmp_path, text: str, name: str = "space.yaml"):

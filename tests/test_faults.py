@@ -21,13 +21,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fault_helpers import (MlflowServer, SearchProcess, all_results, backlog_ops, cmdline, mlflow_summary,
-                           read_results, trial_dirs, wait_until, wait_watching, write_fault_space)
+from fault_helpers import (SearchProcess, all_results, backlog_ops, cmdline, mlflow_summary, read_results,
+                           trial_dirs, wait_until, wait_watching, write_fault_space)
+from helpers import MlflowServer
+from search.trainable import FAULT_ENV
+from search.tuner import MAX_TRIAL_FAILURES
 
 pytestmark = pytest.mark.integration
 
-MAX_FAILURES = 2        # search.tuner.MAX_TRIAL_FAILURES: a failing trial runs 1 + 2 times
-FAULT_ENV = "SOFTPROMPT_INJECT_FAULT"
 WARNING = "warning: MLflow unreachable"
 # MLflow's HTTP client retries a refused connection 7 times with exponential backoff
 # (MLFLOW_HTTP_REQUEST_MAX_RETRIES=7, BACKOFF_FACTOR=2: ~4 minutes per request), which froze
@@ -223,7 +224,7 @@ def test_trial_that_raises_ends_failed_and_the_search_still_finishes(tiny_model_
         assert rc == 0, output[-3000:]
         assert f"{len(faulty)} failed)" in output and "== search finished" in output, output[-3000:]
         for t in faulty:
-            assert attempts[t] == raised[t] == 1 + MAX_FAILURES, \
+            assert attempts[t] == raised[t] == 1 + MAX_TRIAL_FAILURES, \
                 f"trial {t}: {attempts[t]} failure(s), {raised[t]} injected, not 1 + max_failures"
             # Each attempt raised before epoch 2: epoch 1 was reported once, by the first attempt.
             # (Not read from result.json: when a trial is restored within ~1 s of a result, Tune

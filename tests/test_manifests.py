@@ -17,6 +17,8 @@ import jsonschema
 import pytest
 import yaml
 
+from helpers import pinned
+
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 CRDS = Path(__file__).parent / "k8s_schemas"
@@ -277,7 +279,7 @@ def _mlflow_service_host() -> str:
 
 
 def _check_ray_cluster(spec):
-    assert spec["rayVersion"] == "2.60.0"
+    assert spec["rayVersion"] == pinned("ray")
     assert spec["authOptions"]["mode"] == "token"
     gpu = [g for g in spec["workerGroupSpecs"]
            if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
@@ -337,12 +339,79 @@ def test_readme_creates_every_required_secret():
 
 def test_dockerfile_pins_and_sandbox():
     text = (K8S / "Dockerfile").read_text()
-    assert re.search(r"^ARG RAY_IMAGE=rayproject/ray:2\.60\.0-py311-cpu$", text, re.M)
+    assert re.search(rf"^ARG RAY_IMAGE=rayproject/ray:{re.escape(pinned('ray'))}-py311-cpu$", text, re.M)
     assert "FROM ${RAY_IMAGE}" in text
     assert re.search(r"apt-get install -y[^\n]*bubblewrap", text)
-    assert re.search(r'torch==\$\{TORCH_VERSION\}', text) and "ARG TORCH_VERSION=2.13.0" in text
+    assert re.search(r'torch==\$\{TORCH_VERSION\}', text) and "ARG TORCH_VERSION=" in text  # test_versions
     assert re.search(r"pip install [^\n]*\s\.\s", text)
     assert "HF_HOME=" in text
     for m in re.finditer(r"^(?:ENV|ARG)\s+(.+)$", text, re.M):
         for name in re.findall(r"([A-Za-z_][A-Za-z0-9_]*)=", m.group(1)):
             assert not SECRET_NAME.search(name), f"Dockerfile bakes {name}"
+
+
+# ---- rayjob.yaml's inline cluster is raycluster.yaml's, but for what a one-search cluster changes --
+
+# path prefix (in the cluster spec) -> why the RayJob's cluster differs from the RayCluster.
+RAYJOB_DIFFERS = {
+    "enableInTreeAutoscaling": "the interactive cluster autoscales its GPU workers; a job's is fixed",
+    "autoscalerOptions": "no autoscaler in a job's cluster",
+    "workerGroupSpecs[0].replicas": "a job runs a fixed number of GPU workers (0..4 when interactive)",
+    "workerGroupSpecs[0].minReplicas": "same",
+    "workerGroupSpecs[0].maxReplicas": "same",
+    "headGroupSpec.template.spec.automountServiceAccountToken":
+        "the interactive head runs the autoscaler, which needs the Kubernetes API; a job's does not",
+}
+ABSENT = "<absent>"
+
+
+def _leaves(node, path: str = ""):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{path}.{k}" if path else k)
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, node
+
+
+def _cluster_differences(cluster: dict, job_cluster: dict) -> dict[str, tuple]:
+    """path -> (RayCluster value, RayJob value) for every leaf that differs (ABSENT if missing)."""
+    a, b = dict(_leaves(cluster)), dict(_leaves(job_cluster))
+    return {p: (a.get(p, ABSENT), b.get(p, ABSENT)) for p in sorted(a.keys() | b.keys())
+            if a.get(p, ABSENT) != b.get(p, ABSENT)}
+
+
+def _allowed(path: str) -> bool:
+    return any(path == p or path.startswith((p + ".", p + "[")) for p in RAYJOB_DIFFERS)
+
+
+def test_rayjob_cluster_agrees_with_raycluster_value_by_value():
+    cluster, job = _doc("RayCluster")["spec"], _doc("RayJob")["spec"]["rayClusterSpec"]
+    differences = _cluster_differences(cluster, job)
+    unexplained = {p: v for p, v in differences.items() if not _allowed(p)}
+    assert not unexplained, ("k8s/rayjob.yaml's rayClusterSpec and k8s/raycluster.yaml disagree "
+                             f"(change both, or add the path to RAYJOB_DIFFERS with a reason): {unexplained}")
+    stale = [p for p in RAYJOB_DIFFERS if not any(d == p or d.startswith((p + ".", p + "[")) for d in differences)]
+    assert not stale, f"RAYJOB_DIFFERS lists paths that no longer differ: {stale}"
+    shared = set(dict(_leaves(cluster))) & set(dict(_leaves(job)))
+    assert len(shared) > 100  # the comparison saw the whole cluster, not an empty spec
+    group = job["workerGroupSpecs"][0]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] > 0
+
+
+@pytest.mark.parametrize("path, value", [
+    (("workerGroupSpecs", 0, "template", "spec", "containers", 0, "image"), "softprompt-search-gpu:0.2.0"),
+    (("headGroupSpec", "template", "spec", "containers", 0, "resources", "limits", "memory"), "16Gi"),
+    (("rayVersion",), "2.0.0"),
+])
+def test_rayjob_cluster_disagreement_is_caught(path, value):
+    job = _doc("RayJob")["spec"]["rayClusterSpec"]
+    node = job
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    differences = _cluster_differences(_doc("RayCluster")["spec"], job)
+    assert [p for p in differences if not _allowed(p)] == [
+        ".".join(f"[{k}]" if isinstance(k, int) else k for k in path).replace(".[", "[")]

@@ -7,13 +7,10 @@ ever killed by name.
 from __future__ import annotations
 
 import base64
-import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -21,23 +18,9 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import MlflowServer, alive, free_port, server_env
+
 USER, PASSWORD = "searcher", "correct-horse-battery"
-START_TIMEOUT = 90
-
-
-def _clean_env(**extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_BACKEND"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _tree(pid: int) -> list[int]:
@@ -66,51 +49,22 @@ def _rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        return state != "Z"
-    except OSError:
-        return False
+def _stop(server: MlflowServer, sig=signal.SIGTERM) -> int:
+    """Stop by our PID; every process of the server's tree must be gone once the supervisor is."""
+    pids = _tree(server.proc.pid)
+    code = server.stop(sig)
+    deadline = time.monotonic() + 5  # the supervisor waited for its group; the kernel reaps it
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if alive(p)], "server processes outlived the supervisor"
+    return code
 
 
-class Running:
-    def __init__(self, proc: subprocess.Popen, url: str, start_s: float, log: Path):
-        self.proc, self.url, self.start_s, self.log = proc, url, start_s, log
-
-    def stop(self, sig=signal.SIGTERM) -> int:
-        pids = _tree(self.proc.pid)
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout=30)
-        deadline = time.monotonic() + 5
-        while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in pids if _alive(p)], "server processes outlived the supervisor"
-        return code
-
-
-def start(workdir: Path, *args: str, env: dict | None = None) -> Running:
-    port = _free_port()
-    log = workdir / f"server-{port}.log"
-    cmd = [sys.executable, "-m", "mlflow_server", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--artifacts-destination", str(workdir / "artifacts"), *args]
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=workdir, env=env or _clean_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=log.open("w"))
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
-    try:
-        line = lines.get(timeout=START_TIMEOUT)
-    except queue.Empty:
-        proc.kill()
-        pytest.fail(f"no ready line in {START_TIMEOUT} s; log:\n{log.read_text()[-3000:]}")
-    if "ready at" not in line:
-        proc.wait(timeout=30)
-        pytest.fail(f"server failed (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
-    url = line.split("ready at", 1)[1].strip()
-    assert url == f"http://127.0.0.1:{port}"
-    return Running(proc, url, time.monotonic() - t0, log)
+def start(workdir: Path, *args: str, env: dict | None = None) -> MlflowServer:
+    server = MlflowServer(workdir, *args, env=env)
+    server.start()
+    assert server.ready_url == server.url == f"http://127.0.0.1:{server.port}"  # loopback by default
+    return server
 
 
 def _get(url: str, auth: tuple[str, str] | None = None, host: str | None = None):
@@ -135,18 +89,18 @@ SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 def server(tmp_path_factory):
     srv = start(tmp_path_factory.mktemp("mlflow"))
     yield srv
-    if srv.proc.poll() is None:
-        srv.stop()
+    if srv.running():
+        _stop(srv)
 
 
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
-    env = _clean_env(MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=PASSWORD)
+    env = server_env(MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=PASSWORD)
     srv = start(tmp_path_factory.mktemp("mlflow-auth"), "--auth",
                 "--allowed-hosts", "127.0.0.1:*,mlflow.test:*", env=env)
     yield srv
-    if srv.proc.poll() is None:
-        assert srv.stop(signal.SIGINT) == 0
+    if srv.running():
+        assert _stop(srv, signal.SIGINT) == 0
 
 
 def test_starts_healthy_and_reports_cost(server, capsys):
@@ -176,14 +130,14 @@ def test_client_roundtrip_with_proxied_artifact(server, tmp_path):
     assert got.info.artifact_uri.startswith("mlflow-artifacts:")
     back = Path(client.download_artifacts(run.info.run_id, "completion.txt", str(tmp_path / "d")))
     assert back.read_text() == "return a + b\n"
-    stored = list((server.log.parent / "artifacts").rglob("completion.txt"))
+    stored = list(server.artifacts.rglob("completion.txt"))
     assert len(stored) == 1, "the artifact must land in --artifacts-destination"
 
 
 def test_sigterm_stops_whole_tree(tmp_path):
     srv = start(tmp_path)
     assert len(_tree(srv.proc.pid)) >= 2  # supervisor + mlflow server (+ uvicorn)
-    assert srv.stop(signal.SIGTERM) == 0  # stop() also asserts no descendant survived
+    assert _stop(srv, signal.SIGTERM) == 0  # _stop() also asserts no descendant survived
 
 
 def test_auth_rejects_anonymous_and_wrong_password(auth_server):
@@ -222,10 +176,10 @@ def test_allowed_hosts_blocks_foreign_host_header(auth_server):
 def test_failed_start_exits_1_with_reason(tmp_path):
     (tmp_path / "mlflow.db").write_bytes(b"this is not a sqlite database" * 100)
     proc = subprocess.run(
-        [sys.executable, "-m", "mlflow_server", "--port", str(_free_port()),
+        [sys.executable, "-m", "mlflow_server", "--port", str(free_port()),
          "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
          "--artifacts-destination", str(tmp_path / "a")],
-        cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120)
+        cwd=tmp_path, env=server_env(), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("mlflow_server: failed to start:") and "database" in last.lower()
@@ -243,7 +197,7 @@ def test_port_in_use_exits_1(tmp_path):
 
 def _cli(cwd: Path, *args: str, **env) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mlflow_server", *args], cwd=cwd,
-                          env=_clean_env(**env), capture_output=True, text=True, timeout=60)
+                          env=server_env(**env), capture_output=True, text=True, timeout=60)
 
 
 @pytest.mark.parametrize("args, env, needle", [

@@ -1,0 +1,72 @@
+"""Every private attribute of Ray Tune and Optuna that `search/` relies on, and nothing else.
+
+Ray's `OptunaSearch` has no public way to map a Tune trial to its Optuna trial, to hand an
+Optuna trial to a resumed Tune trial, or to tell Optuna PRUNED (`search.searcher` needs all
+three); Tune's `SearchGenerator` and `Tuner` have no public way to grow a restored budget or to
+resume a Tuner built like a new one (`search.tuner`). Each such access is one function here,
+named for what we use it for.
+
+Read from the versions in READ_FROM (the files are named at each function). On an upgrade of
+either package: re-read those files against each function below, then set READ_FROM to the new
+versions. tests/test_private_apis.py fails until READ_FROM equals both the installed versions and
+the pins in pyproject.toml, and it (with tests/test_searcher.py) exercises every function here on
+real objects, so an upgrade that moves one of them fails there before a search does.
+
+Behaviours (not attributes) of the same packages that the code relies on, each with its own test:
+Tune's SIGUSR1 graceful stop (search/interrupt.py, tests/test_interrupt.py); the logger names
+whose messages the console drops, with the messages' prefixes (search/run.py `_quiet_libraries`,
+tests/test_private_apis.py); token auth as k8s/README.md describes it (tests/test_cluster.py,
+integration tier).
+"""
+from __future__ import annotations
+
+import optuna
+
+READ_FROM = {"ray": "2.60.0", "optuna": "5.0.0"}
+
+
+# -- ray/tune/search/optuna/optuna_search.py: OptunaSearch -----------------------------------------
+
+def optuna_trials(searcher) -> dict[str, optuna.trial.Trial]:
+    """Tune trial id -> the Optuna trial asked for it (`_ot_trials`; Ray fills it in `suggest`
+    and pickles it in `save`, so a restored searcher knows the trials of its snapshot)."""
+    return searcher._ot_trials
+
+
+def optuna_study(searcher) -> optuna.Study:
+    """The study Ray created (or loaded: `load_if_exists=True`) in `_setup_study` (`_ot_study`)."""
+    return searcher._ot_study
+
+
+def told_trials(searcher) -> set[str]:
+    """Tune trial ids already told to Optuna (`_completed_trials`): Ray ignores any later result
+    or completion for them."""
+    return searcher._completed_trials
+
+
+# -- optuna/trial/_frozen.py, optuna/trial/_trial.py ----------------------------------------------
+
+def reopen_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.trial.Trial:
+    """A live `Trial` for a stored one, as `Study.ask` builds it: `Trial(study, trial_id)` with the
+    storage's id, which FrozenTrial keeps private (`_trial_id`; `number` is not that id)."""
+    return optuna.trial.Trial(study, frozen._trial_id)
+
+
+# -- ray/tune/search/search_generator.py: SearchGenerator.get_state / set_state --------------------
+
+def grow_sample_budget(state: dict, num_samples: int) -> dict:
+    """The search generator's saved state with room for `num_samples` trials in all: the keys of
+    `get_state` (`total_samples`, `finished`: Tune stops asking for trials when either says so)."""
+    if num_samples <= state["total_samples"]:
+        return state
+    return {**state, "total_samples": num_samples, "finished": False}
+
+
+# -- ray/tune/tuner.py, ray/tune/impl/tuner_internal.py, ray/tune/tune.py: Tuner(_tuner_kwargs=...) --
+
+def tuner_resume_kwargs(resume_config) -> dict:
+    """Keyword arguments for `tune.Tuner(...)`: resume a restored experiment with this
+    `ResumeConfig` while this run's callbacks and budget apply (`Tuner.restore` would keep the first
+    run's pickled ones). Ray marks `_tuner_kwargs` internal: TunerInternal keeps it and passes it
+    to `tune.run(**...)`, which takes `resume_config`."""
+    return {"_tuner_kwargs": {"resume_config": resume_config}}

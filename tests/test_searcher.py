@@ -1,0 +1,173 @@
+"""The searcher on its own: Ray's OptunaSearch with our PRUNED, trial-link and resume rules,
+driven by direct calls (suggest / on_trial_result / on_trial_complete / save / restore) as Tune
+makes them, with no Ray trials, against a real Optuna study in a sqlite file under tmp_path.
+
+    .venv/bin/pytest tests/test_searcher.py -q
+"""
+from __future__ import annotations
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import private_apis
+from search.searcher import RAY_TRIAL_ID_ATTR, build_searcher, study_storage_url
+from search_helpers import write_space
+from spaces import load_space
+from trainable.trial import OBJECTIVE
+
+EPOCHS = 3
+
+
+@pytest.fixture()
+def spec(tmp_path):
+    return load_space(str(write_space(tmp_path, samples=6, epochs=EPOCHS)))
+
+
+def _searcher(spec, tmp_path, name: str = "study"):
+    return build_searcher(spec, tmp_path, name)
+
+
+def _resumed(spec, tmp_path, snapshot, name: str = "study"):
+    """What Tune does on --resume: a searcher built like a new one, then its saved state."""
+    searcher = _searcher(spec, tmp_path, name)
+    searcher.restore(str(snapshot))
+    return searcher
+
+
+def _trials(tmp_path, name: str = "study") -> list[optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=study_storage_url(tmp_path))
+    return sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+
+
+def _result(value: float, epoch: int) -> dict:
+    return {OBJECTIVE: value, "training_iteration": epoch}
+
+
+def _expected_names(spec, config) -> set[str]:
+    method = config.get("method", spec.methods[0])
+    return {name for name, _, _ in spec.sampled(method)} | ({"method"} if "method" in config else set())
+
+
+# -- suggest ------------------------------------------------------------------------------------
+
+def test_suggest_asks_one_optuna_trial_per_tune_trial_and_links_them(spec, tmp_path):
+    searcher = _searcher(spec, tmp_path)
+    first = searcher.suggest("a")
+    assert searcher.suggest("a") == first  # asked again (Tune retries): the same trial
+    second = searcher.suggest("b")
+    trials = _trials(tmp_path)
+    assert [t.number for t in trials] == [0, 1]
+    assert [t.user_attrs[RAY_TRIAL_ID_ATTR] for t in trials] == ["a", "b"]
+    assert [t.params for t in trials] == [first, second]
+    assert set(first) == _expected_names(spec, first) and first
+    assert {k: t.number for k, t in private_apis.optuna_trials(searcher).items()} == {"a": 0, "b": 1}
+
+
+# -- on_trial_result / on_trial_complete ----------------------------------------------------------
+
+def test_trial_run_to_the_last_epoch_is_complete_with_every_epoch(spec, tmp_path):
+    searcher = _searcher(spec, tmp_path)
+    searcher.suggest("a")
+    searcher.on_trial_result("a", _result(0.1, 1))
+    searcher.on_trial_result("a", _result(0.2, 2))
+    assert _trials(tmp_path)[0].state is TrialState.RUNNING
+    # Tune hands the last result to on_trial_complete only, never to on_trial_result.
+    searcher.on_trial_complete("a", _result(0.3, EPOCHS))
+    [trial] = _trials(tmp_path)
+    assert trial.state is TrialState.COMPLETE and trial.value == 0.3
+    assert trial.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3}
+    assert "a" in private_apis.told_trials(searcher)
+
+
+def test_trial_stopped_early_is_pruned_at_its_last_epoch(spec, tmp_path):
+    searcher = _searcher(spec, tmp_path)
+    searcher.suggest("a")
+    searcher.on_trial_result("a", _result(0.1, 1))
+    searcher.on_trial_complete("a", _result(0.05, 2))  # ASHA stopped it at epoch 2 of 3
+    [trial] = _trials(tmp_path)
+    assert trial.state is TrialState.PRUNED and trial.intermediate_values == {1: 0.1, 2: 0.05}
+    assert trial.value == 0.05  # Optuna gives a pruned trial its last intermediate value
+    # Told once: a second completion (Tune's own replay) changes nothing.
+    searcher.on_trial_complete("a", _result(0.9, EPOCHS))
+    searcher.on_trial_result("a", _result(0.9, EPOCHS))
+    assert _trials(tmp_path)[0].state is TrialState.PRUNED
+    assert _trials(tmp_path)[0].intermediate_values == {1: 0.1, 2: 0.05}
+
+
+def test_failed_trial_is_failed_not_pruned(spec, tmp_path):
+    searcher = _searcher(spec, tmp_path)
+    searcher.suggest("a")
+    searcher.on_trial_result("a", _result(0.1, 1))
+    searcher.on_trial_complete("a", None, error=True)
+    [trial] = _trials(tmp_path)
+    assert trial.state is TrialState.FAIL and trial.intermediate_values == {1: 0.1}
+
+
+def test_trials_end_in_any_order(spec, tmp_path):
+    searcher = _searcher(spec, tmp_path)
+    for tid in "abc":
+        searcher.suggest(tid)
+    searcher.on_trial_complete("c", _result(0.4, EPOCHS))
+    searcher.on_trial_complete("a", _result(0.0, 1))
+    searcher.on_trial_complete("b", None, error=True)
+    assert [t.state for t in _trials(tmp_path)] == [TrialState.PRUNED, TrialState.FAIL, TrialState.COMPLETE]
+
+
+# -- resume: what the searcher does with a snapshot older than the study ---------------------------
+
+def test_resumed_searcher_claims_the_trial_its_snapshot_missed(spec, tmp_path):
+    before = _searcher(spec, tmp_path)
+    before.suggest("t0")
+    before.save(str(tmp_path / "snapshot.pkl"))  # Tune's last experiment snapshot
+    lost = before.suggest("t1")  # asked after it; then the driver died
+    before.on_trial_result("t1", _result(0.1, 1))
+
+    after = _resumed(spec, tmp_path, tmp_path / "snapshot.pkl")
+    assert after.suggest("t1-again") == lost  # the same Optuna trial, not a new one
+    assert len(_trials(tmp_path)) == 2
+    assert _trials(tmp_path)[1].user_attrs[RAY_TRIAL_ID_ATTR] == "t1-again"
+    after.suggest("t2")  # nothing left to claim: a new trial
+    assert [t.number for t in _trials(tmp_path)] == [0, 1, 2]
+    after.on_trial_complete("t1-again", _result(0.2, EPOCHS))
+    assert _trials(tmp_path)[1].state is TrialState.COMPLETE
+    assert _trials(tmp_path)[1].intermediate_values == {1: 0.1, 3: 0.2}
+
+
+def test_resume_claims_a_trial_killed_between_ask_and_its_params(spec, tmp_path):
+    before = _searcher(spec, tmp_path)
+    before.save(str(tmp_path / "snapshot.pkl"))
+    private_apis.optuna_study(before).ask()  # asked; the driver died before any suggest_*
+    assert _trials(tmp_path)[0].params == {}
+
+    config = _resumed(spec, tmp_path, tmp_path / "snapshot.pkl").suggest("t0")
+    [trial] = _trials(tmp_path)
+    assert trial.params == config and set(config) == _expected_names(spec, config)
+
+
+def test_resume_does_not_claim_a_failed_trial(spec, tmp_path):
+    before = _searcher(spec, tmp_path)
+    before.save(str(tmp_path / "snapshot.pkl"))
+    before.suggest("t0")
+    before.on_trial_complete("t0", None, error=True)
+
+    _resumed(spec, tmp_path, tmp_path / "snapshot.pkl").suggest("t1")
+    assert [(t.number, t.state) for t in _trials(tmp_path)] == [(0, TrialState.FAIL), (1, TrialState.RUNNING)]
+
+
+@pytest.mark.parametrize("epoch, state", [(EPOCHS, TrialState.COMPLETE), (1, TrialState.PRUNED)])
+def test_resume_replaying_a_told_trial_changes_nothing(spec, tmp_path, epoch, state):
+    before = _searcher(spec, tmp_path)
+    before.suggest("t0")
+    before.save(str(tmp_path / "snapshot.pkl"))
+    before.on_trial_complete("t0", _result(0.3, epoch))  # told after the snapshot
+    told = _trials(tmp_path)[0]
+    assert told.state is state
+
+    after = _resumed(spec, tmp_path, tmp_path / "snapshot.pkl")
+    after.on_trial_result("t0", _result(0.3, epoch))  # Tune replays what it had not recorded
+    after.on_trial_complete("t0", _result(0.3, epoch))
+    [trial] = _trials(tmp_path)
+    assert (trial.state, trial.value, trial.intermediate_values) == (told.state, told.value,
+                                                                     told.intermediate_values)
+    assert "t0" in private_apis.told_trials(after)
