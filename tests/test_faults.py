@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from fault_helpers import (SearchProcess, all_results, backlog_ops, cmdline, mlflow_summary, read_results,
                            trial_dirs, wait_until, wait_watching, write_fault_space)
 from helpers import MlflowServer
-from search.trainable import FAULT_ENV
+from search.tune_trial import FAULT_ENV
 from search.tuner import MAX_TRIAL_FAILURES
 
 pytestmark = pytest.mark.integration
