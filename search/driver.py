@@ -32,7 +32,7 @@ from search.searcher import study_storage_url
 from search.targets import NoTargets, prepare_targets
 from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE, RUNNING, SearchLock, SearchRecord,
                           identity)
-from search.tracking import EXPERIMENT, PARENT, MlflowLedger
+from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
 from search.tuner import build_tuner, can_restore
 from spaces import SpaceSpec
 from trainable.errors import UsageError, field_error
@@ -94,7 +94,8 @@ def _log_parent_start(ledger: MlflowLedger, plan: dict, record: SearchRecord, re
     spec: SpaceSpec = plan["spec"]
     # The trial budget may grow on --resume: tags (params cannot change in MLflow).
     ops = [["tags", PARENT, {"search_state": RUNNING, "budget.num_samples": spec.budget.num_samples,
-                             "budget.max_concurrent": spec.budget.max_concurrent}]]
+                             "budget.max_concurrent": spec.budget.max_concurrent}],
+           ["view", PARENT, search_view(record.search_id, sorted(spec.search))]]
     if resumed:
         ops = [["start", PARENT], *ops, ["tags", PARENT, {"resume_command": plan["resume_command"]}]]
     else:
@@ -204,7 +205,8 @@ def _drive(plan: dict, record: SearchRecord, ledger: MlflowLedger, started: floa
         _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
-    for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url()):
+    for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url(),
+                              ledger.ui_link(plan["default_mlflow"])):
         print(line, flush=True)
     _warn_if_queued(plan, ledger)
     return 0

@@ -211,7 +211,8 @@ def arm_lines(report: FinalReport) -> list[str]:
     return lines
 
 
-def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str) -> list[str]:
+def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str,
+                  mlflow_ui: str | None = None) -> list[str]:
     m = report.metrics()
     params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={shown(v)}" for k, v in report.best_params.items())
     per_method = ", ".join(f"{method} {best:.3f} ({count} trial{'s' * (count != 1)})"
@@ -227,6 +228,7 @@ def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Pa
         *arm_lines(report),
         f"adapter       {adapter}",
         f"mlflow        {mlflow_where}",
+        *([f"mlflow ui     {mlflow_ui}"] if mlflow_ui else []),
     ]
 
 
