@@ -27,7 +27,7 @@ from search.interrupt import (CURRENT, TUNE_SIGINT_ENV, Phase, SearchInterrupted
                               sigterm_blocked_for_children)
 from search.provenance import provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
-from search.results import write_run_record
+from search.results import learning_curves, write_run_record
 from search.searcher import study_storage_url
 from search.targets import NoTargets, prepare_targets
 from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE, RUNNING, SearchLock, SearchRecord,
@@ -142,6 +142,7 @@ def _compute_report(plan: dict, results, started: float) -> tuple[FinalReport, o
         (out / f"test_completions_{names[arm]}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     write_run_record(out, plan, report, results, time.time() - started)
     save_plots(plan["name"], study_storage_url(plan["state_dir"]), out / "plots")
+    learning_curves(out)  # logged with the report: val pass@1 per epoch, ASHA's stops marked
     return report, adapter
 
 

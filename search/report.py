@@ -232,9 +232,24 @@ def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Pa
     ]
 
 
+# Parameter importance (Optuna's fANOVA: a random forest fitted to the trials that ran every
+# epoch - ASHA-stopped ones are PRUNED and left out - and the share of its variance each parameter
+# explains) only from this many such trials. Fewer cannot say it honestly: TPE's first 10 trials
+# are its random start-up ones and the rest cluster where it found good values, and a forest on a
+# handful of points over 3-5 parameters splits on whichever one the best trial happened to differ
+# in, so the ranking would be noise drawn as a bar chart.
+MIN_TRIALS_FOR_IMPORTANCE = 10
+
+
+def _complete_trials(study) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
 def save_plots(study_name: str, storage_url: str, out_dir: Path) -> list[Path]:
-    """Optimization history, parameter importance, parallel coordinates as PNGs (best effort:
-    importance needs at least two finished trials)."""
+    """Optimization history, parallel coordinates and, from MIN_TRIALS_FOR_IMPORTANCE trials that
+    ran every epoch, parameter importance, as PNGs (best effort: a plot that fails says so)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -246,9 +261,15 @@ def save_plots(study_name: str, storage_url: str, out_dir: Path) -> list[Path]:
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the plots are "experimental"
     warnings.simplefilter("ignore", UserWarning)  # matplotlib on flat axes (all trials tied)
     written = []
-    for name, plot in (("optimization_history", ovm.plot_optimization_history),
-                       ("param_importances", ovm.plot_param_importances),
-                       ("parallel_coordinate", ovm.plot_parallel_coordinate)):
+    plots = [("optimization_history", ovm.plot_optimization_history),
+             ("parallel_coordinate", ovm.plot_parallel_coordinate)]
+    complete = _complete_trials(study)
+    if complete >= MIN_TRIALS_FOR_IMPORTANCE:
+        plots.insert(1, ("param_importances", ovm.plot_param_importances))
+    else:
+        print(f"plot param_importances skipped: {complete} trial(s) ran every epoch, importance needs "
+              f"{MIN_TRIALS_FOR_IMPORTANCE}")
+    for name, plot in plots:
         try:
             ax = plot(study)
             figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
