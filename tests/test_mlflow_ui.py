@@ -156,3 +156,14 @@ def test_the_printed_link_opens_the_model_training_view_with_metric_columns(serv
     # above can fail.
     _dom_with(tmp, marker, page.replace("&workflowType=machine_learning", ""), [_text("Evaluation runs")])
     print(f"\n[mlflow-ui] model-training view {page}\n[mlflow-ui] screenshot {shot}")
+
+
+def test_the_parent_run_has_the_learning_curves(served_search):
+    tmp, url, _ = served_search
+    import mlflow
+
+    _, parent, _ = _runs(url)
+    curves = Path(mlflow.MlflowClient(tracking_uri=url).download_artifacts(
+        parent.info.run_id, "report/plots/learning_curves.png", str(tmp)))
+    assert curves.read_bytes()[:4] == b"\x89PNG" and curves.stat().st_size > 10_000
+    print(f"\n[mlflow-ui] learning curves {curves}")
