@@ -200,7 +200,9 @@ def _main(argv: list[str] | None) -> int:
     if not args.address:  # on a cluster, the nodes that run trials check for themselves
         _here(lambda: check_local_resources(plan["spec"].resources.cpu, plan["spec"].resources.gpu),
               args.dry_run, unfit)
-        _here(check_sandbox, args.dry_run, unfit)
+        from trainable.sandbox import SandboxUnavailable  # (a bad $SOFTPROMPT_SANDBOX stays an error)
+
+        _here(check_sandbox, args.dry_run, unfit, SandboxUnavailable)
     check_mlflow_uri(plan["mlflow_uri"], create_dir=plan["default_mlflow"])
     check_data(plan["spec"])  # cheap file checks before warm starts (which may convert the bundled model)
     model = _model_here(plan["spec"].model, args.dry_run, unfit)
@@ -227,11 +229,11 @@ def _main(argv: list[str] | None) -> int:
     return run_search(plan)
 
 
-def _here(check, dry_run: bool, unfit: list[str]):
-    """`check()`, a check of this machine: its error stops a real run; a dry run notes it."""
+def _here(check, dry_run: bool, unfit: list[str], lacks: type[UsageError] = UsageError):
+    """`check()`, a check of this machine: its error (`lacks`) stops a real run; a dry run notes it."""
     try:
         return check()
-    except UsageError as exc:
+    except lacks as exc:
         if not dry_run:
             raise
         unfit.append(str(exc))

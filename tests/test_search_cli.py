@@ -220,3 +220,20 @@ def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny
     (line,) = proc.stderr.strip().splitlines()
     assert "bubblewrap cannot run here" in line and "SOFTPROMPT_SANDBOX=rlimits" in line
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_dry_run_without_a_usable_sandbox_says_so_and_succeeds(tmp_path, tiny_model_dir):
+    env = {k: v for k, v in search_env().items() if k != "SOFTPROMPT_SANDBOX"}
+    env["PATH"] = str(tmp_path)  # no bwrap on it
+    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), "--dry-run", env=env)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = _needs_what_this_machine_lacks(proc)
+    assert "bubblewrap cannot run here" in line and not (tmp_path / "runs").exists()
+
+
+def test_a_bad_sandbox_mode_is_bad_input_even_in_a_dry_run(tmp_path, tiny_model_dir):
+    env = {**search_env(), "SOFTPROMPT_SANDBOX": "nonesuch"}
+    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), "--dry-run", env=env)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert "got 'nonesuch'" in line
