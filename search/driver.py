@@ -28,12 +28,12 @@ from search.interrupt import (CURRENT, TUNE_SIGINT_ENV, Phase, SearchInterrupted
 from search.plan import SearchPlan
 from search.provenance import provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
-from search.results import write_run_record
+from search.results import learning_curves, write_run_record
 from search.searcher import study_storage_url
 from search.targets import NoTargets, prepare_targets
 from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE, RUNNING, SearchLock, SearchRecord,
                           identity)
-from search.tracking import EXPERIMENT, PARENT, MlflowLedger
+from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
 from search.tuner import build_tuner, can_restore
 from spaces import SpaceSpec
 from softprompt_cli.errors import UsageError, field_error
@@ -95,7 +95,8 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
     spec: SpaceSpec = plan.spec
     # The trial budget may grow on --resume: tags (params cannot change in MLflow).
     ops = [["tags", PARENT, {"search_state": RUNNING, "budget.num_samples": spec.budget.num_samples,
-                             "budget.max_concurrent": spec.budget.max_concurrent}]]
+                             "budget.max_concurrent": spec.budget.max_concurrent}],
+           ["view", PARENT, search_view(record.search_id, sorted(spec.search))]]
     if resumed:
         ops = [["start", PARENT], *ops, ["tags", PARENT, {"resume_command": plan.resume_command}]]
     else:
@@ -142,6 +143,7 @@ def _compute_report(plan: SearchPlan, results, started: float, distill: dict | N
         (out / f"test_completions_{names[arm]}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
     write_run_record(out, plan, report, results, time.time() - started, distill)
     save_plots(plan.name, study_storage_url(plan.state_dir), out / "plots")
+    learning_curves(out)  # logged with the report: val pass@1 per epoch, ASHA's stops marked
     return report, adapter
 
 
@@ -205,7 +207,8 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
-    for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url()):
+    for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url(),
+                              ledger.ui_link(plan.default_mlflow)):
         print(line, flush=True)
     _warn_if_queued(plan, ledger)
     return 0

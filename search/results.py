@@ -255,11 +255,29 @@ def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
         f"_Written by `python -m search.results` from runs/{info['search']}/report/._", ""])
 
 
+def _hard_val(final: dict) -> float | None:
+    """The chosen hard prompt's val pass@1 (the curves' reference line), None without one."""
+    hard = final.get("hard_prompt")
+    return hard["val_pass_at_1"][hard["label"]] if hard else None
+
+
+LEARNING_CURVES = "learning_curves.png"
+
+
+def learning_curves(report_dir: Path) -> Path:
+    """The parent run's learning curves, `report_dir/plots/learning_curves.png`, from the files
+    the driver has just written there (the same plot as RESULTS.md's)."""
+    report_dir = Path(report_dir)
+    trials = json.loads((report_dir / "trials.json").read_text())
+    final = json.loads((report_dir / "final_report.json").read_text())
+    (report_dir / "plots").mkdir(parents=True, exist_ok=True)
+    return plot_curves(trials, _hard_val(final), report_dir / "plots" / LEARNING_CURVES)
+
+
 def write_results(state_dir: Path, out: Path) -> Path:
     final, trials, info = load_report(state_dir)
     plot = out.with_name(out.stem + "-learning-curves.png")
-    hard = final.get("hard_prompt")
-    plot_curves(trials, hard["val_pass_at_1"][hard["label"]] if hard else None, plot)
+    plot_curves(trials, _hard_val(final), plot)
     out.write_text(render(final, trials, info, plot.name))
     return out
 

@@ -9,7 +9,6 @@ The same command is the RayJob entrypoint (k8s/rayjob.yaml).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -26,7 +25,8 @@ from search.plan import SearchPlan
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
 from softprompt_cli.commands import OneLineParser, run_main
-from softprompt_cli.errors import abbreviated, field_error
+from softprompt_cli.errors import UsageError, field_error
+from trainable.model import resolve_model_ref
 
 DEFAULT_STORAGE = "./runs"
 # Options that a resume command repeats when they were given (--name and --resume are added).
@@ -137,21 +137,13 @@ def resume_command(args, name: str) -> str:
 
 
 def _print_plan(plan: SearchPlan) -> None:
-    shown_space = _abbreviated(plan.spec.to_dict())
-    shown = {"search": plan.name, "space": shown_space, "storage": plan.experiment_path,
-             "mlflow_uri": plan.mlflow_uri, "ray_address": plan.address or "local (in-process)"}
-    if plan.record is not None:
-        shown["resuming"] = {"search_id": plan.record.search_id, "state": plan.record.state}
-    print("resolved configuration:\n" + json.dumps(shown, indent=2, default=str), flush=True)
+    """A compact summary (search.plan_summary); the full space goes to MLflow and the state dir."""
+    from search.plan_summary import plan_lines
 
-
-def _abbreviated(tree):
-    """The configuration as printed: long strings (a 10k-character init text) cut to one line."""
-    if isinstance(tree, dict):
-        return {key: _abbreviated(value) for key, value in tree.items()}
-    if isinstance(tree, list):
-        return [_abbreviated(value) for value in tree]
-    return abbreviated(tree) if isinstance(tree, str) else tree
+    record = plan.record
+    lines = plan_lines(plan.spec, plan.name, plan.experiment_path, plan.mlflow_uri, plan.address,
+                       (record.search_id, record.state) if record is not None else None)
+    print("\n".join(lines), flush=True)
 
 
 class _DropMessages(logging.Filter):
@@ -203,17 +195,30 @@ def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     plan = _resolve(args)
     _print_plan(plan)
-    # Checks of the world outside the command line, after the plan is shown.
+    # Checks of the world outside the command line, after the plan is shown. What this machine
+    # lacks (GPUs, cores, the hub, a sandbox) stops a real run here; a dry run of a space meant
+    # for a cluster reports it and goes on checking the space itself.
+    unfit: list[str] = []
     if not args.address:  # on a cluster, the nodes that run trials check for themselves
-        check_local_resources(plan.spec.resources.cpu, plan.spec.resources.gpu)
-        check_sandbox()
+        _here(lambda: check_local_resources(plan.spec.resources.cpu, plan.spec.resources.gpu),
+              args.dry_run, unfit)
+        from trainable.sandbox import SandboxUnavailable  # (a bad $SOFTPROMPT_SANDBOX stays an error)
+
+        _here(check_sandbox, args.dry_run, unfit, SandboxUnavailable)
     check_mlflow_uri(plan.mlflow_uri, create_dir=plan.default_mlflow)
     check_data(plan.spec)  # cheap file checks before warm starts (which may convert the bundled model)
-    check_warm_starts(plan.spec, check_model(plan.spec.model))
+    model = _model_here(plan.spec.model, args.dry_run, unfit)
+    if model is not None:
+        check_warm_starts(plan.spec, model)
+    elif any(plan.spec.warm_starts(method) for method in plan.spec.methods):
+        unfit.append("init adapters not checked against the model (it cannot be loaded here)")
     if plan.record is None:
         _check_name_unused_in_mlflow(plan)
     if args.dry_run:
-        print("dry run: configuration valid; no trial started")
+        for reason in unfit:
+            print(f"would not run here: {reason}")
+        print("dry run: configuration valid; no trial started"
+              + (" (this machine could not run it: see above)" if unfit else ""))
         return 0
     record = plan.record
     if record is not None and record.state == FINISHED and plan.spec.budget.num_samples == record.num_samples:
@@ -224,6 +229,25 @@ def _main(argv: list[str] | None) -> int:
 
     _quiet_libraries()  # after the imports: mlflow sets its own logger level when imported
     return run_search(plan)
+
+
+def _here(check, dry_run: bool, unfit: list[str], lacks: type[UsageError] = UsageError):
+    """`check()`, a check of this machine: its error (`lacks`) stops a real run; a dry run notes it."""
+    try:
+        return check()
+    except lacks as exc:
+        if not dry_run:
+            raise
+        unfit.append(str(exc))
+        return None
+
+
+def _model_here(ref: str, dry_run: bool, unfit: list[str]):
+    """The model checked; a hub model this machine cannot reach is a fact about the machine (a
+    dry run notes it), everything else about the model stays an error."""
+    if resolve_model_ref(ref).kind != "hub":
+        return check_model(ref)
+    return _here(lambda: check_model(ref), dry_run, unfit)
 
 
 def _check_name_unused_in_mlflow(plan: SearchPlan) -> None:

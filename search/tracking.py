@@ -32,6 +32,22 @@ from search.checks import is_no_space, sqlite_path
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "softprompt-search"  # the MLflow experiment every search logs to
+# MLflow 3's UI shows an experiment as GenAI (traces, "Evaluation runs") or as model training
+# (runs, models): ours is the latter. Read from MLflow 3.17.2's UI bundle
+# (mlflow/server/js/build/static/js): the kind is the experiment tag `mlflow.experimentKind`
+# (ExperimentKind.CUSTOM_MODEL_DEVELOPMENT), but that build reads it only with its workflow
+# selector off; with the selector on (as shipped) the view follows the URL's `workflowType` query
+# (else the browser's last choice, else GenAI). So we set both: the tag on the experiment, and the
+# query on the UI link the driver prints (`ui_link`).
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+UI_VIEW_QUERY = "workflowType=machine_learning"
+UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `python -m mlflow_server` serves by default
+# Neither view shows metric or param columns until a user picks them. MLflow's "shared view" (the
+# runs page's Share button: an experiment tag with this prefix, opened by ?viewStateShareKey=KEY)
+# holds a filter, a sort and the columns: each search gets one (key = its search id) that lists
+# its own trials by val pass@1 with the searched parameters.
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+VIEW_METRICS = ("val_pass_at_1", "val_loss", "train_loss")
 PARENT = "parent"
 BACKLOG_FILE = "mlflow_backlog.jsonl"
 STEPS_FILE = "mlflow_steps.json"
@@ -247,9 +263,16 @@ class MlflowLedger:
 
     def _experiment(self) -> str:
         if self._experiment_id is None:
-            found = self.client().get_experiment_by_name(self.experiment)
-            self._experiment_id = found.experiment_id if found else self.client().create_experiment(
-                self.experiment, artifact_location=self.artifact_location)
+            client = self.client()
+            found = client.get_experiment_by_name(self.experiment)
+            if found is None:
+                self._experiment_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location,
+                                                               tags=EXPERIMENT_TAGS)
+            else:  # a store from before the tag (or one a user changed): model training again
+                for name, value in EXPERIMENT_TAGS.items():
+                    if found.tags.get(name) != value:
+                        client.set_experiment_tag(found.experiment_id, name, value)
+                self._experiment_id = found.experiment_id
         return self._experiment_id
 
     def run_id(self, key: str) -> str:
@@ -272,6 +295,9 @@ class MlflowLedger:
         client = self.client()
         if kind == "interrupted":  # every run of this search still RUNNING: KILLED, and why
             self._end_running(args[0])
+            return
+        if kind == "view":  # the search's shared view of the runs page (an experiment tag)
+            client.set_experiment_tag(self._experiment(), SHARED_VIEW_PREFIX + self.search_id, json.dumps(args[0]))
             return
         run_id = self.run_id(key)
         if kind == "params":  # one call per param: a refused one does not take the others along
@@ -321,6 +347,33 @@ class MlflowLedger:
                     f"run {self.run_id(PARENT)}")
         except Exception:  # noqa: BLE001 - only for the summary line
             return f"{self.tracking_uri} (unreachable now; see {self._backlog()})"
+
+    def ui_link(self, default_store: bool) -> str:
+        """The experiment's runs page in MLflow's UI, in the model-training view: the server's
+        own URL for an http(s) store, else where `python -m mlflow_server` serves this store."""
+        try:
+            experiment_id = self._experiment()
+        except Exception:  # noqa: BLE001 - only for the summary line
+            return f"(MLflow unreachable now; see {self._backlog()})"
+        return ui_link(self.tracking_uri, experiment_id, default_store, self.search_id)
+
+
+def search_view(search_id: str, params: list[str]) -> dict:
+    """The runs page as this search's shared view: its trials (and parent), best val pass@1
+    first, with the per-epoch metrics, the searched parameters and each trial's end state."""
+    columns = ([f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{p}`" for p in params]
+               + ["tags.`state`"])
+    return {"searchFilter": f"tags.search_id = '{search_id}'", "orderByKey": f"metrics.`{VIEW_METRICS[0]}`",
+            "orderByAsc": False, "selectedColumns": columns}
+
+
+def ui_link(tracking_uri: str, experiment_id: str, default_store: bool = True, search_id: str | None = None) -> str:
+    share = f"viewStateShareKey={search_id}&" if search_id else ""
+    page = f"/#/experiments/{experiment_id}/runs?{share}{UI_VIEW_QUERY}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/") + page
+    serve = "python -m mlflow_server" + ("" if default_store else f" --backend-store-uri {tracking_uri}")
+    return f"{UI_DEFAULT_URL}{page}  (after: {serve})"
 
 
 def _first_line(exc: BaseException) -> str:

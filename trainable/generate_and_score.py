@@ -11,6 +11,7 @@ import torch
 from trainable.generate import GenerationStats, generate
 from trainable.inputs import Prefix
 from trainable.model import LoadedModel
+from trainable.progress import bar
 from trainable.score import pass_at_k, score_samples
 
 
@@ -32,9 +33,10 @@ def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: to
                       max_new_tokens: int, batch_size: int, sandbox_timeout_s: float) -> EvalResult:
     """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
     stats = GenerationStats()
-    completions = generate(loaded, [p["prompt"] for p in problems], soft_prompt,
-                           max_new_tokens=max_new_tokens, batch_size=batch_size, stats=stats,
-                           stops=[p.get("stop_tokens") for p in problems])
+    with bar(len(problems), "generating", "problem") as done:
+        completions = generate(loaded, [p["prompt"] for p in problems], soft_prompt,
+                               max_new_tokens=max_new_tokens, batch_size=batch_size, stats=stats,
+                               stops=[p.get("stop_tokens") for p in problems], progress=done.update)
     samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(problems, completions)]
     started = time.perf_counter()
     results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=sandbox_timeout_s)

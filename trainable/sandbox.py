@@ -62,7 +62,7 @@ import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
+from typing import Callable, Sequence, Union
 
 from softprompt_cli.errors import UsageError, field_error
 from trainable.sandbox_filters import seccomp_program
@@ -111,8 +111,9 @@ class ProgramResult:
 
 def run_programs(programs: Sequence[Union[Program, str]], *, timeout_s: float,
                  workers: int | None = None, mode: str | None = None, guard: bool = True,
-                 kernel_filters: bool = True) -> list[ProgramResult]:
-    """Run each program in its own sandbox, in parallel; results in input order.
+                 kernel_filters: bool = True, progress: Callable[[int], object] | None = None) -> list[ProgramResult]:
+    """Run each program in its own sandbox, in parallel; results in input order (`progress(1)`
+    as each is in, for a progress bar).
 
     `guard=False` drops the in-process audit hook and `kernel_filters=False` the seccomp and
     Landlock filters: only for tests that show what each other layer holds on its own.
@@ -130,7 +131,12 @@ def run_programs(programs: Sequence[Union[Program, str]], *, timeout_s: float,
     run = functools.partial(_run_one, timeout_s=float(timeout_s), mode=mode, guard=guard,
                             kernel_filters=kernel_filters)
     with ThreadPoolExecutor(max_workers=min(workers, max(len(programs), 1))) as pool:
-        return list(pool.map(run, programs))
+        results = []
+        for result in pool.map(run, programs):
+            results.append(result)
+            if progress is not None:
+                progress(1)
+        return results
 
 
 def sandbox_mode() -> str:

