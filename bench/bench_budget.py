@@ -12,6 +12,7 @@ generation), ASHA's rungs (epochs run), and the final report (three test arms + 
 on val). Run it on a quiet machine: it prints the load average, and on a shared 2-core machine
 every rate drops several-fold (CPU time does not correct for it: a busy host slows the vCPUs too).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,14 +24,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import machine  # noqa: E402
-from search.baselines import candidates, texts_of  # noqa: E402
-from spaces import load_space  # noqa: E402
-from trainable.data import problems_for  # noqa: E402
-from trainable.distill import cached_targets, training_items  # noqa: E402
-from trainable.generate import GenerationStats, generate  # noqa: E402
-from trainable.model import choose_dtype, load_model  # noqa: E402
-from trainable.train import build_examples, completion_loss  # noqa: E402
+from bench.common import machine  # noqa: E402 - after the sys.path line above
+from search.baselines import candidates, texts_of  # noqa: E402 - after the sys.path line above
+from spaces import load_space  # noqa: E402 - after the sys.path line above
+from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.distill import cached_targets, training_items  # noqa: E402 - after the sys.path line above
+from trainable.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
+from trainable.model import choose_dtype, load_model  # noqa: E402 - after the sys.path line above
+from trainable.train import build_examples, completion_loss  # noqa: E402 - after the sys.path line above
 
 # Distillation yield seen on the bundled model (100 MBPP problems, greedy + 1 sample, 192 tokens):
 # 55 problems with a target, 74 targets. The guess of an epoch's size when the space's targets are
@@ -46,9 +47,17 @@ def _timed(fn):
 
 def generation_rate(loaded, problems, config) -> dict:
     stats = GenerationStats()
-    _, wall = _timed(lambda: generate(loaded, [p["prompt"] for p in problems], None, max_new_tokens=config.max_new_tokens,
-                                      batch_size=config.eval_batch_size, stats=stats,
-                                      stops=[p.get("stop_tokens") for p in problems]))
+    _, wall = _timed(
+        lambda: generate(
+            loaded,
+            [p["prompt"] for p in problems],
+            None,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.eval_batch_size,
+            stats=stats,
+            stops=[p.get("stop_tokens") for p in problems],
+        )
+    )
     return {"tokens_per_problem": stats.new_tokens / len(problems), "tps": stats.new_tokens / wall}
 
 
@@ -57,7 +66,7 @@ def training_rate(loaded, problems, config, steps: int) -> dict:
     soft = torch.nn.Parameter(torch.randn(16, loaded.model.config.hidden_size) * 0.02)
     optimizer = torch.optim.AdamW([soft], lr=1e-2)
     examples = build_examples(loaded, problems, config.max_length)
-    batches = [examples[i: i + config.batch_size] for i in range(0, len(examples), config.batch_size)][:steps + 1]
+    batches = [examples[i : i + config.batch_size] for i in range(0, len(examples), config.batch_size)][: steps + 1]
 
     def step(batch):
         loss, n = completion_loss(loaded, soft, batch)
@@ -82,24 +91,33 @@ def asha_epochs(n: int, grace: int, factor: float, max_t: int) -> float:
     return total
 
 
-def estimate(spec, gen_he: dict, gen_mbpp: dict, train: dict, key: str = "tps",
-             cached: int | None = None) -> list[tuple[str, float]]:
+def estimate(
+    spec, gen_he: dict, gen_mbpp: dict, train: dict, key: str = "tps", cached: int | None = None
+) -> list[tuple[str, float]]:
     """`cached`: the number of training examples when the targets are already cached (no distillation)."""
     data, budget = spec.data, spec.budget
     he_s = gen_he["tokens_per_problem"] / gen_he[key]
-    examples = cached if cached is not None else \
-        data.train.n * TARGETS_PER_PROBLEM if data.needs_targets() else data.train.n
-    distill = data.train.n * (1 + data.distill.samples) * gen_mbpp["tokens_per_problem"] / gen_mbpp[key] \
-        if data.needs_targets() and cached is None else 0.0
+    examples = (
+        cached if cached is not None else data.train.n * TARGETS_PER_PROBLEM if data.needs_targets() else data.train.n
+    )
+    distill = (
+        data.train.n * (1 + data.distill.samples) * gen_mbpp["tokens_per_problem"] / gen_mbpp[key]
+        if data.needs_targets() and cached is None
+        else 0.0
+    )
     epoch_train = examples * train["tokens_per_example"] / train[key]
     epoch_val = data.val.n * he_s
     epochs = asha_epochs(budget.num_samples, budget.grace_period, budget.reduction_factor, budget.max_epochs)
     hard = len(candidates(texts_of(spec.search, spec.fixed)))
     report = (2 + (1 if hard else 0)) * data.test.n * he_s + hard * data.val.n * he_s
-    return [("distillation (cached: none)" if cached is not None else "distillation (once, then cached)", distill), (f"one epoch: train {examples:.0f} examples", epoch_train),
-            (f"one epoch: val {data.val.n} problems", epoch_val), (f"ASHA: {epochs:.0f} epochs", epochs * (epoch_train + epoch_val)),
-            (f"report: {2 + bool(hard)} arms x {data.test.n} test + {hard} hard prompts x {data.val.n} val", report),
-            ("start-up (Ray, model load, per-trial set-up ~10 s)", 60 + 10 * budget.num_samples)]
+    return [
+        ("distillation (cached: none)" if cached is not None else "distillation (once, then cached)", distill),
+        (f"one epoch: train {examples:.0f} examples", epoch_train),
+        (f"one epoch: val {data.val.n} problems", epoch_val),
+        (f"ASHA: {epochs:.0f} epochs", epochs * (epoch_train + epoch_val)),
+        (f"report: {2 + bool(hard)} arms x {data.test.n} test + {hard} hard prompts x {data.val.n} val", report),
+        ("start-up (Ray, model load, per-trial set-up ~10 s)", 60 + 10 * budget.num_samples),
+    ]
 
 
 def main() -> None:
@@ -119,12 +137,17 @@ def main() -> None:
     targets = cached_targets(loaded, train_problems, spec.data.distill, config) if spec.data.needs_targets() else None
     # Time the examples an epoch really has: the cached targets, else the split's own solutions
     # (HumanEval val's canonical ones stand in for targets not distilled yet: longer, so a safe side).
-    items = training_items(train_problems, targets)[0] if targets is not None or not spec.data.needs_targets() \
+    items = (
+        training_items(train_problems, targets)[0]
+        if targets is not None or not spec.data.needs_targets()
         else problems_for("val", spec.data)
+    )
     train = training_rate(loaded, items[: config.batch_size * (args.steps + 1)], config, args.steps)
     load = os.getloadavg()[0]
-    print(f"space {spec.name}; model {spec.model}; dtype {str(dtype)[6:]} ({reason}); {machine()}; "
-          f"load average {load:.1f}" + (" - BUSY: every rate below is low" if load > (os.cpu_count() or 1) else ""))
+    print(
+        f"space {spec.name}; model {spec.model}; dtype {str(dtype)[6:]} ({reason}); {machine()}; "
+        f"load average {load:.1f}" + (" - BUSY: every rate below is low" if load > (os.cpu_count() or 1) else "")
+    )
     for name, rate in (("generation HumanEval", gen_he), ("generation MBPP", gen_mbpp), ("training", train)):
         size = rate.get("tokens_per_problem", rate.get("tokens_per_example"))
         print(f"{name:22s} {size:6.1f} tokens per item  {rate['tps']:7.1f} tokens/s")

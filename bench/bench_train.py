@@ -12,6 +12,7 @@ fp32 and bf16 GEMM, bench.common.ceilings): "% of ceiling" is each row's useful 
 token: forward + backward through the activations of the frozen N-parameter model) against the
 GEMM ceiling of the row's dtype.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,10 +23,18 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import (OLD_SPLIT, ceilings, describe_ceilings, load_bench_model, machine,  # noqa: E402
-                          peak_rss, print_table, train_flop_per_token)
-from trainable.data import problems_for  # noqa: E402
-from trainable.train import build_examples, completion_loss  # noqa: E402
+from bench.common import (
+    OLD_SPLIT,
+    ceilings,
+    describe_ceilings,
+    load_bench_model,
+    machine,  # noqa: E402 - after the sys.path line above
+    peak_rss,
+    print_table,
+    train_flop_per_token,
+)
+from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.train import build_examples, completion_loss  # noqa: E402 - after the sys.path line above
 
 
 CEILING_OF = {"bfloat16": "bf16_flops", "float32": "fp32_flops"}
@@ -79,15 +88,18 @@ def main() -> None:
         loaded = load_bench_model(args.model, dtype)
         # HumanEval train (canonical solutions) of OLD_SPLIT: the figures in bench/README.md
         examples = build_examples(loaded, problems_for("train", OLD_SPLIT)[: args.batch], 768)
-        peft_model = get_peft_model(loaded.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM,
-                                                                     num_virtual_tokens=args.tokens))
+        peft_model = get_peft_model(
+            loaded.model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=args.tokens)
+        )
         peft_soft = peft_model.prompt_encoder["default"].embedding.weight
         soft = torch.nn.Parameter(torch.randn(args.tokens, loaded.model.config.hidden_size) * 0.02)
         d = str(dtype).removeprefix("torch.")
-        rows.append(measure(f"stock PEFT ({d})", lambda: stock_peft_step(loaded, peft_model, examples),
-                            [peft_soft], args.steps))
-        rows.append(measure(f"ours, full logits ({d})", lambda: ours_step(loaded, soft, examples, True),
-                            [soft], args.steps))
+        rows.append(
+            measure(f"stock PEFT ({d})", lambda: stock_peft_step(loaded, peft_model, examples), [peft_soft], args.steps)
+        )
+        rows.append(
+            measure(f"ours, full logits ({d})", lambda: ours_step(loaded, soft, examples, True), [soft], args.steps)
+        )
         rows.append(measure(f"ours ({d})", lambda: ours_step(loaded, soft, examples, False), [soft], args.steps))
         flop = train_flop_per_token(loaded.model)
         for row in rows[-3:]:
@@ -95,11 +107,14 @@ def main() -> None:
     base = next(r for r in rows if r[0] == "stock PEFT (float32)")
     for row in rows:
         row.append(base[1] / row[1])
-    print(f"model {args.model}; batch {args.batch} HumanEval train examples; {args.tokens} virtual tokens; "
-          f"{args.steps} steps after 1 warm-up; {machine()}")
+    print(
+        f"model {args.model}; batch {args.batch} HumanEval train examples; {args.tokens} virtual tokens; "
+        f"{args.steps} steps after 1 warm-up; {machine()}"
+    )
     print(describe_ceilings(ceiling))
-    print_table(["path", "s/step", "tokens/s", "peak MB", "% of GEMM ceiling (its dtype)", "speed-up vs stock fp32"],
-                rows)
+    print_table(
+        ["path", "s/step", "tokens/s", "peak MB", "% of GEMM ceiling (its dtype)", "speed-up vs stock fp32"], rows
+    )
     for dtype in ("bfloat16", "float32"):
         stock = next(r for r in rows if r[0] == f"stock PEFT ({dtype})")
         ours = next(r for r in rows if r[0] == f"ours ({dtype})")

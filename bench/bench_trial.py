@@ -7,6 +7,7 @@ Reads Tune's per-epoch results (result.json of every trial) and splits each tria
 the trial (model from the per-process cache, soft prompt, data), checkpointing and Tune's
 reporting. Actor start-up and MLflow writes (in the driver) are outside the span.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import print_table  # noqa: E402
+from bench.common import print_table  # noqa: E402 - after the sys.path line above
 
 
 def trial_rows(experiment: Path) -> list[dict]:
@@ -30,9 +31,17 @@ def trial_rows(experiment: Path) -> list[dict]:
         train = sum(e["train_seconds"] for e in epochs)
         evaluate = sum(e["eval_seconds"] for e in epochs)
         sandbox = sum(e["sandbox_seconds"] for e in epochs)
-        rows.append({"trial": epochs[0]["trial_id"], "epochs": len(epochs), "span": span, "train": train,
-                     "generation": evaluate - sandbox, "sandbox": sandbox,
-                     "other": max(0.0, span - train - evaluate)})
+        rows.append(
+            {
+                "trial": epochs[0]["trial_id"],
+                "epochs": len(epochs),
+                "span": span,
+                "train": train,
+                "generation": evaluate - sandbox,
+                "sandbox": sandbox,
+                "other": max(0.0, span - train - evaluate),
+            }
+        )
     return rows
 
 
@@ -42,17 +51,42 @@ def main() -> None:
     rows = trial_rows(Path(sys.argv[1]))
     if not rows:
         raise SystemExit(f"no trial results under {sys.argv[1]}")
-    table = [[r["trial"], r["epochs"], r["span"], r["train"], r["generation"], r["sandbox"], r["other"],
-              r["span"] / r["epochs"]] for r in rows]
+    table = [
+        [
+            r["trial"],
+            r["epochs"],
+            r["span"],
+            r["train"],
+            r["generation"],
+            r["sandbox"],
+            r["other"],
+            r["span"] / r["epochs"],
+        ]
+        for r in rows
+    ]
     total = {k: sum(r[k] for r in rows) for k in ("span", "train", "generation", "sandbox", "other")}
     epochs = sum(r["epochs"] for r in rows)
-    table.append(["all", epochs, total["span"], total["train"], total["generation"], total["sandbox"],
-                  total["other"], total["span"] / epochs])
-    print_table(["trial", "epochs", "span s", "train s", "generation s", "sandbox s", "ray+setup+ckpt s", "s/epoch"], table)
+    table.append(
+        [
+            "all",
+            epochs,
+            total["span"],
+            total["train"],
+            total["generation"],
+            total["sandbox"],
+            total["other"],
+            total["span"] / epochs,
+        ]
+    )
+    print_table(
+        ["trial", "epochs", "span s", "train s", "generation s", "sandbox s", "ray+setup+ckpt s", "s/epoch"], table
+    )
     share = {k: 100 * total[k] / total["span"] for k in ("train", "generation", "sandbox", "other")}
     print("share of trial time: " + ", ".join(f"{k} {v:.1f}%" for k, v in share.items()))
-    print(f"seconds per trial: {total['span'] / len(rows):.1f} (mean over {len(rows)}, incl. early-stopped); "
-          f"trials per hour at concurrency 1: {3600 * len(rows) / total['span']:.1f}")
+    print(
+        f"seconds per trial: {total['span'] / len(rows):.1f} (mean over {len(rows)}, incl. early-stopped); "
+        f"trials per hour at concurrency 1: {3600 * len(rows) / total['span']:.1f}"
+    )
     print(f"Ray + set-up + checkpoint overhead per trial (span - train - eval): {total['other'] / len(rows):.2f} s")
 
 

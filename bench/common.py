@@ -1,4 +1,5 @@
 """Shared bench plumbing: model choice, the machine's own ceilings, a peak-RSS sampler, table printing."""
+
 from __future__ import annotations
 
 import os
@@ -15,9 +16,17 @@ from trainable.data import DataSplit
 # measured on, before trials trained on MBPP: kept so those figures can be re-measured.
 OLD_SPLIT = DataSplit(64, 40, 60)
 
-QWEN_05B_SHAPE = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                      num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
-                      tie_word_embeddings=True, rope_theta=1000000.0)
+QWEN_05B_SHAPE = dict(
+    hidden_size=896,
+    intermediate_size=4864,
+    num_hidden_layers=24,
+    num_attention_heads=14,
+    num_key_value_heads=2,
+    vocab_size=151936,
+    max_position_embeddings=32768,
+    tie_word_embeddings=True,
+    rope_theta=1000000.0,
+)
 
 
 def load_bench_model(which: str, dtype: torch.dtype, device: str | None = None, tokenizer_dir: str | None = None):
@@ -66,15 +75,15 @@ def ceilings(device: str = "cpu") -> dict:
     torch uses (set them before calling); a GEMM is the best case a transformer's matmuls can
     reach, a copy the most bytes a memory-bound step (decoding) can move."""
     cuda = device.startswith("cuda")
-    n, n_bf16, copy_numel = (8192, 8192, 2 ** 30) if cuda else (2048, 1024, 2 ** 27)
+    n, n_bf16, copy_numel = (8192, 8192, 2**30) if cuda else (2048, 1024, 2**27)
     a = torch.randn(n, n, device=device)
     b = torch.randn(n, n, device=device)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
-    fp32 = 2 * n ** 3 / _timed(lambda: a @ b, device, repeat=3, warmup=1)
+    fp32 = 2 * n**3 / _timed(lambda: a @ b, device, repeat=3, warmup=1)
     # bf16 is emulated (slow) on CPUs without avx512_bf16/AMX: a smaller product keeps it short
     a16, b16 = a[:n_bf16, :n_bf16].bfloat16(), b[:n_bf16, :n_bf16].bfloat16()
-    bf16 = 2 * n_bf16 ** 3 / _timed(lambda: a16 @ b16, device, repeat=3 if cuda else 2, warmup=1)
+    bf16 = 2 * n_bf16**3 / _timed(lambda: a16 @ b16, device, repeat=3 if cuda else 2, warmup=1)
     src = torch.empty(copy_numel, dtype=torch.uint16, device=device).fill_(1)  # 2 GiB GPU, 256 MiB CPU
     dst = torch.empty_like(src)
     copy = 2 * src.numel() * 2 / _timed(lambda: dst.copy_(src), device, repeat=5, warmup=1)
@@ -83,8 +92,10 @@ def ceilings(device: str = "cpu") -> dict:
 
 def describe_ceilings(c: dict) -> str:
     unit, scale = ("TFLOP/s", 1e12) if c["bf16_flops"] > 1e13 else ("GFLOP/s", 1e9)
-    return (f"ceilings measured here: fp32 GEMM {c['fp32_flops'] / scale:,.1f} {unit}, bf16 GEMM "
-            f"{c['bf16_flops'] / scale:,.1f} {unit}, copy {c['copy_bytes'] / 1e9:,.1f} GB/s")
+    return (
+        f"ceilings measured here: fp32 GEMM {c['fp32_flops'] / scale:,.1f} {unit}, bf16 GEMM "
+        f"{c['bf16_flops'] / scale:,.1f} {unit}, copy {c['copy_bytes'] / 1e9:,.1f} GB/s"
+    )
 
 
 def model_params(model) -> int:
@@ -145,8 +156,10 @@ def cpu_flags() -> str:
 
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({cpu_flags()}), {gpu}, "
-            f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    return (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores ({cpu_flags()}), {gpu}, "
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}"
+    )
 
 
 def print_table(headers: list[str], rows: list[list]) -> None:

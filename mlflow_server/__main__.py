@@ -33,6 +33,7 @@ Binding to a non-loopback address requires --auth (or --insecure). Behind a DNS 
 --allowed-hosts (MLflow's DNS-rebinding defence matches the Host header, port included:
 use patterns like 'mlflow.ns.svc.cluster.local:*,localhost:*').
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -54,16 +55,17 @@ def preflight(cfg: ServerConfig) -> None:
     """Missing packages and directories are runtime problems: exit 1 with the fix."""
     from sqlalchemy.engine import make_url
 
-    for what, uri in (("backend-store-uri", cfg.backend_store_uri),
-                      ("auth-db-uri", cfg.auth_db_uri if cfg.auth else None)):
+    for what, uri in (
+        ("backend-store-uri", cfg.backend_store_uri),
+        ("auth-db-uri", cfg.auth_db_uri if cfg.auth else None),
+    ):
         if uri is None:
             continue
         url = make_url(uri)
         try:
             url.get_dialect().import_dbapi()
         except ImportError as e:
-            hint = (" (pip install 'psycopg[binary]')" if url.get_backend_name() == "postgresql"
-                    else "")
+            hint = " (pip install 'psycopg[binary]')" if url.get_backend_name() == "postgresql" else ""
             raise StartError(f"{what}: the database driver is missing: {e}{hint}") from None
         if url.get_backend_name() == "sqlite":
             Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -99,8 +101,7 @@ def run(cfg: ServerConfig, extra_env: dict[str, str]) -> int:
         if not stop.is_set():  # the server died on its own
             code = server.proc.returncode
             server.stop()
-            print(f"{PROG}: server exited with code {code}: {server.reason()}",
-                  file=sys.stderr, flush=True)
+            print(f"{PROG}: server exited with code {code}: {server.reason()}", file=sys.stderr, flush=True)
             return 1
         server.stop()
         print(f"{PROG}: stopped", file=sys.stderr, flush=True)
@@ -127,10 +128,17 @@ def main(argv: list[str] | None = None) -> int:
             ini_dir = ini.parent
             extra = child_env(auth, ini)
         if not is_loopback(cfg.host) and not cfg.allowed_hosts:
-            print(f"{PROG}: note: without --allowed-hosts MLflow answers 403 to Host headers "
-                  "other than localhost and private IPs", file=sys.stderr)
-        print(f"{PROG}: backend {cfg.backend_display}, artifacts {cfg.artifacts_destination}"
-              f"{', basic-auth on' if auth else ''}", file=sys.stderr, flush=True)
+            print(
+                f"{PROG}: note: without --allowed-hosts MLflow answers 403 to Host headers "
+                "other than localhost and private IPs",
+                file=sys.stderr,
+            )
+        print(
+            f"{PROG}: backend {cfg.backend_display}, artifacts {cfg.artifacts_destination}"
+            f"{', basic-auth on' if auth else ''}",
+            file=sys.stderr,
+            flush=True,
+        )
         return run(cfg, extra)
     except (StartError, OSError) as e:  # OSError: a directory that cannot be created, ...
         print(f"{PROG}: failed to start: {e}", file=sys.stderr)

@@ -7,6 +7,7 @@ Threats addressed here:
   reads the admin password from MLFLOW_AUTH_ADMIN_PASSWORD, which wins over the ini);
 - MLflow's historic default password and short passwords: refused before start (exit 2).
 """
+
 from __future__ import annotations
 
 import os
@@ -17,8 +18,8 @@ from pathlib import Path
 
 from softprompt_cli.errors import UsageError
 
-MIN_PASSWORD = 12                      # MLflow's own policy (mlflow.utils.validation)
-_LEGACY_DEFAULT = "password1234"       # GHSA-gq3w-7jj3-x7gr; MLflow refuses it too
+MIN_PASSWORD = 12  # MLflow's own policy (mlflow.utils.validation)
+_LEGACY_DEFAULT = "password1234"  # GHSA-gq3w-7jj3-x7gr; MLflow refuses it too
 USERNAME_VARS = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_TRACKING_USERNAME")
 PASSWORD_VARS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD")
 SECRET_KEY_VAR = "MLFLOW_FLASK_SERVER_SECRET_KEY"
@@ -49,13 +50,15 @@ def resolve_auth(env=None) -> AuthSettings:
     _, username = _first_set(USERNAME_VARS, env)
     name, password = _first_set(PASSWORD_VARS, env)
     if not password:
-        raise UsageError(PASSWORD_VARS[1], text=f"not set, expected the admin password "
-                         f"({MIN_PASSWORD}+ characters) in the environment when --auth is "
-                         f"given (or {PASSWORD_VARS[0]})")
+        raise UsageError(
+            PASSWORD_VARS[1],
+            text=f"not set, expected the admin password "
+            f"({MIN_PASSWORD}+ characters) in the environment when --auth is "
+            f"given (or {PASSWORD_VARS[0]})",
+        )
     if len(password) < MIN_PASSWORD:
         # The value itself stays out of the error: it is a secret.
-        raise UsageError(name, None, f"at least {MIN_PASSWORD} characters",
-                         got=f"a {len(password)}-character password")
+        raise UsageError(name, None, f"at least {MIN_PASSWORD} characters", got=f"a {len(password)}-character password")
     if password == _LEGACY_DEFAULT:
         raise UsageError(name, None, "a secret one", got="MLflow's published legacy default password")
     username = username or "admin"
@@ -70,8 +73,7 @@ def resolve_auth(env=None) -> AuthSettings:
 def write_auth_ini(auth_db_uri: str, username: str) -> Path:
     """The basic-auth config in a private (0700) temp dir; the caller deletes it on exit."""
     if auth_db_uri.startswith("sqlite:///"):
-        Path(auth_db_uri[len("sqlite:///"):]).expanduser().parent.mkdir(parents=True,
-                                                                         exist_ok=True)
+        Path(auth_db_uri[len("sqlite:///") :]).expanduser().parent.mkdir(parents=True, exist_ok=True)
     folder = Path(tempfile.mkdtemp(prefix="mlflow-auth-"))
     ini = folder / "basic_auth.ini"
     # configparser interpolates '%': escape it so URIs with %-encoding survive.
@@ -83,7 +85,8 @@ def write_auth_ini(auth_db_uri: str, username: str) -> Path:
         "default_permission = READ\n"
         f"database_uri = {db}\n"
         f"admin_username = {username}\n"
-        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+    )
     ini.chmod(0o600)
     return ini
 

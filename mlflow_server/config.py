@@ -3,6 +3,7 @@
 Everything here is checked before any process starts, so bad input is one line and exit 2.
 This module imports neither mlflow nor the server stack: the supervisor stays small.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,10 @@ DEFAULT_ARTIFACTS = "./runs/mlartifacts"
 # The SQL dialects MLflow's SQLAlchemy store supports (mlflow.store.db.db_types).
 SQL_DIALECTS = ("sqlite", "postgresql", "mysql", "mssql")
 ARTIFACT_SCHEMES = ("file", "s3", "gs", "wasbs", "abfss", "hdfs")
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-                       r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
 # One --allowed-hosts entry: a host or IP, optional port, fnmatch wildcards (MLflow's syntax).
 _ALLOWED_HOST = re.compile(r"^[A-Za-z0-9.*\-\[\]:]+$")
 
@@ -33,7 +36,7 @@ class ServerConfig:
     host: str
     port: int
     backend_store_uri: str
-    backend_display: str          # the URI with any password masked, for messages
+    backend_display: str  # the URI with any password masked, for messages
     artifacts_destination: str
     auth: bool
     auth_db_uri: str
@@ -66,32 +69,47 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(epilog: str = "") -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m mlflow_server", epilog=epilog,
-                formatter_class=argparse.RawDescriptionHelpFormatter,
-                description="Run an MLflow tracking server (UI + REST API + proxied artifacts).")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="interface to bind (default 127.0.0.1; non-loopback needs --auth)")
+    p = _Parser(
+        prog="python -m mlflow_server",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run an MLflow tracking server (UI + REST API + proxied artifacts).",
+    )
+    p.add_argument(
+        "--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1; non-loopback needs --auth)"
+    )
     p.add_argument("--port", default="5000", help="TCP port, 1..65535 (default 5000)")
-    p.add_argument("--backend-store-uri", default=None,
-                   help="SQLAlchemy URI (default $MLFLOW_BACKEND_STORE_URI or "
-                        f"{DEFAULT_BACKEND}); prefer the env var for URIs with a password")
-    p.add_argument("--artifacts-destination", default=DEFAULT_ARTIFACTS,
-                   help=f"where proxied artifacts go: a directory or s3://... "
-                        f"(default {DEFAULT_ARTIFACTS})")
+    p.add_argument(
+        "--backend-store-uri",
+        default=None,
+        help="SQLAlchemy URI (default $MLFLOW_BACKEND_STORE_URI or "
+        f"{DEFAULT_BACKEND}); prefer the env var for URIs with a password",
+    )
+    p.add_argument(
+        "--artifacts-destination",
+        default=DEFAULT_ARTIFACTS,
+        help=f"where proxied artifacts go: a directory or s3://... (default {DEFAULT_ARTIFACTS})",
+    )
     p.add_argument("--auth", action="store_true", help="enable MLflow basic-auth (see below)")
-    p.add_argument("--auth-db-uri", default=None,
-                   help="user database for --auth (default: sqlite basic_auth.db beside the "
-                        "sqlite backend, else under ./runs)")
-    p.add_argument("--allowed-hosts", default=None,
-                   help="comma-separated Host header patterns accepted (MLflow's DNS-rebinding "
-                        "defence); e.g. 'mlflow.ns.svc.cluster.local:*,localhost:*'")
-    p.add_argument("--cors-allowed-origins", default=None,
-                   help="comma-separated origins allowed to call the API from a browser")
-    p.add_argument("--insecure", action="store_true",
-                   help="allow a non-loopback bind without --auth, or --allowed-hosts '*'")
+    p.add_argument(
+        "--auth-db-uri",
+        default=None,
+        help="user database for --auth (default: sqlite basic_auth.db beside the sqlite backend, else under ./runs)",
+    )
+    p.add_argument(
+        "--allowed-hosts",
+        default=None,
+        help="comma-separated Host header patterns accepted (MLflow's DNS-rebinding "
+        "defence); e.g. 'mlflow.ns.svc.cluster.local:*,localhost:*'",
+    )
+    p.add_argument(
+        "--cors-allowed-origins", default=None, help="comma-separated origins allowed to call the API from a browser"
+    )
+    p.add_argument(
+        "--insecure", action="store_true", help="allow a non-loopback bind without --auth, or --allowed-hosts '*'"
+    )
     p.add_argument("--workers", default="1", help="server worker processes (default 1)")
-    p.add_argument("--start-timeout", default="120",
-                   help="seconds to wait for /health before giving up (default 120)")
+    p.add_argument("--start-timeout", default="120", help="seconds to wait for /health before giving up (default 120)")
     return p
 
 
@@ -147,12 +165,14 @@ def check_backend_uri(uri: str) -> tuple[str, str]:
     try:
         url.get_dialect()  # an unknown '+driver' is bad input; a missing package is not
     except ArgumentError:
-        raise field_error("backend-store-uri", display, f"{allowed} with a driver SQLAlchemy "
-                          "knows (e.g. postgresql+psycopg2)") from None
+        raise field_error(
+            "backend-store-uri", display, f"{allowed} with a driver SQLAlchemy knows (e.g. postgresql+psycopg2)"
+        ) from None
     if url.get_backend_name() == "sqlite":
         if not url.database or url.database == ":memory:":
-            raise field_error("backend-store-uri", display, "a sqlite *file* (in-memory data "
-                              "would vanish with the server)")
+            raise field_error(
+                "backend-store-uri", display, "a sqlite *file* (in-memory data would vanish with the server)"
+            )
     elif not url.host:
         raise field_error("backend-store-uri", display, f"{allowed} (a host is missing)")
     return uri, display
@@ -166,8 +186,9 @@ def check_artifacts(dest: str) -> str:
     if "://" not in dest:
         return str(Path(dest).expanduser().resolve())
     if scheme not in ARTIFACT_SCHEMES:
-        raise field_error("artifacts-destination", dest,
-                          "a directory or a URI with scheme " + "/".join(ARTIFACT_SCHEMES))
+        raise field_error(
+            "artifacts-destination", dest, "a directory or a URI with scheme " + "/".join(ARTIFACT_SCHEMES)
+        )
     return dest
 
 
@@ -177,8 +198,9 @@ def check_allowed_hosts(raw: str | None, insecure: bool) -> str | None:
     items = [h.strip() for h in raw.split(",")]
     for item in items:
         if not item or not _ALLOWED_HOST.match(item):
-            raise field_error("allowed-hosts", raw, "comma-separated hosts like "
-                              "'mlflow.ns.svc.cluster.local:*,localhost:*'")
+            raise field_error(
+                "allowed-hosts", raw, "comma-separated hosts like 'mlflow.ns.svc.cluster.local:*,localhost:*'"
+            )
     if "*" in items and not insecure:
         # '*' turns off the Host-header check that defends browsers against DNS rebinding.
         raise field_error("allowed-hosts", raw, "explicit host patterns ('*' needs --insecure)")
@@ -220,21 +242,30 @@ def parse_config(argv: list[str] | None, epilog: str = "") -> ServerConfig:
         timeout = -1.0
     if not 1 <= timeout <= 3600:
         raise field_error("start-timeout", args.start_timeout, "seconds in 1..3600")
-    backend, display = check_backend_uri(args.backend_store_uri
-                                         or os.environ.get("MLFLOW_BACKEND_STORE_URI")
-                                         or DEFAULT_BACKEND)
+    backend, display = check_backend_uri(
+        args.backend_store_uri or os.environ.get("MLFLOW_BACKEND_STORE_URI") or DEFAULT_BACKEND
+    )
     if not args.auth and not args.insecure and not is_loopback(host):
         # Without auth anyone who can reach the port can read and delete every run.
-        raise field_error("host", host, "a loopback address unless --auth is given "
-                          "(or --insecure to accept an unauthenticated server)")
+        raise field_error(
+            "host",
+            host,
+            "a loopback address unless --auth is given (or --insecure to accept an unauthenticated server)",
+        )
     auth_db = args.auth_db_uri or default_auth_db(backend)
     if args.auth_db_uri:
         check_backend_uri(auth_db)
     return ServerConfig(
-        host=host, port=port, backend_store_uri=backend, backend_display=display,
+        host=host,
+        port=port,
+        backend_store_uri=backend,
+        backend_display=display,
         artifacts_destination=check_artifacts(args.artifacts_destination),
-        auth=args.auth, auth_db_uri=auth_db,
+        auth=args.auth,
+        auth_db_uri=auth_db,
         allowed_hosts=check_allowed_hosts(args.allowed_hosts, args.insecure),
         cors_allowed_origins=check_cors(args.cors_allowed_origins, args.insecure),
         insecure=args.insecure,
-        workers=workers, start_timeout=timeout)
+        workers=workers,
+        start_timeout=timeout,
+    )

@@ -5,6 +5,7 @@ Why a child group and not mlflow's functions in-process: `mlflow server` itself 
 to uvicorn only, so helpers can outlive it. Putting the whole tree in its own session lets us
 signal every process in it by process-group id, and nothing outside it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -25,9 +26,11 @@ from mlflow_server.config import ServerConfig
 
 STOP_GRACE_S = 10.0
 # Output lines that explain a failed start, best first; the last line of the best tier wins.
-_REASONS = (re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b: "),   # a traceback's last line
-            re.compile(r"\b(ERROR|CRITICAL)\b"),                       # a logged error
-            re.compile(r"(error|exception|refus|denied|not found|no such)", re.I))
+_REASONS = (
+    re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)\b: "),  # a traceback's last line
+    re.compile(r"\b(ERROR|CRITICAL)\b"),  # a logged error
+    re.compile(r"(error|exception|refus|denied|not found|no such)", re.I),
+)
 
 
 class StartError(RuntimeError):
@@ -35,9 +38,21 @@ class StartError(RuntimeError):
 
 
 def build_command(cfg: ServerConfig) -> list[str]:
-    cmd = [sys.executable, "-m", "mlflow", "server",
-           "--host", cfg.host, "--port", str(cfg.port), "--workers", str(cfg.workers),
-           "--serve-artifacts", "--artifacts-destination", cfg.artifacts_destination]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--host",
+        cfg.host,
+        "--port",
+        str(cfg.port),
+        "--workers",
+        str(cfg.workers),
+        "--serve-artifacts",
+        "--artifacts-destination",
+        cfg.artifacts_destination,
+    ]
     if cfg.auth:
         cmd += ["--app-name", "basic-auth"]
     if cfg.allowed_hosts:
@@ -62,8 +77,7 @@ def build_env(cfg: ServerConfig, extra: dict[str, str]) -> dict[str, str]:
 def check_port_free(cfg: ServerConfig) -> None:
     """Fail early with a clear reason instead of a uvicorn traceback."""
     try:
-        infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM,
-                                   flags=socket.AI_PASSIVE)
+        infos = socket.getaddrinfo(cfg.host, cfg.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as e:
         raise StartError(f"host {cfg.host!r} does not resolve: {e.strerror}") from None
     family, stype, proto, _, addr = infos[0]
@@ -101,9 +115,14 @@ class Server:
     def __init__(self, cfg: ServerConfig, extra_env: dict[str, str]):
         self.cfg = cfg
         self.proc = subprocess.Popen(
-            build_command(cfg), env=build_env(cfg, extra_env), stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+            build_command(cfg),
+            env=build_env(cfg, extra_env),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+        )
         self.tail: collections.deque[str] = collections.deque(maxlen=80)
         self._pump = threading.Thread(target=self._forward_output, daemon=True)
         self._pump.start()
@@ -117,8 +136,9 @@ class Server:
 
     def reason(self) -> str:
         self._pump.join(timeout=2)
-        lines = [ln.strip() for ln in self.tail
-                 if ln.strip() and not ln.lstrip().startswith("(Background on this error")]
+        lines = [
+            ln.strip() for ln in self.tail if ln.strip() and not ln.lstrip().startswith("(Background on this error")
+        ]
         for pattern in _REASONS:
             hits = [ln for ln in lines if pattern.search(ln)]
             if hits:
@@ -130,13 +150,11 @@ class Server:
         deadline = time.monotonic() + self.cfg.start_timeout
         while not stop.is_set():
             if self.proc.poll() is not None:
-                raise StartError(f"mlflow server exited with code {self.proc.returncode}: "
-                                 f"{self.reason()}")
+                raise StartError(f"mlflow server exited with code {self.proc.returncode}: {self.reason()}")
             if health_ok(self.cfg.url, timeout=1.0):
                 return True
             if time.monotonic() > deadline:
-                raise StartError(f"no healthy answer from {self.cfg.url}/health within "
-                                 f"{self.cfg.start_timeout:g} s")
+                raise StartError(f"no healthy answer from {self.cfg.url}/health within {self.cfg.start_timeout:g} s")
             stop.wait(0.1)
         return False
 
@@ -146,8 +164,7 @@ class Server:
         if _signal_group(pgid, signal.SIGTERM):
             deadline = time.monotonic() + STOP_GRACE_S
             # Wait for the group, not only the leader: grandchildren may outlive it.
-            while (self.proc.poll() is None or _group_alive(pgid)) \
-                    and time.monotonic() < deadline:
+            while (self.proc.poll() is None or _group_alive(pgid)) and time.monotonic() < deadline:
                 time.sleep(0.1)
             if _signal_group(pgid, signal.SIGKILL):
                 try:

@@ -1,4 +1,4 @@
 """The search driver: space -> tuner -> mlflow -> report.
 
-    python -m search.run --space smoke          # see `python -m search.run --help`
+python -m search.run --space smoke          # see `python -m search.run --help`
 """

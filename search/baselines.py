@@ -7,6 +7,7 @@ Each TEXT init of the space is a hand-written prompt, used two ways:
 Every candidate is scored on val; the best one (ties: the earlier in the space's order, tokens
 before comment) is then scored on test. Test never takes part in the choice.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -39,7 +40,7 @@ class HardPrompt:
 @dataclass
 class HardBaseline:
     chosen: HardPrompt
-    val_pass_at_1: dict[str, float]          # label -> val pass@1, every candidate
+    val_pass_at_1: dict[str, float]  # label -> val pass@1, every candidate
     test_samples: list[dict] = field(default_factory=list)
 
 
@@ -48,8 +49,9 @@ def texts_of(search: dict, fixed: dict) -> list[str]:
     `init` is per method), else a fixed init. A text is a hand-written prompt whatever the method."""
     dist = search.get("init")
     dists = list(getattr(dist, "by_method", {}).values()) or ([dist] if dist is not None else [])
-    values = ([v for d in dists if d.kind.value == "choice" for v in d.values] if dists
-              else [fixed.get("init", "random")])
+    values = (
+        [v for d in dists if d.kind.value == "choice" for v in d.values] if dists else [fixed.get("init", "random")]
+    )
     texts = [v for v in values if isinstance(v, str) and init_kind(v) is InitKind.TEXT]
     return list(dict.fromkeys(texts))
 
@@ -74,8 +76,9 @@ def arm_inputs(loaded: LoadedModel, hard: HardPrompt, problems: list[dict]):
 
 def score_hard(loaded: LoadedModel, hard: HardPrompt, problems: list[dict], config: TrainConfig) -> list[dict]:
     inputs, weight = arm_inputs(loaded, hard, problems)
-    return evaluate_problems(loaded, inputs, weight, config.max_new_tokens, config.eval_batch_size,
-                             config.sandbox_timeout_s).samples
+    return evaluate_problems(
+        loaded, inputs, weight, config.max_new_tokens, config.eval_batch_size, config.sandbox_timeout_s
+    ).samples
 
 
 def rate(samples: list[dict]) -> float:
@@ -87,12 +90,20 @@ def choose_on_val(val_results: dict[HardPrompt, list[dict]]) -> HardPrompt:
     return max(val_results, key=lambda hard: rate(val_results[hard]))
 
 
-def select_and_test(loaded: LoadedModel, hard_prompts: list[HardPrompt], val_problems: list[dict],
-                    test_problems: list[dict], config: TrainConfig) -> HardBaseline | None:
+def select_and_test(
+    loaded: LoadedModel,
+    hard_prompts: list[HardPrompt],
+    val_problems: list[dict],
+    test_problems: list[dict],
+    config: TrainConfig,
+) -> HardBaseline | None:
     """Score every candidate on val, choose, then score only the chosen one on test."""
     if not hard_prompts:
         return None
     val = {hard: score_hard(loaded, hard, val_problems, config) for hard in hard_prompts}
     chosen = choose_on_val(val)
-    return HardBaseline(chosen, {hard.label: rate(samples) for hard, samples in val.items()},
-                        score_hard(loaded, chosen, test_problems, config))
+    return HardBaseline(
+        chosen,
+        {hard.label: rate(samples) for hard, samples in val.items()},
+        score_hard(loaded, chosen, test_problems, config),
+    )

@@ -2,6 +2,7 @@
 
 Both are pickled with the experiment by Tune, so `--resume` brings them back.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,9 +20,18 @@ from trainable.checkpoint import adapter_dir
 from trainable.config import InitKind, init_kind
 
 # Tune's metric names -> MLflow's (MLflow forbids "@").
-METRICS = {"pass@1": "val_pass_at_1", "objective": "objective", "val_loss": "val_loss", "train_loss": "train_loss", "train_tokens_per_s": "train_tokens_per_s",
-           "generation_tokens_per_s": "generation_tokens_per_s", "eval_seconds": "eval_seconds",
-           "train_seconds": "train_seconds", "sandbox_seconds": "sandbox_seconds", "train_examples": "train_examples"}
+METRICS = {
+    "pass@1": "val_pass_at_1",
+    "objective": "objective",
+    "val_loss": "val_loss",
+    "train_loss": "train_loss",
+    "train_tokens_per_s": "train_tokens_per_s",
+    "generation_tokens_per_s": "generation_tokens_per_s",
+    "eval_seconds": "eval_seconds",
+    "train_seconds": "train_seconds",
+    "sandbox_seconds": "sandbox_seconds",
+    "train_examples": "train_examples",
+}
 # Strings a trial reports once per epoch that go to its MLflow run as tags.
 TAGS = ("node_id", "sandbox_mode", "dtype", "dtype_reason", "val_source")
 
@@ -41,8 +51,11 @@ def mlflow_params(params: dict) -> tuple[dict, dict]:
     if "init" in params and init_kind(params["init"]) is InitKind.TEXT:
         out["init"] = f"text:{text_param_hash(params['init'])}"
         text = params["init"]
-        tags["init_text"] = text if len(text) <= TAG_CHARS else (
-            f"{text[:TAG_CHARS - 100]}... ({len(text)} chars; all of it in the parent run's space/space.json)")
+        tags["init_text"] = (
+            text
+            if len(text) <= TAG_CHARS
+            else (f"{text[: TAG_CHARS - 100]}... ({len(text)} chars; all of it in the parent run's space/space.json)")
+        )
     return out, tags
 
 
@@ -67,8 +80,7 @@ def error_reason(trial) -> str:
 
 
 class MlflowCallback(tune.Callback):
-    def __init__(self, ledger: MlflowLedger, max_epochs: int, study_name: str, storage_url: str,
-                 params_of=dict):
+    def __init__(self, ledger: MlflowLedger, max_epochs: int, study_name: str, storage_url: str, params_of=dict):
         self.ledger, self.max_epochs = ledger, max_epochs
         self.study_name, self.storage_url = study_name, storage_url
         # Tune's config (Optuna's names, e.g. `learning_rate.p_tuning`) -> the trial's parameters by
@@ -119,8 +131,9 @@ class MlflowCallback(tune.Callback):
         try:
             checkpoint.to_directory(str(local))
         except OSError as exc:  # a full disk: the trial goes on, this epoch's files stay in Tune's storage
-            print(f"warning: trial {trial.trial_id}: checkpoint not copied for MLflow ({exc.strerror or exc})",
-                  flush=True)
+            print(
+                f"warning: trial {trial.trial_id}: checkpoint not copied for MLflow ({exc.strerror or exc})", flush=True
+            )
             return
         self.ledger.submit("artifacts", self._key(trial), str(adapter_dir(local)), "soft_prompt")
         self.ledger.submit("artifacts", self._key(trial), str(local), "checkpoint")
@@ -128,8 +141,9 @@ class MlflowCallback(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         state, epoch = final_state(trial, self.max_epochs)
         key = self._key(trial)
-        self.ledger.submit_all([["tags", key, {"state": state, "stopped_at_epoch": epoch}],
-                                ["end", key, self.ledger.end_status(state)]])
+        self.ledger.submit_all(
+            [["tags", key, {"state": state, "stopped_at_epoch": epoch}], ["end", key, self.ledger.end_status(state)]]
+        )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _, epoch = final_state(trial, self.max_epochs)
@@ -159,10 +173,12 @@ class ConsoleCallback(tune.Callback):
         if choice[0] and choice not in self.dtypes_shown:  # once per distinct choice, e.g. per machine kind
             self.dtypes_shown.add(choice)
             self._print(f"dtype {choice[0]} ({choice[1]})")
-        self._print(f"trial {trial.trial_id} epoch {result['training_iteration']}/{self.max_epochs} "
-                    f"val pass@1 {result['pass@1']:.3f} val loss {result.get('val_loss', float('nan')):.4f} "
-                    f"train loss {result.get('train_loss', float('nan')):.4f} "
-                    f"({result.get('train_tokens_per_s', 0):.0f} tok/s train)")
+        self._print(
+            f"trial {trial.trial_id} epoch {result['training_iteration']}/{self.max_epochs} "
+            f"val pass@1 {result['pass@1']:.3f} val loss {result.get('val_loss', float('nan')):.4f} "
+            f"train loss {result.get('train_loss', float('nan')):.4f} "
+            f"({result.get('train_tokens_per_s', 0):.0f} tok/s train)"
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         state, epoch = final_state(trial, self.max_epochs)
@@ -170,8 +186,7 @@ class ConsoleCallback(tune.Callback):
         self._progress(trials, trial)
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        self._print(f"trial {trial.trial_id} crashed ({error_reason(trial)}); "
-                    "retrying from its last checkpoint")
+        self._print(f"trial {trial.trial_id} crashed ({error_reason(trial)}); retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
         self._print(f"trial {trial.trial_id} FAILED: {error_reason(trial)}")

@@ -1,4 +1,5 @@
 """Checks of the command line that run before `ray.init()`: nothing starts on bad input."""
+
 from __future__ import annotations
 
 import errno
@@ -31,7 +32,9 @@ def check_storage(storage: str) -> str:
     if "://" in storage:
         scheme = storage.split("://", 1)[0]
         if scheme not in STORAGE_SCHEMES:
-            raise field_error("--storage", storage, "a local directory or a URI with scheme " + ", ".join(STORAGE_SCHEMES))
+            raise field_error(
+                "--storage", storage, "a local directory or a URI with scheme " + ", ".join(STORAGE_SCHEMES)
+            )
         return storage
     path = Path(storage).expanduser().resolve()
     if path.exists() and not path.is_dir():
@@ -53,8 +56,11 @@ def check_writable_dir(field: str, value, folder: Path) -> None:
         raise field_error(field, value, f"a writable directory ({folder}: {reason})") from None
     free = shutil.disk_usage(folder).free
     if free < MIN_FREE_BYTES:
-        raise field_error(field, value, f"a directory with at least {MIN_FREE_BYTES / 2**30:.1f} GiB free "
-                          f"({folder} has {free / 2**30:.2f} GiB)")
+        raise field_error(
+            field,
+            value,
+            f"a directory with at least {MIN_FREE_BYTES / 2**30:.1f} GiB free ({folder} has {free / 2**30:.2f} GiB)",
+        )
 
 
 # How a full disk reads when it arrives as text: the OS's words, sqlite's (SQLITE_FULL, from the
@@ -137,9 +143,12 @@ def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
             AutoConfig.from_pretrained(model.location, trust_remote_code=False)
         except (OSError, ValueError) as exc:
             raise UsageError(
-                "model", ref, text=f"got {ref!r}, which the Hugging Face hub cannot provide here "
+                "model",
+                ref,
+                text=f"got {ref!r}, which the Hugging Face hub cannot provide here "
                 f"({str(exc).splitlines()[0][:120]}); use --model bundled (offline stand-in) "
-                "or --model PATH (a local checkpoint)") from None
+                "or --model PATH (a local checkpoint)",
+            ) from None
     return model
 
 
@@ -181,7 +190,8 @@ def check_warm_starts(spec, model: ModelRef) -> None:
     for method, path, init in starts:
         info, _ = load_prompt(adapter_path(init), path, init)  # the tensor is there, of its stated shape
         sets_width = "encoder_hidden_size" in spec.fixed or any(
-            key == "encoder_hidden_size" for _, key, _ in spec.sampled(method))
+            key == "encoder_hidden_size" for _, key, _ in spec.sampled(method)
+        )
         why = model_mismatch(info, config, info.encoder_hidden_size if sets_width else None)
         if why:
             raise field_error(path, init, why)
@@ -192,11 +202,16 @@ def check_local_resources(cpu: float, gpu: float) -> None:
     for more would wait forever, so say so now. (On a cluster the driver checks after connecting.)"""
     import torch
 
-    for name, want, have in (("cpu", cpu, os.cpu_count() or 1),
-                             ("gpu", gpu, torch.cuda.device_count() if torch.cuda.is_available() else 0)):
+    for name, want, have in (
+        ("cpu", cpu, os.cpu_count() or 1),
+        ("gpu", gpu, torch.cuda.device_count() if torch.cuda.is_available() else 0),
+    ):
         if want > have:
-            raise field_error(f"resources.{name}", want, f"at most {have:g} ({name.upper()}s on this machine; "
-                              "or use --address to run on a Ray cluster)")
+            raise field_error(
+                f"resources.{name}",
+                want,
+                f"at most {have:g} ({name.upper()}s on this machine; or use --address to run on a Ray cluster)",
+            )
 
 
 def check_sandbox() -> str:

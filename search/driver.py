@@ -9,6 +9,7 @@ parent's `search_state` tag and run status) and in the exit code:
 
 An interrupted (or failed) search goes on with `--resume --name NAME`; the command is printed.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,16 +24,31 @@ import ray
 
 from search.callbacks import mlflow_params, state_of
 from search.checks import is_no_space, no_space
-from search.interrupt import (CURRENT, TUNE_SIGINT_ENV, Phase, SearchInterrupted, raised_by_signal,
-                              sigterm_blocked_for_children)
+from search.interrupt import (
+    CURRENT,
+    TUNE_SIGINT_ENV,
+    Phase,
+    SearchInterrupted,
+    raised_by_signal,
+    sigterm_blocked_for_children,
+)
 from search.plan import SearchPlan
 from search.provenance import provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
 from search.results import learning_curves, write_run_record
 from search.searcher import study_storage_url
 from search.targets import NoTargets, prepare_targets
-from search.state import (FAILED, FINISHED, INTERRUPTED, LOCK_FILE, RECORD_FILE, RUNNING, SearchLock, SearchRecord,
-                          identity)
+from search.state import (
+    FAILED,
+    FINISHED,
+    INTERRUPTED,
+    LOCK_FILE,
+    RECORD_FILE,
+    RUNNING,
+    SearchLock,
+    SearchRecord,
+    identity,
+)
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
 from search.tuner import build_tuner, can_restore
 from spaces import SpaceSpec
@@ -47,8 +63,12 @@ def _start_ray(address: str | None) -> None:
     os.environ[TUNE_SIGINT_ENV] = "1"  # SIGINT stays ours during fit() (search.interrupt)
     # log_to_driver=False: trial output stays in Ray's log files; the console gets our lines.
     with sigterm_blocked_for_children():
-        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False,
-                 include_dashboard=False if address is None else None)
+        ray.init(
+            address=address,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+            include_dashboard=False if address is None else None,
+        )
 
 
 def _check_cluster_fits(spec: SpaceSpec) -> None:
@@ -61,8 +81,13 @@ def _check_cluster_fits(spec: SpaceSpec) -> None:
 
 def _new_record(plan: SearchPlan) -> SearchRecord:
     spec: SpaceSpec = plan.spec
-    return SearchRecord(name=plan.name, identity=identity(spec), num_samples=spec.budget.num_samples,
-                        max_concurrent=spec.budget.max_concurrent, mlflow_uri=plan.mlflow_uri)
+    return SearchRecord(
+        name=plan.name,
+        identity=identity(spec),
+        num_samples=spec.budget.num_samples,
+        max_concurrent=spec.budget.max_concurrent,
+        mlflow_uri=plan.mlflow_uri,
+    )
 
 
 def _open_record(plan: SearchPlan, lock: SearchLock) -> SearchRecord:
@@ -94,9 +119,18 @@ def _model_identity(spec: SpaceSpec) -> dict:
 def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchRecord, resumed: bool) -> None:
     spec: SpaceSpec = plan.spec
     # The trial budget may grow on --resume: tags (params cannot change in MLflow).
-    ops = [["tags", PARENT, {"search_state": RUNNING, "budget.num_samples": spec.budget.num_samples,
-                             "budget.max_concurrent": spec.budget.max_concurrent}],
-           ["view", PARENT, search_view(record.search_id, sorted(spec.search))]]
+    ops = [
+        [
+            "tags",
+            PARENT,
+            {
+                "search_state": RUNNING,
+                "budget.num_samples": spec.budget.num_samples,
+                "budget.max_concurrent": spec.budget.max_concurrent,
+            },
+        ],
+        ["view", PARENT, search_view(record.search_id, sorted(spec.search))],
+    ]
     if resumed:
         ops = [["start", PARENT], *ops, ["tags", PARENT, {"resume_command": plan.resume_command}]]
     else:
@@ -104,15 +138,21 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
         space_file.parent.mkdir(parents=True, exist_ok=True)
         space_file.write_text(json.dumps(spec.to_dict(), indent=2, default=str))
         identity_tags = {f"model.{k}": v for k, v in _model_identity(spec).items()}
-        budget = {f"budget.{k}": v for k, v in spec.to_dict()["budget"].items()
-                  if k not in ("num_samples", "max_concurrent")}
+        budget = {
+            f"budget.{k}": v for k, v in spec.to_dict()["budget"].items() if k not in ("num_samples", "max_concurrent")
+        }
         from trainable.data import SOURCES  # each data source used, with its license (MBPP: CC-BY-4.0)
 
         licenses = {f"data.{name}.license": SOURCES[name].license for name in sorted(spec.data.sources())}
-        ops += [["tags", PARENT, {**provenance(), **identity_tags, **licenses, "space": spec.name,
-                                  "storage": plan.experiment_path}],
-                ["params", PARENT, {"space": spec.name, "model": spec.model, **budget}],
-                ["artifacts", PARENT, str(space_file.parent), "space"]]
+        ops += [
+            [
+                "tags",
+                PARENT,
+                {**provenance(), **identity_tags, **licenses, "space": spec.name, "storage": plan.experiment_path},
+            ],
+            ["params", PARENT, {"space": spec.name, "model": spec.model, **budget}],
+            ["artifacts", PARENT, str(space_file.parent), "space"],
+        ]
     ledger.submit_all(ops)
 
 
@@ -128,14 +168,24 @@ def _compute_report(plan: SearchPlan, results, started: float, distill: dict | N
     report files. Stoppable at any point: nothing of it is in MLflow yet."""
     spec: SpaceSpec = plan.spec
     best, checkpoint, best_metrics = _best(results)
-    print(f"final report: scoring trial {best.metrics['trial_id']} (epoch {best_metrics['training_iteration']}) "
-          f"and the baselines on {spec.data.test.n} test problems", flush=True)
+    print(
+        f"final report: scoring trial {best.metrics['trial_id']} (epoch {best_metrics['training_iteration']}) "
+        f"and the baselines on {spec.data.test.n} test problems",
+        flush=True,
+    )
     with checkpoint.as_directory() as checkpoint_dir:
         test_best, test_base, hard = score_arms(spec, best.config, checkpoint_dir)
         adapter = copy_adapter(checkpoint_dir, plan.state_dir / "best_adapter")
-    report = FinalReport(best.metrics["trial_id"], spec.trial_params(best.config), float(best_metrics["pass@1"]),
-                         int(best_metrics["training_iteration"]), test_best, test_base, hard,
-                         best_by_method(results, spec.trial_params))
+    report = FinalReport(
+        best.metrics["trial_id"],
+        spec.trial_params(best.config),
+        float(best_metrics["pass@1"]),
+        int(best_metrics["training_iteration"]),
+        test_best,
+        test_base,
+        hard,
+        best_by_method(results, spec.trial_params),
+    )
     out = plan.state_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     names = {"soft_prompt": "best", "frozen": "baseline", "hard_prompt": "hard_prompt"}
@@ -154,14 +204,16 @@ def _commit_report(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger,
     best = {**{f"best.{k}": v for k, v in {**params, **tags}.items()}, "best_trial_id": report.best_trial_id}
     if report.hard is not None:
         best.update({"hard_prompt.text": report.hard.chosen.text, "hard_prompt.form": report.hard.chosen.form})
-    ledger.submit_all([
-        ["tags", PARENT, {**best, "report_round": record.reports}],  # tags: a later round may change them
-        ["metrics", PARENT, report.metrics(), record.reports],
-        ["artifacts", PARENT, str(plan.state_dir / "report"), "report"],
-        ["artifacts", PARENT, str(adapter), "best_soft_prompt"],
-        ["tags", PARENT, {"search_state": FINISHED}],
-        ["end", PARENT, "FINISHED"],
-    ])
+    ledger.submit_all(
+        [
+            ["tags", PARENT, {**best, "report_round": record.reports}],  # tags: a later round may change them
+            ["metrics", PARENT, report.metrics(), record.reports],
+            ["artifacts", PARENT, str(plan.state_dir / "report"), "report"],
+            ["artifacts", PARENT, str(adapter), "best_soft_prompt"],
+            ["tags", PARENT, {"search_state": FINISHED}],
+            ["end", PARENT, "FINISHED"],
+        ]
+    )
     record.reports += 1
     record.state = FINISHED
     record.save(plan.state_dir)
@@ -176,8 +228,10 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         ledger.connect()
         if resumed and ledger.queued():
             waiting = ledger.flush()  # what an earlier run could not send
-            print(f"MLflow: sent the operations an earlier run queued{f'; {waiting} still wait' if waiting else ''}",
-                  flush=True)
+            print(
+                f"MLflow: sent the operations an earlier run queued{f'; {waiting} still wait' if waiting else ''}",
+                flush=True,
+            )
         _log_parent_start(ledger, plan, record, resumed)
         CURRENT.check()
     with CURRENT.during(Phase.RAISE):  # distillation (or its cache): nothing to save if stopped
@@ -190,8 +244,15 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
     distill = asdict(distilled) if distilled else None  # for report/run_info.json
     with CURRENT.during(Phase.DEFER):
         # A search interrupted before Tune saved anything starts its experiment afresh.
-        tuner, watch = build_tuner(spec, plan.storage, plan.name, plan.state_dir, ledger, targets,
-                                   resume=resumed and can_restore(plan.experiment_path))
+        tuner, watch = build_tuner(
+            spec,
+            plan.storage,
+            plan.name,
+            plan.state_dir,
+            ledger,
+            targets,
+            resume=resumed and can_restore(plan.experiment_path),
+        )
     with CURRENT.during(Phase.TUNE):
         CURRENT.check()
         results = tuner.fit()
@@ -207,15 +268,17 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
-    for line in summary_lines(report, counts, time.time() - started, adapter, ledger.parent_url(),
-                              ledger.ui_link(plan.default_mlflow)):
+    for line in summary_lines(
+        report, counts, time.time() - started, adapter, ledger.parent_url(), ledger.ui_link(plan.default_mlflow)
+    ):
         print(line, flush=True)
     _warn_if_queued(plan, ledger)
     return 0
 
 
-def _end(plan: SearchPlan, record: SearchRecord | None, ledger: MlflowLedger | None, state: str, tags: dict,
-         reason: str) -> None:
+def _end(
+    plan: SearchPlan, record: SearchRecord | None, ledger: MlflowLedger | None, state: str, tags: dict, reason: str
+) -> None:
     """Record `state` (interrupted or failed): the record first, then MLflow, where every run of
     this search still RUNNING becomes KILLED (with the reason) and the parent says `state`."""
     if record is None:
@@ -226,21 +289,32 @@ def _end(plan: SearchPlan, record: SearchRecord | None, ledger: MlflowLedger | N
     except OSError as exc:
         print(f"warning: cannot write {plan.state_dir}/search.json ({exc.strerror or exc})", flush=True)
     if ledger is not None:
-        ledger.submit_all([["interrupted", PARENT, reason], ["tags", PARENT, {"search_state": state, **tags}],
-                           ["end", PARENT, "KILLED" if state == INTERRUPTED else "FAILED"]])
+        ledger.submit_all(
+            [
+                ["interrupted", PARENT, reason],
+                ["tags", PARENT, {"search_state": state, **tags}],
+                ["end", PARENT, "KILLED" if state == INTERRUPTED else "FAILED"],
+            ]
+        )
 
 
 def _warn_if_queued(plan: SearchPlan, ledger: MlflowLedger, send: bool = True) -> None:
     waiting = ledger.flush() if send else ledger.queued()
     if waiting:
-        print(f"warning: MLflow unreachable; {waiting} operation(s) not logged, kept in "
-              f"{plan.state_dir}/mlflow_backlog.jsonl; `--resume --name {plan.name}` sends them", flush=True)
+        print(
+            f"warning: MLflow unreachable; {waiting} operation(s) not logged, kept in "
+            f"{plan.state_dir}/mlflow_backlog.jsonl; `--resume --name {plan.name}` sends them",
+            flush=True,
+        )
 
 
 def _interrupted(plan: SearchPlan, record, ledger, stop: SearchInterrupted) -> int:
     with CURRENT.during(Phase.CLEANUP):
-        print(f"== search {plan.name} interrupted by {stop}: state saved, no final report "
-              f"(unfinished trials and the report run on resume)\nresume with: {plan.resume_command}", flush=True)
+        print(
+            f"== search {plan.name} interrupted by {stop}: state saved, no final report "
+            f"(unfinished trials and the report run on resume)\nresume with: {plan.resume_command}",
+            flush=True,
+        )
         _end(plan, record, ledger, INTERRUPTED, {}, str(stop))
         if ledger is not None:
             _warn_if_queued(plan, ledger, send=False)
@@ -253,8 +327,9 @@ def run_search(plan: SearchPlan) -> int:
     try:
         with CURRENT.during(Phase.DEFER):
             record = _open_record(plan, lock)
-            ledger = MlflowLedger(plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id,
-                                  plan.state_dir, plan.artifact_location)
+            ledger = MlflowLedger(
+                plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
+            )
         return _drive(plan, record, ledger, started)
     except SearchInterrupted as stop:
         return _interrupted(plan, record, ledger, stop)
@@ -296,14 +371,18 @@ def already_finished(plan: SearchPlan) -> int:
     lock = SearchLock(plan.state_dir)
     lock.acquire()
     try:
-        ledger = MlflowLedger(plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir,
-                              plan.artifact_location)
+        ledger = MlflowLedger(
+            plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
+        )
         waiting = ledger.flush() if ledger.queued() else 0
     finally:
         lock.release()
-    print(f"search {plan.name} already finished ({record.num_samples} trials, final report logged); "
-          f"nothing to do. Best soft prompt: {plan.state_dir / 'best_adapter'}. To add trials: "
-          f"{plan.resume_command} --num-samples N (N > {record.num_samples})", flush=True)
+    print(
+        f"search {plan.name} already finished ({record.num_samples} trials, final report logged); "
+        f"nothing to do. Best soft prompt: {plan.state_dir / 'best_adapter'}. To add trials: "
+        f"{plan.resume_command} --num-samples N (N > {record.num_samples})",
+        flush=True,
+    )
     if waiting:
         print(f"warning: MLflow unreachable; {waiting} operation(s) still queued", flush=True)
     return 0

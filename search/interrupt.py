@@ -20,6 +20,7 @@ blocks SIGINT in them, so Ctrl-C reaches the driver only; `sigterm_blocked_for_c
 same for SIGTERM (a signal mask is inherited across fork and exec), so `kill -TERM -PGID` or
 `timeout` does not take Ray down under a driver that is still saving its state.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -99,8 +100,10 @@ class Interrupt:
             return
         if self.phase is Phase.RAISE or self.count > 1:
             raise SearchInterrupted(self.signum)
-        _say(f"{self.name}: stopping{' the trials' if self.phase is Phase.TUNE else ''} and saving the "
-             "search state (send it again to stop at once)")
+        _say(
+            f"{self.name}: stopping{' the trials' if self.phase is Phase.TUNE else ''} and saving the "
+            "search state (send it again to stop at once)"
+        )
 
     def check(self) -> None:
         """At a safe point: stop if a signal came in meanwhile."""

@@ -3,6 +3,7 @@
 Built by `search.run` after every check of user input and before Ray starts; read by
 `search.driver` and `search.results`. Frozen: a resume sets `record` by `dataclasses.replace`.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass

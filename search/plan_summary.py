@@ -2,6 +2,7 @@
 where results go, in a dozen short lines. The full resolved space is not printed: it goes to
 `runs/<search>/space/space.json` and to the parent MLflow run's `space/` artifact.
 """
+
 from __future__ import annotations
 
 import textwrap
@@ -9,7 +10,7 @@ import textwrap
 from spaces import DistKind, Distribution
 
 WIDTH = 110  # wrap long value lists (five text inits) rather than print one 400-character line
-LABEL = 10   # "searched  ", "budget    ": the label column
+LABEL = 10  # "searched  ", "budget    ": the label column
 SHORT_TEXT = 32  # a longer string value (an init text, an adapter path) shows its ends and length
 
 
@@ -45,8 +46,9 @@ def searched_lines(spec) -> list[str]:
         if isinstance(dist, Distribution):
             lines.append(f"{name}: {dimension(dist)}")
         else:  # PerMethod: only the methods this search can pick
-            lines += [f"{name} ({method}): {dimension(d)}" for method, d in dist.by_method.items()
-                      if method in spec.methods]
+            lines += [
+                f"{name} ({method}): {dimension(d)}" for method, d in dist.by_method.items() if method in spec.methods
+            ]
     return lines
 
 
@@ -54,16 +56,20 @@ def _part(part) -> str:
     return f"{part.n} {part.source}" + (" (listed ids)" if part.ids is not None else "")
 
 
-def plan_lines(spec, name: str, results: str, mlflow_uri: str, address: str | None,
-               resuming: tuple[str, str] | None = None) -> list[str]:
+def plan_lines(
+    spec, name: str, results: str, mlflow_uri: str, address: str | None, resuming: tuple[str, str] | None = None
+) -> list[str]:
     """The printed plan; `resuming` is (search id, state) for --resume."""
     budget, data, res = spec.budget, spec.data, spec.resources
     rows = [("search", f"{name}: space {spec.name}, model {_value(spec.model)}")]
     rows += [("searched" if i == 0 else "", line) for i, line in enumerate(searched_lines(spec))]
     rows += [
-        ("budget", f"{budget.num_samples} trials, {budget.max_concurrent} at a time, up to {budget.max_epochs} "
-                   f"epochs each (ASHA: grace {budget.grace_period}, reduction factor {budget.reduction_factor}); "
-                   f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial"),
+        (
+            "budget",
+            f"{budget.num_samples} trials, {budget.max_concurrent} at a time, up to {budget.max_epochs} "
+            f"epochs each (ASHA: grace {budget.grace_period}, reduction factor {budget.reduction_factor}); "
+            f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial",
+        ),
         ("data", f"train {_part(data.train)}, val {_part(data.val)}, test {_part(data.test)} (seed {data.seed})"),
         ("results", f"{results} (the full resolved space: space/space.json there and in MLflow)"),
         ("mlflow", mlflow_uri),
@@ -73,6 +79,12 @@ def plan_lines(spec, name: str, results: str, mlflow_uri: str, address: str | No
         rows.append(("resuming", f"search {resuming[0]} ({resuming[1]})"))
     out = []
     for label, text in rows:
-        out += textwrap.wrap(text, WIDTH, initial_indent=label.ljust(LABEL), subsequent_indent=" " * (LABEL + 2),
-                             break_long_words=False, break_on_hyphens=False)
+        out += textwrap.wrap(
+            text,
+            WIDTH,
+            initial_indent=label.ljust(LABEL),
+            subsequent_indent=" " * (LABEL + 2),
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     return [line.replace(NBSP, " ") for line in out]

@@ -18,6 +18,7 @@ whose messages the console drops, with the messages' prefixes (search/run.py `_q
 tests/test_private_apis.py); token auth as k8s/README.md describes it (tests/test_cluster.py,
 integration tier).
 """
+
 from __future__ import annotations
 
 import optuna
@@ -26,6 +27,7 @@ READ_FROM = {"ray": "2.60.0", "optuna": "5.0.0"}
 
 
 # -- ray/tune/search/optuna/optuna_search.py: OptunaSearch -----------------------------------------
+
 
 def optuna_trials(searcher) -> dict[str, optuna.trial.Trial]:
     """Tune trial id -> the Optuna trial asked for it (`_ot_trials`; Ray fills it in `suggest`
@@ -46,6 +48,7 @@ def told_trials(searcher) -> set[str]:
 
 # -- optuna/trial/_frozen.py, optuna/trial/_trial.py ----------------------------------------------
 
+
 def reopen_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optuna.trial.Trial:
     """A live `Trial` for a stored one, as `Study.ask` builds it: `Trial(study, trial_id)` with the
     storage's id, which FrozenTrial keeps private (`_trial_id`; `number` is not that id)."""
@@ -53,6 +56,7 @@ def reopen_trial(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> optun
 
 
 # -- ray/tune/search/search_generator.py: SearchGenerator.get_state / set_state --------------------
+
 
 def grow_sample_budget(state: dict, num_samples: int) -> dict:
     """The search generator's saved state with room for `num_samples` trials in all: the keys of
@@ -63,6 +67,7 @@ def grow_sample_budget(state: dict, num_samples: int) -> dict:
 
 
 # -- ray/tune/tuner.py, ray/tune/impl/tuner_internal.py, ray/tune/tune.py: Tuner(_tuner_kwargs=...) --
+
 
 def tuner_resume_kwargs(resume_config) -> dict:
     """Keyword arguments for `tune.Tuner(...)`: resume a restored experiment with this

@@ -1,4 +1,5 @@
 """Where a search came from: git sha, dirty flag, package versions, the command."""
+
 from __future__ import annotations
 
 import subprocess
@@ -11,17 +12,20 @@ PACKAGES = ("torch", "transformers", "peft", "ray", "optuna", "mlflow", "human-e
 
 def _git(*args: str) -> str:
     try:
-        return subprocess.run(["git", *args], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip()
+        return subprocess.run(
+            ["git", *args], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
 
 def provenance() -> dict:
-    info = {"command": " ".join(["python -m search.run", *sys.argv[1:]]),
-            "git_sha": _git("rev-parse", "HEAD") or "unknown",
-            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-            "python": sys.version.split()[0]}
+    info = {
+        "command": " ".join(["python -m search.run", *sys.argv[1:]]),
+        "git_sha": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "python": sys.version.split()[0],
+    }
     for name in PACKAGES:
         try:
             info[f"version.{name}"] = metadata.version(name)

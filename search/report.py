@@ -5,6 +5,7 @@ Test is read here only, after the search has chosen on val. Each lift of the sof
 with a 95% paired bootstrap confidence interval over test problems (the same problems for every
 arm) and the counts of problems one arm solves and the other does not.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -23,8 +24,9 @@ from softprompt_cli.errors import shown
 from trainable.checkpoint import adapter_dir
 
 
-def paired_bootstrap_ci(treated: list[bool], baseline: list[bool], resamples: int = 10_000,
-                        level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+def paired_bootstrap_ci(
+    treated: list[bool], baseline: list[bool], resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """Lift in pass@1 (treated - baseline) and its percentile bootstrap interval."""
     a, b = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
     if len(a) != len(b) or len(a) == 0:
@@ -54,8 +56,14 @@ def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.
     if prompt is not None:  # the saved adapter's output, as the trial used it (any method)
         info, output = prompt
         soft = prompt_input(info.method, output.to(loaded.device), info.num_layers, info.num_attention_heads)
-    result = evaluate_problems(loaded, problems_for("test", spec.data), soft, config.max_new_tokens,
-                               config.eval_batch_size, config.sandbox_timeout_s)
+    result = evaluate_problems(
+        loaded,
+        problems_for("test", spec.data),
+        soft,
+        config.max_new_tokens,
+        config.eval_batch_size,
+        config.sandbox_timeout_s,
+    )
     return result.samples
 
 
@@ -87,7 +95,7 @@ class Comparison:
     lift: float
     ci95_low: float
     ci95_high: float
-    only_soft: int   # problems the soft prompt solves and the other arm does not
+    only_soft: int  # problems the soft prompt solves and the other arm does not
     only_other: int
 
     @classmethod
@@ -96,8 +104,14 @@ class Comparison:
         treated = [bool(s["passed"]) for s in soft]
         paired = [by_task[s["task_id"]] for s in soft]
         lift, low, high = paired_bootstrap_ci(treated, paired)
-        return cls(other, lift, low, high, sum(a and not b for a, b in zip(treated, paired)),
-                   sum(b and not a for a, b in zip(treated, paired)))
+        return cls(
+            other,
+            lift,
+            low,
+            high,
+            sum(a and not b for a, b in zip(treated, paired)),
+            sum(b and not a for a, b in zip(treated, paired)),
+        )
 
 
 @dataclass
@@ -120,8 +134,11 @@ class FinalReport:
         return arms
 
     def comparisons(self) -> list[Comparison]:
-        return [Comparison.of(name, self.test_best, samples)
-                for name, samples in self.arms().items() if name != "soft_prompt"]
+        return [
+            Comparison.of(name, self.test_best, samples)
+            for name, samples in self.arms().items()
+            if name != "soft_prompt"
+        ]
 
     def lift(self) -> tuple[float, float, float]:
         c = self.comparisons()[0]
@@ -130,19 +147,30 @@ class FinalReport:
     def metrics(self) -> dict:
         """Numbers for MLflow's parent run (names without '@'); the first seven as before."""
         lift, low, high = self.lift()
-        out = {"best_val_pass_at_1": self.best_val_pass_at_1, "test_pass_at_1_best": self.rate(self.test_best),
-               "test_pass_at_1_baseline": self.rate(self.test_baseline), "lift": lift,
-               "lift_ci95_low": low, "lift_ci95_high": high, "test_n": len(self.test_best)}
+        out = {
+            "best_val_pass_at_1": self.best_val_pass_at_1,
+            "test_pass_at_1_best": self.rate(self.test_best),
+            "test_pass_at_1_baseline": self.rate(self.test_baseline),
+            "lift": lift,
+            "lift_ci95_low": low,
+            "lift_ci95_high": high,
+            "test_n": len(self.test_best),
+        }
         out.update({f"best_val_pass_at_1.{method}": best for method, (best, _) in self.by_method.items()})
         for c in self.comparisons():
             out[f"solved_only_by_soft_prompt_vs_{c.other}"] = c.only_soft
             out[f"solved_only_by_{c.other}"] = c.only_other
         if self.hard is not None:
             hard = next(c for c in self.comparisons() if c.other == "hard_prompt")
-            out.update({"test_pass_at_1_hard_prompt": self.rate(self.hard.test_samples),
-                        "val_pass_at_1_hard_prompt": self.hard.val_pass_at_1[self.hard.chosen.label],
-                        "lift_vs_hard_prompt": hard.lift, "lift_vs_hard_prompt_ci95_low": hard.ci95_low,
-                        "lift_vs_hard_prompt_ci95_high": hard.ci95_high})
+            out.update(
+                {
+                    "test_pass_at_1_hard_prompt": self.rate(self.hard.test_samples),
+                    "val_pass_at_1_hard_prompt": self.hard.val_pass_at_1[self.hard.chosen.label],
+                    "lift_vs_hard_prompt": hard.lift,
+                    "lift_vs_hard_prompt_ci95_low": hard.ci95_low,
+                    "lift_vs_hard_prompt_ci95_high": hard.ci95_high,
+                }
+            )
             out.update({f"val_pass_at_1_hard.{label}": v for label, v in self.hard.val_pass_at_1.items()})
         return out
 
@@ -150,16 +178,29 @@ class FinalReport:
         """Everything, for report/final_report.json (RESULTS.md is written from it)."""
         hard = None
         if self.hard is not None:
-            hard = {"text": self.hard.chosen.text, "form": self.hard.chosen.form, "label": self.hard.chosen.label,
-                    "val_pass_at_1": self.hard.val_pass_at_1}
-        return {"best_trial_id": self.best_trial_id, "best_params": self.best_params,
-                "best_val_pass_at_1": self.best_val_pass_at_1, "best_epoch": self.best_epoch,
-                "test": {name: {"pass_at_1": self.rate(samples), "passed": sum(s["passed"] for s in samples),
-                                "n": len(samples)} for name, samples in self.arms().items()},
-                "comparisons": [asdict(c) for c in self.comparisons()], "hard_prompt": hard,
-                "by_method": {method: {"best_val_pass_at_1": best, "trials": count}
-                              for method, (best, count) in self.by_method.items()},
-                "metrics": self.metrics()}
+            hard = {
+                "text": self.hard.chosen.text,
+                "form": self.hard.chosen.form,
+                "label": self.hard.chosen.label,
+                "val_pass_at_1": self.hard.val_pass_at_1,
+            }
+        return {
+            "best_trial_id": self.best_trial_id,
+            "best_params": self.best_params,
+            "best_val_pass_at_1": self.best_val_pass_at_1,
+            "best_epoch": self.best_epoch,
+            "test": {
+                name: {"pass_at_1": self.rate(samples), "passed": sum(s["passed"] for s in samples), "n": len(samples)}
+                for name, samples in self.arms().items()
+            },
+            "comparisons": [asdict(c) for c in self.comparisons()],
+            "hard_prompt": hard,
+            "by_method": {
+                method: {"best_val_pass_at_1": best, "trials": count}
+                for method, (best, count) in self.by_method.items()
+            },
+            "metrics": self.metrics(),
+        }
 
 
 def score_arms(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple[list, list, HardBaseline | None]:
@@ -188,20 +229,26 @@ def _passed(samples: list[dict]) -> str:
 
 
 def _comparison_line(label: str, c: Comparison, other: str) -> str:
-    return (f"{label:<14}{c.lift:+.3f}  95% CI [{c.ci95_low:+.3f}, {c.ci95_high:+.3f}] over {other}; "
-            f"solved only by the soft prompt {c.only_soft}, only by {other} {c.only_other}")
+    return (
+        f"{label:<14}{c.lift:+.3f}  95% CI [{c.ci95_low:+.3f}, {c.ci95_high:+.3f}] over {other}; "
+        f"solved only by the soft prompt {c.only_soft}, only by {other} {c.only_other}"
+    )
 
 
 def arm_lines(report: FinalReport) -> list[str]:
     """The three arms on test and the lifts: the console summary's middle (and the README's)."""
     n = len(report.test_best)
-    lines = [f"test pass@1   {_passed(report.test_best)}  with the soft prompt",
-             f"baseline      {_passed(report.test_baseline)}  frozen model, no soft prompt"]
+    lines = [
+        f"test pass@1   {_passed(report.test_best)}  with the soft prompt",
+        f"baseline      {_passed(report.test_baseline)}  frozen model, no soft prompt",
+    ]
     if report.hard is not None:
         chosen = report.hard.chosen
-        lines.append(f"hard prompt   {_passed(report.hard.test_samples)}  {chosen.describe()} "
-                     f"(best of {len(report.hard.val_pass_at_1)} on val: "
-                     f"{report.hard.val_pass_at_1[chosen.label]:.3f})")
+        lines.append(
+            f"hard prompt   {_passed(report.hard.test_samples)}  {chosen.describe()} "
+            f"(best of {len(report.hard.val_pass_at_1)} on val: "
+            f"{report.hard.val_pass_at_1[chosen.label]:.3f})"
+        )
     else:
         lines.append("hard prompt   none: the space has no text init to try as a hand-written prompt")
     names = {"frozen": "the frozen model", "hard_prompt": "the hard prompt"}
@@ -211,12 +258,16 @@ def arm_lines(report: FinalReport) -> list[str]:
     return lines
 
 
-def summary_lines(report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str,
-                  mlflow_ui: str | None = None) -> list[str]:
+def summary_lines(
+    report: FinalReport, counts: dict, seconds: float, adapter: Path, mlflow_where: str, mlflow_ui: str | None = None
+) -> list[str]:
     m = report.metrics()
-    params = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={shown(v)}" for k, v in report.best_params.items())
-    per_method = ", ".join(f"{method} {best:.3f} ({count} trial{'s' * (count != 1)})"
-                           for method, (best, count) in report.by_method.items())
+    params = " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={shown(v)}" for k, v in report.best_params.items()
+    )
+    per_method = ", ".join(
+        f"{method} {best:.3f} ({count} trial{'s' * (count != 1)})" for method, (best, count) in report.by_method.items()
+    )
     methods = [f"methods       {per_method}  (best val pass@1 per method)"] if len(report.by_method) > 1 else []
     return [
         f"== search finished in {seconds:.0f} s: {counts.get('total', 0)} trials "
@@ -261,14 +312,18 @@ def save_plots(study_name: str, storage_url: str, out_dir: Path) -> list[Path]:
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # the plots are "experimental"
     warnings.simplefilter("ignore", UserWarning)  # matplotlib on flat axes (all trials tied)
     written = []
-    plots = [("optimization_history", ovm.plot_optimization_history),
-             ("parallel_coordinate", ovm.plot_parallel_coordinate)]
+    plots = [
+        ("optimization_history", ovm.plot_optimization_history),
+        ("parallel_coordinate", ovm.plot_parallel_coordinate),
+    ]
     complete = _complete_trials(study)
     if complete >= MIN_TRIALS_FOR_IMPORTANCE:
         plots.insert(1, ("param_importances", ovm.plot_param_importances))
     else:
-        print(f"plot param_importances skipped: {complete} trial(s) ran every epoch, importance needs "
-              f"{MIN_TRIALS_FOR_IMPORTANCE}")
+        print(
+            f"plot param_importances skipped: {complete} trial(s) ran every epoch, importance needs "
+            f"{MIN_TRIALS_FOR_IMPORTANCE}"
+        )
     for name, plot in plots:
         try:
             ax = plot(study)

@@ -8,6 +8,7 @@ date, the machine (with the CPU flags the dtype rule reads), the wall time, one 
 (parameters, epochs reached, state, val pass@1 per epoch), the three arms on test with paired
 bootstrap intervals, and a conclusion that claims only what those intervals allow.
 """
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ def machine_info() -> dict:
     info = {"platform": platform.platform(), "cores": os.cpu_count(), "cpu": platform.processor()}
     try:
         text = Path("/proc/cpuinfo").read_text()
-        info["cpu"] = next(l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name"))
-        kb = next(int(l.split()[1]) for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal"))
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name"))
+        kb = next(
+            int(line.split()[1])
+            for line in Path("/proc/meminfo").read_text().splitlines()
+            if line.startswith("MemTotal")
+        )
         info["memory_gb"] = round(kb / 2**20, 1)
     except (OSError, StopIteration, ValueError):
         pass
@@ -58,10 +63,15 @@ def trial_record(result, max_epochs: int, params_of=dict) -> dict:
     history = sorted((m for _, m in result.best_checkpoints or []), key=lambda m: m["training_iteration"])
     state, epochs = state_of(bool(result.error), result.metrics, max_epochs)
     params, tags = mlflow_params(params_of(result.config) if result.config else {})
-    return {"trial_id": (result.metrics or {}).get("trial_id"), "params": params, "init_text": tags.get("init_text"),
-            "state": state, "epochs": epochs,
-            "val_pass_at_1": [float(m["pass@1"]) for m in history],
-            "error": str(result.error).splitlines()[0][:300] if result.error else None}
+    return {
+        "trial_id": (result.metrics or {}).get("trial_id"),
+        "params": params,
+        "init_text": tags.get("init_text"),
+        "state": state,
+        "epochs": epochs,
+        "val_pass_at_1": [float(m["pass@1"]) for m in history],
+        "error": str(result.error).splitlines()[0][:300] if result.error else None,
+    }
 
 
 def write_run_record(out: Path, plan: SearchPlan, report, results, wall_s: float, distill: dict | None) -> None:
@@ -71,10 +81,18 @@ def write_run_record(out: Path, plan: SearchPlan, report, results, wall_s: float
     spec = plan.spec
     dtypes = sorted({(r.metrics or {}).get("dtype") for r in results} - {None})
     reasons = sorted({(r.metrics or {}).get("dtype_reason") for r in results} - {None})
-    info = {"search": plan.name, "command": provenance()["command"], "git_sha": provenance()["git_sha"],
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() - wall_s)),
-            "wall_s": round(wall_s, 1), "machine": machine_info(), "space": spec.to_dict(),
-            "dtype": dtypes, "dtype_reason": reasons, "distill": distill}
+    info = {
+        "search": plan.name,
+        "command": provenance()["command"],
+        "git_sha": provenance()["git_sha"],
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() - wall_s)),
+        "wall_s": round(wall_s, 1),
+        "machine": machine_info(),
+        "space": spec.to_dict(),
+        "dtype": dtypes,
+        "dtype_reason": reasons,
+        "distill": distill,
+    }
     (out / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
     trials = [trial_record(r, spec.budget.max_epochs, spec.trial_params) for r in results]
     (out / "trials.json").write_text(json.dumps(trials, indent=1))
@@ -86,8 +104,11 @@ def load_report(state_dir: Path) -> tuple[dict, list, dict]:
     folder = Path(state_dir) / "report"
     missing = [name for name in REPORT_FILES if not (folder / name).is_file()]
     if missing:
-        raise field_error("search", str(state_dir), f"a finished search's directory (no report/{missing[0]}; "
-                          "a search writes it when its final report ran)")
+        raise field_error(
+            "search",
+            str(state_dir),
+            f"a finished search's directory (no report/{missing[0]}; a search writes it when its final report ran)",
+        )
     final, trials, info = (json.loads((folder / name).read_text()) for name in REPORT_FILES)
     return final, trials, info
 
@@ -105,7 +126,7 @@ def plot_curves(trials: list[dict], hard_val: float | None, path: Path) -> Path:
         if not values:
             continue
         epochs = list(range(1, len(values) + 1))
-        line, = ax.plot(epochs, values, "-", alpha=0.7, linewidth=1.2)
+        (line,) = ax.plot(epochs, values, "-", alpha=0.7, linewidth=1.2)
         marker = {"PRUNED": "x", "COMPLETED": "o"}.get(trial["state"], "s")
         ax.plot(epochs[-1], values[-1], marker, color=line.get_color(), markersize=8)
     if hard_val is not None:
@@ -133,12 +154,16 @@ def verdict(c: dict, n: int) -> str:
     if c["ci95_high"] < 0:
         return f"The soft prompt does worse than {other} on these {n} problems: {span}."
     if c["only_soft"] == c["only_other"] == 0:
-        return (f"No difference from {other} can be claimed: on these {n} problems both solve exactly the "
-                "same ones, so nothing separates them (the interval is [0, 0] for that reason alone).")
+        return (
+            f"No difference from {other} can be claimed: on these {n} problems both solve exactly the "
+            "same ones, so nothing separates them (the interval is [0, 0] for that reason alone)."
+        )
     half = 50 * (c["ci95_high"] - c["ci95_low"])
-    return (f"No difference from {other} can be claimed: the lift is {span}, an interval that "
-            f"includes zero; on {n} problems a real difference of less than about {half:.0f} points "
-            "would not show.")
+    return (
+        f"No difference from {other} can be claimed: the lift is {span}, an interval that "
+        f"includes zero; on {n} problems a real difference of less than about {half:.0f} points "
+        "would not show."
+    )
 
 
 def headline(final: dict) -> str:
@@ -148,8 +173,10 @@ def headline(final: dict) -> str:
     for arm in ("frozen", "hard_prompt"):
         if arm in comparisons:
             c = comparisons[arm]
-            parts.append(f"{NAMES[arm]} {test[arm]['pass_at_1']:.3f} (lift {_pct(c['lift'])} points, "
-                         f"95% CI [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}])")
+            parts.append(
+                f"{NAMES[arm]} {test[arm]['pass_at_1']:.3f} (lift {_pct(c['lift'])} points, "
+                f"95% CI [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}])"
+            )
     return "; ".join(parts) + "."
 
 
@@ -161,12 +188,16 @@ def _machine_line(m: dict) -> str:
 
 def _data_line(space: dict, distill: dict | None) -> str:
     data = space["data"]
-    parts = [f"{name}: {part['source']} {part.get('n', len(part.get('ids', [])))}"
-             for name, part in ((k, data[k]) for k in ("train", "val", "test"))]
+    parts = [
+        f"{name}: {part['source']} {part.get('n', len(part.get('ids', [])))}"
+        for name, part in ((k, data[k]) for k in ("train", "val", "test"))
+    ]
     line = "; ".join(parts) + f" (seed {data['seed']})"
     if distill:
-        line += (f"; self-verified targets: {distill['with_target']}/{distill['problems']} training problems "
-                 f"with a passing target, {distill['targets']} targets")
+        line += (
+            f"; self-verified targets: {distill['with_target']}/{distill['problems']} training problems "
+            f"with a passing target, {distill['targets']} targets"
+        )
     return line
 
 
@@ -174,17 +205,20 @@ def run_table(info: dict, trials: list[dict]) -> list[str]:
     budget = info["space"]["budget"]
     states = {s: sum(t["state"] == s for t in trials) for s in ("COMPLETED", "PRUNED", "FAILED")}
     minutes = info["wall_s"] / 60
-    return ["| | |", "|---|---|",
-            f"| command | `{info['command']}` (git {str(info.get('git_sha'))[:12]}) |",
-            f"| date | {info['started']} |",
-            f"| machine | {_machine_line(info['machine'])} |",
-            f"| dtype | {', '.join(info['dtype'])} ({'; '.join(info['dtype_reason'])}) |",
-            f"| model | `{info['space']['model']}` |",
-            f"| data | {_data_line(info['space'], info.get('distill'))} |",
-            f"| search | {len(trials)} trials: {states['COMPLETED']} completed, {states['PRUNED']} stopped early "
-            f"by ASHA, {states['FAILED']} failed (max {budget['max_epochs']} epochs, grace {budget['grace_period']}, "
-            f"reduction factor {budget['reduction_factor']}) |",
-            f"| wall time | {minutes:.1f} min ({info['wall_s']:.0f} s) |"]
+    return [
+        "| | |",
+        "|---|---|",
+        f"| command | `{info['command']}` (git {str(info.get('git_sha'))[:12]}) |",
+        f"| date | {info['started']} |",
+        f"| machine | {_machine_line(info['machine'])} |",
+        f"| dtype | {', '.join(info['dtype'])} ({'; '.join(info['dtype_reason'])}) |",
+        f"| model | `{info['space']['model']}` |",
+        f"| data | {_data_line(info['space'], info.get('distill'))} |",
+        f"| search | {len(trials)} trials: {states['COMPLETED']} completed, {states['PRUNED']} stopped early "
+        f"by ASHA, {states['FAILED']} failed (max {budget['max_epochs']} epochs, grace {budget['grace_period']}, "
+        f"reduction factor {budget['reduction_factor']}) |",
+        f"| wall time | {minutes:.1f} min ({info['wall_s']:.0f} s) |",
+    ]
 
 
 def _cell(trial: dict, key: str) -> str:
@@ -199,8 +233,7 @@ def _cell(trial: dict, key: str) -> str:
 
 def trials_table(trials: list[dict], best_id: str) -> list[str]:
     keys = sorted({k for t in trials for k in t["params"]})
-    rows = [f"| trial | {' | '.join(keys)} | epochs | state | val pass@1 per epoch |",
-            "|---" * (len(keys) + 4) + "|"]
+    rows = [f"| trial | {' | '.join(keys)} | epochs | state | val pass@1 per epoch |", "|---" * (len(keys) + 4) + "|"]
     for t in sorted(trials, key=lambda t: -max(t["val_pass_at_1"] or [0])):
         values = [_cell(t, k) for k in keys]
         curve = " ".join(f"{v:.3f}" for v in t["val_pass_at_1"]) or "-"
@@ -212,17 +245,27 @@ def trials_table(trials: list[dict], best_id: str) -> list[str]:
 def test_tables(final: dict) -> list[str]:
     test = final["test"]
     hard = final.get("hard_prompt")
-    labels = {"soft_prompt": f"soft prompt (trial {final['best_trial_id']}, epoch {final['best_epoch']})",
-              "frozen": "frozen model, no prompt"}
+    labels = {
+        "soft_prompt": f"soft prompt (trial {final['best_trial_id']}, epoch {final['best_epoch']})",
+        "frozen": "frozen model, no prompt",
+    }
     if hard:
-        labels["hard_prompt"] = (f"hard prompt {hard['text']!r} as {'tokens' if hard['form'] == 'tokens' else 'a comment'} "
-                                 f"(chosen on val: {hard['val_pass_at_1'][hard['label']]:.3f})")
+        labels["hard_prompt"] = (
+            f"hard prompt {hard['text']!r} as {'tokens' if hard['form'] == 'tokens' else 'a comment'} "
+            f"(chosen on val: {hard['val_pass_at_1'][hard['label']]:.3f})"
+        )
     rows = ["| arm | test pass@1 | solved |", "|---|---|---|"]
     rows += [f"| {labels[arm]} | {t['pass_at_1']:.3f} | {t['passed']}/{t['n']} |" for arm, t in test.items()]
-    rows += ["", "| soft prompt vs | lift (points) | 95% CI (paired bootstrap) | solved only by soft | only by the other |",
-             "|---|---|---|---|---|"]
-    rows += [f"| {NAMES[c['other']]} | {_pct(c['lift'])} | [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}] | "
-             f"{c['only_soft']} | {c['only_other']} |" for c in final["comparisons"]]
+    rows += [
+        "",
+        "| soft prompt vs | lift (points) | 95% CI (paired bootstrap) | solved only by soft | only by the other |",
+        "|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {NAMES[c['other']]} | {_pct(c['lift'])} | [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}] | "
+        f"{c['only_soft']} | {c['only_other']} |"
+        for c in final["comparisons"]
+    ]
     return rows
 
 
@@ -231,28 +274,53 @@ def method_lines(final: dict) -> list[str]:
     by_method = final.get("by_method") or {}
     if len(by_method) < 2:
         return []
-    shown = ", ".join(f"{method} {v['best_val_pass_at_1']:.3f} ({v['trials']} trial{'s' * (v['trials'] != 1)})"
-                      for method, v in by_method.items())
+    shown = ", ".join(
+        f"{method} {v['best_val_pass_at_1']:.3f} ({v['trials']} trial{'s' * (v['trials'] != 1)})"
+        for method, v in by_method.items()
+    )
     return [f"Best val pass@1 per method: {shown}. (Test scored only the overall best.)", ""]
 
 
 def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
     n = final["test"]["soft_prompt"]["n"]
     hard = final.get("hard_prompt")
+    val = info["space"]["data"]["val"]
     conclusion = [verdict(c, n) for c in final["comparisons"]]
     if not hard:
         conclusion.append("The space had no text init, so no hand-written prompt was compared.")
-    conclusion.append(f"These are one search (one seed) on {n} test problems with `{info['space']['model']}`; "
-                      "the configuration and the hard prompt were chosen on val, and test was scored once.")
-    return "\n".join([
-        "# Results: does the searched soft prompt beat the frozen model and a hand-written prompt?", "",
-        f"**{headline(final)}**", "", *run_table(info, trials), "",
-        f"## Trials (val pass@1 on {info['space']['data']['val'].get('n')} {info['space']['data']['val']['source']} problems)", "",
-        *trials_table(trials, final["best_trial_id"]), "", *method_lines(final),
-        f"## Test ({n} {info['space']['data']['test']['source']} problems, greedy pass@1)", "", *test_tables(final), "",
-        "## Learning curves", "", f"![val pass@1 per epoch per trial]({plot_name})", "",
-        "## Conclusion", "", *[f"- {line}" for line in conclusion], "",
-        f"_Written by `python -m search.results` from runs/{info['search']}/report/._", ""])
+    conclusion.append(
+        f"These are one search (one seed) on {n} test problems with `{info['space']['model']}`; "
+        "the configuration and the hard prompt were chosen on val, and test was scored once."
+    )
+    return "\n".join(
+        [
+            "# Results: does the searched soft prompt beat the frozen model and a hand-written prompt?",
+            "",
+            f"**{headline(final)}**",
+            "",
+            *run_table(info, trials),
+            "",
+            f"## Trials (val pass@1 on {val.get('n')} {val['source']} problems)",
+            "",
+            *trials_table(trials, final["best_trial_id"]),
+            "",
+            *method_lines(final),
+            f"## Test ({n} {info['space']['data']['test']['source']} problems, greedy pass@1)",
+            "",
+            *test_tables(final),
+            "",
+            "## Learning curves",
+            "",
+            f"![val pass@1 per epoch per trial]({plot_name})",
+            "",
+            "## Conclusion",
+            "",
+            *[f"- {line}" for line in conclusion],
+            "",
+            f"_Written by `python -m search.results` from runs/{info['search']}/report/._",
+            "",
+        ]
+    )
 
 
 def _hard_val(final: dict) -> float | None:

@@ -7,6 +7,7 @@
 
 The same command is the RayJob entrypoint (k8s/rayjob.yaml).
 """
+
 from __future__ import annotations
 
 import logging
@@ -17,9 +18,20 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from search.checks import (check_data, check_local_resources, check_mlflow_uri, check_model, check_name,
-                           check_sandbox, check_storage, check_warm_starts, check_writable_dir, is_no_space,
-                           is_no_space_message, sqlite_path)
+from search.checks import (
+    check_data,
+    check_local_resources,
+    check_mlflow_uri,
+    check_model,
+    check_name,
+    check_sandbox,
+    check_storage,
+    check_warm_starts,
+    check_writable_dir,
+    is_no_space,
+    is_no_space_message,
+    sqlite_path,
+)
 from search.interrupt import CURRENT, SearchInterrupted
 from search.plan import SearchPlan
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
@@ -40,10 +52,16 @@ def _parser() -> OneLineParser:
     p.add_argument("--num-samples", type=int, help="override budget.num_samples")
     p.add_argument("--max-concurrent", type=int, help="override budget.max_concurrent")
     p.add_argument("--storage", default=DEFAULT_STORAGE, help="Tune storage: a directory or s3://... (default ./runs)")
-    p.add_argument("--mlflow-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
-                   help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under ./runs)")
-    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
-                   help="Ray cluster address (default: $RAY_ADDRESS or a local Ray started in-process)")
+    p.add_argument(
+        "--mlflow-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite under ./runs)",
+    )
+    p.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster address (default: $RAY_ADDRESS or a local Ray started in-process)",
+    )
     p.add_argument("--name", help="search name (default: SPACE-YYYYmmdd-HHMMSS); needed by --resume")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search --name")
     p.add_argument("--dry-run", action="store_true", help="validate everything, print the configuration, start nothing")
@@ -52,8 +70,9 @@ def _parser() -> OneLineParser:
 
 def _resolve(args) -> SearchPlan:
     """Every check that can fail on user input, before Ray starts. Returns the plan."""
-    spec = load_space(args.space).with_overrides(model=args.model, num_samples=args.num_samples,
-                                                  max_concurrent=args.max_concurrent)
+    spec = load_space(args.space).with_overrides(
+        model=args.model, num_samples=args.num_samples, max_concurrent=args.max_concurrent
+    )
     spec = _absolute_model(spec)
     storage = check_storage(args.storage)
     local_root = Path(storage if "://" not in storage else DEFAULT_STORAGE).resolve()
@@ -63,15 +82,22 @@ def _resolve(args) -> SearchPlan:
         raise field_error("--name", None, "the name of the search to resume (a directory under the storage)")
     name = check_name(args.name or _default_name(spec.name, local_root))
     mlflow_uri = args.mlflow_uri or f"sqlite:///{local_root / 'mlflow.db'}"
-    plan = SearchPlan(spec=spec, storage=storage, name=name, experiment_path=f"{storage.rstrip('/')}/{name}",
-                      state_dir=local_root / name, mlflow_uri=mlflow_uri, default_mlflow=not args.mlflow_uri,
-                      artifact_location=_artifact_location(mlflow_uri), address=args.address,
-                      resume_command=resume_command(args, name))
+    plan = SearchPlan(
+        spec=spec,
+        storage=storage,
+        name=name,
+        experiment_path=f"{storage.rstrip('/')}/{name}",
+        state_dir=local_root / name,
+        mlflow_uri=mlflow_uri,
+        default_mlflow=not args.mlflow_uri,
+        artifact_location=_artifact_location(mlflow_uri),
+        address=args.address,
+        resume_command=resume_command(args, name),
+    )
     if args.resume:
         plan = replace(plan, record=_resumable(plan))
     elif plan.state_dir.exists() or ("://" in storage and _can_restore(plan.experiment_path)):
-        raise _name_taken(name, f"{plan.state_dir if plan.state_dir.exists() else plan.experiment_path} "
-                                "holds a search")
+        raise _name_taken(name, f"{plan.state_dir if plan.state_dir.exists() else plan.experiment_path} holds a search")
     return plan
 
 
@@ -106,21 +132,25 @@ def _can_restore(experiment_path: str) -> bool:
 
 
 def _name_taken(name: str, where: str):
-    return field_error("--name", name, f"a new search name ({where}; add --resume to continue it, "
-                                       "or choose another --name)")
+    return field_error(
+        "--name", name, f"a new search name ({where}; add --resume to continue it, or choose another --name)"
+    )
 
 
 def _resumable(plan: SearchPlan) -> SearchRecord:
     """The record of the search --resume names, if this run may continue it."""
     record = SearchRecord.load(plan.state_dir)
     if record is None:
-        what = (f"a search started with its record {plan.state_dir}/search.json (this one has none)"
-                if _can_restore(plan.experiment_path)
-                else f"a search to resume (nothing resumable at {plan.experiment_path})")
+        what = (
+            f"a search started with its record {plan.state_dir}/search.json (this one has none)"
+            if _can_restore(plan.experiment_path)
+            else f"a search to resume (nothing resumable at {plan.experiment_path})"
+        )
         raise field_error("--name", plan.name, what)
     if SearchLock(plan.state_dir).held_elsewhere():
-        raise field_error("--name", plan.name, "a search that is not running now (another driver holds "
-                          f"{plan.state_dir}/search.lock)")
+        raise field_error(
+            "--name", plan.name, f"a search that is not running now (another driver holds {plan.state_dir}/search.lock)"
+        )
     check_resumable(record, plan.spec, plan.mlflow_uri)
     return record
 
@@ -141,8 +171,14 @@ def _print_plan(plan: SearchPlan) -> None:
     from search.plan_summary import plan_lines
 
     record = plan.record
-    lines = plan_lines(plan.spec, plan.name, plan.experiment_path, plan.mlflow_uri, plan.address,
-                       (record.search_id, record.state) if record is not None else None)
+    lines = plan_lines(
+        plan.spec,
+        plan.name,
+        plan.experiment_path,
+        plan.mlflow_uri,
+        plan.address,
+        (record.search_id, record.state) if record is not None else None,
+    )
     print("\n".join(lines), flush=True)
 
 
@@ -170,10 +206,11 @@ def _quiet_libraries() -> None:
     # Tune's own words on an interruption (and its `Tuner.restore(...)` hint) would contradict
     # ours: the driver prints the state and the `--resume` command itself. A failed trial's
     # traceback is in its error.txt; the console gets our one FAILED line.
-    for name, prefixes in (("ray.tune.tune", ("Stop signal received", "Experiment has been interrupted",
-                                              "Trials did not complete")),
-                           ("ray.tune.execution.tune_controller", ("Trial task failed",)),
-                           ("ray.train._internal.syncer", ())):  # a traceback per second on a full disk
+    for name, prefixes in (
+        ("ray.tune.tune", ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")),
+        ("ray.tune.execution.tune_controller", ("Trial task failed",)),
+        ("ray.train._internal.syncer", ()),
+    ):  # a traceback per second on a full disk
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(*prefixes))
@@ -200,8 +237,7 @@ def _main(argv: list[str] | None) -> int:
     # for a cluster reports it and goes on checking the space itself.
     unfit: list[str] = []
     if not args.address:  # on a cluster, the nodes that run trials check for themselves
-        _here(lambda: check_local_resources(plan.spec.resources.cpu, plan.spec.resources.gpu),
-              args.dry_run, unfit)
+        _here(lambda: check_local_resources(plan.spec.resources.cpu, plan.spec.resources.gpu), args.dry_run, unfit)
         from trainable.sandbox import SandboxUnavailable  # (a bad $SOFTPROMPT_SANDBOX stays an error)
 
         _here(check_sandbox, args.dry_run, unfit, SandboxUnavailable)
@@ -217,8 +253,10 @@ def _main(argv: list[str] | None) -> int:
     if args.dry_run:
         for reason in unfit:
             print(f"would not run here: {reason}")
-        print("dry run: configuration valid; no trial started"
-              + (" (this machine could not run it: see above)" if unfit else ""))
+        print(
+            "dry run: configuration valid; no trial started"
+            + (" (this machine could not run it: see above)" if unfit else "")
+        )
         return 0
     record = plan.record
     if record is not None and record.state == FINISHED and plan.spec.budget.num_samples == record.num_samples:

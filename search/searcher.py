@@ -8,6 +8,7 @@ Optuna PRUNED; Optuna keeps its intermediate values.
 The space is define-by-run (`ConditionalSpace`): `method` first, then only that method's
 parameters (`spaces.conditional`), so Optuna never holds a value that the trial ignored.
 """
+
 from __future__ import annotations
 
 import optuna
@@ -84,8 +85,11 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         known = {ot.number for ot in private_apis.optuna_trials(self).values()}
         study = private_apis.optuna_study(self)
         for frozen in study.get_trials(deepcopy=False):
-            if frozen.number not in known and frozen.state in (TrialState.RUNNING, TrialState.COMPLETE,
-                                                                TrialState.PRUNED):
+            if frozen.number not in known and frozen.state in (
+                TrialState.RUNNING,
+                TrialState.COMPLETE,
+                TrialState.PRUNED,
+            ):
                 # Killed between `ask` and its last param write? The define-by-run space samples
                 # what is missing and returns the values the trial already has.
                 return private_apis.reopen_trial(study, frozen)
@@ -111,8 +115,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             # search reports it again. The study already has it; telling twice would fail.
             told.add(trial_id)
             return None
-        stopped_early = (not error and result is not None
-                         and result.get("training_iteration", self._max_epochs) < self._max_epochs)
+        stopped_early = (
+            not error and result is not None and result.get("training_iteration", self._max_epochs) < self._max_epochs
+        )
         if not stopped_early:
             return super().on_trial_complete(trial_id, result, error)
         private_apis.optuna_study(self).tell(ot_trials[trial_id], state=TrialState.PRUNED)
@@ -127,7 +132,11 @@ def build_searcher(spec: SpaceSpec, state_dir, study_name: str) -> PrunedAwareOp
     """TPE seeded from the space; the study persists in `state_dir/optuna.db` (optuna-dashboard)."""
     storage = optuna.storages.RDBStorage(study_storage_url(state_dir))
     return PrunedAwareOptunaSearch(
-        space=ConditionalSpace(spec), metric=OBJECTIVE, mode="max", max_epochs=spec.budget.max_epochs,
+        space=ConditionalSpace(spec),
+        metric=OBJECTIVE,
+        mode="max",
+        max_epochs=spec.budget.max_epochs,
         sampler=optuna.samplers.TPESampler(seed=spec.budget.seed),
-        storage=storage, study_name=study_name,
+        storage=storage,
+        study_name=study_name,
     )

@@ -16,6 +16,7 @@
 The record is written before Ray starts and rewritten atomically; `search.lock` (flock) is held
 by the driver that runs the search, so a second driver cannot resume it at the same time.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -62,8 +63,7 @@ class SearchRecord:
         try:
             return cls(**json.loads(path.read_text()))
         except (ValueError, TypeError) as exc:
-            raise field_error("--name", Path(state_dir).name,
-                              f"a search with a readable {path} ({exc})") from None
+            raise field_error("--name", Path(state_dir).name, f"a search with a readable {path} ({exc})") from None
 
 
 def model_identity(ref: str) -> dict:
@@ -78,11 +78,17 @@ def model_identity(ref: str) -> dict:
     if model.kind == "hub":
         return {"kind": "hub", "name": model.location}
     folder = Path(model.location)
-    weights = {p.name: p.stat().st_size for p in sorted(folder.iterdir())
-               if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")}
-    return {"kind": "local", "path": str(folder),
-            "config_sha256": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
-            "weight_bytes": weights}
+    weights = {
+        p.name: p.stat().st_size
+        for p in sorted(folder.iterdir())
+        if p.suffix in (".safetensors", ".bin", ".gguf", ".pt")
+    }
+    return {
+        "kind": "local",
+        "path": str(folder),
+        "config_sha256": hashlib.sha256((folder / "config.json").read_bytes()).hexdigest(),
+        "weight_bytes": weights,
+    }
 
 
 def identity(spec: SpaceSpec) -> dict:
@@ -94,8 +100,11 @@ def identity(spec: SpaceSpec) -> dict:
     for key in ("num_samples", "max_concurrent"):
         space["budget"].pop(key)
     warm = warm_start_identity(space)
-    return json.loads(json.dumps({"model": model_identity(spec.model), **space,
-                                  **({"warm_starts": warm} if warm else {})}, default=str))
+    return json.loads(
+        json.dumps(
+            {"model": model_identity(spec.model), **space, **({"warm_starts": warm} if warm else {})}, default=str
+        )
+    )
 
 
 def warm_start_identity(tree) -> dict:
@@ -137,23 +146,34 @@ def differences(old: dict, new: dict) -> list[str]:
         detail = " (its files changed)" if same_name else ""
         out.append(f"model {shown(_model_label(a))} -> {shown(_model_label(b))}{detail}")
     a, b = _flat({k: v for k, v in old.items() if k != "model"}), _flat({k: v for k, v in new.items() if k != "model"})
-    return out + [f"{key} {shown(a.get(key, '(none)'))} -> {shown(b.get(key, '(none)'))}"
-                  for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
+    return out + [
+        f"{key} {shown(a.get(key, '(none)'))} -> {shown(b.get(key, '(none)'))}"
+        for key in sorted(set(a) | set(b))
+        if a.get(key) != b.get(key)
+    ]
 
 
 def check_resumable(record: SearchRecord, spec: SpaceSpec, mlflow_uri: str) -> None:
     """One line naming what differs, if --resume would change what the results mean."""
     changed = differences(record.identity, identity(spec))
     if changed:
-        raise UsageError("--resume", None, f"the same space and model; only {SAFE_TO_CHANGE} may change on --resume",
-                         got=f"a different search than {record.name!r} was started with "
-                             f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''})")
+        raise UsageError(
+            "--resume",
+            None,
+            f"the same space and model; only {SAFE_TO_CHANGE} may change on --resume",
+            got=f"a different search than {record.name!r} was started with "
+            f"({'; '.join(changed[:4])}{'; ...' if len(changed) > 4 else ''})",
+        )
     if spec.budget.num_samples < record.num_samples:
-        raise field_error("--num-samples", spec.budget.num_samples,
-                          f"at least {record.num_samples} (the trials search {record.name!r} was started with)")
+        raise field_error(
+            "--num-samples",
+            spec.budget.num_samples,
+            f"at least {record.num_samples} (the trials search {record.name!r} was started with)",
+        )
     if mlflow_uri != record.mlflow_uri:
-        raise field_error("--mlflow-uri", mlflow_uri,
-                          f"{record.mlflow_uri} (where search {record.name!r} logs; runs are not moved)")
+        raise field_error(
+            "--mlflow-uri", mlflow_uri, f"{record.mlflow_uri} (where search {record.name!r} logs; runs are not moved)"
+        )
 
 
 class SearchLock:
@@ -172,8 +192,11 @@ class SearchLock:
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise field_error("--name", self.path.parent.name,
-                              f"a search that is not running now (driver pid {holder} holds {self.path})") from None
+            raise field_error(
+                "--name",
+                self.path.parent.name,
+                f"a search that is not running now (driver pid {holder} holds {self.path})",
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self.fd = fd
@@ -195,4 +218,3 @@ class SearchLock:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
-

@@ -3,6 +3,7 @@ frozen model's self-verified completions (`trainable.distill`), made once per se
 task with a trial's resources, or found in the cache (or the space's pinned file). Trials get
 them as a parameter, so a trial on any node trains on the same targets.
 """
+
 from __future__ import annotations
 
 import ray
@@ -43,11 +44,22 @@ def prepare_targets(spec: SpaceSpec, ledger: MlflowLedger) -> tuple[dict | None,
     settings = {f"distill.{k}": v for k, v in spec.data.distill.sampling().items()}
     ledger.submit("params", PARENT, settings)
     ledger.submit("tags", PARENT, {"distill.cache": report.cache, "distill.dtype": report.dtype})
-    ledger.submit("metrics", PARENT, {"distill_problems": report.problems, "distill_with_target": report.with_target,
-                                      "distill_targets": report.targets, "distill_skipped": report.skipped,
-                                      "distill_seconds": report.seconds}, 0)
+    ledger.submit(
+        "metrics",
+        PARENT,
+        {
+            "distill_problems": report.problems,
+            "distill_with_target": report.with_target,
+            "distill_targets": report.targets,
+            "distill_skipped": report.skipped,
+            "distill_seconds": report.seconds,
+        },
+        0,
+    )
     if not report.with_target:
-        raise NoTargets(f"no training problem has a passing target (0 of {report.problems}): the model solved "
-                        "none of them, so there is nothing to train on; try more data.distill.samples or "
-                        "another data.train")
+        raise NoTargets(
+            f"no training problem has a passing target (0 of {report.problems}): the model solved "
+            "none of them, so there is nothing to train on; try more data.distill.samples or "
+            "another data.train"
+        )
     return targets, report

@@ -14,6 +14,7 @@ with an operation decides what happens to it:
 Runs are found by a `search_key` tag (`<search id>/<key>`), never by the search's name, so a
 resumed search reattaches to its own runs and two searches of one name never merge.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -126,8 +127,15 @@ def search_name_taken(tracking_uri: str, name: str) -> bool:
 
 
 class MlflowLedger:
-    def __init__(self, tracking_uri: str, experiment: str, search_name: str, search_id: str,
-                 state_dir: str | Path, artifact_location: str | None = None):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment: str,
+        search_name: str,
+        search_id: str,
+        state_dir: str | Path,
+        artifact_location: str | None = None,
+    ):
         self.tracking_uri, self.experiment, self.search_name = tracking_uri, experiment, search_name
         self.search_id = search_id
         self.state_dir, self.artifact_location = Path(state_dir), artifact_location
@@ -175,8 +183,10 @@ class MlflowLedger:
             if path.name not in self._unwritable:  # once per file, not per write
                 self._unwritable.add(path.name)
                 full = " (disk full)" if is_no_space(exc) else ""
-                print(f"warning: cannot write {path}{full}: {exc.strerror or exc}; keeping {what} in "
-                      "memory until it can", flush=True)
+                print(
+                    f"warning: cannot write {path}{full}: {exc.strerror or exc}; keeping {what} in memory until it can",
+                    flush=True,
+                )
             return False
 
     def submit(self, *op) -> bool:
@@ -222,8 +232,13 @@ class MlflowLedger:
                 if classify(exc) is REFUSAL:
                     self._refused(op, exc)
                     continue
-                log.warning("MLflow at %s unreachable (%s); %d operation(s) queued in %s", self.tracking_uri,
-                            _first_line(exc), len(ops) - done, self._backlog())
+                log.warning(
+                    "MLflow at %s unreachable (%s); %d operation(s) queued in %s",
+                    self.tracking_uri,
+                    _first_line(exc),
+                    len(ops) - done,
+                    self._backlog(),
+                )
                 self._client = None  # reconnect next time
                 self._retry_at = time.monotonic() + RETRY_AFTER_S
                 self._save_pending(ops[done:])
@@ -257,8 +272,12 @@ class MlflowLedger:
             if classify(exc) is REFUSAL:
                 raise
             self._client = None
-            log.warning("MLflow at %s unreachable at start (%s); operations will wait in %s",
-                        self.tracking_uri, _first_line(exc), self._backlog())
+            log.warning(
+                "MLflow at %s unreachable at start (%s); operations will wait in %s",
+                self.tracking_uri,
+                _first_line(exc),
+                self._backlog(),
+            )
             return False
 
     def _experiment(self) -> str:
@@ -266,8 +285,9 @@ class MlflowLedger:
             client = self.client()
             found = client.get_experiment_by_name(self.experiment)
             if found is None:
-                self._experiment_id = client.create_experiment(self.experiment, artifact_location=self.artifact_location,
-                                                               tags=EXPERIMENT_TAGS)
+                self._experiment_id = client.create_experiment(
+                    self.experiment, artifact_location=self.artifact_location, tags=EXPERIMENT_TAGS
+                )
             else:  # a store from before the tag (or one a user changed): model training again
                 for name, value in EXPERIMENT_TAGS.items():
                     if found.tags.get(name) != value:
@@ -343,8 +363,7 @@ class MlflowLedger:
 
     def parent_url(self) -> str:
         try:
-            return (f"{self.tracking_uri} experiment {self._experiment()} "
-                    f"run {self.run_id(PARENT)}")
+            return f"{self.tracking_uri} experiment {self._experiment()} run {self.run_id(PARENT)}"
         except Exception:  # noqa: BLE001 - only for the summary line
             return f"{self.tracking_uri} (unreachable now; see {self._backlog()})"
 
@@ -361,10 +380,13 @@ class MlflowLedger:
 def search_view(search_id: str, params: list[str]) -> dict:
     """The runs page as this search's shared view: its trials (and parent), best val pass@1
     first, with the per-epoch metrics, the searched parameters and each trial's end state."""
-    columns = ([f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{p}`" for p in params]
-               + ["tags.`state`"])
-    return {"searchFilter": f"tags.search_id = '{search_id}'", "orderByKey": f"metrics.`{VIEW_METRICS[0]}`",
-            "orderByAsc": False, "selectedColumns": columns}
+    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{p}`" for p in params] + ["tags.`state`"]
+    return {
+        "searchFilter": f"tags.search_id = '{search_id}'",
+        "orderByKey": f"metrics.`{VIEW_METRICS[0]}`",
+        "orderByAsc": False,
+        "selectedColumns": columns,
+    }
 
 
 def ui_link(tracking_uri: str, experiment_id: str, default_store: bool = True, search_id: str | None = None) -> str:

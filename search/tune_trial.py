@@ -3,6 +3,7 @@
 One `tune.report` per epoch, always carrying `pass@1`, with a checkpoint (PEFT adapter +
 optimizer state + the epoch's val completions, a few KB); a restarted trial resumes from it.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,13 @@ def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None
         with tempfile.TemporaryDirectory() as out_dir:
             trial.save(out_dir)
             write_completions(out_dir, trial.last_eval.samples)
-            metrics = {**result.metrics(), "node_id": node_id, "sandbox_mode": sandbox_mode(),
-                       "dtype": str(trial.loaded.dtype).removeprefix("torch."), "dtype_reason": trial.dtype_reason,
-                       "val_source": spec.data.val.source, "train_examples": len(trial.examples)}
+            metrics = {
+                **result.metrics(),
+                "node_id": node_id,
+                "sandbox_mode": sandbox_mode(),
+                "dtype": str(trial.loaded.dtype).removeprefix("torch."),
+                "dtype_reason": trial.dtype_reason,
+                "val_source": spec.data.val.source,
+                "train_examples": len(trial.examples),
+            }
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(out_dir))

@@ -5,6 +5,7 @@ that Tune fills from the experiment's saved state (trials, searcher). On restore
 back the saved trial count and concurrency; `BudgetedSearch` then applies this run's, which may
 only grow the trials (`search.state.SAFE_TO_CHANGE`).
 """
+
 from __future__ import annotations
 
 from ray import tune
@@ -59,27 +60,46 @@ def trainable_for(spec: SpaceSpec, targets: dict | None = None):
     return tune.with_resources(tune.with_parameters(train_soft_prompt, spec=spec, targets=targets), resources)
 
 
-def build_tuner(spec: SpaceSpec, storage: str, name: str, state_dir, ledger: MlflowLedger,
-                targets: dict | None = None, resume: bool = False) -> tuple[tune.Tuner, ExperimentEnd]:
+def build_tuner(
+    spec: SpaceSpec,
+    storage: str,
+    name: str,
+    state_dir,
+    ledger: MlflowLedger,
+    targets: dict | None = None,
+    resume: bool = False,
+) -> tuple[tune.Tuner, ExperimentEnd]:
     budget = spec.budget
-    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=budget.max_epochs,
-                              grace_period=budget.grace_period, reduction_factor=budget.reduction_factor)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=budget.max_epochs,
+        grace_period=budget.grace_period,
+        reduction_factor=budget.reduction_factor,
+    )
     watch = ExperimentEnd()
     callbacks = [
         ConsoleCallback(budget.num_samples, budget.max_epochs, spec.trial_params),
         MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
-        TuneInterrupt(), watch,
+        TuneInterrupt(),
+        watch,
     ]
     # With a searcher and no concurrency limit, Tune runs one trial at a time.
     search = BudgetedSearch(build_searcher(spec, state_dir, name), budget.num_samples, budget.max_concurrent)
     tuner = tune.Tuner(
         trainable_for(spec, targets),
         tune_config=tune.TuneConfig(
-            metric=OBJECTIVE, mode="max", search_alg=search, scheduler=scheduler,
-            num_samples=budget.num_samples, reuse_actors=True,
+            metric=OBJECTIVE,
+            mode="max",
+            search_alg=search,
+            scheduler=scheduler,
+            num_samples=budget.num_samples,
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=callbacks,
+            name=name,
+            storage_path=storage,
+            verbose=0,
+            callbacks=callbacks,
             failure_config=tune.FailureConfig(max_failures=MAX_TRIAL_FAILURES),
         ),
         **(private_apis.tuner_resume_kwargs(RESUME) if resume else {}),

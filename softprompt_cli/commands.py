@@ -3,6 +3,7 @@
 Exit 0 success, 2 bad input (one line naming field, value and what is allowed; no traceback),
 1 runtime failure.
 """
+
 from __future__ import annotations
 
 import argparse

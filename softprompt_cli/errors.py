@@ -1,4 +1,5 @@
 """Errors that the command-line entry points turn into exit codes."""
+
 from __future__ import annotations
 
 # A value longer than this is abbreviated in messages (a 10k-character init text stays one
@@ -10,7 +11,7 @@ def abbreviated(text: str, limit: int = SHOWN_CHARS) -> str:
     """`text` itself, or its start and end with its length when longer than `limit`."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit - 40]}...{text[-12:]} ({len(text)} chars)"
+    return f"{text[: limit - 40]}...{text[-12:]} ({len(text)} chars)"
 
 
 def shown(value, limit: int = SHOWN_CHARS) -> str:
@@ -30,20 +31,32 @@ class UsageError(ValueError):
     for the few messages of another shape ("missing field 'task_id', expected ...").
     """
 
-    def __init__(self, field: str, value=None, allowed: str | None = None, *, got: str | None = None,
-                 text: str | None = None, note: str = ""):
+    def __init__(
+        self,
+        field: str,
+        value=None,
+        allowed: str | None = None,
+        *,
+        got: str | None = None,
+        text: str | None = None,
+        note: str = "",
+    ):
         self.field, self.value, self.allowed = field, value, allowed
         self.got, self.text, self.note = got, text, note
         super().__init__(self.message())
 
     def message(self) -> str:
-        rest = self.text if self.text is not None else \
-            f"got {self.got if self.got is not None else shown(self.value)}, expected {self.allowed}"
+        rest = (
+            self.text
+            if self.text is not None
+            else f"got {self.got if self.got is not None else shown(self.value)}, expected {self.allowed}"
+        )
         return f"{self.field}: {rest}{self.note}" if self.field else rest + self.note
 
     def _with(self, **changes) -> "UsageError":
-        fields = dict(field=self.field, value=self.value, allowed=self.allowed, got=self.got, text=self.text,
-                      note=self.note)
+        fields = dict(
+            field=self.field, value=self.value, allowed=self.allowed, got=self.got, text=self.text, note=self.note
+        )
         return UsageError(**{**fields, **changes})
 
     def at(self, field: str) -> "UsageError":

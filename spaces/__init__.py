@@ -7,11 +7,18 @@
 Spaces describe values only; `search/` converts them into Ray Tune / Optuna objects. Nothing
 here imports ray, optuna or torch, so a bad space fails fast, before `ray.init()`.
 """
+
 from spaces.distribution import DistKind, Distribution
 from spaces.loader import SHIPPED_SPACES, load_space, parse_space
 from spaces.spec import Budget, Resources, SpaceSpec
 
 __all__ = [
-    "SHIPPED_SPACES", "Budget", "DistKind", "Distribution", "Resources", "SpaceSpec",
-    "load_space", "parse_space",
+    "SHIPPED_SPACES",
+    "Budget",
+    "DistKind",
+    "Distribution",
+    "Resources",
+    "SpaceSpec",
+    "load_space",
+    "parse_space",
 ]

@@ -12,6 +12,7 @@ The search suggests `method` first, then only the parameters of that method: Opt
 value that the trial ignored. A per-method entry is its own Optuna parameter, named
 `learning_rate.prefix_tuning` (Optuna refuses one name with two different choice lists).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -78,9 +79,13 @@ def check_methods_can_use(search: dict, fixed: dict, methods: tuple[str, ...]) -
             if isinstance(value, PerMethod):
                 for method, dist in value.by_method.items():
                     if not applies(key, method):
-                        raise field_error(f"search.{key}.{method}", dist.to_dict(),
-                                          f"no entry: method {method} has no {key}")
+                        raise field_error(
+                            f"search.{key}.{method}", dist.to_dict(), f"no entry: method {method} has no {key}"
+                        )
             elif not any(applies(key, method) for method in methods):
                 shown = value.to_dict() if isinstance(value, Distribution) else value
-                raise field_error(f"{section}.{key}", shown, "no value: only another method uses it and this "
-                                  f"space cannot pick that method (it picks {picks})")
+                raise field_error(
+                    f"{section}.{key}",
+                    shown,
+                    f"no value: only another method uses it and this space cannot pick that method (it picks {picks})",
+                )

@@ -3,6 +3,7 @@
 The search (`search/`) turns these into Ray Tune / Optuna objects; nothing here imports them.
 In a space file a distribution is a one-key mapping, e.g. ``{loguniform: [1.0e-3, 3.0e-1]}``.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,10 +15,10 @@ from softprompt_cli.errors import field_error
 
 
 class DistKind(str, Enum):
-    CHOICE = "choice"          # one of a non-empty list of distinct values
+    CHOICE = "choice"  # one of a non-empty list of distinct values
     LOGUNIFORM = "loguniform"  # a float in [low, high], uniform in log space; 0 < low < high
-    UNIFORM = "uniform"        # a float in [low, high]; low < high
-    RANDINT = "randint"        # an integer in [low, high], both ends INCLUDED (Ray's is exclusive)
+    UNIFORM = "uniform"  # a float in [low, high]; low < high
+    RANDINT = "randint"  # an integer in [low, high], both ends INCLUDED (Ray's is exclusive)
 
 
 KINDS = tuple(kind.value for kind in DistKind)
@@ -100,13 +101,14 @@ class Distribution:
         """Parse the space-file form found at key path `path`."""
         if not isinstance(raw, dict):
             raise field_error(
-                path, raw, "a mapping with one of " + ", ".join(KINDS)
-                + " (a value held constant goes under fixed)",
+                path,
+                raw,
+                "a mapping with one of " + ", ".join(KINDS) + " (a value held constant goes under fixed)",
             )
         check_mapping(raw, path, KINDS)
         if len(raw) != 1:
             raise field_error(path, raw, "exactly one of " + ", ".join(KINDS))
-        (kind, arg), = raw.items()
+        ((kind, arg),) = raw.items()
         with under(path):
             if kind == DistKind.CHOICE.value:
                 return cls(DistKind.CHOICE, values=arg)

@@ -4,6 +4,7 @@ All messages keep the project's one format, ``FIELD: got VALUE, expected ALLOWED
 (`softprompt_cli.errors.field_error`), with FIELD a dotted key path such as
 ``search.num_virtual_tokens.choice[2]``.
 """
+
 from __future__ import annotations
 
 import difflib

@@ -8,6 +8,7 @@ from the file's folder) and then holds only what differs: mappings merge key by 
 scalars replace, a searched parameter's distribution replaces as a whole, and `null` deletes a key.
 Every error is a one-line `UsageError` naming the key path, the value and what is allowed.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,8 +53,7 @@ class _Loader(yaml.SafeLoader):
             if not isinstance(key, (str, int, float, bool)):
                 continue  # SafeLoader itself reports unhashable keys
             if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -154,8 +154,12 @@ def _load_yaml(text: str, path: Path):
         if size < 0:
             raise UsageError(str(path), None, "a space file", got="a YAML alias that contains itself")
         if size > MAX_VALUES:
-            raise UsageError(str(path), None, "a space file",
-                             got=f"YAML that expands to more than {MAX_VALUES} values (through aliases)")
+            raise UsageError(
+                str(path),
+                None,
+                "a space file",
+                got=f"YAML that expands to more than {MAX_VALUES} values (through aliases)",
+            )
         return loader.construct_document(node)
     finally:
         loader.dispose()
@@ -212,16 +216,21 @@ def parse_space(raw: dict, name: str, source: str) -> SpaceSpec:
     """A resolved mapping (bases already merged) as a validated `SpaceSpec`."""
     check_mapping(raw, "", TOP_KEYS, REQUIRED_KEYS)
     search = {
-        key: parse_searched(value, f"search.{key}")
-        for key, value in _train_fields(raw["search"], "search").items()
+        key: parse_searched(value, f"search.{key}") for key, value in _train_fields(raw["search"], "search").items()
     }
     fixed = _with_run_defaults(_train_fields(raw.get("fixed", {}), "fixed"), search)
     data = check_mapping(raw["data"], "data", DATA_KEYS, DATA_REQUIRED)
     budget = check_mapping(raw["budget"], "budget", BUDGET_KEYS, BUDGET_KEYS)
     resources = check_mapping(raw["resources"], "resources", RESOURCE_KEYS, RESOURCE_KEYS)
     return SpaceSpec(
-        name=name, source=source, model=raw["model"], search=search, fixed=fixed,
-        data=DataSplit(**data), budget=Budget(**budget), resources=Resources(**resources),
+        name=name,
+        source=source,
+        model=raw["model"],
+        search=search,
+        fixed=fixed,
+        data=DataSplit(**data),
+        budget=Budget(**budget),
+        resources=Resources(**resources),
     )
 
 

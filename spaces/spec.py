@@ -3,6 +3,7 @@
 Every dataclass checks itself at construction, so a spec that exists is valid; the loader
 (`spaces.loader`) only turns YAML into these. Errors name the key path in the space file.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -48,7 +49,8 @@ class Budget:
         _check_int("budget.grace_period", self.grace_period, 1)
         if self.grace_period > self.max_epochs:
             raise field_error(
-                "budget.grace_period", self.grace_period,
+                "budget.grace_period",
+                self.grace_period,
                 f"an integer from 1 to budget.max_epochs ({self.max_epochs})",
             )
         if not is_number(self.reduction_factor) or self.reduction_factor < 2:
@@ -94,7 +96,7 @@ def _absolute_init(value):
     """`adapter:PATH` with PATH made absolute: trials run in other working directories."""
     if isinstance(value, str) and value.startswith(ADAPTER_PREFIX) and value != ADAPTER_PREFIX:
         try:
-            return ADAPTER_PREFIX + str(Path(value[len(ADAPTER_PREFIX):]).expanduser().resolve())
+            return ADAPTER_PREFIX + str(Path(value[len(ADAPTER_PREFIX) :]).expanduser().resolve())
         except (OSError, ValueError, RuntimeError):  # unreadable path: TrainConfig says so in one line
             return value
     return value
@@ -137,7 +139,8 @@ class SpaceSpec:
             check_train_field("fixed", key, value)
             if key in self.search:
                 raise field_error(
-                    f"fixed.{key}", self.fixed[key],
+                    f"fixed.{key}",
+                    self.fixed[key],
                     f"no fixed value for a searched parameter (to fix it, also set search.{key}: null)",
                 )
         if self.data.train.n < 1:
@@ -188,8 +191,9 @@ class SpaceSpec:
         except UsageError as err:
             field = err.field
             path = paths.get(field) or (f"fixed.{field}" if field in self.fixed else field)
-            context = ", ".join(f"{paths[f]} = {values[f]!r}" for f in paths
-                                if f != field and f in (METHOD, "init", *SHAPE_FIELDS))
+            context = ", ".join(
+                f"{paths[f]} = {values[f]!r}" for f in paths if f != field and f in (METHOD, "init", *SHAPE_FIELDS)
+            )
             raise renamed(err, field, path).noted(f" (with {context})" if context else "") from None
 
     def _check_train_configs(self, method: str) -> None:
@@ -206,7 +210,8 @@ class SpaceSpec:
             takes_int = isinstance(getattr(TrainConfig(), key), int) or key in METHOD_ONLY  # (those default to None)
             if dist.kind in CONTINUOUS and takes_int:
                 raise field_error(
-                    f"{path}.{dist.kind.value}", [dist.low, dist.high],
+                    f"{path}.{dist.kind.value}",
+                    [dist.low, dist.high],
                     f"randint or choice ({key} takes integers; {dist.kind.value} samples floats)",
                 )
             suffix, base[key] = dist.candidates()[0]
@@ -227,14 +232,20 @@ class SpaceSpec:
 
     def warm_starts(self, method: str) -> list[tuple[str, str]]:
         """(space path, `adapter:PATH`) of every warm start a trial of `method` can get."""
-        return [(path, init) for path, init in self._inits(method)
-                if isinstance(init, str) and init.startswith(ADAPTER_PREFIX)]
+        return [
+            (path, init)
+            for path, init in self._inits(method)
+            if isinstance(init, str) and init.startswith(ADAPTER_PREFIX)
+        ]
 
     def _check_inits(self, method: str, base: dict, paths: dict) -> None:
         """An init constrains the shape (an adapter fixes it; a token init needs a prefix without a
         projection): every init with every shape the search can pick must make a TrainConfig."""
-        shapes = [[(key, f"{self._path(key, method)}.{s}", v) for s, v in dist.candidates()]
-                  for _, key, dist in self.sampled(method) if key in SHAPE_FIELDS]
+        shapes = [
+            [(key, f"{self._path(key, method)}.{s}", v) for s, v in dist.candidates()]
+            for _, key, dist in self.sampled(method)
+            if key in SHAPE_FIELDS
+        ]
         for init_path, init in self._inits(method):
             for combo in itertools.product(*shapes):
                 values = {**base, "init": init, **{key: value for key, _, value in combo}}
@@ -284,8 +295,9 @@ class SpaceSpec:
             "resources": asdict(self.resources),
         }
 
-    def with_overrides(self, model: str | None = None, num_samples: int | None = None,
-                       max_concurrent: int | None = None) -> "SpaceSpec":
+    def with_overrides(
+        self, model: str | None = None, num_samples: int | None = None, max_concurrent: int | None = None
+    ) -> "SpaceSpec":
         """A copy with command-line overrides applied; `None` keeps the space's value.
 
         `replace` re-runs every check, so `--num-samples 0` fails like a bad file would.

@@ -8,6 +8,7 @@ by their PID (SIGTERM to the `ray start --block` / `mlflow_server` process we ow
 its own tree), never by name. `ray stop` is never used: it kills every Ray process on the machine,
 including other users' clusters.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,10 +33,18 @@ def new_marker() -> str:
 
 def base_env(marker: str, **extra: str) -> dict[str, str]:
     """The environment of everything a test starts: no inherited cluster/tracking settings."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_", "MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_BACKEND"))}
-    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", RAY_USAGE_STATS_ENABLED="0",
-               PYTHONUNBUFFERED="1", **{MARKER_VAR: marker})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("RAY_", "MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_BACKEND"))
+    }
+    env.update(
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+        **{MARKER_VAR: marker},
+    )
     env.pop("PYTHONPATH", None)
     env.update(extra)
     return env
@@ -109,14 +118,28 @@ class RayNode:
         # No --node-ip-address: Ray replaces 127.0.0.1 by this machine's routable IP anyway
         # (services.resolve_ip_for_localhost), so both nodes share that IP; nodes are told apart
         # by node id. The head's dashboard (job server) is bound to 127.0.0.1 by the caller.
-        cmd = [RAY, "start", "--block", f"--temp-dir={temp_dir}",
-               "--num-cpus=1", "--num-gpus=0", "--object-store-memory=200000000",
-               "--disable-usage-stats", "--log-style=record", "--log-color=false",
-               f"--node-manager-port={ports[0]}", f"--object-manager-port={ports[1]}",
-               f"--dashboard-agent-listen-port={ports[2]}", f"--dashboard-agent-grpc-port={ports[3]}",
-               f"--runtime-env-agent-port={ports[4]}", f"--metrics-export-port={ports[5]}", *args]
-        self.proc = subprocess.Popen(cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, cwd=temp_dir)
+        cmd = [
+            RAY,
+            "start",
+            "--block",
+            f"--temp-dir={temp_dir}",
+            "--num-cpus=1",
+            "--num-gpus=0",
+            "--object-store-memory=200000000",
+            "--disable-usage-stats",
+            "--log-style=record",
+            "--log-color=false",
+            f"--node-manager-port={ports[0]}",
+            f"--object-manager-port={ports[1]}",
+            f"--dashboard-agent-listen-port={ports[2]}",
+            f"--dashboard-agent-grpc-port={ports[3]}",
+            f"--runtime-env-agent-port={ports[4]}",
+            f"--metrics-export-port={ports[5]}",
+            *args,
+        ]
+        self.proc = subprocess.Popen(
+            cmd, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=temp_dir
+        )
 
     def wait_started(self, timeout: float = 120) -> None:
         _wait_for_text(self.proc, self.log, "Ray runtime started", timeout, f"ray start ({self.name})")
@@ -126,8 +149,15 @@ class RayNode:
 
 
 def ray_cli(env: dict, *args: str, timeout: float = 120, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([RAY, *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=cwd or REPO, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [RAY, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=cwd or REPO,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def alive_nodes(env: dict, gcs_address: str) -> list[dict]:
@@ -142,8 +172,9 @@ def alive_nodes(env: dict, gcs_address: str) -> list[dict]:
 
 
 # -- MLflow server -------------------------------------------------------------------------------
-def start_mlflow_server(workdir: Path, backend_db: Path, artifacts: Path, env: dict, *args: str,
-                        timeout: float = 90) -> MlflowServer:
+def start_mlflow_server(
+    workdir: Path, backend_db: Path, artifacts: Path, env: dict, *args: str, timeout: float = 90
+) -> MlflowServer:
     """`python -m mlflow_server` (tests/helpers.py) in `env`, which carries the test's marker;
     returns once it printed its ready line."""
     server = MlflowServer(workdir, *args, env=env, backend_db=backend_db, artifacts=artifacts)

@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny random Qwen2 built in-process (no downloads, < 1 s)."""
+
 from __future__ import annotations
 
 import os

@@ -3,6 +3,7 @@ processes in their own session (so that the driver, Ray's node processes and the
 can be signalled by pid and reaped by process group, never by name), and readers for what Tune and
 MLflow stored. The MLflow server that goes away and comes back is tests/helpers.py's.
 """
+
 from __future__ import annotations
 
 import json
@@ -30,25 +31,44 @@ search:
   learning_rate: {{loguniform: [1.0e-3, 3.0e-1]}}
 fixed: {{batch_size: 2, max_length: 128, max_new_tokens: {new_tokens}, eval_batch_size: 4, sandbox_timeout_s: 5}}
 data: {{train: {train}, val: {val}, test: 4}}
-budget: {{num_samples: {samples}, max_epochs: {epochs}, grace_period: {grace}, reduction_factor: 2, max_concurrent: 2, seed: {seed}}}
+budget: {{num_samples: {samples}, max_epochs: {epochs}, grace_period: {grace}, reduction_factor: 2,
+         max_concurrent: 2, seed: {seed}}}
 resources: {{cpu: 1, gpu: 0}}
 """
-SLOW_EPOCHS = {"new_tokens": 256, "train": 24, "val": 16}   # an epoch lasts a few seconds
-FAST_EPOCHS = {"new_tokens": 8, "train": 4, "val": 4}       # an epoch lasts well under a second
+SLOW_EPOCHS = {"new_tokens": 256, "train": 24, "val": 16}  # an epoch lasts a few seconds
+FAST_EPOCHS = {"new_tokens": 8, "train": 4, "val": 4}  # an epoch lasts well under a second
 
 TRIAL_EVENT = re.compile(r"^\[\s*[\d.]+s\] trial (\w+) (epoch \d+|COMPLETED|PRUNED|FAILED)", re.M)
 
 
-def write_fault_space(tmp_path: Path, *, samples: int, epochs: int, tokens=(8,), grace: int | None = None,
-                      seed: int = 0, slow: bool = True, name: str = "fault_space.yaml") -> Path:
+def write_fault_space(
+    tmp_path: Path,
+    *,
+    samples: int,
+    epochs: int,
+    tokens=(8,),
+    grace: int | None = None,
+    seed: int = 0,
+    slow: bool = True,
+    name: str = "fault_space.yaml",
+) -> Path:
     sizes = SLOW_EPOCHS if slow else FAST_EPOCHS
     path = tmp_path / name
-    path.write_text(FAULT_SPACE.format(tokens=list(tokens), samples=samples, epochs=epochs,
-                                       grace=epochs if grace is None else grace, seed=seed, **sizes))
+    path.write_text(
+        FAULT_SPACE.format(
+            tokens=list(tokens),
+            samples=samples,
+            epochs=epochs,
+            grace=epochs if grace is None else grace,
+            seed=seed,
+            **sizes,
+        )
+    )
     return path
 
 
 # -- processes --------------------------------------------------------------------------------
+
 
 def process_session(pid: int) -> int | None:
     try:
@@ -70,15 +90,28 @@ class SearchProcess:
     Ray's local node (GCS, raylet, workers) is started by the driver and inherits the session, so
     `kill_session()` reaps everything this search started, and only that."""
 
-    def __init__(self, tmp_path: Path, space: Path, model: Path, name: str, *extra: str,
-                 env: dict | None = None, label: str | None = None):
+    def __init__(
+        self,
+        tmp_path: Path,
+        space: Path,
+        model: Path,
+        name: str,
+        *extra: str,
+        env: dict | None = None,
+        label: str | None = None,
+    ):
         self.name = name
         self.log = tmp_path / f"{label or name}.log"
         self.started = time.monotonic()
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(search_command(space, model, name, *extra), cwd=tmp_path,
-                                         env={**search_env(), **(env or {})}, stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(
+                search_command(space, model, name, *extra),
+                cwd=tmp_path,
+                env={**search_env(), **(env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def __enter__(self):
         return self
@@ -123,8 +156,7 @@ class SearchProcess:
             pass
 
 
-def wait_until(predicate, timeout: float, what: str, search: SearchProcess | None = None,
-               interval: float = 0.1):
+def wait_until(predicate, timeout: float, what: str, search: SearchProcess | None = None, interval: float = 0.1):
     """Poll `predicate` until it returns something truthy (returned); fail on timeout, or if the
     search ends first."""
     deadline = time.monotonic() + timeout
@@ -158,6 +190,7 @@ def wait_watching(search: SearchProcess, timeout: float) -> tuple[int | None, fl
 
 # -- what Tune stored -------------------------------------------------------------------------
 
+
 def trial_dirs(experiment_dir: Path) -> dict[str, Path]:
     """Ray trial id -> trial directory (`train_soft_prompt_<id>_<n>_<params>_<date>`)."""
     out = {}
@@ -186,6 +219,7 @@ def all_results(experiment_dir: Path) -> dict[str, list[dict]]:
 
 # -- what MLflow stored -------------------------------------------------------------------------------
 
+
 def metric_rows(db: Path, run_id: str) -> list[tuple[str, int, float]]:
     with sqlite3.connect(db) as conn:
         return conn.execute("select key, step, value from metrics where run_uuid = ?", (run_id,)).fetchall()
@@ -199,11 +233,16 @@ def mlflow_summary(db: Path) -> dict:
     children = [r for r in runs if r["parent"] is not None]
     keys = [c["tags"].get("search_key") for c in children]
     trial_ids = [c["tags"].get("ray_trial_id") for c in children]
-    out = {"parents": parents, "children": children,
-           "duplicate_runs": (len(keys) - len(set(keys))) + max(0, len(parents) - 1),
-           "duplicate_trial_ids": len(trial_ids) - len(set(trial_ids)),
-           "not_ended": [r["id"] for r in runs if r["status"] not in ("FINISHED", "FAILED")],
-           "steps": {}, "duplicate_steps": 0, "incomplete": []}
+    out = {
+        "parents": parents,
+        "children": children,
+        "duplicate_runs": (len(keys) - len(set(keys))) + max(0, len(parents) - 1),
+        "duplicate_trial_ids": len(trial_ids) - len(set(trial_ids)),
+        "not_ended": [r["id"] for r in runs if r["status"] not in ("FINISHED", "FAILED")],
+        "steps": {},
+        "duplicate_steps": 0,
+        "incomplete": [],
+    }
     for c in children:
         steps = [s for s, _ in metric_history(db, c["id"], "val_pass_at_1")]
         tid = c["tags"].get("ray_trial_id", c["id"])

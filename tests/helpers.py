@@ -1,5 +1,6 @@
 """Helpers shared by tests of every tier: the project's pinned versions (pyproject.toml is their
 one source), free loopback ports, and a real `python -m mlflow_server` stopped by its own PID."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,10 @@ def pinned_versions() -> dict[str, str]:
     except ModuleNotFoundError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
     project = tomllib.loads(PYPROJECT.read_text())["project"]
-    requirements = [*project["dependencies"], *(r for group in project.get("optional-dependencies", {}).values()
-                                                for r in group)]
+    requirements = [
+        *project["dependencies"],
+        *(r for group in project.get("optional-dependencies", {}).values() for r in group),
+    ]
     pins = {}
     for requirement in requirements:
         m = re.fullmatch(r"([A-Za-z0-9_.-]+)(\[[^\]]*\])?==([^;,\s]+)", requirement.strip())
@@ -70,11 +73,13 @@ def alive(pid: int) -> bool:
 
 # -- a real MLflow server --------------------------------------------------------------------------
 
+
 def server_env(**extra: str) -> dict[str, str]:
     """This environment without tracking/auth/backend settings of the caller's own, plus the repo
     on PYTHONPATH (`python -m mlflow_server` runs from the test's directory)."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_BACKEND"))}
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_TRACKING_", "MLFLOW_AUTH_", "MLFLOW_BACKEND"))
+    }
     env["PYTHONPATH"] = str(REPO)
     env.update(extra)
     return env
@@ -87,8 +92,15 @@ class MlflowServer:
 
     START_TIMEOUT = 90
 
-    def __init__(self, workdir: Path, *args: str, env: dict | None = None, port: int | None = None,
-                 backend_db: Path | None = None, artifacts: Path | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        *args: str,
+        env: dict | None = None,
+        port: int | None = None,
+        backend_db: Path | None = None,
+        artifacts: Path | None = None,
+    ):
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
         self.args, self.port = args, port or free_port()
@@ -103,9 +115,18 @@ class MlflowServer:
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "mlflow_server", "--port", str(self.port),
-                "--backend-store-uri", f"sqlite:///{self.db}", "--artifacts-destination", str(self.artifacts),
-                *self.args]
+        return [
+            sys.executable,
+            "-m",
+            "mlflow_server",
+            "--port",
+            str(self.port),
+            "--backend-store-uri",
+            f"sqlite:///{self.db}",
+            "--artifacts-destination",
+            str(self.artifacts),
+            *self.args,
+        ]
 
     def start(self) -> float:
         """Start and wait for the ready line (kept in `ready_url`); returns the seconds it took."""
@@ -113,15 +134,24 @@ class MlflowServer:
         self.log = self.workdir / f"mlflow-server-{self.port}-{self.starts}.log"
         t0 = time.monotonic()
         with open(self.log, "w") as err:
-            self.proc = proc = subprocess.Popen(self.command(), cwd=self.workdir, env=self.env, text=True,
-                                                stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL)
+            self.proc = proc = subprocess.Popen(
+                self.command(),
+                cwd=self.workdir,
+                env=self.env,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+            )
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: lines.put(proc.stdout.readline()), daemon=True).start()
         try:
             line = lines.get(timeout=self.START_TIMEOUT)
         except queue.Empty:
             self.stop()
-            raise AssertionError(f"mlflow_server: no ready line in {self.START_TIMEOUT} s:\n{self.log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"mlflow_server: no ready line in {self.START_TIMEOUT} s:\n{self.log.read_text()[-3000:]}"
+            )
         if "ready at" not in line:
             proc.wait(30)
             raise AssertionError(f"mlflow_server failed (exit {proc.returncode}):\n{self.log.read_text()[-3000:]}")

@@ -15,9 +15,10 @@ HONEST: dict[str, tuple[str, str, bool]] = {
     "next_on_empty_iterator": ("HumanEval/0", "    return next(iter([]))\n", False),
     "raise_stopiteration": ("HumanEval/0", "    raise StopIteration\n", False),
     "stopiteration_at_module_level": ("HumanEval/0", "    return False\nnext(iter([]))\n", False),
-    "next_used_correctly": ("HumanEval/35", "    return next(iter(sorted(l, reverse=True)))\n",
-                            True),
-    "stopiteration_caught": ("HumanEval/35", """\
+    "next_used_correctly": ("HumanEval/35", "    return next(iter(sorted(l, reverse=True)))\n", True),
+    "stopiteration_caught": (
+        "HumanEval/35",
+        """\
     it = iter(l)
     best = next(it)
     while True:
@@ -26,15 +27,23 @@ HONEST: dict[str, tuple[str, str, bool]] = {
         except StopIteration:
             return best
         best = max(best, e)
-""", True),
+""",
+        True,
+    ),
     # generators and containers of the wrong kind
     "generator_instead_of_value": ("HumanEval/35", "    yield max(l)\n", False),
-    "generator_function_helper": ("HumanEval/35", """\
+    "generator_function_helper": (
+        "HumanEval/35",
+        """\
     def walk():
         yield from l
     return max(walk())
-""", True),
-    "tuple_instead_of_list": ("HumanEval/25", """\
+""",
+        True,
+    ),
+    "tuple_instead_of_list": (
+        "HumanEval/25",
+        """\
     import math
     out, n, i = [], n, 2
     while i <= int(math.sqrt(n) + 1):
@@ -46,42 +55,66 @@ HONEST: dict[str, tuple[str, str, bool]] = {
     if n > 1:
         out.append(n)
     return tuple(out)
-""", False),
+""",
+        False,
+    ),
     # __eq__ surprises
     "float_equal_to_int": ("HumanEval/23", "    return len(string) * 1.0\n", True),
-    "int_equal_to_bool": ("HumanEval/0", """\
+    "int_equal_to_bool": (
+        "HumanEval/0",
+        """\
     for i, a in enumerate(numbers):
         for b in numbers[i + 1:]:
             if abs(a - b) < threshold:
                 return 1
     return 0
-""", True),
-    "decimal_cannot_subtract_float": ("HumanEval/2", """\
+""",
+        True,
+    ),
+    "decimal_cannot_subtract_float": (
+        "HumanEval/2",
+        """\
     from decimal import Decimal
     return Decimal(number) % 1
-""", False),
-    "eq_returns_notimplemented": ("HumanEval/23", """\
+""",
+        False,
+    ),
+    "eq_returns_notimplemented": (
+        "HumanEval/23",
+        """\
     class Length:
         def __eq__(self, other):
             return NotImplemented
     return Length()
-""", False),
-    "eq_raises": ("HumanEval/23", """\
+""",
+        False,
+    ),
+    "eq_raises": (
+        "HumanEval/23",
+        """\
     class Length:
         def __eq__(self, other):
             raise ValueError("no comparison")
     return Length()
-""", False),
-    "userlist_equal_to_list": ("HumanEval/29", """\
+""",
+        False,
+    ),
+    "userlist_equal_to_list": (
+        "HumanEval/29",
+        """\
     from collections import UserList
     return UserList(s for s in strings if s.startswith(prefix))
-""", True),
+""",
+        True,
+    ),
     # exits and errors
     "sys_exit_in_candidate": ("HumanEval/23", "    import sys\n    sys.exit(0)\n", False),
     "recursion_error": ("HumanEval/23", "    return strlen(string)\n", False),
     "syntax_error": ("HumanEval/23", "    return len(string\n", False),
     # standard-library idioms the sandbox must keep working
-    "namedtuple_enum_dataclass": ("HumanEval/23", """\
+    "namedtuple_enum_dataclass": (
+        "HumanEval/23",
+        """\
     import collections, dataclasses, enum
     Pair = collections.namedtuple("Pair", "text size")
     @dataclasses.dataclass
@@ -90,27 +123,45 @@ HONEST: dict[str, tuple[str, str, bool]] = {
     class Kind(enum.Enum):
         EMPTY = 0
     return Box(Pair(string, len(string)).size).size + Kind.EMPTY.value
-""", True),
-    "warnings_and_printing": ("HumanEval/23", """\
+""",
+        True,
+    ),
+    "warnings_and_printing": (
+        "HumanEval/23",
+        """\
     import warnings
     warnings.warn("counting characters")
     print("length of", repr(string))
     return len(string)
-""", True),
-    "thread_pool": ("HumanEval/23", """\
+""",
+        True,
+    ),
+    "thread_pool": (
+        "HumanEval/23",
+        """\
     from concurrent.futures import ThreadPoolExecutor
     with ThreadPoolExecutor(2) as pool:
         return sum(pool.map(lambda c: 1, string))
-""", True),
-    "module_not_preimported": ("HumanEval/23", """\
+""",
+        True,
+    ),
+    "module_not_preimported": (
+        "HumanEval/23",
+        """\
     import importlib
     difflib = importlib.import_module("difflib")
     return len(difflib.SequenceMatcher(None, string, string).a)
-""", True),
-    "file_in_working_dir": ("HumanEval/23", """\
+""",
+        True,
+    ),
+    "file_in_working_dir": (
+        "HumanEval/23",
+        """\
     with open("scratch.txt", "w") as f:
         f.write(string)
     with open("scratch.txt") as f:
         return len(f.read())
-""", True),
+""",
+        True,
+    ),
 }

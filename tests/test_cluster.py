@@ -23,6 +23,7 @@ Teardown stops what the test started by PID (SIGTERM to each `ray start --block`
 MLflow server), never by name (`ray stop` would stop every Ray on the machine), and fails if any
 process carrying this test's environment marker survives.
 """
+
 from __future__ import annotations
 
 import base64
@@ -40,8 +41,19 @@ from pathlib import Path
 
 import pytest
 
-from cluster_helpers import (BIN, REPO, RayNode, alive_nodes, base_env, free_ports, marked_processes,
-                             new_marker, ray_cli, reap_marked, start_mlflow_server)
+from cluster_helpers import (
+    BIN,
+    REPO,
+    RayNode,
+    alive_nodes,
+    base_env,
+    free_ports,
+    marked_processes,
+    new_marker,
+    ray_cli,
+    reap_marked,
+    start_mlflow_server,
+)
 from helpers import pinned
 from search_helpers import write_space
 
@@ -53,8 +65,7 @@ SEARCH_NAME = "cluster"
 SAMPLES, EPOCHS = 4, 2
 JOB_TIMEOUT_S = 420
 # What `--working-dir` must not upload (.gitignore is honoured too; these make it explicit).
-UPLOAD_EXCLUDES = [".venv", ".git", "runs", "mlruns", "**/__pycache__", ".pytest_cache", "*.egg-info",
-                   "build", "*.db"]
+UPLOAD_EXCLUDES = [".venv", ".git", "runs", "mlruns", "**/__pycache__", ".pytest_cache", "*.egg-info", "build", "*.db"]
 
 
 def _get(url: str, auth: tuple[str, str] | None = None) -> int:
@@ -73,7 +84,9 @@ def _get(url: str, auth: tuple[str, str] | None = None) -> int:
 def cluster(tmp_path):
     """A head + a worker node (1 CPU each) and an auth MLflow server; all stopped by PID after."""
     if importlib.util.find_spec("aiohttp_cors") is None:
-        pytest.fail(f"the Ray job server (dashboard) needs ray[default]: pip install 'ray[default,tune]=={pinned('ray')}'")
+        pytest.fail(
+            f"the Ray job server (dashboard) needs ray[default]: pip install 'ray[default,tune]=={pinned('ray')}'"
+        )
     marker = new_marker()
     home = tmp_path / "home"
     home.mkdir()
@@ -82,7 +95,8 @@ def cluster(tmp_path):
     ray_tmp = Path(tempfile.mkdtemp(prefix="sps-ray-", dir="/tmp"))
     env = base_env(
         marker,
-        RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+        RAY_AUTH_MODE="token",
+        RAY_AUTH_TOKEN=secrets.token_hex(32),
         HOME=str(home),
         # `python` in the job's entrypoint is the first one on the raylet's PATH: the venv's, as for
         # a user who started Ray from the activated environment the project is installed in.
@@ -94,9 +108,19 @@ def cluster(tmp_path):
     nodes: list[RayNode] = []
     mlflow = None
     try:
-        head = RayNode("head", ["--head", f"--port={gcs_port}", "--include-dashboard=true",
-                                "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}"],
-                       env, ray_tmp / "head", tmp_path / "ray-head.log")
+        head = RayNode(
+            "head",
+            [
+                "--head",
+                f"--port={gcs_port}",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash_port}",
+            ],
+            env,
+            ray_tmp / "head",
+            tmp_path / "ray-head.log",
+        )
         nodes.append(head)
         head.wait_started()
         worker = RayNode("worker", [f"--address={gcs}"], env, ray_tmp / "worker", tmp_path / "ray-worker.log")
@@ -108,11 +132,16 @@ def cluster(tmp_path):
         assert len(alive) == 2, f"expected 2 alive Ray nodes, got {alive}"
 
         mlflow_env = dict(env, MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=PASSWORD)
-        mlflow = start_mlflow_server(tmp_path, tmp_path / "mlflow.db", tmp_path / "mlartifacts",
-                                     mlflow_env, "--auth")
-        yield {"env": env, "gcs": gcs, "dashboard": f"http://127.0.0.1:{dash_port}",
-               "nodes": {n["node_id"] for n in alive}, "mlflow": mlflow.url, "tmp": tmp_path,
-               "ray_tmp": ray_tmp}
+        mlflow = start_mlflow_server(tmp_path, tmp_path / "mlflow.db", tmp_path / "mlartifacts", mlflow_env, "--auth")
+        yield {
+            "env": env,
+            "gcs": gcs,
+            "dashboard": f"http://127.0.0.1:{dash_port}",
+            "nodes": {n["node_id"] for n in alive},
+            "mlflow": mlflow.url,
+            "tmp": tmp_path,
+            "ray_tmp": ray_tmp,
+        }
     finally:
         for node in reversed(nodes):  # the worker first, then the head (GCS last)
             node.stop()
@@ -129,8 +158,11 @@ def _job_status(env: dict, dashboard: str, job_id: str) -> str:
     ray/dashboard/modules/job/cli.py:_log_job_status)."""
     proc = ray_cli(env, "job", "status", "--address", dashboard, job_id, timeout=60)
     out = proc.stdout + proc.stderr
-    for state, text in (("SUCCEEDED", f"Job '{job_id}' succeeded"), ("FAILED", f"Job '{job_id}' failed"),
-                        ("STOPPED", f"Job '{job_id}' was stopped")):
+    for state, text in (
+        ("SUCCEEDED", f"Job '{job_id}' succeeded"),
+        ("FAILED", f"Job '{job_id}' failed"),
+        ("STOPPED", f"Job '{job_id}' was stopped"),
+    ):
         if text in out:
             return state
     match = re.search(rf"Status for job '{re.escape(job_id)}': (\w+)", out)
@@ -142,18 +174,50 @@ def test_search_submitted_to_two_node_cluster(cluster, tiny_model_dir, monkeypat
     space = write_space(tmp, samples=SAMPLES, epochs=EPOCHS)
     storage = tmp / "shared-storage"  # both nodes are this machine: a plain directory is shared
     runtime_env = {
-        "env_vars": {"MLFLOW_TRACKING_USERNAME": USER, "MLFLOW_TRACKING_PASSWORD": PASSWORD,
-                     "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"},
+        "env_vars": {
+            "MLFLOW_TRACKING_USERNAME": USER,
+            "MLFLOW_TRACKING_PASSWORD": PASSWORD,
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+        },
         "excludes": UPLOAD_EXCLUDES,
     }
     job_id = f"sps-cluster-{secrets.token_hex(4)}"
-    entrypoint = ["python", "-m", "search.run", "--space", str(space), "--model", str(tiny_model_dir),
-                  "--name", SEARCH_NAME, "--storage", str(storage), "--mlflow-uri", cluster["mlflow"]]
+    entrypoint = [
+        "python",
+        "-m",
+        "search.run",
+        "--space",
+        str(space),
+        "--model",
+        str(tiny_model_dir),
+        "--name",
+        SEARCH_NAME,
+        "--storage",
+        str(storage),
+        "--mlflow-uri",
+        cluster["mlflow"],
+    ]
 
     t0 = time.monotonic()
-    submit = ray_cli(env, "job", "submit", "--address", cluster["dashboard"], "--submission-id", job_id,
-                     "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-                     "--no-wait", "--", *entrypoint, timeout=180, cwd=tmp)
+    submit = ray_cli(
+        env,
+        "job",
+        "submit",
+        "--address",
+        cluster["dashboard"],
+        "--submission-id",
+        job_id,
+        "--working-dir",
+        str(REPO),
+        "--runtime-env-json",
+        json.dumps(runtime_env),
+        "--no-wait",
+        "--",
+        *entrypoint,
+        timeout=180,
+        cwd=tmp,
+    )
     assert submit.returncode == 0, submit.stdout[-3000:] + submit.stderr[-3000:]
     state = _job_status(env, cluster["dashboard"], job_id)
     deadline = t0 + JOB_TIMEOUT_S
@@ -164,15 +228,18 @@ def test_search_submitted_to_two_node_cluster(cluster, tiny_model_dir, monkeypat
     logs = ray_cli(env, "job", "logs", "--address", cluster["dashboard"], job_id, timeout=60).stdout
     if state in ("PENDING", "RUNNING"):
         ray_cli(env, "job", "stop", "--address", cluster["dashboard"], job_id, timeout=60)
-    print(f"\n[cluster] ray job submit -> {state} in {elapsed:.1f} s "
-          f"({SAMPLES} trials x {EPOCHS} epochs, 2 nodes x 1 CPU)")
+    print(
+        f"\n[cluster] ray job submit -> {state} in {elapsed:.1f} s "
+        f"({SAMPLES} trials x {EPOCHS} epochs, 2 nodes x 1 CPU)"
+    )
     print("[cluster] job log tail:\n" + "\n".join(logs.splitlines()[-14:]))
     assert state == "SUCCEEDED", f"job {job_id}: {state}\n{logs[-5000:]}"
     assert "search finished" in logs
 
     # What --working-dir uploaded (unpacked on the head): the project's sources only.
-    unpacked = [p for p in cluster["ray_tmp"].glob("head/session_latest/runtime_resources/working_dir_files/*")
-                if p.is_dir()]
+    unpacked = [
+        p for p in cluster["ray_tmp"].glob("head/session_latest/runtime_resources/working_dir_files/*") if p.is_dir()
+    ]
     assert len(unpacked) == 1, unpacked
     files = [p for p in unpacked[0].rglob("*") if p.is_file()]
     size_mib = sum(p.stat().st_size for p in files) / 2**20
@@ -211,6 +278,8 @@ def test_search_submitted_to_two_node_cluster(cluster, tiny_model_dir, monkeypat
     # The trials ran on both nodes: their node ids are exactly the cluster's two (not IPs: both
     # nodes have the same one).
     used = {r.data.tags["node_id"] for r in children}
-    print(f"[cluster] trials per node: "
-          f"{ {n[:8]: sum(r.data.tags['node_id'] == n for r in children) for n in sorted(used)} }")
+    print(
+        f"[cluster] trials per node: "
+        f"{ {n[:8]: sum(r.data.tags['node_id'] == n for r in children) for n in sorted(used)} }"
+    )
     assert used == cluster["nodes"]

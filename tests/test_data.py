@@ -94,35 +94,43 @@ def test_mbpp_splits_and_the_distill_command_draw_the_same_problems():
     assert [p["task_id"] for p in problems_for("train", split)] == ids["train"]
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"train": 100, "val": 40, "test": 60}, "data.test.n"),
-    ({"train": -1, "val": 40, "test": 60}, "data.train"),
-    ({"train": 10, "val": 0, "test": 10}, "data.val"),
-    ({"train": 1.5, "val": 4, "test": 4}, "data.train"),
-    ({"train": {"source": "apps", "n": 3}}, "data.train.source"),
-    ({"train": {"source": ["mbpp"], "n": 3}}, "data.train.source"),
-    ({"train": {"source": None, "n": 3}}, "data.train.source"),
-    ({"test": {"source": "humaneval", "n": True}}, "data.test.n"),
-    ({"val": {"source": "humaneval", "ids": [["HumanEval/1"]]}}, "data.val.ids"),
-    ({"val": "64"}, "data.val"),
-    ({"distill": 5}, "data.distill"),
-    ({"distill": {"targets": 5}}, "data.distill.targets"),
-    ({"distill": {"temperature": "hot"}}, "data.distill.temperature"),
-    ({"distill": {"samples": 1.5}}, "data.distill.samples"),
-    ({"train": {"source": "mbpp", "n": 398}}, "data.train.n"),
-    ({"train": {"source": "mbpp", "n": 390}, "val": {"source": "mbpp", "n": 8}}, "data.val.n"),
-    ({"train": {"source": "mbpp", "n": 10, "shuffle": True}}, "data.train.shuffle"),
-    ({"val": {"source": "humaneval", "ids": ["HumanEval/1", "HumanEval/1"]}}, "data.val.ids"),
-    ({"val": {"source": "humaneval", "ids": ["HumanEval/1"]}, "test": {"source": "humaneval", "ids": ["HumanEval/1"]}},
-     "data.test.ids"),
-    ({"val": {"source": "humaneval", "ids": "HumanEval/1"}}, "data.val.ids"),
-    ({"seed": -1}, "data.seed"),
-    ({"distill": {"samples": -1}}, "data.distill.samples"),
-    ({"distill": {"temperature": 0}}, "data.distill.temperature"),
-    ({"distill": {"top_p": 1.5}}, "data.distill.top_p"),
-    ({"distill": {"k": 4}}, "data.distill.k"),
-    ({"distill": {"targets": ""}}, "data.distill.targets"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"train": 100, "val": 40, "test": 60}, "data.test.n"),
+        ({"train": -1, "val": 40, "test": 60}, "data.train"),
+        ({"train": 10, "val": 0, "test": 10}, "data.val"),
+        ({"train": 1.5, "val": 4, "test": 4}, "data.train"),
+        ({"train": {"source": "apps", "n": 3}}, "data.train.source"),
+        ({"train": {"source": ["mbpp"], "n": 3}}, "data.train.source"),
+        ({"train": {"source": None, "n": 3}}, "data.train.source"),
+        ({"test": {"source": "humaneval", "n": True}}, "data.test.n"),
+        ({"val": {"source": "humaneval", "ids": [["HumanEval/1"]]}}, "data.val.ids"),
+        ({"val": "64"}, "data.val"),
+        ({"distill": 5}, "data.distill"),
+        ({"distill": {"targets": 5}}, "data.distill.targets"),
+        ({"distill": {"temperature": "hot"}}, "data.distill.temperature"),
+        ({"distill": {"samples": 1.5}}, "data.distill.samples"),
+        ({"train": {"source": "mbpp", "n": 398}}, "data.train.n"),
+        ({"train": {"source": "mbpp", "n": 390}, "val": {"source": "mbpp", "n": 8}}, "data.val.n"),
+        ({"train": {"source": "mbpp", "n": 10, "shuffle": True}}, "data.train.shuffle"),
+        ({"val": {"source": "humaneval", "ids": ["HumanEval/1", "HumanEval/1"]}}, "data.val.ids"),
+        (
+            {
+                "val": {"source": "humaneval", "ids": ["HumanEval/1"]},
+                "test": {"source": "humaneval", "ids": ["HumanEval/1"]},
+            },
+            "data.test.ids",
+        ),
+        ({"val": {"source": "humaneval", "ids": "HumanEval/1"}}, "data.val.ids"),
+        ({"seed": -1}, "data.seed"),
+        ({"distill": {"samples": -1}}, "data.distill.samples"),
+        ({"distill": {"temperature": 0}}, "data.distill.temperature"),
+        ({"distill": {"top_p": 1.5}}, "data.distill.top_p"),
+        ({"distill": {"k": 4}}, "data.distill.k"),
+        ({"distill": {"targets": ""}}, "data.distill.targets"),
+    ],
+)
 def test_bad_splits_name_the_field(kwargs, field):
     with pytest.raises(UsageError) as caught:
         DataSplit(**kwargs)

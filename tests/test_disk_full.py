@@ -6,6 +6,7 @@ The storage is a 1.1 GiB tmpfs in a mount namespace of the search's own (it pass
 free-space check), filled to the last byte from inside that namespace after the first trial
 result. MLflow lives outside it, so what the driver recorded can be read afterwards.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,16 +28,40 @@ class MountedSearch(SearchProcess):
 
     def __init__(self, tmp_path, space, model, name, mnt, uri):
         self.name, self.log = name, tmp_path / f"{name}.log"
-        cmd = ["unshare", "-m", "sh", "-c", MOUNT, str(mnt), sys.executable, "-m", "search.run", "--space",
-               str(space), "--model", str(model), "--name", name, "--storage", str(mnt / "runs"), "--mlflow-uri", uri]
+        cmd = [
+            "unshare",
+            "-m",
+            "sh",
+            "-c",
+            MOUNT,
+            str(mnt),
+            sys.executable,
+            "-m",
+            "search.run",
+            "--space",
+            str(space),
+            "--model",
+            str(model),
+            "--name",
+            name,
+            "--storage",
+            str(mnt / "runs"),
+            "--mlflow-uri",
+            uri,
+        ]
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(cmd, cwd=tmp_path, env=search_env(), stdout=out, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                cmd, cwd=tmp_path, env=search_env(), stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def fill(self, mnt) -> str:
         """Write zeros into the search's tmpfs until the kernel says ENOSPC."""
-        proc = subprocess.run(["nsenter", "-t", str(self.pid), "-m", "sh", "-c", f'cat /dev/zero > "{mnt}/filler"'],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            ["nsenter", "-t", str(self.pid), "-m", "sh", "-c", f'cat /dev/zero > "{mnt}/filler"'],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         return proc.stderr
 
 
@@ -54,12 +79,15 @@ def test_a_full_disk_ends_the_search_with_one_line(tiny_model_dir, tmp_path):
         filled = search.fill(mnt)
         rc = search.wait(300)
         output = search.output()
-    print(f"\n[disk full] filler: {filled.strip()!r}; exit {rc}; {len(output.splitlines())} console lines, "
-          f"{output.count('Traceback')} tracebacks")
+    print(
+        f"\n[disk full] filler: {filled.strip()!r}; exit {rc}; {len(output.splitlines())} console lines, "
+        f"{output.count('Traceback')} tracebacks"
+    )
     assert "No space left on device" in filled
     assert rc == 1, output[-3000:]
-    assert re.search(r"^error: disk full \(.*\); free some space, then: python -m search.run .* --resume --name full$",
-                     output, re.M), output[-3000:]
+    assert re.search(
+        r"^error: disk full \(.*\); free some space, then: python -m search.run .* --resume --name full$", output, re.M
+    ), output[-3000:]
     assert output.count("Traceback") == 0, output[-3000:]
     summary = mlflow_summary(store / "mlflow.db")
     (parent,) = summary["parents"]

@@ -6,6 +6,7 @@ The tiny random model writes noise, so the problems here are built to let noise 
 rule the test can check on its own: the completion lands inside a raw string `X`, and the test
 (which closes the string) asserts the parity of `len(X)`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,16 @@ from trainable import mbpp, model as model_module
 from trainable.config import TrainConfig
 from trainable.data import DataSplit, DistillSettings
 from softprompt_cli.errors import UsageError
-from trainable.distill import (cache_file, cached_targets, distill, ensure_targets, model_sha256, read_pinned,
-                               training_items, verified_targets)
+from trainable.distill import (
+    cache_file,
+    cached_targets,
+    distill,
+    ensure_targets,
+    model_sha256,
+    read_pinned,
+    training_items,
+    verified_targets,
+)
 from trainable.model import resolve_model_ref
 from trainable.trial import Trial
 
@@ -39,13 +48,20 @@ def parity_problem(task_id: str, lead: str, parity: int | None) -> dict:
     only make problems differ. The sandbox compiles the program and the test apart, so a test
     cannot close a string the prompt opened.)"""
     check = "assert False" if parity is None else f"assert {parity} in (0, 1)"
-    return {"task_id": task_id, "entry_point": "f", "stop_tokens": ["\x00"],
-            "prompt": f"def f():\n    return 1\n\n{lead}\n#",
-            "test": f"def check(candidate):\n    assert candidate() == 1\n    {check}\n"}
+    return {
+        "task_id": task_id,
+        "entry_point": "f",
+        "stop_tokens": ["\x00"],
+        "prompt": f"def f():\n    return 1\n\n{lead}\n#",
+        "test": f"def check(candidate):\n    assert candidate() == 1\n    {check}\n",
+    }
 
 
-PROBLEMS = [parity_problem("p_even", "# even", 0), parity_problem("p_odd", "value = 7", 1),
-            parity_problem("p_never", "# never", None)]
+PROBLEMS = [
+    parity_problem("p_even", "# even", 0),
+    parity_problem("p_odd", "value = 7", 1),
+    parity_problem("p_never", "# never", None),
+]
 
 
 def _must_pass(completion: str, parity: int | None) -> bool:
@@ -62,8 +78,9 @@ def test_only_sandbox_passing_candidates_are_kept(tiny_loaded):
             assert row["passed"], row
         if parity[row["task_id"]] is None:
             assert not row["passed"], row
-    assert any(r["passed"] for r in results) and not all(r["passed"] for r in results), \
+    assert any(r["passed"] for r in results) and not all(r["passed"] for r in results), (
         "the check needs both verdicts to have teeth"
+    )
     for problem in PROBLEMS:
         task = problem["task_id"]
         passing = [r["completion"] for r in results if r["task_id"] == task and r["passed"] and r["completion"].strip()]
@@ -82,11 +99,13 @@ def test_targets_are_cut_to_the_function_body():
 
 
 def test_dedup_ignores_trailing_whitespace_and_drops_failures():
-    rows = [{"task_id": "a", "completion": "    return 1\n", "passed": True},
-            {"task_id": "a", "completion": "    return 1", "passed": True},
-            {"task_id": "a", "completion": "    return 2\n", "passed": False},
-            {"task_id": "a", "completion": "   \n", "passed": True},
-            {"task_id": "b", "completion": "    return 3\n", "passed": False}]
+    rows = [
+        {"task_id": "a", "completion": "    return 1\n", "passed": True},
+        {"task_id": "a", "completion": "    return 1", "passed": True},
+        {"task_id": "a", "completion": "    return 2\n", "passed": False},
+        {"task_id": "a", "completion": "   \n", "passed": True},
+        {"task_id": "b", "completion": "    return 3\n", "passed": False},
+    ]
     assert verified_targets(rows) == {"a": ["    return 1\n"], "b": []}
 
 
@@ -143,9 +162,15 @@ def test_a_pinned_file_from_another_model_is_refused(tiny_loaded, tiny_model_dir
     with pytest.raises(UsageError, match=r"^data\.distill\.targets: .*every training problem \(1 of 4"):
         read_pinned(report.cache, str(tiny_model_dir), PROBLEMS + [parity_problem("p_new", "# new", 0)])
     record = json.loads(Path(report.cache).read_text())
-    broken = [{}, [], "text", {**record, "model": "someone"}, {**record, "format": 1},
-              {**record, "problems": {"p_even": {"sha256": "x", "targets": [3]}}},
-              {**record, "problems": {"p_even": ["not an entry"]}}]
+    broken = [
+        {},
+        [],
+        "text",
+        {**record, "model": "someone"},
+        {**record, "format": 1},
+        {**record, "problems": {"p_even": {"sha256": "x", "targets": [3]}}},
+        {**record, "problems": {"p_even": ["not an entry"]}},
+    ]
     for i, junk in enumerate(broken):
         (tmp_path / f"junk{i}.json").write_text(json.dumps(junk))
         with pytest.raises(UsageError, match=rf"^data\.distill\.targets: got .*junk{i}.json', expected a distillation"):
@@ -155,11 +180,17 @@ def test_a_pinned_file_from_another_model_is_refused(tiny_loaded, tiny_model_dir
 
 
 def test_training_skips_problems_without_a_target():
-    problems = [{"task_id": "a", "prompt": "pa"}, {"task_id": "b", "prompt": "pb"},
-                {"task_id": "c", "prompt": "pc", "canonical_solution": "sc"}]
+    problems = [
+        {"task_id": "a", "prompt": "pa"},
+        {"task_id": "b", "prompt": "pb"},
+        {"task_id": "c", "prompt": "pc", "canonical_solution": "sc"},
+    ]
     items, skipped = training_items(problems, {"a": ["t1", "t2"], "b": []})
-    assert items == [{"prompt": "pa", "target": "t1"}, {"prompt": "pa", "target": "t2"},
-                     {"prompt": "pc", "target": "sc"}]
+    assert items == [
+        {"prompt": "pa", "target": "t1"},
+        {"prompt": "pa", "target": "t2"},
+        {"prompt": "pc", "target": "sc"},
+    ]
     assert skipped == ["b"]
 
 
@@ -167,14 +198,18 @@ def test_training_skips_problems_without_a_target():
 def fixture_mbpp(monkeypatch):
     """The MBPP source pointed at the six-problem fixture (its own hash and size)."""
     sha = hashlib.sha256(FIXTURE.read_bytes()).hexdigest()
-    source = dataclasses.replace(data_module.SOURCES["mbpp"], size=6,
-                                 load=lambda: mbpp.load_problems(str(FIXTURE), sha))
+    source = dataclasses.replace(
+        data_module.SOURCES["mbpp"], size=6, load=lambda: mbpp.load_problems(str(FIXTURE), sha)
+    )
     monkeypatch.setitem(data_module.SOURCES, "mbpp", source)
 
 
 def test_a_trial_trains_on_the_problems_that_have_targets(fixture_mbpp, tiny_model_dir, tmp_path):
     split = DataSplit(train={"source": "mbpp", "n": 6}, val=2, test=2)
-    targets = {"mbpp_17_square_perimeter": ["    return 4 * a\n"], "mbpp_12_sort_matrix": ["    return sorted(M, key=sum)\n"]}
+    targets = {
+        "mbpp_17_square_perimeter": ["    return 4 * a\n"],
+        "mbpp_12_sort_matrix": ["    return sorted(M, key=sum)\n"],
+    }
     config = dataclasses.replace(CONFIG, num_virtual_tokens=2, epochs=1, batch_size=2)
     trial = Trial(config, str(tiny_model_dir), split, targets=targets)
     assert len(trial.examples) == 2 and len(trial.skipped) == 4
@@ -185,20 +220,34 @@ def test_a_trial_trains_on_the_problems_that_have_targets(fixture_mbpp, tiny_mod
 
 
 def _cli(tmp_path, *args):
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO),
-           "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "cache")}
-    return subprocess.run([sys.executable, "-m", "trainable.distill", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "cache"),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "trainable.distill", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "bundled", "--source", "apps", "--n", "3"], "--source: got 'apps'"),
-    (["--model", "bundled", "--n", "0"], "--n: got 0"),
-    (["--model", "bundled", "--n", "398"], "--n: got 398"),
-    (["--model", "./nowhere", "--n", "3"], "model: got './nowhere'"),
-    (["--model", "bundled", "--n", "3", "--samples", "-1"], "--samples: got -1"),
-    (["--model", "bundled", "--n", "3", "--dtype", "fp8"], "--dtype: got 'fp8'"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "bundled", "--source", "apps", "--n", "3"], "--source: got 'apps'"),
+        (["--model", "bundled", "--n", "0"], "--n: got 0"),
+        (["--model", "bundled", "--n", "398"], "--n: got 398"),
+        (["--model", "./nowhere", "--n", "3"], "model: got './nowhere'"),
+        (["--model", "bundled", "--n", "3", "--samples", "-1"], "--samples: got -1"),
+        (["--model", "bundled", "--n", "3", "--dtype", "fp8"], "--dtype: got 'fp8'"),
+    ],
+)
 def test_distill_command_bad_input_is_one_line(tmp_path, args, message):
     proc = _cli(tmp_path, *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr

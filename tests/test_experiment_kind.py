@@ -5,6 +5,7 @@ fails here, not silently in a user's browser).
 
     .venv/bin/pytest tests/test_experiment_kind.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,24 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from search.tracking import (EXPERIMENT, EXPERIMENT_TAGS, PARENT, SHARED_VIEW_PREFIX, UI_VIEW_QUERY, MlflowLedger,
-                             search_view, ui_link)
+from search.tracking import (
+    EXPERIMENT,
+    EXPERIMENT_TAGS,
+    PARENT,
+    SHARED_VIEW_PREFIX,
+    UI_VIEW_QUERY,
+    MlflowLedger,
+    search_view,
+    ui_link,
+)
 
 KIND_TAG = "mlflow.experimentKind"
 
 
 def _ledger(tmp_path, search_id: str | None = None) -> MlflowLedger:
-    return MlflowLedger(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, "s", search_id or uuid.uuid4().hex,
-                        tmp_path / "state")
+    return MlflowLedger(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, "s", search_id or uuid.uuid4().hex, tmp_path / "state"
+    )
 
 
 def _kind(tmp_path) -> str | None:
@@ -52,7 +62,8 @@ def test_an_existing_experiment_is_switched_to_model_training(tmp_path, before):
 
 def test_ui_links_ask_for_the_model_training_view():
     assert ui_link("http://mlflow.example:5000/", "7") == (
-        "http://mlflow.example:5000/#/experiments/7/runs?workflowType=machine_learning")
+        "http://mlflow.example:5000/#/experiments/7/runs?workflowType=machine_learning"
+    )
     local = ui_link("sqlite:////data/x/mlflow.db", "3", default_store=False)
     assert local.startswith("http://127.0.0.1:5000/#/experiments/3/runs?workflowType=machine_learning")
     assert "python -m mlflow_server --backend-store-uri sqlite:////data/x/mlflow.db" in local
@@ -69,8 +80,9 @@ def test_each_search_has_a_shared_view_of_its_own_trials(tmp_path):
     view = json.loads(experiment.tags[SHARED_VIEW_PREFIX + search_id])
     assert view["searchFilter"] == f"tags.search_id = '{search_id}'"
     assert view["orderByKey"] == "metrics.`val_pass_at_1`" and view["orderByAsc"] is False
-    assert {"metrics.`val_pass_at_1`", "params.`learning_rate`", "params.`num_virtual_tokens`",
-            "tags.`state`"} <= set(view["selectedColumns"])
+    assert {"metrics.`val_pass_at_1`", "params.`learning_rate`", "params.`num_virtual_tokens`", "tags.`state`"} <= set(
+        view["selectedColumns"]
+    )
     link = ledger.ui_link(default_store=True)
     assert f"/#/experiments/{experiment.experiment_id}/runs?viewStateShareKey={search_id}&{UI_VIEW_QUERY}" in link
 
@@ -84,7 +96,7 @@ def test_the_installed_mlflow_ui_reads_these_names():
     """The tag, its value and the view query as MLflow's own UI code spells them (see
     search.tracking for how the UI picks between them)."""
     bundle = _ui_bundle()
-    (name, value), = EXPERIMENT_TAGS.items()
+    ((name, value),) = EXPERIMENT_TAGS.items()
     assert f'"{name}"===e.key' in bundle or f'key:"{name}"' in bundle, name
     assert f'CUSTOM_MODEL_DEVELOPMENT="{value}"' in bundle, value
     key, view = UI_VIEW_QUERY.split("=")

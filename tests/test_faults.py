@@ -8,6 +8,7 @@ Processes are signalled by pid only: a search runs in its own session (`SearchPr
 worker is killed only after checking that it belongs to that session, the MLflow server is stopped
 by its supervisor's pid.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -21,8 +22,18 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from fault_helpers import (SearchProcess, all_results, backlog_ops, cmdline, mlflow_summary, read_results,
-                           trial_dirs, wait_until, wait_watching, write_fault_space)
+from fault_helpers import (
+    SearchProcess,
+    all_results,
+    backlog_ops,
+    cmdline,
+    mlflow_summary,
+    read_results,
+    trial_dirs,
+    wait_until,
+    wait_watching,
+    write_fault_space,
+)
 from helpers import MlflowServer
 from search.tune_trial import FAULT_ENV
 from search.tuner import MAX_TRIAL_FAILURES
@@ -43,25 +54,46 @@ CLIENTS = {
 
 # -- the fault table ------------------------------------------------------------------------------
 
+
 class FaultTable:
-    COLUMNS = ("scenario", "faults injected", "searches completed", "trials lost",
-               "MLflow dup runs", "dup epoch steps", "parent dup rows", "longest driver gap", "verdict")
+    COLUMNS = (
+        "scenario",
+        "faults injected",
+        "searches completed",
+        "trials lost",
+        "MLflow dup runs",
+        "dup epoch steps",
+        "parent dup rows",
+        "longest driver gap",
+        "verdict",
+    )
 
     def __init__(self):
         self.rows: list[dict] = []
 
     def row(self, scenario: str, faults: str) -> dict:
-        row = {"scenario": scenario, "faults injected": faults, "searches completed": "-",
-               "trials lost": "-", "MLflow dup runs": "-", "dup epoch steps": "-", "parent dup rows": "-",
-               "longest driver gap": "-", "verdict": "did not finish"}
+        row = {
+            "scenario": scenario,
+            "faults injected": faults,
+            "searches completed": "-",
+            "trials lost": "-",
+            "MLflow dup runs": "-",
+            "dup epoch steps": "-",
+            "parent dup rows": "-",
+            "longest driver gap": "-",
+            "verdict": "did not finish",
+        }
         self.rows.append(row)
         return row
 
     def render(self) -> list[str]:
         widths = {c: max(len(c), *(len(str(r[c])) for r in self.rows)) for c in self.COLUMNS}
-        line = lambda r: " | ".join(str(r[c]).ljust(widths[c]) for c in self.COLUMNS)  # noqa: E731
-        return [line({c: c for c in self.COLUMNS}), "-+-".join("-" * widths[c] for c in self.COLUMNS),
-                *(line(r) for r in self.rows)]
+        line = lambda r: " | ".join(str(r[c]).ljust(widths[c]) for c in self.COLUMNS)  # noqa: E731 - a one-line helper, named for reading
+        return [
+            line({c: c for c in self.COLUMNS}),
+            "-+-".join("-" * widths[c] for c in self.COLUMNS),
+            *(line(r) for r in self.rows),
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +110,13 @@ def fault_table(request):
 
 
 def _record_mlflow(row: dict, summary: dict, expected_trials: int) -> None:
-    ok = [c for c in summary["children"]
-          if c["status"] in ("FINISHED", "FAILED") and c["tags"].get("state") in ("COMPLETED", "PRUNED", "FAILED")
-          and c["tags"].get("ray_trial_id") not in {i[0] for i in summary["incomplete"]}]
+    ok = [
+        c
+        for c in summary["children"]
+        if c["status"] in ("FINISHED", "FAILED")
+        and c["tags"].get("state") in ("COMPLETED", "PRUNED", "FAILED")
+        and c["tags"].get("ray_trial_id") not in {i[0] for i in summary["incomplete"]}
+    ]
     row["trials lost"] = max(0, expected_trials - len({c["tags"].get("search_key") for c in ok}))
     row["MLflow dup runs"] = summary["duplicate_runs"]
     row["dup epoch steps"] = summary["duplicate_steps"]
@@ -114,6 +150,7 @@ def _study(tmp_path, name):
 
 # -- 1. a trial worker killed mid-epoch ------------------------------------------------------------
 
+
 def test_trial_worker_killed_mid_epoch_resumes_from_its_checkpoint(tiny_model_dir, tmp_path, fault_table):
     """SIGKILL the Ray worker process of a trial while it trains epoch 2 (epoch 1's checkpoint is
     in storage). Tune retries the trial (FailureConfig max_failures=2) from that checkpoint."""
@@ -124,6 +161,7 @@ def test_trial_worker_killed_mid_epoch_resumes_from_its_checkpoint(tiny_model_di
         experiment = tmp_path / "runs" / name
         t0 = time.monotonic()
         with SearchProcess(tmp_path, space, tiny_model_dir, name) as search:
+
             def checkpointed_first_epoch():
                 for trial_id, trial_dir in trial_dirs(experiment).items():
                     results = read_results(trial_dir)
@@ -144,19 +182,25 @@ def test_trial_worker_killed_mid_epoch_resumes_from_its_checkpoint(tiny_model_di
         row["longest driver gap"] = f"{_event_gap(output):.1f} s"
         results = all_results(experiment)
         killed = results[victim]
-        print(f"\n[kill] worker pid {pid} ({worker.strip()[:60]}) of trial {victim} killed after its epoch-1 "
-              f"result; search exit {rc} in {time.monotonic() - t0:.0f} s. result.json of {victim}:")
+        print(
+            f"\n[kill] worker pid {pid} ({worker.strip()[:60]}) of trial {victim} killed after its epoch-1 "
+            f"result; search exit {rc} in {time.monotonic() - t0:.0f} s. result.json of {victim}:"
+        )
         for r in killed:
-            print(f"[kill]   epoch {r['epoch']} training_iteration {r['training_iteration']} "
-                  f"iterations_since_restore {r['iterations_since_restore']} pid {r['pid']} "
-                  f"checkpoint {r.get('checkpoint_dir_name')}")
+            print(
+                f"[kill]   epoch {r['epoch']} training_iteration {r['training_iteration']} "
+                f"iterations_since_restore {r['iterations_since_restore']} pid {r['pid']} "
+                f"checkpoint {r.get('checkpoint_dir_name')}"
+            )
         db = tmp_path / "runs" / "mlflow.db"
         summary = mlflow_summary(db)
         _record_mlflow(row, summary, samples)
         print(f"[kill] MLflow val_pass_at_1 steps per trial: {summary['steps']}")
-        print(f"[kill] console: Ray's 'Trial task failed' ERROR {output.count('Trial task failed')}x, "
-              f"ActorDiedError {output.count('ActorDiedError:')}x; the search's own lines for {victim}: "
-              + " | ".join(ln[:45] for ln in search.events() if victim in ln))
+        print(
+            f"[kill] console: Ray's 'Trial task failed' ERROR {output.count('Trial task failed')}x, "
+            f"ActorDiedError {output.count('ActorDiedError:')}x; the search's own lines for {victim}: "
+            + " | ".join(ln[:45] for ln in search.events() if victim in ln)
+        )
 
         assert rc == 0, output[-3000:]
         assert lines_at_kill == 1, "epoch 2 was already reported when the kill landed: not mid-epoch"
@@ -202,8 +246,7 @@ def test_trial_that_raises_ends_failed_and_the_search_still_finishes(tiny_model_
         faulty = sorted(t for t, n in tokens.items() if n == 8)
         healthy = sorted(t for t, n in tokens.items() if n != 8)
         # Tune appends one "Failure # N" block (the worker's traceback) per failed attempt.
-        errors = {t: (dirs[t] / "error.txt").read_text() if (dirs[t] / "error.txt").exists() else ""
-                  for t in faulty}
+        errors = {t: (dirs[t] / "error.txt").read_text() if (dirs[t] / "error.txt").exists() else "" for t in faulty}
         attempts = {t: len(re.findall(r"^Failure # \d+", text, re.M)) for t, text in errors.items()}
         raised = {t: text.count("\nRuntimeError: injected fault") for t, text in errors.items()}
         row["faults injected"] = f"{sum(attempts.values())} raises in {len(faulty)} trial(s)"
@@ -211,11 +254,15 @@ def test_trial_that_raises_ends_failed_and_the_search_still_finishes(tiny_model_
         summary = mlflow_summary(db)
         _record_mlflow(row, summary, samples)
         by_trial = {c["tags"]["ray_trial_id"]: c for c in summary["children"]}
-        print(f"\n[raise] exit {rc}; num_virtual_tokens per trial {tokens}; tracebacks "
-              f"in error.txt: failures {attempts}, of them the injected RuntimeError {raised}")
-        print(f"[raise] result.json lines of the failed trial(s): "
-              f"{ {t: len(read_results(dirs[t])) for t in faulty} } (Tune's progress.csv rows: "
-              f"{ {t: max(0, len((dirs[t] / 'progress.csv').read_text().splitlines()) - 1) for t in faulty} })")
+        print(
+            f"\n[raise] exit {rc}; num_virtual_tokens per trial {tokens}; tracebacks "
+            f"in error.txt: failures {attempts}, of them the injected RuntimeError {raised}"
+        )
+        print(
+            f"[raise] result.json lines of the failed trial(s): "
+            f"{ {t: len(read_results(dirs[t])) for t in faulty} } (Tune's progress.csv rows: "
+            f"{ {t: max(0, len((dirs[t] / 'progress.csv').read_text().splitlines()) - 1) for t in faulty} })"
+        )
         for line in output.splitlines():
             if " FAILED" in line or line.startswith("== search finished"):
                 print(f"[raise] console: {line[:200]}")
@@ -224,8 +271,9 @@ def test_trial_that_raises_ends_failed_and_the_search_still_finishes(tiny_model_
         assert rc == 0, output[-3000:]
         assert f"{len(faulty)} failed)" in output and "== search finished" in output, output[-3000:]
         for t in faulty:
-            assert attempts[t] == raised[t] == 1 + MAX_TRIAL_FAILURES, \
+            assert attempts[t] == raised[t] == 1 + MAX_TRIAL_FAILURES, (
                 f"trial {t}: {attempts[t]} failure(s), {raised[t]} injected, not 1 + max_failures"
+            )
             # Each attempt raised before epoch 2: epoch 1 was reported once, by the first attempt.
             # (Not read from result.json: when a trial is restored within ~1 s of a result, Tune
             # copies the storage's not-yet-synced result.json over its staging copy; see the print.)
@@ -249,28 +297,36 @@ def test_trial_that_raises_ends_failed_and_the_search_still_finishes(tiny_model_
 
 # -- 3. MLflow goes down mid-search and comes back -------------------------------------------------
 
-OUTAGE_S = 20          # at most this long down (restarted earlier once the driver shows progress)
-PROGRESS_EVENTS = 3    # trial events the driver must print while MLflow is down
+OUTAGE_S = 20  # at most this long down (restarted earlier once the driver shows progress)
+PROGRESS_EVENTS = 3  # trial events the driver must print while MLflow is down
 
 
 def _check_mlflow_complete(problems: list, summary: dict, samples: int, epochs: int | None) -> None:
     """Everything a finished search must leave in MLflow: 1 parent, one ended child per trial with
     one val_pass_at_1 per epoch step, and the final report's metrics on the parent."""
-    check = lambda ok, msg: ok or problems.append(msg)  # noqa: E731
-    check(len(summary["parents"]) == 1 and len(summary["children"]) == samples,
-          f"MLflow holds {len(summary['parents'])} parent(s) and {len(summary['children'])} child run(s), "
-          f"expected 1 and {samples}")
-    check(summary["duplicate_runs"] == 0 and summary["duplicate_trial_ids"] == 0,
-          f"duplicate MLflow runs: {summary['duplicate_runs']} by search key, "
-          f"{summary['duplicate_trial_ids']} by Ray trial id")
+    check = lambda ok, msg: ok or problems.append(msg)  # noqa: E731 - a one-line helper, named for reading
+    check(
+        len(summary["parents"]) == 1 and len(summary["children"]) == samples,
+        f"MLflow holds {len(summary['parents'])} parent(s) and {len(summary['children'])} child run(s), "
+        f"expected 1 and {samples}",
+    )
+    check(
+        summary["duplicate_runs"] == 0 and summary["duplicate_trial_ids"] == 0,
+        f"duplicate MLflow runs: {summary['duplicate_runs']} by search key, "
+        f"{summary['duplicate_trial_ids']} by Ray trial id",
+    )
     check(summary["not_ended"] == [], f"runs not ended (RUNNING): {summary['not_ended']}")
-    check({c["tags"].get("state") for c in summary["children"]} <= {"COMPLETED", "PRUNED"},
-          f"child states {sorted({str(c['tags'].get('state')) for c in summary['children']})}")
+    check(
+        {c["tags"].get("state") for c in summary["children"]} <= {"COMPLETED", "PRUNED"},
+        f"child states {sorted({str(c['tags'].get('state')) for c in summary['children']})}",
+    )
     check(summary["duplicate_steps"] == 0, f"two values at one epoch step: {summary['steps']}")
     check(summary["incomplete"] == [], f"missing epoch steps (trial, stopped_at_epoch, steps): {summary['incomplete']}")
     if epochs is not None:
-        check(all(steps == list(range(1, epochs + 1)) for steps in summary["steps"].values()),
-              f"val_pass_at_1 steps {summary['steps']}, expected 1..{epochs} for every trial")
+        check(
+            all(steps == list(range(1, epochs + 1)) for steps in summary["steps"].values()),
+            f"val_pass_at_1 steps {summary['steps']}, expected 1..{epochs} for every trial",
+        )
     missing = {"test_pass_at_1_best", "test_pass_at_1_baseline", "lift"} - set(summary["parent_metric_keys"])
     check(not missing, f"parent run lacks the final report's metrics {sorted(missing)}")
 
@@ -288,17 +344,23 @@ def test_mlflow_outage_and_recovery_loses_nothing(tiny_model_dir, tmp_path, faul
         server.start()
         problems: list[str] = []
         try:
-            with SearchProcess(tmp_path, space, tiny_model_dir, name, "--mlflow-uri", server.url,
-                               env=CLIENTS[client]) as search:
-                wait_until(lambda: any(all_results(tmp_path / "runs" / name).values()), 240,
-                           "first trial result", search)
+            with SearchProcess(
+                tmp_path, space, tiny_model_dir, name, "--mlflow-uri", server.url, env=CLIENTS[client]
+            ) as search:
+                wait_until(
+                    lambda: any(all_results(tmp_path / "runs" / name).values()), 240, "first trial result", search
+                )
                 before = len(search.events())
                 down_at = time.monotonic()
                 server.stop()
                 assert server.port_closed()
                 try:
-                    wait_until(lambda: len(search.events()) >= before + PROGRESS_EVENTS, OUTAGE_S,
-                               "progress while MLflow is down", search)
+                    wait_until(
+                        lambda: len(search.events()) >= before + PROGRESS_EVENTS,
+                        OUTAGE_S,
+                        "progress while MLflow is down",
+                        search,
+                    )
                 except AssertionError:
                     pass
                 during = len(search.events()) - before
@@ -314,16 +376,20 @@ def test_mlflow_outage_and_recovery_loses_nothing(tiny_model_dir, tmp_path, faul
             summary = mlflow_summary(server.db)
             _record_mlflow(row, summary, samples)
             queued = backlog_ops(tmp_path / "runs" / name)
-            print(f"\n[outage/{client}] MLflow down {outage:.1f} s (restart took {restart_s:.1f} s); "
-                  f"{during} trial event(s) printed while down; longest gap between console lines "
-                  f"{gap:.1f} s; urllib3 retries logged: {output.count('Retrying (Retry(')}; exit {rc}; "
-                  f"ops still queued {len(queued)}; steps {summary['steps']}")
+            print(
+                f"\n[outage/{client}] MLflow down {outage:.1f} s (restart took {restart_s:.1f} s); "
+                f"{during} trial event(s) printed while down; longest gap between console lines "
+                f"{gap:.1f} s; urllib3 retries logged: {output.count('Retrying (Retry(')}; exit {rc}; "
+                f"ops still queued {len(queued)}; steps {summary['steps']}"
+            )
 
             assert not ended_during_outage, "the search ended before the server came back: lengthen it"
             if during < PROGRESS_EVENTS:
-                problems.append(f"driver stalled while MLflow was down: {during} trial event(s) printed in "
-                                f"{OUTAGE_S} s, longest gap between console lines {gap:.1f} s (MlflowClient's "
-                                f"HTTP retries block the Tune callbacks)")
+                problems.append(
+                    f"driver stalled while MLflow was down: {during} trial event(s) printed in "
+                    f"{OUTAGE_S} s, longest gap between console lines {gap:.1f} s (MlflowClient's "
+                    f"HTTP retries block the Tune callbacks)"
+                )
             assert rc == 0, output[-3000:]
             assert "== search finished" in output and "0 failed" in output, output[-3000:]
             if WARNING in output or queued:
@@ -353,8 +419,16 @@ def test_mlflow_down_until_resume_sends_the_backlog(tiny_model_dir, tmp_path, fa
         server.start()
         problems: list[str] = []
         try:
-            with SearchProcess(tmp_path, space, tiny_model_dir, name, "--mlflow-uri", server.url,
-                               env=CLIENTS[client], label=f"{name}-first") as search:
+            with SearchProcess(
+                tmp_path,
+                space,
+                tiny_model_dir,
+                name,
+                "--mlflow-uri",
+                server.url,
+                env=CLIENTS[client],
+                label=f"{name}-first",
+            ) as search:
                 wait_until(lambda: any(all_results(state_dir).values()), 240, "first trial result", search)
                 down_at = time.monotonic()
                 server.stop()
@@ -367,15 +441,18 @@ def test_mlflow_down_until_resume_sends_the_backlog(tiny_model_dir, tmp_path, fa
                         f"search did not finish within {FINISH_WITHOUT_MLFLOW_S} s with MLflow down "
                         f"(no trial event printed for the last {silence:.0f} s, "
                         f"{output.count('Retrying (Retry(')} urllib3 retries logged, backlog "
-                        f"{len(backlog_ops(state_dir))} op(s)); killed it")
+                        f"{len(backlog_ops(state_dir))} op(s)); killed it"
+                    )
                     search.kill_session()
             completed = int(_completed(search, rc))
             gap = max(_event_gap(output), silence)
             queued = backlog_ops(state_dir)
             warning = [ln for ln in output.splitlines() if ln.startswith(WARNING)]
-            print(f"\n[down/{client}] first run: exit {rc} after {waited:.0f} s without MLflow; longest gap between "
-                  f"console lines {gap:.1f} s; {len(queued)} op(s) queued ({sorted({op[0] for op in queued})}); "
-                  f"warning line: {warning}")
+            print(
+                f"\n[down/{client}] first run: exit {rc} after {waited:.0f} s without MLflow; longest gap between "
+                f"console lines {gap:.1f} s; {len(queued)} op(s) queued ({sorted({op[0] for op in queued})}); "
+                f"warning line: {warning}"
+            )
             if rc is not None:
                 assert rc == 0, output[-3000:]
                 assert "== search finished" in output, output[-3000:]
@@ -385,8 +462,17 @@ def test_mlflow_down_until_resume_sends_the_backlog(tiny_model_dir, tmp_path, fa
                 assert queued, "a warning, but nothing queued"
 
             server.start()
-            with SearchProcess(tmp_path, space, tiny_model_dir, name, "--resume", "--mlflow-uri", server.url,
-                               env=CLIENTS[client], label=f"{name}-resume") as resume:
+            with SearchProcess(
+                tmp_path,
+                space,
+                tiny_model_dir,
+                name,
+                "--resume",
+                "--mlflow-uri",
+                server.url,
+                env=CLIENTS[client],
+                label=f"{name}-resume",
+            ) as resume:
                 rc2 = resume.wait(300)
                 resumed = resume.output()
             completed += int(_completed(resume, rc2))
@@ -394,10 +480,12 @@ def test_mlflow_down_until_resume_sends_the_backlog(tiny_model_dir, tmp_path, fa
             row["longest driver gap"] = f"{max(gap, _event_gap(resumed)):.1f} s"
             summary = mlflow_summary(server.db)
             _record_mlflow(row, summary, samples)
-            print(f"[down/{client}] --resume: exit {rc2}; ops still queued {len(backlog_ops(state_dir))}; "
-                  f"{len(summary['parents'])} parent, {len(summary['children'])} children; steps {summary['steps']}; "
-                  f"parent metric rows duplicated at step 0: {summary['parent_duplicate_rows']} "
-                  f"(with differing values: {summary['parent_conflicting_keys']})")
+            print(
+                f"[down/{client}] --resume: exit {rc2}; ops still queued {len(backlog_ops(state_dir))}; "
+                f"{len(summary['parents'])} parent, {len(summary['children'])} children; steps {summary['steps']}; "
+                f"parent metric rows duplicated at step 0: {summary['parent_duplicate_rows']} "
+                f"(with differing values: {summary['parent_conflicting_keys']})"
+            )
 
             assert rc2 == 0, resumed[-3000:]
             # A first run that finished (report included, queued): the resume changes nothing but

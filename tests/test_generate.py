@@ -1,4 +1,5 @@
 """Batched generation must give exactly the tokens of one-at-a-time generation."""
+
 import pytest
 import torch
 
@@ -52,9 +53,12 @@ def _method_prompt(loaded, settings: dict):
         return prompt.inputs()
 
 
-METHODS = {"prompt_tuning": {"method": "prompt_tuning"}, "p_tuning": {"method": "p_tuning", "encoder_hidden_size": 32},
-           "prefix_tuning": {"method": "prefix_tuning"},
-           "prefix_projected": {"method": "prefix_tuning", "prefix_projection": 16}}
+METHODS = {
+    "prompt_tuning": {"method": "prompt_tuning"},
+    "p_tuning": {"method": "p_tuning", "encoder_hidden_size": 32},
+    "prefix_tuning": {"method": "prefix_tuning"},
+    "prefix_projected": {"method": "prefix_tuning", "prefix_projection": 16},
+}
 
 
 @pytest.mark.parametrize("settings", METHODS.values(), ids=METHODS.keys())
@@ -82,8 +86,9 @@ def _last_logits(loaded, token_lists, soft, peft_layout: bool) -> torch.Tensor:
     embed = loaded.model.get_input_embeddings()
     if not peft_layout:
         batch = left_padded(token_lists, embed, loaded.tokenizer.pad_token_id, soft)
-        out = loaded.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                           position_ids=batch.position_ids)
+        out = loaded.model(
+            inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask, position_ids=batch.position_ids
+        )
         return out.logits[:, -1]
     plain = left_padded(token_lists, embed, loaded.tokenizer.pad_token_id, None)
     soft_rows = soft.unsqueeze(0).expand(len(token_lists), -1, -1)
@@ -117,8 +122,12 @@ def _prefix_logits(loaded, token_lists, prefix: Prefix, peft_layout: bool) -> to
     row's tokens sit at P + padding instead of P)."""
     batch = left_padded(token_lists, loaded.model.get_input_embeddings(), loaded.tokenizer.pad_token_id, prefix)
     positions = None if peft_layout else batch.position_ids
-    return loaded.model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                        position_ids=positions, past_key_values=batch.past_key_values).logits[:, -1]
+    return loaded.model(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=positions,
+        past_key_values=batch.past_key_values,
+    ).logits[:, -1]
 
 
 def test_the_prefix_check_has_teeth_peft_positions_differ():
@@ -143,8 +152,9 @@ def test_sampling_is_seeded_per_prompt_and_not_by_its_batch():
     _, again = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=sampling)
     assert batched == again, "same seeds, same samples"
     for i, prompt in enumerate(prompts):
-        _, single = generate_with_tokens(loaded, [prompt], None, max_new_tokens=12, batch_size=1,
-                                         sampling=Sampling(1.0, 0.95, (100 + i,)))
+        _, single = generate_with_tokens(
+            loaded, [prompt], None, max_new_tokens=12, batch_size=1, sampling=Sampling(1.0, 0.95, (100 + i,))
+        )
         assert single[0] == batched[i], "a prompt's sample must not depend on its batch"
     _, greedy = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6)
     assert batched != greedy, "sampling at temperature 1 differs from greedy somewhere"
@@ -156,8 +166,9 @@ def test_a_vanishing_nucleus_is_greedy():
     loaded = _scaled_tiny()
     prompts = _prompts(4)
     _, greedy = generate_with_tokens(loaded, prompts, None, max_new_tokens=10, batch_size=4)
-    _, top1 = generate_with_tokens(loaded, prompts, None, max_new_tokens=10, batch_size=4,
-                                   sampling=Sampling(5.0, 1e-9, (1, 2, 3, 4)))
+    _, top1 = generate_with_tokens(
+        loaded, prompts, None, max_new_tokens=10, batch_size=4, sampling=Sampling(5.0, 1e-9, (1, 2, 3, 4))
+    )
     assert top1 == greedy
 
 
@@ -166,7 +177,7 @@ def test_each_prompt_stops_at_its_own_stop_sequences():
     prompts = _prompts(2)
     full = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[("\x00never",)] * 2)
     assert all(full), "noise long enough to cut"
-    cut_at = full[0][len(full[0]) // 2:][:1] or full[0][-1:]
+    cut_at = full[0][len(full[0]) // 2 :][:1] or full[0][-1:]
     cut = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[(cut_at,), ("\x00never",)])
     assert cut[0] == truncate_at_stop(full[0], (cut_at,)) and len(cut[0]) < len(full[0])
     assert cut[1] == full[1]
@@ -181,14 +192,33 @@ def test_sampling_and_own_stops_with_every_method_are_batch_independent(settings
     soft = _method_prompt(loaded, settings)
     prompts = _prompts(6)
     seeds = tuple(range(300, 306))
-    full = generate(loaded, prompts, soft, max_new_tokens=14, batch_size=6, stops=[("\x00never",)] * 6,
-                    sampling=Sampling(1.0, 0.95, seeds))
-    stops = [((text[len(text) // 2:][:1] or "\x00never"),) if i % 2 == 0 else ("\x00never",)
-             for i, text in enumerate(full)]
-    batched = generate(loaded, prompts, soft, max_new_tokens=14, batch_size=6, stops=stops,
-                       sampling=Sampling(1.0, 0.95, seeds))
-    singles = [generate(loaded, [p], soft, max_new_tokens=14, batch_size=1, stops=[stops[i]],
-                        sampling=Sampling(1.0, 0.95, (seeds[i],)))[0] for i, p in enumerate(prompts)]
+    full = generate(
+        loaded,
+        prompts,
+        soft,
+        max_new_tokens=14,
+        batch_size=6,
+        stops=[("\x00never",)] * 6,
+        sampling=Sampling(1.0, 0.95, seeds),
+    )
+    stops = [
+        ((text[len(text) // 2 :][:1] or "\x00never"),) if i % 2 == 0 else ("\x00never",) for i, text in enumerate(full)
+    ]
+    batched = generate(
+        loaded, prompts, soft, max_new_tokens=14, batch_size=6, stops=stops, sampling=Sampling(1.0, 0.95, seeds)
+    )
+    singles = [
+        generate(
+            loaded,
+            [p],
+            soft,
+            max_new_tokens=14,
+            batch_size=1,
+            stops=[stops[i]],
+            sampling=Sampling(1.0, 0.95, (seeds[i],)),
+        )[0]
+        for i, p in enumerate(prompts)
+    ]
     assert batched == singles
     assert batched == [truncate_at_stop(text, stop) for text, stop in zip(full, stops)]
     assert any(len(b) < len(f) for b, f in zip(batched, full)), "some row stopped early, leaving the batch"

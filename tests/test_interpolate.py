@@ -1,4 +1,5 @@
 """`python -m trainable.interpolate`: the line between two soft prompts, scored in the sandbox."""
+
 from __future__ import annotations
 
 import json
@@ -30,8 +31,24 @@ def test_the_ends_of_the_line_are_a_and_b(tiny_loaded, tiny_model_dir, tmp_path,
     a = _saved(tiny_loaded, tmp_path / "a", seed=1, method=method)
     b = _saved(tiny_loaded, tmp_path / "b", seed=2, method=method)
     common = ["--model", str(tiny_model_dir), "--split", "val", "--limit", "4", "--max-new-tokens", "12"]
-    assert interpolate.main([*common, "--a", str(a), "--b", str(b), "--steps", "3",
-                             "--plot", str(tmp_path / "line.png"), "--out", str(tmp_path / "line.jsonl")]) == 0
+    assert (
+        interpolate.main(
+            [
+                *common,
+                "--a",
+                str(a),
+                "--b",
+                str(b),
+                "--steps",
+                "3",
+                "--plot",
+                str(tmp_path / "line.png"),
+                "--out",
+                str(tmp_path / "line.jsonl"),
+            ]
+        )
+        == 0
+    )
     points = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
     assert [p["weight"] for p in points] == [0.0, 0.5, 1.0] and all(p["n"] == 4 for p in points)
     assert (tmp_path / "line.png").stat().st_size > 1000
@@ -53,12 +70,15 @@ def test_mix_is_exact_at_both_ends():
     assert interpolate.weights(5) == [0.0, 0.25, 0.5, 0.75, 1.0]
 
 
-@pytest.mark.parametrize("b_settings, args, message", [
-    ({"method": "prefix_tuning"}, [], "--b: got"),
-    ({"num_virtual_tokens": 6}, [], "6 virtual tokens"),
-    ({}, ["--steps", "1"], "--steps: got 1"),
-    ({}, ["--plot", "line.svg"], "--plot: got 'line.svg'"),
-])
+@pytest.mark.parametrize(
+    "b_settings, args, message",
+    [
+        ({"method": "prefix_tuning"}, [], "--b: got"),
+        ({"num_virtual_tokens": 6}, [], "6 virtual tokens"),
+        ({}, ["--steps", "1"], "--steps: got 1"),
+        ({}, ["--plot", "line.svg"], "--plot: got 'line.svg'"),
+    ],
+)
 def test_bad_input_is_refused_before_the_model_loads(tiny_loaded, tmp_path, b_settings, args, message):
     a = _saved(tiny_loaded, tmp_path / "a", seed=1)
     b = _saved(tiny_loaded, tmp_path / "b", seed=2, **b_settings)

@@ -5,6 +5,7 @@ before a search does.
 
     .venv/bin/pytest tests/test_interrupt.py -q
 """
+
 from __future__ import annotations
 
 import signal
@@ -94,8 +95,9 @@ def test_ray_processes_started_meanwhile_inherit_sigterm_blocked(handlers):
     with sigterm_blocked_for_children():
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        blocked = int(next(line for line in open(f"/proc/{child.pid}/status") if line.startswith("SigBlk:"))
-                      .split()[1], 16)
+        blocked = int(
+            next(line for line in open(f"/proc/{child.pid}/status") if line.startswith("SigBlk:")).split()[1], 16
+        )
         assert blocked & (1 << (signal.SIGTERM - 1))
         child.send_signal(signal.SIGTERM)
         with pytest.raises(subprocess.TimeoutExpired):
@@ -110,7 +112,21 @@ def test_the_resume_command_repeats_what_was_given(monkeypatch):
     from search.run import _parser, resume_command
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    args = _parser().parse_args(["--space", "my space.yaml", "--model", "/m", "--num-samples", "5",
-                                 "--name", "old", "--storage", "./runs", "--dry-run"])
-    assert resume_command(args, "s1") == ("python -m search.run --space 'my space.yaml' --model /m "
-                                          "--num-samples 5 --resume --name s1")
+    args = _parser().parse_args(
+        [
+            "--space",
+            "my space.yaml",
+            "--model",
+            "/m",
+            "--num-samples",
+            "5",
+            "--name",
+            "old",
+            "--storage",
+            "./runs",
+            "--dry-run",
+        ]
+    )
+    assert resume_command(args, "s1") == (
+        "python -m search.run --space 'my space.yaml' --model /m --num-samples 5 --resume --name s1"
+    )

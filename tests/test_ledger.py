@@ -5,6 +5,7 @@ full disk keeps the queue in memory with one line instead of a traceback.
 
     .venv/bin/pytest tests/test_ledger.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,12 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.protos.databricks_pb2 import (INVALID_PARAMETER_VALUE, REQUEST_LIMIT_EXCEEDED, RESOURCE_DOES_NOT_EXIST,
-                                          TEMPORARILY_UNAVAILABLE)
+from mlflow.protos.databricks_pb2 import (
+    INVALID_PARAMETER_VALUE,
+    REQUEST_LIMIT_EXCEEDED,
+    RESOURCE_DOES_NOT_EXIST,
+    TEMPORARILY_UNAVAILABLE,
+)
 
 from search.tracking import BACKLOG_FILE, EXPERIMENT, OUTAGE, PARENT, REFUSAL, MlflowLedger, classify
 
@@ -27,8 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _ledger(tmp_path, name="s", search_id=None, state="state") -> MlflowLedger:
-    return MlflowLedger(f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, name, search_id or uuid.uuid4().hex,
-                        tmp_path / state)
+    return MlflowLedger(
+        f"sqlite:///{tmp_path / 'mlflow.db'}", EXPERIMENT, name, search_id or uuid.uuid4().hex, tmp_path / state
+    )
 
 
 def _runs(tmp_path) -> list:
@@ -98,8 +104,11 @@ def test_an_interruption_kills_every_running_run_of_its_search_only(tmp_path):
     mine.submit("interrupted", PARENT, "SIGTERM")
     by_key = {r.data.tags["search_key"]: r for r in _runs(tmp_path)}
     parent, running, done = (by_key[f"{mine.search_id}/{k}"] for k in (PARENT, "optuna-0", "optuna-1"))
-    assert (parent.info.status, parent.data.tags["search_state"], parent.data.tags["interrupted_by"]) == \
-        ("KILLED", "interrupted", "SIGTERM")
+    assert (parent.info.status, parent.data.tags["search_state"], parent.data.tags["interrupted_by"]) == (
+        "KILLED",
+        "interrupted",
+        "SIGTERM",
+    )
     assert (running.info.status, running.data.tags["state"]) == ("KILLED", "INTERRUPTED")
     assert done.info.status == "FINISHED" and "interrupted_by" not in done.data.tags
     assert by_key[f"{other.search_id}/{PARENT}"].info.status == "RUNNING"
@@ -134,16 +143,19 @@ def test_a_full_disk_keeps_the_queue_in_memory_with_one_line(tmp_path, capsys):
     assert sorted(m.step for m in history) == [1, 2, 3]
 
 
-@pytest.mark.parametrize("exc, kind", [
-    (MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE), REFUSAL),
-    (MlflowException("Run 'x' not found", error_code=RESOURCE_DOES_NOT_EXIST), REFUSAL),
-    (MlflowException("API request to http://h/api failed with exception HTTPConnectionPool"), OUTAGE),  # 500
-    (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), OUTAGE),
-    (MlflowException("slow down", error_code=REQUEST_LIMIT_EXCEEDED), OUTAGE),
-    (ConnectionRefusedError(111, "Connection refused"), OUTAGE),
-    (OSError(28, "No space left on device"), OUTAGE),
-    (TypeError("a bug in an operation"), REFUSAL),
-])
+@pytest.mark.parametrize(
+    "exc, kind",
+    [
+        (MlflowException("Changing param values is not allowed", error_code=INVALID_PARAMETER_VALUE), REFUSAL),
+        (MlflowException("Run 'x' not found", error_code=RESOURCE_DOES_NOT_EXIST), REFUSAL),
+        (MlflowException("API request to http://h/api failed with exception HTTPConnectionPool"), OUTAGE),  # 500
+        (MlflowException("busy", error_code=TEMPORARILY_UNAVAILABLE), OUTAGE),
+        (MlflowException("slow down", error_code=REQUEST_LIMIT_EXCEEDED), OUTAGE),
+        (ConnectionRefusedError(111, "Connection refused"), OUTAGE),
+        (OSError(28, "No space left on device"), OUTAGE),
+        (TypeError("a bug in an operation"), REFUSAL),
+    ],
+)
 def test_outages_and_refusals_are_told_apart(exc, kind):
     assert classify(exc) == kind
 
@@ -176,8 +188,16 @@ def test_four_writers_on_a_fresh_sqlite_store(tmp_path):
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     (tmp_path / "store").mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    procs = [subprocess.Popen([sys.executable, "-c", FRESH_STORE_WRITER, uri, f"w{i}", str(tmp_path / f"s{i}")],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(4)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FRESH_STORE_WRITER, uri, f"w{i}", str(tmp_path / f"s{i}")],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(4)
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * 4, [err[-2000:] for _, err in outs]
     assert [out.strip() for out, _ in outs] == ["ok"] * 4, outs

@@ -3,6 +3,7 @@
 v1.7.0 CRDs kept in tests/k8s_schemas/. Plus the project's own rules: no literal secrets, no
 exposed Ray ports, the RayJob/MLflow contracts of docs/DESIGN.md.
 """
+
 from __future__ import annotations
 
 import copy
@@ -22,7 +23,7 @@ from helpers import pinned
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "k8s"
 CRDS = Path(__file__).parent / "k8s_schemas"
-K8S_VERSION = "1.33.0"   # oldest Kubernetes minor the manifests are checked against
+K8S_VERSION = "1.33.0"  # oldest Kubernetes minor the manifests are checked against
 RAY_KINDS = {"RayJob": "ray.io_rayjobs.yaml", "RayCluster": "ray.io_rayclusters.yaml"}
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -43,6 +44,7 @@ def documents() -> list[tuple[str, dict]]:
 
 
 # ---- KubeRay CRD -> strict JSON schema (tests/k8s_schemas/crd_schema.py) ---------------
+
 
 def _load_converter():
     spec = importlib.util.spec_from_file_location("crd_schema", CRDS / "crd_schema.py")
@@ -79,8 +81,7 @@ def test_manifest_is_valid(name, doc):
 
 def test_every_kind_is_covered():
     kinds = {d["kind"] for _, d in DOCS}
-    assert {"RayJob", "RayCluster", "Deployment", "Service", "PersistentVolumeClaim",
-            "NetworkPolicy"} <= kinds
+    assert {"RayJob", "RayCluster", "Deployment", "Service", "PersistentVolumeClaim", "NetworkPolicy"} <= kinds
 
 
 def test_kustomization_lists_every_manifest_and_builds():
@@ -89,8 +90,7 @@ def test_kustomization_lists_every_manifest_and_builds():
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl not installed: resource list checked, build not run")
-    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True,
-                         timeout=60)
+    out = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     built = [d for d in yaml.load_all(out.stdout, Loader=_Loader) if d]
     assert len(built) == len(DOCS)
@@ -103,6 +103,7 @@ def test_kustomization_lists_every_manifest_and_builds():
 
 
 # ---- broken manifests must fail ----------------------------------------------------------
+
 
 def _doc(kind: str, name: str | None = None) -> dict:
     for _, d in DOCS:
@@ -120,17 +121,17 @@ def _worker_container(d: dict) -> dict:
 
 
 BROKEN = {  # id: (kind, how to break it)
-    "rayjob-typo": ("RayJob", lambda d: _rename(d["spec"], "shutdownAfterJobFinishes",
-                                                "shutdownAfterJobFinish")),
+    "rayjob-typo": ("RayJob", lambda d: _rename(d["spec"], "shutdownAfterJobFinishes", "shutdownAfterJobFinish")),
     "rayjob-container-typo": ("RayJob", lambda d: _rename(_worker_container(d), "image", "imagee")),
     "raycluster-type": ("RayCluster", lambda d: d["spec"].update(enableInTreeAutoscaling="yes")),
     "raycluster-missing": ("RayCluster", lambda d: d["spec"]["headGroupSpec"].pop("template")),
     "deployment-type": ("Deployment", lambda d: d["spec"].update(replicas="one")),
-    "deployment-typo": ("Deployment", lambda d: d["spec"]["template"]["spec"]["containers"][0]
-                        .update(imagePullPolicyy="Always")),
+    "deployment-typo": (
+        "Deployment",
+        lambda d: d["spec"]["template"]["spec"]["containers"][0].update(imagePullPolicyy="Always"),
+    ),
     "service-port-type": ("Service", lambda d: d["spec"]["ports"][0].update(port="five")),
-    "networkpolicy-typo": ("NetworkPolicy", lambda d: _rename(d["spec"], "podSelector",
-                                                              "podSelecter")),
+    "networkpolicy-typo": ("NetworkPolicy", lambda d: _rename(d["spec"], "podSelector", "podSelecter")),
 }
 
 
@@ -154,6 +155,7 @@ def test_defaulted_fields_are_not_required():
 
 # ---- project rules -----------------------------------------------------------------------
 
+
 def _walk(node, path=()):
     if isinstance(node, dict):
         for k, v in node.items():
@@ -174,9 +176,9 @@ SECRET_NAME = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY\b|_KEY_ID\b|CREDENTIAL)",
 CREDENTIAL_URI = re.compile(r"://[^/\s:@]+:([^@\s]+)@")
 SECRET_PATTERNS = [
     re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
-    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),                 # AWS access key id
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key id
     re.compile(r"\b(ghp|gho|github_pat)_[A-Za-z0-9_]{20,}"),
-    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),              # Hugging Face token
+    re.compile(r"\bhf_[A-Za-z0-9]{30,}\b"),  # Hugging Face token
     re.compile(r"(?<![A-Za-z0-9+/])[A-Za-z0-9+/]{40,}={0,2}(?![A-Za-z0-9+/])"),  # base64 blob
 ]
 
@@ -187,16 +189,19 @@ def test_no_secret_objects_or_literal_secret_values():
         for path, value in _walk(doc):
             key = path[-1] if path else ""
             if isinstance(key, str) and re.fullmatch(r"(?i).*password.*", key):
-                assert isinstance(value, dict) and "secretKeyRef" in str(value), \
+                assert isinstance(value, dict) and "secretKeyRef" in str(value), (
                     f"{name}: {'.'.join(map(str, path))} is a literal"
+                )
             if isinstance(value, str) and (m := CREDENTIAL_URI.search(value)):
-                assert re.fullmatch(r"\$\([A-Z_]+\)", m.group(1)), \
+                assert re.fullmatch(r"\$\([A-Z_]+\)", m.group(1)), (
                     f"{name}: credentials inside a URI must be a $(VAR) from a Secret"
+                )
         for path, env in _env_lists(doc):
             for var in env:
                 if SECRET_NAME.search(var["name"]):
-                    assert "value" not in var and "secretKeyRef" in var.get("valueFrom", {}), \
+                    assert "value" not in var and "secretKeyRef" in var.get("valueFrom", {}), (
                         f"{name}: env {var['name']} must come from a Secret (secretKeyRef)"
+                    )
 
 
 def test_no_committed_file_holds_a_secret():
@@ -209,8 +214,9 @@ def test_no_committed_file_holds_a_secret():
         for line in text.splitlines():
             m = re.search(r"(?i)\bpassword\s*[:=]\s*(\S+)", line)
             if m and not line.lstrip().startswith("#"):
-                assert re.match(r"""["']?\$|secretKeyRef|\{name:""", m.group(1)), \
+                assert re.match(r"""["']?\$|secretKeyRef|\{name:""", m.group(1)), (
                     f"{path.name}: literal password: {line.strip()}"
+                )
 
 
 def test_env_references_are_defined_before_use():
@@ -240,9 +246,11 @@ def test_ray_ports_never_exposed_outside_the_cluster():
     for _, doc in DOCS:
         if doc["kind"] == "NetworkPolicy":
             for rule in doc["spec"].get("ingress", []):
-                ray_only = all(p.get("podSelector", {}).get("matchLabels") ==
-                               {"ray.io/is-ray-node": "yes"} and "namespaceSelector" not in p
-                               for p in rule.get("from", []))
+                ray_only = all(
+                    p.get("podSelector", {}).get("matchLabels") == {"ray.io/is-ray-node": "yes"}
+                    and "namespaceSelector" not in p
+                    for p in rule.get("from", [])
+                )
                 if not ray_only and doc["metadata"]["name"].startswith("ray-"):
                     ports = {p["port"] for p in rule.get("ports", [])}
                     assert ports == {8265}, f"{doc['metadata']['name']}: {ports} opened widely"
@@ -281,8 +289,11 @@ def _mlflow_service_host() -> str:
 def _check_ray_cluster(spec):
     assert spec["rayVersion"] == pinned("ray")
     assert spec["authOptions"]["mode"] == "token"
-    gpu = [g for g in spec["workerGroupSpecs"]
-           if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")]
+    gpu = [
+        g
+        for g in spec["workerGroupSpecs"]
+        if g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+    ]
     assert gpu, "a GPU worker group with nvidia.com/gpu limits"
     for group in [spec["headGroupSpec"], *spec["workerGroupSpecs"]]:
         for container in group["template"]["spec"]["containers"]:
@@ -329,12 +340,12 @@ def test_readme_creates_every_required_secret():
             if path and path[-1] == "secretName" and path[-2] == "authOptions":
                 needed.setdefault(value, set()).add("auth_token")
     for secret, keys in needed.items():
-        m = re.search(rf"kubectl[^\n]*create secret generic {re.escape(secret)}\b(.*?)(\n\n|```)",
-                      readme, re.S)
+        m = re.search(rf"kubectl[^\n]*create secret generic {re.escape(secret)}\b(.*?)(\n\n|```)", readme, re.S)
         assert m, f"README does not create Secret {secret}"
         for key in keys:
-            assert f"--from-literal={key}=" in m.group(1) or f"--from-file={key}=" in m.group(1), \
+            assert f"--from-literal={key}=" in m.group(1) or f"--from-file={key}=" in m.group(1), (
                 f"README's Secret {secret} lacks key {key}"
+            )
 
 
 def test_dockerfile_pins_and_sandbox():
@@ -342,7 +353,7 @@ def test_dockerfile_pins_and_sandbox():
     assert re.search(rf"^ARG RAY_IMAGE=rayproject/ray:{re.escape(pinned('ray'))}-py311-cpu$", text, re.M)
     assert "FROM ${RAY_IMAGE}" in text
     assert re.search(r"apt-get install -y[^\n]*bubblewrap", text)
-    assert re.search(r'torch==\$\{TORCH_VERSION\}', text) and "ARG TORCH_VERSION=" in text  # test_versions
+    assert re.search(r"torch==\$\{TORCH_VERSION\}", text) and "ARG TORCH_VERSION=" in text  # test_versions
     assert re.search(r"pip install [^\n]*\s\.\s", text)
     assert "HF_HOME=" in text
     for m in re.finditer(r"^(?:ENV|ARG)\s+(.+)$", text, re.M):
@@ -359,8 +370,9 @@ RAYJOB_DIFFERS = {
     "workerGroupSpecs[0].replicas": "a job runs a fixed number of GPU workers (0..4 when interactive)",
     "workerGroupSpecs[0].minReplicas": "same",
     "workerGroupSpecs[0].maxReplicas": "same",
-    "headGroupSpec.template.spec.automountServiceAccountToken":
-        "the interactive head runs the autoscaler, which needs the Kubernetes API; a job's does not",
+    "headGroupSpec.template.spec.automountServiceAccountToken": (
+        "the interactive head runs the autoscaler, which needs the Kubernetes API; a job's does not"
+    ),
 }
 ABSENT = "<absent>"
 
@@ -379,8 +391,11 @@ def _leaves(node, path: str = ""):
 def _cluster_differences(cluster: dict, job_cluster: dict) -> dict[str, tuple]:
     """path -> (RayCluster value, RayJob value) for every leaf that differs (ABSENT if missing)."""
     a, b = dict(_leaves(cluster)), dict(_leaves(job_cluster))
-    return {p: (a.get(p, ABSENT), b.get(p, ABSENT)) for p in sorted(a.keys() | b.keys())
-            if a.get(p, ABSENT) != b.get(p, ABSENT)}
+    return {
+        p: (a.get(p, ABSENT), b.get(p, ABSENT))
+        for p in sorted(a.keys() | b.keys())
+        if a.get(p, ABSENT) != b.get(p, ABSENT)
+    }
 
 
 def _allowed(path: str) -> bool:
@@ -391,8 +406,10 @@ def test_rayjob_cluster_agrees_with_raycluster_value_by_value():
     cluster, job = _doc("RayCluster")["spec"], _doc("RayJob")["spec"]["rayClusterSpec"]
     differences = _cluster_differences(cluster, job)
     unexplained = {p: v for p, v in differences.items() if not _allowed(p)}
-    assert not unexplained, ("k8s/rayjob.yaml's rayClusterSpec and k8s/raycluster.yaml disagree "
-                             f"(change both, or add the path to RAYJOB_DIFFERS with a reason): {unexplained}")
+    assert not unexplained, (
+        "k8s/rayjob.yaml's rayClusterSpec and k8s/raycluster.yaml disagree "
+        f"(change both, or add the path to RAYJOB_DIFFERS with a reason): {unexplained}"
+    )
     stale = [p for p in RAYJOB_DIFFERS if not any(d == p or d.startswith((p + ".", p + "[")) for d in differences)]
     assert not stale, f"RAYJOB_DIFFERS lists paths that no longer differ: {stale}"
     shared = set(dict(_leaves(cluster))) & set(dict(_leaves(job)))
@@ -401,11 +418,14 @@ def test_rayjob_cluster_agrees_with_raycluster_value_by_value():
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"] > 0
 
 
-@pytest.mark.parametrize("path, value", [
-    (("workerGroupSpecs", 0, "template", "spec", "containers", 0, "image"), "softprompt-search-gpu:0.2.0"),
-    (("headGroupSpec", "template", "spec", "containers", 0, "resources", "limits", "memory"), "16Gi"),
-    (("rayVersion",), "2.0.0"),
-])
+@pytest.mark.parametrize(
+    "path, value",
+    [
+        (("workerGroupSpecs", 0, "template", "spec", "containers", 0, "image"), "softprompt-search-gpu:0.2.0"),
+        (("headGroupSpec", "template", "spec", "containers", 0, "resources", "limits", "memory"), "16Gi"),
+        (("rayVersion",), "2.0.0"),
+    ],
+)
 def test_rayjob_cluster_disagreement_is_caught(path, value):
     job = _doc("RayJob")["spec"]["rayClusterSpec"]
     node = job
@@ -414,4 +434,5 @@ def test_rayjob_cluster_disagreement_is_caught(path, value):
     node[path[-1]] = value
     differences = _cluster_differences(_doc("RayCluster")["spec"], job)
     assert [p for p in differences if not _allowed(p)] == [
-        ".".join(f"[{k}]" if isinstance(k, int) else k for k in path).replace(".[", "[")]
+        ".".join(f"[{k}]" if isinstance(k, int) else k for k in path).replace(".[", "[")
+    ]

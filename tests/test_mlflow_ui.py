@@ -15,6 +15,7 @@ Pages (MLflow 3.17's hash routes, from mlflow/server/js/build):
   id>&workflowType=machine_learning`, the search's shared view in the model-training view
   (search.tracking says why both).
 """
+
 from __future__ import annotations
 
 import json
@@ -60,15 +61,31 @@ def served_search(tiny_model_dir, tmp_path_factory):
 
 def _chromium(tmp: Path, marker: str, url: str, *, screenshot: Path | None = None, budget_ms: int = 20000) -> str:
     profile = tmp / "chromium-profile"
-    env = base_env(marker, HOME=str(tmp / "home"), XDG_CONFIG_HOME=str(tmp / "home" / ".config"),
-                   XDG_CACHE_HOME=str(tmp / "home" / ".cache"))
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           "--no-first-run", "--hide-scrollbars", f"--user-data-dir={profile}",
-           f"--virtual-time-budget={budget_ms}", "--window-size=1600,1000"]
+    env = base_env(
+        marker,
+        HOME=str(tmp / "home"),
+        XDG_CONFIG_HOME=str(tmp / "home" / ".config"),
+        XDG_CACHE_HOME=str(tmp / "home" / ".cache"),
+    )
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--virtual-time-budget={budget_ms}",
+        "--window-size=1600,1000",
+    ]
     cmd += [f"--screenshot={screenshot}"] if screenshot else ["--dump-dom"]
-    proc = subprocess.run([*cmd, url], env=env, capture_output=True, text=True, timeout=120,
-                          stdin=subprocess.DEVNULL, cwd=tmp)
+    proc = subprocess.run(
+        [*cmd, url], env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, cwd=tmp
+    )
     assert proc.returncode == 0, f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}"
     return proc.stdout
 
@@ -108,9 +125,14 @@ def test_runs_page_lists_every_trial(served_search):
     names = [c.info.run_name for c in children]
     assert all(re.fullmatch(r"optuna-\d+|[0-9a-f]{8}", n) for n in names), names
 
-    query = urllib.parse.urlencode({"searchFilter": f"tags.search_name = '{SEARCH_NAME}'",
-                                    "orderByKey": "tags.`mlflow.runName`", "orderByAsc": "true"},
-                                   quote_via=urllib.parse.quote)
+    query = urllib.parse.urlencode(
+        {
+            "searchFilter": f"tags.search_name = '{SEARCH_NAME}'",
+            "orderByKey": "tags.`mlflow.runName`",
+            "orderByAsc": "true",
+        },
+        quote_via=urllib.parse.quote,
+    )
     page = f"{url}/#/experiments/{exp_id}/runs?{query}"
     _dom_with(tmp, marker, page, [_text(n) for n in [*names, SEARCH_NAME]])
     shot = tmp / "mlflow-runs.png"
@@ -124,11 +146,19 @@ def test_compare_view_shows_searched_params_and_metric(served_search):
     exp_id, _, children = _runs(url)
     ids = [c.info.run_id for c in children]
     assert all(set(SEARCHED_PARAMS) <= set(c.data.params) and METRIC in c.data.metrics for c in children)
-    query = (f"runs={urllib.parse.quote(json.dumps(ids), safe='')}"
-             f"&experiments={urllib.parse.quote(json.dumps([exp_id]), safe='')}")
+    query = (
+        f"runs={urllib.parse.quote(json.dumps(ids), safe='')}"
+        f"&experiments={urllib.parse.quote(json.dumps([exp_id]), safe='')}"
+    )
     page = f"{url}/#/compare-runs?{query}"
-    dom = _dom_with(tmp, marker, page, [_text(p) for p in (*SEARCHED_PARAMS, METRIC)]
-                    + [_text(c.info.run_name) for c in children] + [f"Comparing {len(ids)} Runs"])
+    dom = _dom_with(
+        tmp,
+        marker,
+        page,
+        [_text(p) for p in (*SEARCHED_PARAMS, METRIC)]
+        + [_text(c.info.run_name) for c in children]
+        + [f"Comparing {len(ids)} Runs"],
+    )
     for param in SEARCHED_PARAMS:  # a row of the run-details table, not only a chart label
         assert re.search(rf"<th[^>]*>{param}</th>", dom), param
     shot = tmp / "mlflow-compare.png"
@@ -141,12 +171,13 @@ def test_the_printed_link_opens_the_model_training_view_with_metric_columns(serv
     """Before: MLflow opened the experiment as GenAI ("Evaluation runs", no metric columns)."""
     tmp, url, marker = served_search
     _, parent, children = _runs(url)
-    line = next(l for l in (tmp / "search-stdout.txt").read_text().splitlines() if l.startswith("mlflow ui "))
+    line = next(s for s in (tmp / "search-stdout.txt").read_text().splitlines() if s.startswith("mlflow ui "))
     link = line.split()[2]  # `mlflow ui     http://127.0.0.1:5000/#/...  (after: python -m mlflow_server)`
-    page = url + link[link.index("/#/"):]
+    page = url + link[link.index("/#/") :]
     assert f"viewStateShareKey={parent.data.tags['search_id']}" in page and "workflowType=machine_learning" in page
-    needles = [_text(c.info.run_name) for c in children] + [_text(n) for n in ("Metrics", "Parameters", METRIC,
-                                                                                 *SEARCHED_PARAMS)]
+    needles = [_text(c.info.run_name) for c in children] + [
+        _text(n) for n in ("Metrics", "Parameters", METRIC, *SEARCHED_PARAMS)
+    ]
     dom = _dom_with(tmp, marker, page, needles)
     assert _text("Runs") in dom and "Evaluation" not in dom, "not the model-training view"
     shot = tmp / "mlflow-runs-model-training.png"
@@ -163,7 +194,10 @@ def test_the_parent_run_has_the_learning_curves(served_search):
     import mlflow
 
     _, parent, _ = _runs(url)
-    curves = Path(mlflow.MlflowClient(tracking_uri=url).download_artifacts(
-        parent.info.run_id, "report/plots/learning_curves.png", str(tmp)))
+    curves = Path(
+        mlflow.MlflowClient(tracking_uri=url).download_artifacts(
+            parent.info.run_id, "report/plots/learning_curves.png", str(tmp)
+        )
+    )
     assert curves.read_bytes()[:4] == b"\x89PNG" and curves.stat().st_size > 10_000
     print(f"\n[mlflow-ui] learning curves {curves}")

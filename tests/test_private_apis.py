@@ -5,6 +5,7 @@ tests/test_searcher.py), in seconds, before a search does.
 
     .venv/bin/pytest tests/test_private_apis.py -q
 """
+
 from __future__ import annotations
 
 import ast
@@ -27,7 +28,8 @@ def test_read_from_the_pinned_and_installed_versions(package):
     read_from = private_apis.READ_FROM[package]
     assert read_from == pinned(package), (
         f"pyproject.toml pins {package}=={pinned(package)} but search/private_apis.py was read from "
-        f"{read_from}: re-read the files it names against each of its functions, then update READ_FROM")
+        f"{read_from}: re-read the files it names against each of its functions, then update READ_FROM"
+    )
     assert importlib.metadata.version(package) == read_from, "installed version differs: run .ci/setup"
 
 
@@ -49,11 +51,14 @@ def _private_uses(path: Path) -> list[str]:
                 found.append(f"{where}: {ast.unparse(node)}")
         elif isinstance(node, ast.keyword) and node.arg and node.arg.startswith("_"):
             found.append(f"{where}: keyword {node.arg}=")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] not in PACKAGES:  # our own modules may share privates
+        elif (
+            isinstance(node, ast.ImportFrom)
+            and node.module
+            and node.level == 0
+            and node.module.split(".")[0] not in PACKAGES
+        ):  # our own modules may share privates
             private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
-            if any(part.startswith("_") and not part.startswith("__") for part in node.module.split(".")) \
-                    or private:
+            if any(part.startswith("_") and not part.startswith("__") for part in node.module.split(".")) or private:
                 found.append(f"{where}: from {node.module} import {', '.join(a.name for a in node.names)}")
     return found
 
@@ -69,13 +74,18 @@ def test_no_other_module_uses_a_private_name():
 
 def test_the_private_use_check_can_fail(tmp_path):
     bad = tmp_path / "probe.py"
-    bad.write_text("from ray.tune.tune import _setup_signal_catching\n"
-                   "class S(Base):\n    def f(self, other):\n        self._own = 1\n"
-                   "        return self._own, self._inherited, other._ot_trials, g(_tuner_kwargs=1)\n")
+    bad.write_text(
+        "from ray.tune.tune import _setup_signal_catching\n"
+        "class S(Base):\n    def f(self, other):\n        self._own = 1\n"
+        "        return self._own, self._inherited, other._ot_trials, g(_tuner_kwargs=1)\n"
+    )
     found = _private_uses(bad)
     assert [f.split(": ", 1)[1] for f in found] == [
-        "from ray.tune.tune import _setup_signal_catching", "self._inherited (inherited)",
-        "other._ot_trials", "keyword _tuner_kwargs="], found
+        "from ray.tune.tune import _setup_signal_catching",
+        "self._inherited (inherited)",
+        "other._ot_trials",
+        "keyword _tuner_kwargs=",
+    ], found
 
 
 def test_grow_sample_budget_on_tunes_search_generator(tmp_path):
@@ -85,8 +95,12 @@ def test_grow_sample_budget_on_tunes_search_generator(tmp_path):
     from spaces import load_space
 
     spec = load_space(str(write_space(tmp_path, samples=6, epochs=2)))
-    saved = {**BudgetedSearch(build_searcher(spec, tmp_path, "a"), 3, 1).get_state(),
-             "counter": 3, "total_samples": 3, "finished": True}  # a finished 3-trial search
+    saved = {
+        **BudgetedSearch(build_searcher(spec, tmp_path, "a"), 3, 1).get_state(),
+        "counter": 3,
+        "total_samples": 3,
+        "finished": True,
+    }  # a finished 3-trial search
     grown = BudgetedSearch(build_searcher(spec, tmp_path, "b"), num_samples=5, max_concurrent=2)
     grown.set_state(dict(saved))
     assert grown.total_samples == 5 and not grown.is_finished()
@@ -102,8 +116,11 @@ def test_tuner_resume_kwargs_reach_tunes_resume_config(tmp_path):
 
     from search.tuner import RESUME
 
-    tuner = tune.Tuner(lambda config: None, **private_apis.tuner_resume_kwargs(RESUME),
-                       run_config=tune.RunConfig(storage_path=str(tmp_path), name="probe"))
+    tuner = tune.Tuner(
+        lambda config: None,
+        **private_apis.tuner_resume_kwargs(RESUME),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), name="probe"),
+    )
     # TunerInternal keeps them and hands them to tune.run (test-only reads of where Ray keeps them)
     assert tuner._local_tuner._tuner_kwargs == {"resume_config": RESUME}
     assert "resume_config" in inspect.signature(tune.run).parameters
@@ -117,9 +134,11 @@ def test_the_loggers_the_console_quiets_still_say_what_we_drop():
     import subprocess
     import sys
 
-    probe = ("import json, logging; from search.run import _DropMessages, _quiet_libraries; _quiet_libraries(); "
-             "print(json.dumps({n: [list(f.prefixes) for f in l.filters if isinstance(f, _DropMessages)] "
-             "for n, l in logging.Logger.manager.loggerDict.items() if isinstance(l, logging.Logger)}))")
+    probe = (
+        "import json, logging; from search.run import _DropMessages, _quiet_libraries; _quiet_libraries(); "
+        "print(json.dumps({n: [list(f.prefixes) for f in l.filters if isinstance(f, _DropMessages)] "
+        "for n, l in logging.Logger.manager.loggerDict.items() if isinstance(l, logging.Logger)}))"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     dropped = {name: filters[0] for name, filters in json.loads(out.stdout.splitlines()[-1]).items() if filters}

@@ -4,6 +4,7 @@ nothing into a pipe, a log file or a Ray worker's log.
 
     .venv/bin/pytest tests/test_progress.py -q
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -33,8 +34,15 @@ print("evaluated", result.n)
 
 def _evaluate(tmp_path, model_dir, stderr) -> subprocess.CompletedProcess:
     env = {k: v for k, v in search_env().items() if not k.startswith("TQDM_")}
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(model_dir)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                          stderr=stderr, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(model_dir)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_no_bar_when_stderr_is_not_a_terminal(tmp_path, tiny_model_dir):

@@ -1,5 +1,6 @@
 """The final report carries three arms (soft prompt, frozen model, best hard prompt) with paired
 bootstrap intervals and who-solved-what counts; RESULTS.md claims no more than its intervals."""
+
 from __future__ import annotations
 
 import json
@@ -23,10 +24,18 @@ HARD_PROMPT = HardPrompt("Write correct code.", "comment")
 
 
 def _report(hard: bool = True) -> FinalReport:
-    baseline = HardBaseline(HARD_PROMPT, {"tokens-aaaa": 0.25, HARD_PROMPT.label: 0.5}, _samples("h", HARD)) \
-        if hard else None
-    return FinalReport("t1", {"num_virtual_tokens": 8, "init": "random", "learning_rate": 0.01}, 0.6, 3,
-                       _samples("s", SOFT), _samples("f", FROZEN), baseline)
+    baseline = (
+        HardBaseline(HARD_PROMPT, {"tokens-aaaa": 0.25, HARD_PROMPT.label: 0.5}, _samples("h", HARD)) if hard else None
+    )
+    return FinalReport(
+        "t1",
+        {"num_virtual_tokens": 8, "init": "random", "learning_rate": 0.01},
+        0.6,
+        3,
+        _samples("s", SOFT),
+        _samples("f", FROZEN),
+        baseline,
+    )
 
 
 def test_three_arms_with_intervals_and_counts():
@@ -56,8 +65,17 @@ def test_pairs_are_matched_by_task_not_by_position():
 def test_console_summary_names_every_arm():
     lines = summary_lines(_report(), {"total": 3, "COMPLETED": 1, "PRUNED": 2}, 60.0, Path("a"), "sqlite:///x")
     starts = [line.split("  ")[0].strip() for line in lines]
-    for label in ("best trial", "val pass@1", "test pass@1", "baseline", "hard prompt", "lift", "lift vs hard",
-                  "adapter", "mlflow"):
+    for label in (
+        "best trial",
+        "val pass@1",
+        "test pass@1",
+        "baseline",
+        "hard prompt",
+        "lift",
+        "lift vs hard",
+        "adapter",
+        "mlflow",
+    ):
         assert any(s.startswith(label) for s in starts), label
     hard_line = next(line for line in lines if line.startswith("hard prompt"))
     assert "0.625 (5/8)" in hard_line and "as a comment line" in hard_line and "best of 2 on val: 0.500" in hard_line
@@ -65,37 +83,83 @@ def test_console_summary_names_every_arm():
     assert len(_report(hard=False).comparisons()) == 1
 
 
-@pytest.mark.parametrize("low, high, words", [
-    (0.02, 0.2, "beats"), (-0.2, -0.01, "does worse than"), (-0.05, 0.1, "No difference from"),
-])
+@pytest.mark.parametrize(
+    "low, high, words",
+    [
+        (0.02, 0.2, "beats"),
+        (-0.2, -0.01, "does worse than"),
+        (-0.05, 0.1, "No difference from"),
+    ],
+)
 def test_the_conclusion_claims_only_what_the_interval_allows(low, high, words):
-    line = verdict({"other": "frozen", "lift": (low + high) / 2, "ci95_low": low, "ci95_high": high,
-                    "only_soft": 9, "only_other": 4}, 100)
+    line = verdict(
+        {
+            "other": "frozen",
+            "lift": (low + high) / 2,
+            "ci95_low": low,
+            "ci95_high": high,
+            "only_soft": 9,
+            "only_other": 4,
+        },
+        100,
+    )
     assert words in line and "the frozen model" in line
     if words == "No difference from":
         assert "includes zero" in line and "beats" not in line
 
 
 def test_arms_that_solve_the_same_problems_are_said_to_be_inseparable():
-    line = verdict({"other": "hard_prompt", "lift": 0.0, "ci95_low": 0.0, "ci95_high": 0.0,
-                    "only_soft": 0, "only_other": 0}, 40)
+    line = verdict(
+        {"other": "hard_prompt", "lift": 0.0, "ci95_low": 0.0, "ci95_high": 0.0, "only_soft": 0, "only_other": 0}, 40
+    )
     assert line.startswith("No difference from the best hard prompt can be claimed") and "exactly the same" in line
 
 
 def _write_report(folder: Path) -> None:
     report = _report()
     (folder / "report").mkdir(parents=True)
-    trials = [{"trial_id": "t1", "params": {"num_virtual_tokens": 8, "learning_rate": 0.01}, "init_text": None,
-               "state": "COMPLETED", "epochs": 3, "val_pass_at_1": [0.4, 0.5, 0.6], "error": None},
-              {"trial_id": "t2", "params": {"num_virtual_tokens": 4, "learning_rate": 0.1}, "init_text": None,
-               "state": "PRUNED", "epochs": 1, "val_pass_at_1": [0.2], "error": None}]
-    space = {"model": "bundled", "data": {"train": {"source": "mbpp", "n": 20}, "val": {"source": "humaneval", "n": 5},
-                                          "test": {"source": "humaneval", "n": 8}, "seed": 0},
-             "budget": {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2}}
-    info = {"search": "s1", "command": "python -m search.run --space cpu", "git_sha": "abc", "started": "2026-11-30",
-            "wall_s": 3600.0, "machine": {"cpu": "Xeon", "cores": 2, "cpu_flags": {"avx512_bf16": False, "amx_bf16": False}},
-            "space": space, "dtype": ["float32"], "dtype_reason": ["auto: CPU without AMX"],
-            "distill": {"problems": 20, "with_target": 12, "targets": 30}}
+    trials = [
+        {
+            "trial_id": "t1",
+            "params": {"num_virtual_tokens": 8, "learning_rate": 0.01},
+            "init_text": None,
+            "state": "COMPLETED",
+            "epochs": 3,
+            "val_pass_at_1": [0.4, 0.5, 0.6],
+            "error": None,
+        },
+        {
+            "trial_id": "t2",
+            "params": {"num_virtual_tokens": 4, "learning_rate": 0.1},
+            "init_text": None,
+            "state": "PRUNED",
+            "epochs": 1,
+            "val_pass_at_1": [0.2],
+            "error": None,
+        },
+    ]
+    space = {
+        "model": "bundled",
+        "data": {
+            "train": {"source": "mbpp", "n": 20},
+            "val": {"source": "humaneval", "n": 5},
+            "test": {"source": "humaneval", "n": 8},
+            "seed": 0,
+        },
+        "budget": {"max_epochs": 3, "grace_period": 1, "reduction_factor": 2},
+    }
+    info = {
+        "search": "s1",
+        "command": "python -m search.run --space cpu",
+        "git_sha": "abc",
+        "started": "2026-11-30",
+        "wall_s": 3600.0,
+        "machine": {"cpu": "Xeon", "cores": 2, "cpu_flags": {"avx512_bf16": False, "amx_bf16": False}},
+        "space": space,
+        "dtype": ["float32"],
+        "dtype_reason": ["auto: CPU without AMX"],
+        "distill": {"problems": 20, "with_target": 12, "targets": 30},
+    }
     for name, value in (("final_report.json", report.to_dict()), ("trials.json", trials), ("run_info.json", info)):
         (folder / "report" / name).write_text(json.dumps(value))
 
@@ -105,9 +169,24 @@ def test_results_markdown_has_every_part(tmp_path):
     out = write_results(tmp_path / "s1", tmp_path / "RESULTS.md")
     text = out.read_text()
     assert (tmp_path / "RESULTS-learning-curves.png").stat().st_size > 1000
-    for part in ("python -m search.run --space cpu", "2026-11-30", "Xeon, 2 cores", "avx512_bf16 no", "float32",
-                 "60.0 min", "12/20 training problems", "**t1** (best)", "| t2 |", "PRUNED", "0.400 0.500 0.600", "frozen model",
-                 "Write correct code.", "95% CI", "RESULTS-learning-curves.png", "## Conclusion"):
+    for part in (
+        "python -m search.run --space cpu",
+        "2026-11-30",
+        "Xeon, 2 cores",
+        "avx512_bf16 no",
+        "float32",
+        "60.0 min",
+        "12/20 training problems",
+        "**t1** (best)",
+        "| t2 |",
+        "PRUNED",
+        "0.400 0.500 0.600",
+        "frozen model",
+        "Write correct code.",
+        "95% CI",
+        "RESULTS-learning-curves.png",
+        "## Conclusion",
+    ):
         assert part in text, part
     final = json.loads((tmp_path / "s1" / "report" / "final_report.json").read_text())
     assert headline(final) in text and "On 8 held-out problems" in headline(final)
@@ -132,6 +211,8 @@ def test_a_search_over_methods_reports_each_method_s_best_val_everywhere():
 
     (line, _) = method_lines(final)
     assert "prefix_tuning 0.600 (2 trials), prompt_tuning 0.400 (1 trial)" in line
-    assert any(l.startswith("methods       prefix_tuning 0.600") for l in summary_lines(report, {}, 1.0, Path("a"), "m"))
+    assert any(
+        line.startswith("methods       prefix_tuning 0.600") for line in summary_lines(report, {}, 1.0, Path("a"), "m")
+    )
     report.by_method = {"prompt_tuning": (0.4, 3)}  # one method: nothing to compare, no line
     assert method_lines(report.to_dict()) == []

@@ -1,4 +1,5 @@
 """The sandbox: out-of-band pass signal, isolation layers, hostile canary, parallel order, modes."""
+
 from __future__ import annotations
 
 import os
@@ -21,7 +22,7 @@ from trainable.sandbox_filters import ARCHES, seccomp_program
 from trainable.score import build_program
 
 sys.path.insert(0, os.path.dirname(__file__))
-from hostile_corpus import HOSTILE, KERNEL_LAYER, KNOWN_LIMITS, OS_LAYER, TASK_ID, render  # noqa: E402
+from hostile_corpus import HOSTILE, KERNEL_LAYER, KNOWN_LIMITS, OS_LAYER, TASK_ID, render  # noqa: E402 - after the sys.path line above
 
 HOSTILE_TIMEOUT_S = 3.0
 SECRET_ENV = "SPS_FAKE_SECRET"
@@ -56,10 +57,14 @@ def traps(tmp_path, monkeypatch):
     listener.bind(("127.0.0.1", 0))
     listener.listen(8)
     listener.setblocking(False)
-    values = {"SENTINEL": sentinel, "SENTINEL_DIR": tmp_path,
-              "SECRET_FILE": tmp_path / "secret.txt",
-              "SECRET_ENV": SECRET_ENV, "PORT": listener.getsockname()[1],
-              "MARKER": "sps-daemon-" + secrets.token_hex(6)}
+    values = {
+        "SENTINEL": sentinel,
+        "SENTINEL_DIR": tmp_path,
+        "SECRET_FILE": tmp_path / "secret.txt",
+        "SECRET_ENV": SECRET_ENV,
+        "PORT": listener.getsockname()[1],
+        "MARKER": "sps-daemon-" + secrets.token_hex(6),
+    }
     before = sorted(os.listdir(tmp_path))
 
     def verify(results) -> None:
@@ -105,8 +110,7 @@ def _hostile_programs(names, values) -> list[Program]:
 
 
 def _report(label: str, names, results) -> None:
-    print(f"\n[{label}]", *(f"{n}: {r.status} ({r.detail})" for n, r in zip(names, results)),
-          sep="\n  ")
+    print(f"\n[{label}]", *(f"{n}: {r.status} ({r.detail})" for n, r in zip(names, results)), sep="\n  ")
 
 
 def test_reports_mode_and_prefers_bwrap():
@@ -121,7 +125,8 @@ def test_pass_needs_check_to_return_not_an_exit_code():
     programs = [
         CHECK_DOUBLES + "check(lambda x: x * 2)",  # passes, prints nothing special
         "import sys\nprint('FAILED'); print('FAILED', file=sys.stderr)\n"
-        + CHECK_DOUBLES + "check(lambda x: x * 2)",  # passes whatever it prints
+        + CHECK_DOUBLES
+        + "check(lambda x: x * 2)",  # passes whatever it prints
         "import os\nos._exit(0)\n" + CHECK_DOUBLES + "check(lambda x: x * 2)",
         "raise SystemExit(0)\n" + CHECK_DOUBLES + "check(lambda x: x * 2)",
         CHECK_DOUBLES + "check(lambda x: x + 1)",
@@ -152,9 +157,11 @@ def test_program_passes_only_through_the_tests_own_check():
 
 
 def test_parallel_results_keep_input_order():
-    kinds = {"pass": CHECK_DOUBLES + "check(lambda x: 2 * x)",
-             "fail": CHECK_DOUBLES + "check(lambda x: x)",
-             "loop": "while True:\n    pass"}
+    kinds = {
+        "pass": CHECK_DOUBLES + "check(lambda x: 2 * x)",
+        "fail": CHECK_DOUBLES + "check(lambda x: x)",
+        "loop": "while True:\n    pass",
+    }
     order = ["loop", "pass", "fail", "pass", "loop", "fail", "pass", "fail"]
     results = run_programs([kinds[k] for k in order], timeout_s=1.0, workers=2)
     expected = {"pass": "passed", "fail": "failed", "loop": "timed out"}
@@ -183,8 +190,7 @@ def test_bad_arguments_are_usage_errors(monkeypatch):
 
 def test_without_bwrap_scoring_stops_unless_a_weaker_mode_is_named(monkeypatch):
     real_which = shutil.which
-    monkeypatch.setattr(sandbox.shutil, "which",
-                        lambda name: None if name == "bwrap" else real_which(name))
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None if name == "bwrap" else real_which(name))
     monkeypatch.delenv(sandbox.MODE_ENV, raising=False)
     sandbox._probe.cache_clear()
     sandbox._announce.cache_clear()
@@ -207,9 +213,14 @@ def test_evaluate_cli_without_bwrap_is_one_line_exit_2(tmp_path):
     samples.write_text('{"task_id": "HumanEval/0", "completion": "    return True\\n"}\n')
     env = {k: v for k, v in os.environ.items() if k != sandbox.MODE_ENV}
     env["PATH"] = str(tmp_path)  # no bwrap there
-    proc = subprocess.run([sys.executable, "-m", "trainable.evaluate", "--completions", str(samples)],
-                          capture_output=True, text=True, env=env, timeout=120,
-                          cwd=Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainable.evaluate", "--completions", str(samples)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "bubblewrap cannot run here" in lines[0], proc.stderr
@@ -221,8 +232,7 @@ def test_hostile_corpus_all_fail_and_leave_no_trace(mode, traps):
     values, verify = traps
     names = list(HOSTILE)
     assert len(names) >= 90
-    results = run_programs(_hostile_programs(names, values), timeout_s=HOSTILE_TIMEOUT_S,
-                           mode=mode)
+    results = run_programs(_hostile_programs(names, values), timeout_s=HOSTILE_TIMEOUT_S, mode=mode)
     _report(mode, names, results)
     passed = [name for name, result in zip(names, results) if result.passed]
     assert not passed, f"hostile completions passed in mode {mode}: {passed}"
@@ -233,8 +243,13 @@ def test_bwrap_alone_contains_os_level_attacks(traps):
     """Guard and kernel filters off: namespaces, read-only binds and the tmpfs still hold."""
     _bwrap_or_skip()
     values, verify = traps
-    results = run_programs(_hostile_programs(OS_LAYER, values), timeout_s=HOSTILE_TIMEOUT_S,
-                           mode="bwrap", guard=False, kernel_filters=False)
+    results = run_programs(
+        _hostile_programs(OS_LAYER, values),
+        timeout_s=HOSTILE_TIMEOUT_S,
+        mode="bwrap",
+        guard=False,
+        kernel_filters=False,
+    )
     _report("bwrap alone", OS_LAYER, results)
     assert not [name for name, result in zip(OS_LAYER, results) if result.passed]
     verify(results)
@@ -246,8 +261,7 @@ def test_kernel_filters_alone_contain_os_level_attacks(mode, traps):
     fork bombs included (as root, where RLIMIT_NPROC does not count)."""
     _mode_or_skip(mode)
     values, verify = traps
-    results = run_programs(_hostile_programs(KERNEL_LAYER, values), timeout_s=HOSTILE_TIMEOUT_S,
-                           mode=mode, guard=False)
+    results = run_programs(_hostile_programs(KERNEL_LAYER, values), timeout_s=HOSTILE_TIMEOUT_S, mode=mode, guard=False)
     _report(f"{mode}, kernel filters without the guard", KERNEL_LAYER, results)
     assert not [name for name, result in zip(KERNEL_LAYER, results) if result.passed]
     verify(results)
@@ -308,8 +322,7 @@ assert out == [1]""",
 def test_kernel_filters_refuse_from_inside(mode):
     _mode_or_skip(mode)
     names = list(CONTAINMENT_PROBES)
-    results = run_programs([CONTAINMENT_PROBES[n] for n in names], timeout_s=5, mode=mode,
-                           guard=False)
+    results = run_programs([CONTAINMENT_PROBES[n] for n in names], timeout_s=5, mode=mode, guard=False)
     _report(f"{mode} probes", names, results)
     assert [r.status for r in results] == ["passed"] * len(names)
 
@@ -329,15 +342,22 @@ def test_works_when_python_lives_under_tmp(tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     repo = Path(__file__).resolve().parents[1]
-    script = ("import sys; sys.path[:0] = [sys.argv[1], *sys.argv[2:]]\n"
-              "from trainable.sandbox import Program, run_programs, sandbox_mode\n"
-              "r = run_programs([Program('def f(x):\\n    return 2 * x\\n', "
-              "'def check(f):\\n    assert f(2) == 4\\n', 'f')], timeout_s=10)\n"
-              "print(sandbox_mode(), r[0].status, sys.prefix)")
+    script = (
+        "import sys; sys.path[:0] = [sys.argv[1], *sys.argv[2:]]\n"
+        "from trainable.sandbox import Program, run_programs, sandbox_mode\n"
+        "r = run_programs([Program('def f(x):\\n    return 2 * x\\n', "
+        "'def check(f):\\n    assert f(2) == 4\\n', 'f')], timeout_s=10)\n"
+        "print(sandbox_mode(), r[0].status, sys.prefix)"
+    )
     site = [p for p in sys.path if p.endswith("site-packages")]
     env = {k: v for k, v in os.environ.items() if k != sandbox.MODE_ENV}
-    proc = subprocess.run([str(venv / "bin" / "python"), "-c", script, str(repo), *site],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", script, str(repo), *site],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["bwrap", "passed", str(venv)], proc.stdout
 
@@ -345,7 +365,6 @@ def test_works_when_python_lives_under_tmp(tmp_path):
 def test_known_limits_pass_as_documented():
     """Not defended, on purpose (see trainable.sandbox): `check` really returns normally."""
     problems = load_problems()
-    programs = [build_program(problems[task_id], completion)
-                for task_id, completion in KNOWN_LIMITS.values()]
+    programs = [build_program(problems[task_id], completion) for task_id, completion in KNOWN_LIMITS.values()]
     results = run_programs(programs, timeout_s=5)
     assert all(r.passed for r in results), results

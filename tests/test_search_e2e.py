@@ -1,4 +1,5 @@
 """A whole search on the tiny model: real local Ray, real sqlite MLflow, real sandbox."""
+
 import json
 import subprocess
 import sys
@@ -52,8 +53,11 @@ def test_mlflow_has_one_parent_and_one_child_per_trial(finished_search):
         assert child["tags"]["state"] == ("COMPLETED" if epochs == 3 else "PRUNED")
         assert "optuna_trial_number" in child["tags"]
     assert {c["tags"]["state"] for c in children} == {"COMPLETED", "PRUNED"}
-    parent_metrics = {k for k in ("test_pass_at_1_best", "test_pass_at_1_baseline", "lift", "lift_ci95_low")
-                      if metric_history(db, parents[0]["id"], k)}
+    parent_metrics = {
+        k
+        for k in ("test_pass_at_1_best", "test_pass_at_1_baseline", "lift", "lift_ci95_low")
+        if metric_history(db, parents[0]["id"], k)
+    }
     assert len(parent_metrics) == 4
 
 
@@ -63,8 +67,17 @@ def test_trials_ran_two_at_a_time_and_the_summary_is_printed(finished_search):
     spans = sorted((t.datetime_start, t.datetime_complete) for t in study.get_trials(deepcopy=False))
     overlaps = [a for a, b in zip(spans, spans[1:]) if b[0] < a[1]]
     assert overlaps, "no two trials ran at the same time (max_concurrent: 2)"
-    for label in ("best trial", "val pass@1", "test pass@1", "baseline", "hard prompt", "lift", "lift vs hard",
-                  "adapter", "mlflow"):
+    for label in (
+        "best trial",
+        "val pass@1",
+        "test pass@1",
+        "baseline",
+        "hard prompt",
+        "lift",
+        "lift vs hard",
+        "adapter",
+        "mlflow",
+    ):
         assert any(line.startswith(label) for line in proc.stdout.splitlines()), label
     assert (tmp_path / "runs" / "e2e" / "best_adapter" / "adapter_config.json").is_file()
     assert (tmp_path / "runs" / "e2e" / "report" / "plots" / "optimization_history.png").is_file()
@@ -81,22 +94,43 @@ def test_the_report_carries_three_arms_everywhere(finished_search):
     assert (report_dir / "test_completions_hard_prompt.jsonl").is_file()
     db = tmp_path / "runs" / "mlflow.db"
     parent = next(r for r in mlflow_runs(db) if r["parent"] is None)
-    for key in ("test_pass_at_1_hard_prompt", "lift_vs_hard_prompt", "lift_vs_hard_prompt_ci95_low",
-                "solved_only_by_soft_prompt_vs_frozen", "solved_only_by_hard_prompt"):
+    for key in (
+        "test_pass_at_1_hard_prompt",
+        "lift_vs_hard_prompt",
+        "lift_vs_hard_prompt_ci95_low",
+        "solved_only_by_soft_prompt_vs_frozen",
+        "solved_only_by_hard_prompt",
+    ):
         assert metric_history(db, parent["id"], key), key
     assert parent["tags"]["hard_prompt.text"] == "Write correct code."
 
 
 def test_results_markdown_from_the_finished_search(finished_search):
     tmp_path, _ = finished_search
-    proc = subprocess.run([sys.executable, "-m", "search.results", "runs/e2e", "--out", "RESULTS.md"],
-                          cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.results", "runs/e2e", "--out", "RESULTS.md"],
+        cwd=tmp_path,
+        env=search_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "RESULTS.md").read_text()
     trials = json.loads((tmp_path / "runs" / "e2e" / "report" / "trials.json").read_text())
     assert len(trials) == 6 and {t["state"] for t in trials} == {"COMPLETED", "PRUNED"}
     assert all(len(t["val_pass_at_1"]) == t["epochs"] for t in trials)
-    for part in ("search.run", "wall time", "cores", "| trial |", "PRUNED", "frozen model", "hard prompt",
-                 "95% CI", "RESULTS-learning-curves.png", "## Conclusion"):
+    for part in (
+        "search.run",
+        "wall time",
+        "cores",
+        "| trial |",
+        "PRUNED",
+        "frozen model",
+        "hard prompt",
+        "95% CI",
+        "RESULTS-learning-curves.png",
+        "## Conclusion",
+    ):
         assert part in text, part
     assert (tmp_path / "RESULTS-learning-curves.png").stat().st_size > 1000

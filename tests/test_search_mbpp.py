@@ -1,6 +1,7 @@
 """A search that trains on MBPP: its targets come from the distillation cache (or a Ray task that
 distils them), trials train on them and still report HumanEval val pass@1, and a pinned file from
 another model is refused before anything starts. Needs the real MBPP file (`.ci/setup`)."""
+
 from __future__ import annotations
 
 import json
@@ -47,18 +48,30 @@ def _setup(tmp_path, pinned: str = ""):
 def _search(tmp_path, space, model, name, env, *extra):
     from search_helpers import search_command
 
-    return subprocess.run(search_command(space, model, name, *extra), cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)
+    return subprocess.run(
+        search_command(space, model, name, *extra), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
 
 
 def _record(model_dir, targets: dict) -> dict:
     """A distillation record as `trainable.distill` writes it: two of three problems solved."""
     problems = mbpp.load_problems()
     settings = {**DistillSettings(samples=1).sampling(), "max_new_tokens": 8}
-    return {"format": FORMAT, "model": {"name": str(model_dir), "sha256": model_sha256(resolve_model_ref(str(model_dir)))},
-            "dtype": "float32", "settings": settings,
-            "problems": {t: {"sha256": problem_sha256(problems[t]), "targets": targets.get(t, []), "candidates": 2,
-                             "passed": len(targets.get(t, []))} for t in TRAIN}}
+    return {
+        "format": FORMAT,
+        "model": {"name": str(model_dir), "sha256": model_sha256(resolve_model_ref(str(model_dir)))},
+        "dtype": "float32",
+        "settings": settings,
+        "problems": {
+            t: {
+                "sha256": problem_sha256(problems[t]),
+                "targets": targets.get(t, []),
+                "candidates": 2,
+                "passed": len(targets.get(t, [])),
+            }
+            for t in TRAIN
+        },
+    }
 
 
 def test_a_search_trains_on_cached_targets_and_reports_humaneval_val(tmp_path, tiny_model_dir):

@@ -1,5 +1,6 @@
 """A whole search over `method` on the tiny model: every method's trials run, Optuna holds only
 each trial's own parameters, MLflow names the method of every child run and the best one."""
+
 import json
 import sqlite3
 
@@ -50,8 +51,10 @@ def test_optuna_holds_only_each_trials_own_parameters(method_search):
         method = trial.params["method"]
         others = set().union(*(own for m, own in OWN.items() if m != method))
         assert not any(name.split(".")[0] in others for name in trial.params), trial.params
-        assert all(name in {"method", "num_virtual_tokens"} or name.endswith("." + method) or name in OWN[method]
-                   for name in trial.params), trial.params
+        assert all(
+            name in {"method", "num_virtual_tokens"} or name.endswith("." + method) or name in OWN[method]
+            for name in trial.params
+        ), trial.params
 
 
 def test_mlflow_names_every_childs_method_and_the_best(method_search):

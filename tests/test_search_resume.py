@@ -1,5 +1,6 @@
 """Kill the driver (SIGKILL) mid-search; `--resume` finishes it with nothing lost or doubled. A
 finished search grows with more trials."""
+
 import os
 import re
 import signal
@@ -18,8 +19,14 @@ def _start_and_kill_at(tmp_path, space, model, name, marker: str, timeout: float
     log = tmp_path / f"{name}-killed.log"
     with open(log, "w") as out:
         # Its own session: Ray's node agents inherit the group, so killpg(pid) reaps them too.
-        proc = subprocess.Popen(search_command(space, model, name), cwd=tmp_path, env=search_env(),
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            search_command(space, model, name),
+            cwd=tmp_path,
+            env=search_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.time() + timeout
         while marker not in log.read_text():
@@ -71,7 +78,9 @@ def test_a_finished_search_grows_with_more_trials(tiny_model_dir, tmp_path):
     space = write_fault_space(tmp_path, samples=2, epochs=1, grace=1, slow=False)
     first = run_search(tmp_path, space, tiny_model_dir, "grow")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    grown = run_search(tmp_path, space, tiny_model_dir, "grow", "--resume", "--num-samples", "3", "--max-concurrent", "1")
+    grown = run_search(
+        tmp_path, space, tiny_model_dir, "grow", "--resume", "--num-samples", "3", "--max-concurrent", "1"
+    )
     assert grown.returncode == 0, grown.stdout[-3000:] + grown.stderr[-3000:]
     assert "== search finished" in grown.stdout and "3 trials" in grown.stdout
     assert len(set(re.findall(r"trial (\w+) COMPLETED", grown.stdout))) == 1, "only the new trial ran"
@@ -83,7 +92,12 @@ def test_a_finished_search_grows_with_more_trials(tiny_model_dir, tmp_path):
     lift = sorted(step for key, step, _ in metric_rows(db, parent["id"]) if key == "lift")
     assert lift == [0, 1], "one report per round, at its own step"
     record = json.loads((tmp_path / "runs" / "grow" / "search.json").read_text())
-    assert (record["state"], record["num_samples"], record["max_concurrent"], record["reports"]) == ("finished", 3, 1, 2)
+    assert (record["state"], record["num_samples"], record["max_concurrent"], record["reports"]) == (
+        "finished",
+        3,
+        1,
+        2,
+    )
     study = optuna.load_study(study_name="grow", storage=f"sqlite:///{tmp_path}/runs/grow/optuna.db")
     assert len(study.get_trials(deepcopy=False)) == 3
 
@@ -97,8 +111,14 @@ def test_a_search_whose_trials_all_fail_ends_failed_and_resumes(tiny_model_dir, 
 
     space = write_fault_space(tmp_path, samples=1, epochs=1, grace=1, tokens=(8,), slow=False)
     env = {**search_env(), "SOFTPROMPT_INJECT_FAULT": "num_virtual_tokens=8@1"}
-    failed = subprocess.run(search_command(space, tiny_model_dir, "allfail"), cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=600)
+    failed = subprocess.run(
+        search_command(space, tiny_model_dir, "allfail"),
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
     assert "no trial finished without error" in failed.stdout and "Traceback" not in failed.stdout + failed.stderr
     record = json.loads((tmp_path / "runs" / "allfail" / "search.json").read_text())

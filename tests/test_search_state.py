@@ -4,6 +4,7 @@ other command here must be refused or do nothing, before Ray starts and without 
 
     .venv/bin/pytest tests/test_search_state.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,21 @@ def _snapshot(tmp_path: Path) -> dict:
     """Everything a refused command must leave as it was."""
     db = tmp_path / "store" / "mlflow.db"
     with sqlite3.connect(db) as conn:
-        rows = {table: conn.execute(f"select count(*) from {table}").fetchone()[0]
-                for table in ("runs", "metrics", "params", "tags")}
+        rows = {
+            table: conn.execute(f"select count(*) from {table}").fetchone()[0]
+            for table in ("runs", "metrics", "params", "tags")
+        }
         tags = sorted(conn.execute("select run_uuid, key, value from tags").fetchall())
     state = tmp_path / "runs" / NAME
     files = sorted(str(p.relative_to(state)) for p in state.rglob("*") if "search.lock" not in p.name)
     text = lambda path: path.read_text() if path.exists() else None  # noqa: E731
-    return {"rows": rows, "tags": tags, "files": files, "record": text(state / "search.json"),
-            "space": text(state / "space" / "space.json")}
+    return {
+        "rows": rows,
+        "tags": tags,
+        "files": files,
+        "record": text(state / "search.json"),
+        "space": text(state / "space" / "space.json"),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +81,9 @@ def test_an_explicit_sqlite_store_keeps_its_artifacts_beside_it(finished):
     tmp_path = finished[0]
     assert not (tmp_path / "mlruns").exists(), "artifacts went to ./mlruns of the working directory"
     with sqlite3.connect(tmp_path / "store" / "mlflow.db") as conn:
-        (location,) = conn.execute("select artifact_location from experiments where name = 'softprompt-search'").fetchone()
+        (location,) = conn.execute(
+            "select artifact_location from experiments where name = 'softprompt-search'"
+        ).fetchone()
     assert location == (tmp_path / "store" / "mlartifacts").as_uri()
     assert list((tmp_path / "store" / "mlartifacts").rglob("space.json"))
 
@@ -87,11 +97,15 @@ def test_a_finished_search_resumed_says_so_and_changes_nothing(finished):
     assert _snapshot(finished[0]) == before
 
 
-@pytest.mark.parametrize("change, named", [
-    ("model", "model "),
-    ("data", "data.test.n 4 -> 5"),
-    ("budget", "budget.max_epochs 1 -> 2"),
-], ids=["another-model", "another-split", "another-budget"])
+@pytest.mark.parametrize(
+    "change, named",
+    [
+        ("model", "model "),
+        ("data", "data.test.n 4 -> 5"),
+        ("budget", "budget.max_epochs 1 -> 2"),
+    ],
+    ids=["another-model", "another-split", "another-budget"],
+)
 def test_resume_refuses_another_identity(finished, tiny_model_dir, tmp_path, change, named):
     """Before, the remaining trials (or, for a finished search, the test re-scoring) silently used
     the new model or split under the old search's name."""
@@ -105,7 +119,9 @@ def test_resume_refuses_another_identity(finished, tiny_model_dir, tmp_path, cha
         (model / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
     else:
         space = finished[1].read_text()
-        space = space.replace("test: 4", "test: 5") if change == "data" else space.replace("max_epochs: 1", "max_epochs: 2")
+        space = (
+            space.replace("test: 4", "test: 5") if change == "data" else space.replace("max_epochs: 1", "max_epochs: 2")
+        )
         (finished[0] / f"{change}.yaml").write_text(space)
         extra = ["--space", str(finished[0] / f"{change}.yaml")]
     line = _one_line(_again(finished, "--resume", *extra, model=model))
@@ -133,9 +149,28 @@ def test_a_name_taken_in_mlflow_is_refused_from_another_storage(finished):
     searches' runs were merged (metric steps 1, 2, 1, 2)."""
     tmp_path, space, uri, model = finished
     before = _snapshot(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "search.run", "--space", str(space), "--model", str(model),
-                           "--name", NAME, "--storage", "elsewhere", "--mlflow-uri", uri],
-                          cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "search.run",
+            "--space",
+            str(space),
+            "--model",
+            str(model),
+            "--name",
+            NAME,
+            "--storage",
+            "elsewhere",
+            "--mlflow-uri",
+            uri,
+        ],
+        cwd=tmp_path,
+        env=search_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     line = _one_line(proc)
     assert f"--name: got '{NAME}'" in line and "MLflow" in line
     assert not (tmp_path / "elsewhere").exists() and _snapshot(tmp_path) == before

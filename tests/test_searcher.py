@@ -4,6 +4,7 @@ makes them, with no Ray trials, against a real Optuna study in a sqlite file und
 
     .venv/bin/pytest tests/test_searcher.py -q
 """
+
 from __future__ import annotations
 
 import optuna
@@ -51,6 +52,7 @@ def _expected_names(spec, config) -> set[str]:
 
 # -- suggest ------------------------------------------------------------------------------------
 
+
 def test_suggest_asks_one_optuna_trial_per_tune_trial_and_links_them(spec, tmp_path):
     searcher = _searcher(spec, tmp_path)
     first = searcher.suggest("a")
@@ -65,6 +67,7 @@ def test_suggest_asks_one_optuna_trial_per_tune_trial_and_links_them(spec, tmp_p
 
 
 # -- on_trial_result / on_trial_complete ----------------------------------------------------------
+
 
 def test_trial_run_to_the_last_epoch_is_complete_with_every_epoch(spec, tmp_path):
     searcher = _searcher(spec, tmp_path)
@@ -115,6 +118,7 @@ def test_trials_end_in_any_order(spec, tmp_path):
 
 
 # -- resume: what the searcher does with a snapshot older than the study ---------------------------
+
 
 def test_resumed_searcher_claims_the_trial_its_snapshot_missed(spec, tmp_path):
     before = _searcher(spec, tmp_path)
@@ -168,6 +172,5 @@ def test_resume_replaying_a_told_trial_changes_nothing(spec, tmp_path, epoch, st
     after.on_trial_result("t0", _result(0.3, epoch))  # Tune replays what it had not recorded
     after.on_trial_complete("t0", _result(0.3, epoch))
     [trial] = _trials(tmp_path)
-    assert (trial.state, trial.value, trial.intermediate_values) == (told.state, told.value,
-                                                                     told.intermediate_values)
+    assert (trial.state, trial.value, trial.intermediate_values) == (told.state, told.value, told.intermediate_values)
     assert "t0" in private_apis.told_trials(after)

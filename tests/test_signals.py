@@ -11,6 +11,7 @@ is followed by the printed `--resume` command. What must hold:
 Before: one Ctrl-C was reported as a finished search (exit 0, the report on partial results,
 a child left RUNNING); SIGTERM aborted with exit 134 and Ray's C++ stack dump.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,16 @@ import sys
 import optuna
 import pytest
 
-from fault_helpers import (SearchProcess, backlog_ops, metric_rows, mlflow_summary, read_results, trial_dirs,
-                           wait_until, write_fault_space)
+from fault_helpers import (
+    SearchProcess,
+    backlog_ops,
+    metric_rows,
+    mlflow_summary,
+    read_results,
+    trial_dirs,
+    wait_until,
+    write_fault_space,
+)
 from search_helpers import search_env
 
 pytestmark = pytest.mark.integration
@@ -33,16 +42,18 @@ pytestmark = pytest.mark.integration
 SAMPLES, EPOCHS = 3, 2
 POINTS = {
     # Tune made trial directories, no trial has reported: the trials are loading or training epoch 1.
-    "before-first-result": lambda s, exp: (trial_dirs(exp) and not any(read_results(d) for d in trial_dirs(exp).values())
-                                           and "epoch 1/" not in s.output()),
+    "before-first-result": lambda s, exp: (
+        trial_dirs(exp) and not any(read_results(d) for d in trial_dirs(exp).values()) and "epoch 1/" not in s.output()
+    ),
     "mid-trials": lambda s, exp: re.search(r"trial \w+ epoch 1/", s.output()),
     "during-final-report": lambda s, exp: "final report: scoring" in s.output(),
 }
 
 
 def _interrupt(tmp_path, model, name: str, point: str, signals: list[int]):
-    space = write_fault_space(tmp_path, samples=SAMPLES, epochs=EPOCHS, tokens=(4, 8),
-                              slow=point != "during-final-report")
+    space = write_fault_space(
+        tmp_path, samples=SAMPLES, epochs=EPOCHS, tokens=(4, 8), slow=point != "during-final-report"
+    )
     experiment = tmp_path / "runs" / name
     with SearchProcess(tmp_path, space, model, name) as search:
         wait_until(lambda: POINTS[point](search, experiment), 300, point, search, interval=0.05)
@@ -61,8 +72,11 @@ def _check_interrupted(tmp_path, name: str, rc: int, output: str, signum: int) -
     assert command.startswith("python -m search.run ") and command.endswith(f"--resume --name {name}")
     summary = mlflow_summary(tmp_path / "runs" / "mlflow.db")
     (parent,) = summary["parents"]
-    assert (parent["status"], parent["tags"]["search_state"], parent["tags"]["interrupted_by"]) == \
-        ("KILLED", "interrupted", sig)
+    assert (parent["status"], parent["tags"]["search_state"], parent["tags"]["interrupted_by"]) == (
+        "KILLED",
+        "interrupted",
+        sig,
+    )
     assert summary["parent_metric_keys"] == [], "an interrupted search ran the final report"
     statuses = {r["status"] for r in summary["children"]} | {parent["status"]}
     assert "RUNNING" not in statuses
@@ -78,8 +92,9 @@ def _check_interrupted(tmp_path, name: str, rc: int, output: str, signum: int) -
 def _resume(tmp_path, command: str):
     argv = shlex.split(command)
     assert argv[:3] == ["python", "-m", "search.run"]
-    return subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, env=search_env(), capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, *argv[1:]], cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=600
+    )
 
 
 def _check_finished(tmp_path, name: str, proc) -> None:

@@ -1,4 +1,5 @@
 """The bundled 0.5B model through our own code paths (slow: minutes on 2 CPU cores)."""
+
 import sqlite3
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from trainable.score import score_samples
 pytestmark = pytest.mark.slow
 
 ADD = {
-    "task_id": "add", "entry_point": "add",
+    "task_id": "add",
+    "entry_point": "add",
     "prompt": 'def add(a, b):\n    """Return the sum of a and b.\n    >>> add(2, 3)\n    5\n    """\n',
     "test": "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n",
 }
@@ -29,8 +31,14 @@ def test_bundled_completes_add_through_our_generation_and_sandbox():
 
 def test_smoke_search_on_the_bundled_model(tmp_path):
     """The README's main job, as a user runs it: `python -m search.run --space smoke`."""
-    proc = subprocess.run([sys.executable, "-m", "search.run", "--space", "smoke", "--name", "smoke"],
-                          cwd=tmp_path, env=search_env(), capture_output=True, text=True, timeout=3000)
+    proc = subprocess.run(
+        [sys.executable, "-m", "search.run", "--space", "smoke", "--name", "smoke"],
+        cwd=tmp_path,
+        env=search_env(),
+        capture_output=True,
+        text=True,
+        timeout=3000,
+    )
     print(proc.stdout[-2500:])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "== search finished" in proc.stdout and "lift" in proc.stdout

@@ -1,7 +1,8 @@
 """Every shipped space loads; malformed spaces fail with one-line errors naming the key path.
 
-    .venv/bin/pytest tests/test_spaces.py -q
+.venv/bin/pytest tests/test_spaces.py -q
 """
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,9 @@ def test_cpu_is_a_real_search_for_two_cores():
     assert (spec.data.val.source, spec.data.test.source) == ("humaneval", "humaneval")
     assert spec.data.test.n >= 100 and spec.data.val.n >= 20
     budget = spec.budget
-    assert budget.grace_period < budget.max_epochs and budget.num_samples > budget.reduction_factor, \
+    assert budget.grace_period < budget.max_epochs and budget.num_samples > budget.reduction_factor, (
         "ASHA must be able to stop trials early"
+    )
     texts = [v for v in spec.search["init"].values if v not in ("random", "sample_vocab")]
     assert texts, "the report needs a text init to compare a hand-written prompt"
 
@@ -128,31 +130,44 @@ def test_smoke_differs_from_default_only_where_it_overrides():
 MALFORMED = {
     "unknown top-level key": ("base: default\nmodle: x\n", "modle"),
     "unknown nested key": ("base: default\nbudget: {max_epoch: 3}\n", "budget.max_epoch"),
-    "unknown distribution kind": ("base: default\nsearch: {learning_rate: {logunif: [0.1, 0.2]}}\n",
-                                  "search.learning_rate.logunif"),
+    "unknown distribution kind": (
+        "base: default\nsearch: {learning_rate: {logunif: [0.1, 0.2]}}\n",
+        "search.learning_rate.logunif",
+    ),
     "wrong type": ("base: default\nbudget: {num_samples: many}\n", "budget.num_samples"),
     "wrong type of a fixed value": ("base: default\nfixed: {batch_size: '8'}\n", "fixed.batch_size"),
     "section not a mapping": ("base: default\ndata: 5\n", "data"),
-    "scalar where a distribution goes": ("base: default\nsearch: {learning_rate: 0.01}\n",
-                                         "search.learning_rate"),
+    "scalar where a distribution goes": ("base: default\nsearch: {learning_rate: 0.01}\n", "search.learning_rate"),
     "empty choice": ("base: default\nsearch: {init: {choice: []}}\n", "search.init.choice"),
-    "inverted loguniform": ("base: default\nsearch: {learning_rate: {loguniform: [0.3, 0.001]}}\n",
-                            "search.learning_rate.loguniform"),
-    "loguniform low <= 0": ("base: default\nsearch: {learning_rate: {loguniform: [0, 0.1]}}\n",
-                            "search.learning_rate.loguniform[0]"),
-    "inverted randint": ("base: default\nsearch: {num_virtual_tokens: {randint: [5, 1]}}\n",
-                         "search.num_virtual_tokens.randint"),
-    "range of one end": ("base: default\nsearch: {warmup_ratio: {uniform: [0.1]}}\n",
-                         "search.warmup_ratio.uniform"),
-    "float range over an integer field": ("base: default\nsearch: {num_virtual_tokens: {loguniform: [4, 100]}}\n",
-                                          "search.num_virtual_tokens.loguniform"),
-    "range end invalid for TrainConfig": ("base: default\nfixed: {warmup_ratio: null}\n"
-                                          "search: {warmup_ratio: {uniform: [0.0, 1.0]}}\n",
-                                          "search.warmup_ratio.uniform[1]"),
-    "choice value invalid for TrainConfig": ("base: default\nsearch: {num_virtual_tokens: {choice: [4, 0]}}\n",
-                                             "search.num_virtual_tokens.choice[1]"),
-    "repeated choice": ("base: default\nsearch: {num_virtual_tokens: {choice: [4, 4]}}\n",
-                        "search.num_virtual_tokens.choice[1]"),
+    "inverted loguniform": (
+        "base: default\nsearch: {learning_rate: {loguniform: [0.3, 0.001]}}\n",
+        "search.learning_rate.loguniform",
+    ),
+    "loguniform low <= 0": (
+        "base: default\nsearch: {learning_rate: {loguniform: [0, 0.1]}}\n",
+        "search.learning_rate.loguniform[0]",
+    ),
+    "inverted randint": (
+        "base: default\nsearch: {num_virtual_tokens: {randint: [5, 1]}}\n",
+        "search.num_virtual_tokens.randint",
+    ),
+    "range of one end": ("base: default\nsearch: {warmup_ratio: {uniform: [0.1]}}\n", "search.warmup_ratio.uniform"),
+    "float range over an integer field": (
+        "base: default\nsearch: {num_virtual_tokens: {loguniform: [4, 100]}}\n",
+        "search.num_virtual_tokens.loguniform",
+    ),
+    "range end invalid for TrainConfig": (
+        "base: default\nfixed: {warmup_ratio: null}\nsearch: {warmup_ratio: {uniform: [0.0, 1.0]}}\n",
+        "search.warmup_ratio.uniform[1]",
+    ),
+    "choice value invalid for TrainConfig": (
+        "base: default\nsearch: {num_virtual_tokens: {choice: [4, 0]}}\n",
+        "search.num_virtual_tokens.choice[1]",
+    ),
+    "repeated choice": (
+        "base: default\nsearch: {num_virtual_tokens: {choice: [4, 4]}}\n",
+        "search.num_virtual_tokens.choice[1]",
+    ),
     "searched and fixed both": ("base: default\nfixed: {learning_rate: 0.01}\n", "fixed.learning_rate"),
     "epochs in fixed": ("base: default\nfixed: {epochs: 3}\n", "fixed.epochs"),
     "epochs in search": ("base: default\nsearch: {epochs: {choice: [1, 2]}}\n", "search.epochs"),
@@ -167,8 +182,10 @@ MALFORMED = {
     "unknown data source": ("base: default\ndata: {val: {source: apps}}\n", "data.val.source"),
     "more than the source has": ("base: default\ndata: {train: {n: 398}}\n", "data.train.n"),
     "two splits taking too much of one source": ("base: default\ndata: {val: {n: 100}}\n", "data.test.n"),
-    "overlapping explicit splits": ("base: default\ndata: {val: {ids: [HumanEval/1, HumanEval/2]}, "
-                                    "test: {ids: [HumanEval/2]}}\n", "data.test.ids"),
+    "overlapping explicit splits": (
+        "base: default\ndata: {val: {ids: [HumanEval/1, HumanEval/2]}, test: {ids: [HumanEval/2]}}\n",
+        "data.test.ids",
+    ),
     "unknown split key": ("base: default\ndata: {train: {source: mbpp, size: 3}}\n", "data.train.size"),
     "unknown data key": ("base: default\ndata: {dev: 3}\n", "data.dev"),
     "bad distill setting": ("base: default\ndata: {distill: {samples: many}}\n", "data.distill.samples"),
@@ -187,14 +204,16 @@ MALFORMED = {
     "no val problems": ("base: default\ndata: {val: 0}\n", "data.val"),
     # A keyword spelled otherwise silently became a TEXT init from the embedding of that word.
     "init keyword in capitals": ("base: default\nsearch: {init: {choice: [Random, x]}}\n", "search.init.choice[0]"),
-    "init keyword upper case": ("base: default\nsearch: {init: {choice: [x, SAMPLE_VOCAB]}}\n",
-                                "search.init.choice[1]"),
-    "init keyword with a space": ("base: default\nsearch: {init: {choice: ['random ', x]}}\n",
-                                  "search.init.choice[0]"),
-    "init keyword with a hyphen": ("base: default\nsearch: {init: {choice: [x, Sample-Vocab]}}\n",
-                                   "search.init.choice[1]"),
-    "a fixed init keyword in capitals": ("base: smoke\nsearch: {init: null}\nfixed: {init: RANDOM}\n",
-                                         "fixed.init"),
+    "init keyword upper case": (
+        "base: default\nsearch: {init: {choice: [x, SAMPLE_VOCAB]}}\n",
+        "search.init.choice[1]",
+    ),
+    "init keyword with a space": ("base: default\nsearch: {init: {choice: ['random ', x]}}\n", "search.init.choice[0]"),
+    "init keyword with a hyphen": (
+        "base: default\nsearch: {init: {choice: [x, Sample-Vocab]}}\n",
+        "search.init.choice[1]",
+    ),
+    "a fixed init keyword in capitals": ("base: smoke\nsearch: {init: null}\nfixed: {init: RANDOM}\n", "fixed.init"),
     # YAML 1.1 reads off/on/yes/no as booleans; the message must show what the user wrote.
     "yaml off where a number goes": ("base: default\nfixed: {weight_decay: off}\n", "fixed.weight_decay"),
     "yaml alias that contains itself": ("base: default\nx: &x [*x]\n", "{file}"),
@@ -265,8 +284,14 @@ def test_to_dict_round_trips_through_a_file(tmp_path):
 
 def test_train_config_merges_fixed_params_and_epochs():
     spec = load_space("smoke")
-    config = spec.train_config({"method": "prompt_tuning", "num_virtual_tokens": 8, "init.prompt_tuning": "random",
-                                "learning_rate.prompt_tuning": 0.05})
+    config = spec.train_config(
+        {
+            "method": "prompt_tuning",
+            "num_virtual_tokens": 8,
+            "init.prompt_tuning": "random",
+            "learning_rate.prompt_tuning": 0.05,
+        }
+    )
     assert (config.num_virtual_tokens, config.init, config.learning_rate) == (8, "random", 0.05)
     assert config.epochs == spec.budget.max_epochs == 2
     assert (config.batch_size, config.max_length, config.max_new_tokens) == (2, 384, 128)
@@ -276,12 +301,15 @@ def test_train_config_merges_fixed_params_and_epochs():
 SMOKE_PT = {"method": "prompt_tuning", "num_virtual_tokens": 8, "init.prompt_tuning": "random"}
 
 
-@pytest.mark.parametrize("params,path", [
-    (SMOKE_PT, "params.learning_rate.prompt_tuning"),
-    ({**SMOKE_PT, "learning_rate.prompt_tuning": 0.1, "batch_size": 4}, "params.batch_size"),
-    ({**SMOKE_PT, "num_virtual_tokens": 0, "learning_rate.prompt_tuning": 0.1}, "num_virtual_tokens"),
-    ({**SMOKE_PT, "method": "p_tuning", "learning_rate.prompt_tuning": 0.1}, "params.method"),
-])
+@pytest.mark.parametrize(
+    "params,path",
+    [
+        (SMOKE_PT, "params.learning_rate.prompt_tuning"),
+        ({**SMOKE_PT, "learning_rate.prompt_tuning": 0.1, "batch_size": 4}, "params.batch_size"),
+        ({**SMOKE_PT, "num_virtual_tokens": 0, "learning_rate.prompt_tuning": 0.1}, "num_virtual_tokens"),
+        ({**SMOKE_PT, "method": "p_tuning", "learning_rate.prompt_tuning": 0.1}, "params.method"),
+    ],
+)
 def test_train_config_rejects_bad_params(params, path):
     with pytest.raises(UsageError, match=rf"^{path}:"):
         load_space("smoke").train_config(params)
@@ -302,10 +330,17 @@ def test_with_overrides_revalidates():
 
 def test_spaces_import_no_search_stack():
     # Spaces describe values; loading one must not pull in Ray, Optuna, torch or the driver.
-    code = ("import sys, spaces; spaces.load_space('default'); "
-            "print([m for m in ('ray', 'optuna', 'torch', 'search') if m in sys.modules])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(spaces.__file__).resolve().parent.parent)
+    code = (
+        "import sys, spaces; spaces.load_space('default'); "
+        "print([m for m in ('ray', 'optuna', 'torch', 'search') if m in sys.modules])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(spaces.__file__).resolve().parent.parent,
+    )
     assert out.stdout.strip() == "[]"
 
 

@@ -1,4 +1,5 @@
 """The soft prompt trains, the frozen model stays frozen, and adapters round-trip through PEFT."""
+
 import torch
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
@@ -14,8 +15,9 @@ def _frozen_copy(model) -> dict[str, torch.Tensor]:
 
 
 def test_loss_falls_and_frozen_weights_are_bit_identical(tiny_loaded):
-    config = TrainConfig(num_virtual_tokens=8, init="sample_vocab", learning_rate=0.3, epochs=6,
-                         batch_size=4, warmup_ratio=0.0)
+    config = TrainConfig(
+        num_virtual_tokens=8, init="sample_vocab", learning_rate=0.3, epochs=6, batch_size=4, warmup_ratio=0.0
+    )
     before = _frozen_copy(tiny_loaded.model)
     prompt = SoftPrompt.create(tiny_loaded, config)
     examples = build_examples(tiny_loaded, problems_for("train", DataSplit(8, 4, 4)), 256)
@@ -51,7 +53,7 @@ def test_loss_covers_completion_tokens_only(tiny_loaded):
     assert example.tokens[: example.n_prompt] == prompt_ids
     assert example.tokens[-1] == tiny_loaded.tokenizer.eos_token_id
     (cut,) = build_examples(tiny_loaded, [problem], 32)
-    assert len(cut.tokens) <= 32 and cut.tokens[cut.n_prompt:] == example.tokens[example.n_prompt:][:31]
+    assert len(cut.tokens) <= 32 and cut.tokens[cut.n_prompt :] == example.tokens[example.n_prompt :][:31]
 
 
 def test_saved_adapter_reloads_to_the_same_tensor(tiny_loaded, tiny_model_dir, tmp_path):

@@ -1,4 +1,5 @@
 """A whole trial without Ray, and its checkpoint round trip (what a restarted Ray trial uses)."""
+
 import torch
 
 from trainable.config import TrainConfig
@@ -6,8 +7,15 @@ from trainable.data import DataSplit
 from trainable.trial import OBJECTIVE, Trial, objective, run_trial
 
 SMALL = DataSplit(train=2, val=2, test=2)
-CONFIG = TrainConfig(num_virtual_tokens=3, epochs=2, batch_size=2, max_new_tokens=4, eval_batch_size=2,
-                     sandbox_timeout_s=5, max_length=128)
+CONFIG = TrainConfig(
+    num_virtual_tokens=3,
+    epochs=2,
+    batch_size=2,
+    max_new_tokens=4,
+    eval_batch_size=2,
+    sandbox_timeout_s=5,
+    max_length=128,
+)
 
 
 def test_run_trial_reports_every_epoch(tiny_model_dir):
@@ -37,7 +45,8 @@ def test_checkpoint_restores_prompt_optimizer_and_epoch(tiny_model_dir, tmp_path
     assert fresh.epoch == 1
     assert torch.equal(fresh.prompt.output(), trial.prompt.output())
     steps = [s["step"] for s in fresh.trainer.optimizer.state_dict()["state"].values()]
-    assert steps and all(float(s) == float(t["step"]) for s, t in
-                         zip(steps, trial.trainer.optimizer.state_dict()["state"].values()))
+    assert steps and all(
+        float(s) == float(t["step"]) for s, t in zip(steps, trial.trainer.optimizer.state_dict()["state"].values())
+    )
     # Both continue identically from the checkpoint.
     assert fresh.run_epoch().train_loss == trial.run_epoch().train_loss

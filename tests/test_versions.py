@@ -6,6 +6,7 @@ that still says the old version.
 
     .venv/bin/pytest tests/test_versions.py -q
 """
+
 from __future__ import annotations
 
 import importlib.metadata
@@ -23,9 +24,9 @@ SKIP_DIRS = {".git", ".venv", "runs", "__pycache__", "node_modules"}
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", ".sh", ""}
 # Where a pinned version is restated in a form a machine reads, or a user copies.
 RAY_PINS = [
-    re.compile(r"rayproject/ray:(\d+(?:\.\d+)*)"),                    # images
-    re.compile(r"""rayVersion:\s*["']?([\w.]+)"""),                       # KubeRay
-    re.compile(r"\bray(?:\[[^\]]*\])?==([\w.]+)"),                       # pip requirements
+    re.compile(r"rayproject/ray:(\d+(?:\.\d+)*)"),  # images
+    re.compile(r"""rayVersion:\s*["']?([\w.]+)"""),  # KubeRay
+    re.compile(r"\bray(?:\[[^\]]*\])?==([\w.]+)"),  # pip requirements
 ]
 TORCH_PINS = [re.compile(r"\btorch==(\d[\w.]*)"), re.compile(r"\bTORCH_VERSION=(\d[\w.]*)")]
 
@@ -54,8 +55,9 @@ def occurrences(patterns: list[re.Pattern]) -> list[tuple[str, str]]:
 
 
 def test_every_exact_pin_is_installed():
-    wrong = {name: (version, _installed(name)) for name, version in pinned_versions().items()
-             if _installed(name) != version}
+    wrong = {
+        name: (version, _installed(name)) for name, version in pinned_versions().items() if _installed(name) != version
+    }
     assert not wrong, f"pinned vs installed (run .ci/setup): {wrong}"
 
 
@@ -90,8 +92,9 @@ def test_manifests_and_dockerfile_use_the_pinned_ray():
 def test_dockerfile_does_not_restate_pyprojects_pins():
     """`pip install .` installs pyproject.toml's pins; a second pin in the Dockerfile would drift."""
     dockerfile = (REPO / "k8s" / "Dockerfile").read_text()
-    restated = [name for name in pinned_versions()
-                if re.search(rf"(?i)[\"'\s]{re.escape(name)}(\[[^\]]*\])?==", dockerfile)]
+    restated = [
+        name for name in pinned_versions() if re.search(rf"(?i)[\"'\s]{re.escape(name)}(\[[^\]]*\])?==", dockerfile)
+    ]
     assert not restated, f"k8s/Dockerfile pins what pyproject.toml pins: {restated}"
 
 
@@ -108,12 +111,15 @@ def test_torch_version_agrees_everywhere():
     assert Version(importlib.metadata.version("torch")).base_version == version
 
 
-@pytest.mark.parametrize("text, expected", [
-    ('  rayVersion: "2.61.0"', "2.61.0"),
-    ("ARG RAY_IMAGE=rayproject/ray:2.61.0-py311-cpu", "2.61.0"),
-    ("--build-arg RAY_IMAGE=rayproject/ray:2.61.1-py312-gpu \\", "2.61.1"),
-    ('    "ray[default,tune]==2.61.0",  # [default]', "2.61.0"),
-    ("pip install 'ray==2.61.0'", "2.61.0"),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('  rayVersion: "2.61.0"', "2.61.0"),
+        ("ARG RAY_IMAGE=rayproject/ray:2.61.0-py311-cpu", "2.61.0"),
+        ("--build-arg RAY_IMAGE=rayproject/ray:2.61.1-py312-gpu \\", "2.61.1"),
+        ('    "ray[default,tune]==2.61.0",  # [default]', "2.61.0"),
+        ("pip install 'ray==2.61.0'", "2.61.0"),
+    ],
+)
 def test_the_patterns_catch_a_stale_version(text, expected):
     assert [m.group(1) for p in RAY_PINS for m in p.finditer(text)] == [expected]

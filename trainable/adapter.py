@@ -5,6 +5,7 @@ the adapter must be of the trial's method, token count and (for P-tuning / a pre
 encoder width, and fit the model (hidden size, layers, key/value heads). The tensors themselves
 are read by `trainable.softprompt.load_prompt`.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,9 +28,9 @@ class AdapterInfo:
     path: str
     method: str
     num_virtual_tokens: int
-    token_dim: int             # hidden size (prompt/p-tuning) or key/value width per layer (prefix)
+    token_dim: int  # hidden size (prompt/p-tuning) or key/value width per layer (prefix)
     num_layers: int
-    num_attention_heads: int   # PEFT's value: key/value heads for prefix tuning (GQA)
+    num_attention_heads: int  # PEFT's value: key/value heads for prefix tuning (GQA)
     encoder_hidden_size: int | None = None  # P-tuning's MLP / the prefix projection's width
     prefix_projection: bool = False
 
@@ -77,8 +78,11 @@ def read_adapter_info(path: str, field: str = "init", shown=None) -> AdapterInfo
         method = PEFT_TYPES[raw["peft_type"]]
         width = raw.get("encoder_hidden_size")
         info = AdapterInfo(
-            path=str(config_file.parent), method=method, num_virtual_tokens=_count(raw, "num_virtual_tokens"),
-            token_dim=_count(raw, "token_dim"), num_layers=_count(raw, "num_layers"),
+            path=str(config_file.parent),
+            method=method,
+            num_virtual_tokens=_count(raw, "num_virtual_tokens"),
+            token_dim=_count(raw, "token_dim"),
+            num_layers=_count(raw, "num_layers"),
             num_attention_heads=_count(raw, "num_attention_heads"),
             encoder_hidden_size=None if width is None else _count(raw, "encoder_hidden_size"),
             prefix_projection=bool(raw.get("prefix_projection", False)),
@@ -90,8 +94,13 @@ def read_adapter_info(path: str, field: str = "init", shown=None) -> AdapterInfo
     return info
 
 
-def config_mismatch(info: AdapterInfo, method: str, num_virtual_tokens: int,
-                    encoder_hidden_size: int | None, prefix_projection: int | None) -> str | None:
+def config_mismatch(
+    info: AdapterInfo,
+    method: str,
+    num_virtual_tokens: int,
+    encoder_hidden_size: int | None,
+    prefix_projection: int | None,
+) -> str | None:
     """Why a trial with these settings cannot start from this adapter (None if it can)."""
     want = [("method", info.method, method), ("num_virtual_tokens", info.num_virtual_tokens, num_virtual_tokens)]
     if method == Method.P_TUNING.value and encoder_hidden_size is not None:
@@ -103,8 +112,10 @@ def config_mismatch(info: AdapterInfo, method: str, num_virtual_tokens: int,
         if has != needed:
             return f"{name} {needed!r} (this adapter has {has!r})"
     if info.reparameterised and not (Path(info.path) / ENCODER_FILE).is_file():
-        return (f"an adapter saved by this project, with {ENCODER_FILE} ({method} trains an MLP; "
-                "PEFT's files hold only its output, which is enough to use the prompt but not to continue)")
+        return (
+            f"an adapter saved by this project, with {ENCODER_FILE} ({method} trains an MLP; "
+            "PEFT's files hold only its output, which is enough to use the prompt but not to continue)"
+        )
     return None
 
 
@@ -128,8 +139,13 @@ def model_mismatch(info: AdapterInfo, model_config, encoder_hidden_size: int | N
         if getattr(info, name) != dims[name]:
             what = "hidden size" if name == "token_dim" and info.method != Method.PREFIX_TUNING.value else name
             return f"an adapter for this model's {what} {dims[name]} (this adapter has {getattr(info, name)})"
-    if info.method == Method.P_TUNING.value and encoder_hidden_size is None \
-            and info.encoder_hidden_size != model_config.hidden_size:
-        return (f"encoder_hidden_size {model_config.hidden_size} (PEFT's default: the hidden size; this adapter "
-                f"has {info.encoder_hidden_size}: set encoder_hidden_size: {info.encoder_hidden_size})")
+    if (
+        info.method == Method.P_TUNING.value
+        and encoder_hidden_size is None
+        and info.encoder_hidden_size != model_config.hidden_size
+    ):
+        return (
+            f"encoder_hidden_size {model_config.hidden_size} (PEFT's default: the hidden size; this adapter "
+            f"has {info.encoder_hidden_size}: set encoder_hidden_size: {info.encoder_hidden_size})"
+        )
     return None

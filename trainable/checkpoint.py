@@ -10,6 +10,7 @@
 Written by `trainable.trial.Trial.save` and `search.tune_trial`, read by `Trial.restore`, the
 final report (`search.report`), the MLflow callback (`search.callbacks`) and `trainable.evaluate`.
 """
+
 from __future__ import annotations
 
 import json

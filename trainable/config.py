@@ -3,6 +3,7 @@
 Every field can be fixed or searched by a space (`spaces/`); the search passes the merged values
 here, so a bad value fails before `ray.init()` with a message naming the field.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
@@ -38,10 +39,16 @@ INITS = {
     Method.PREFIX_TUNING.value: (InitKind.RANDOM, InitKind.SAMPLE_VOCAB, InitKind.TEXT, InitKind.ADAPTER),
 }
 TOKEN_INITS = (InitKind.SAMPLE_VOCAB, InitKind.TEXT)  # inits made from tokens
-_INIT_WORDS = {InitKind.RANDOM: "'random'", InitKind.SAMPLE_VOCAB: "'sample_vocab'",
-               InitKind.TEXT: "an init text", InitKind.ADAPTER: "'adapter:PATH'"}
-_WHY_NOT = {Method.P_TUNING.value: "P-tuning's embeddings pass through an MLP, so no token init",
-            Method.PREFIX_TUNING.value: "a token init sets the key/values directly, not through a projection"}
+_INIT_WORDS = {
+    InitKind.RANDOM: "'random'",
+    InitKind.SAMPLE_VOCAB: "'sample_vocab'",
+    InitKind.TEXT: "an init text",
+    InitKind.ADAPTER: "'adapter:PATH'",
+}
+_WHY_NOT = {
+    Method.P_TUNING.value: "P-tuning's embeddings pass through an MLP, so no token init",
+    Method.PREFIX_TUNING.value: "a token init sets the key/values directly, not through a projection",
+}
 
 
 KEYWORDS = (InitKind.RANDOM.value, InitKind.SAMPLE_VOCAB.value)
@@ -55,7 +62,7 @@ def init_kind(init: str) -> InitKind:
 
 def adapter_path(init: str) -> str:
     """The directory of an `adapter:PATH` init."""
-    return init[len(ADAPTER_PREFIX):]
+    return init[len(ADAPTER_PREFIX) :]
 
 
 def _near_keyword(init: str) -> str | None:
@@ -145,8 +152,12 @@ class TrainConfig:
             raise field_error("init", self.init, "'random', 'sample_vocab', 'adapter:PATH' or a non-empty init text")
         keyword = _near_keyword(self.init)
         if keyword:
-            raise field_error("init", self.init, f"{keyword!r} exactly (init keywords are lower case, without "
-                              "spaces), or a text init that is not a keyword")
+            raise field_error(
+                "init",
+                self.init,
+                f"{keyword!r} exactly (init keywords are lower case, without "
+                "spaces), or a text init that is not a keyword",
+            )
         allowed = INITS[self.method]
         projected = self.method == Method.PREFIX_TUNING.value and bool(self.prefix_projection)
         if projected:
@@ -159,8 +170,9 @@ class TrainConfig:
             if not adapter_path(self.init).strip():
                 raise field_error("init", self.init, "'adapter:PATH' with the PATH of a saved soft prompt")
             info = read_adapter_info(adapter_path(self.init), "init", self.init)
-            why = config_mismatch(info, self.method, self.num_virtual_tokens, self.encoder_hidden_size,
-                                  self.prefix_projection)
+            why = config_mismatch(
+                info, self.method, self.num_virtual_tokens, self.encoder_hidden_size, self.prefix_projection
+            )
             if why:
                 raise field_error("init", self.init, f"a soft prompt of the trial's shape: {why}")
 
@@ -184,8 +196,18 @@ class TrainConfig:
 # The settings a space holds fixed unless it searches them (spaces/default.yaml's `fixed`): not the
 # scientific parameters (method, length, init, learning rate, method-only ones), nor `epochs`
 # (a space's budget.max_epochs).
-RUN_SETTINGS = ("batch_size", "warmup_ratio", "max_grad_norm", "weight_decay", "max_length", "seed",
-                "max_new_tokens", "eval_batch_size", "sandbox_timeout_s", "dtype")
+RUN_SETTINGS = (
+    "batch_size",
+    "warmup_ratio",
+    "max_grad_norm",
+    "weight_decay",
+    "max_length",
+    "seed",
+    "max_new_tokens",
+    "eval_batch_size",
+    "sandbox_timeout_s",
+    "dtype",
+)
 
 
 def run_defaults() -> dict:

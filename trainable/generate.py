@@ -6,6 +6,7 @@ padding, and rows that have stopped leave the batch (and the KV cache) at once. 
 are HumanEval's unless a prompt brings its own (MBPP problems do). Sampling draws each row from
 its own seeded generator, so a prompt's sample does not depend on what else is in its batch.
 """
+
 from __future__ import annotations
 
 import time
@@ -87,7 +88,7 @@ class _Rows:
         # only those. Decoding the whole row every step grew with its length (40-95 ms per
         # step on a GPU, bench/README.md). The whole row is decoded to confirm, so a row stops
         # exactly where it did before.
-        tail = self.tokenizer.decode(self.tokens[row][-self.window[row]:], skip_special_tokens=True)
+        tail = self.tokenizer.decode(self.tokens[row][-self.window[row] :], skip_special_tokens=True)
         if any(stop in tail for stop in self.stops[row]):
             text = self.text(row)
             self.done[row] = truncate_at_stop(text, self.stops[row]) != text
@@ -103,15 +104,27 @@ def _next_tokens(logits: torch.Tensor, sampling: Sampling | None, generators: li
 
 
 @torch.no_grad()
-def _greedy_batch(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt, max_new_tokens: int,
-                  stats: GenerationStats, stops: list[Sequence[str]], sampling: Sampling | None = None,
-                  seeds: list[int] | None = None) -> list[str]:
+def _greedy_batch(
+    loaded: LoadedModel,
+    token_lists: list[list[int]],
+    soft_prompt,
+    max_new_tokens: int,
+    stats: GenerationStats,
+    stops: list[Sequence[str]],
+    sampling: Sampling | None = None,
+    seeds: list[int] | None = None,
+) -> list[str]:
     """One batch to its stops; greedy, or sampled from per-row generators with `sampling`."""
     model, embed = loaded.model, loaded.model.get_input_embeddings()
     batch = left_padded(token_lists, embed, loaded.tokenizer.pad_token_id, soft_prompt)
-    out = model(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                position_ids=batch.position_ids, past_key_values=batch.past_key_values,
-                use_cache=True, logits_to_keep=1)
+    out = model(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        past_key_values=batch.past_key_values,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     cache, mask = out.past_key_values, batch.attention_mask
     next_position = batch.position_ids[:, -1:] + 1
     rows = _Rows(len(token_lists), loaded, stops)
@@ -131,32 +144,60 @@ def _greedy_batch(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt
             mask, next_position, next_ids = mask[index], next_position[index], next_ids[index]
             active = [active[i] for i in keep]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        out = model(inputs_embeds=embed(next_ids).unsqueeze(1), attention_mask=mask,
-                    position_ids=next_position, past_key_values=cache, use_cache=True)
+        out = model(
+            inputs_embeds=embed(next_ids).unsqueeze(1),
+            attention_mask=mask,
+            position_ids=next_position,
+            past_key_values=cache,
+            use_cache=True,
+        )
         next_position = next_position + 1
     texts = [truncate_at_stop(rows.text(row), stops[row]) for row in range(len(token_lists))]
     return texts, rows.tokens
 
 
-def generate(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None, *,
-             max_new_tokens: int, batch_size: int,
-             stats: GenerationStats | None = None, stops: list[Sequence[str] | None] | None = None,
-             sampling: Sampling | None = None, progress: Callable[[int], object] | None = None) -> list[str]:
+def generate(
+    loaded: LoadedModel,
+    prompts: list[str],
+    soft_prompt: torch.Tensor | Prefix | None = None,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stats: GenerationStats | None = None,
+    stops: list[Sequence[str] | None] | None = None,
+    sampling: Sampling | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> list[str]:
     """Completions (greedy unless `sampling`), each cut at its first stop sequence (`stops[i]`,
     default HumanEval's), in the order of `prompts`.
 
     `soft_prompt`: virtual-token input embeddings [P, H] (prompt tuning, P-tuning) or a `Prefix`
     of key/values (prefix tuning), as `SoftPrompt.inputs()` gives them."""
-    return generate_with_tokens(loaded, prompts, soft_prompt, max_new_tokens=max_new_tokens,
-                                batch_size=batch_size, stats=stats, stops=stops, sampling=sampling,
-                                progress=progress)[0]
+    return generate_with_tokens(
+        loaded,
+        prompts,
+        soft_prompt,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        stats=stats,
+        stops=stops,
+        sampling=sampling,
+        progress=progress,
+    )[0]
 
 
-def generate_with_tokens(loaded: LoadedModel, prompts: list[str], soft_prompt: torch.Tensor | Prefix | None = None,
-                         *, max_new_tokens: int, batch_size: int,
-                         stats: GenerationStats | None = None, stops: list[Sequence[str] | None] | None = None,
-                         sampling: Sampling | None = None,
-                         progress: Callable[[int], object] | None = None) -> tuple[list[str], list[list[int]]]:
+def generate_with_tokens(
+    loaded: LoadedModel,
+    prompts: list[str],
+    soft_prompt: torch.Tensor | Prefix | None = None,
+    *,
+    max_new_tokens: int,
+    batch_size: int,
+    stats: GenerationStats | None = None,
+    stops: list[Sequence[str] | None] | None = None,
+    sampling: Sampling | None = None,
+    progress: Callable[[int], object] | None = None,
+) -> tuple[list[str], list[list[int]]]:
     """Completions and the generated token ids (up to the stop), both in the order of `prompts`;
     `progress(n)` is called as each batch of n prompts is done (a progress bar's `update`)."""
     stats = stats if stats is not None else GenerationStats()
@@ -171,10 +212,18 @@ def generate_with_tokens(loaded: LoadedModel, prompts: list[str], soft_prompt: t
     if soft_prompt is not None:
         soft_prompt = soft_prompt.detach()
     for start in range(0, len(order), batch_size):
-        chunk = order[start: start + batch_size]
+        chunk = order[start : start + batch_size]
         seeds = [sampling.seeds[i] for i in chunk] if sampling is not None else None
-        texts, ids = _greedy_batch(loaded, [encoded[i] for i in chunk], soft_prompt, max_new_tokens, stats,
-                                   [stops[i] for i in chunk], sampling, seeds)
+        texts, ids = _greedy_batch(
+            loaded,
+            [encoded[i] for i in chunk],
+            soft_prompt,
+            max_new_tokens,
+            stats,
+            [stops[i] for i in chunk],
+            sampling,
+            seeds,
+        )
         for i, text, row_ids in zip(chunk, texts, ids):
             completions[i], tokens[i] = text, row_ids
         if progress is not None:

@@ -1,6 +1,7 @@
 """Generate completions for a list of problems and score them in the sandbox: greedy pass@1.
 
 Each problem is generated with its own stop sequences when it has them (MBPP's `stop_tokens`)."""
+
 from __future__ import annotations
 
 import time
@@ -29,14 +30,27 @@ class EvalResult:
         return {"pass@1": self.pass_at_1, "n": self.n, "passed": self.passed}
 
 
-def evaluate_problems(loaded: LoadedModel, problems: list[dict], soft_prompt: torch.Tensor | Prefix | None,
-                      max_new_tokens: int, batch_size: int, sandbox_timeout_s: float) -> EvalResult:
+def evaluate_problems(
+    loaded: LoadedModel,
+    problems: list[dict],
+    soft_prompt: torch.Tensor | Prefix | None,
+    max_new_tokens: int,
+    batch_size: int,
+    sandbox_timeout_s: float,
+) -> EvalResult:
     """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
     stats = GenerationStats()
     with bar(len(problems), "generating", "problem") as done:
-        completions = generate(loaded, [p["prompt"] for p in problems], soft_prompt,
-                               max_new_tokens=max_new_tokens, batch_size=batch_size, stats=stats,
-                               stops=[p.get("stop_tokens") for p in problems], progress=done.update)
+        completions = generate(
+            loaded,
+            [p["prompt"] for p in problems],
+            soft_prompt,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            stats=stats,
+            stops=[p.get("stop_tokens") for p in problems],
+            progress=done.update,
+        )
     samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(problems, completions)]
     started = time.perf_counter()
     results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=sandbox_timeout_s)

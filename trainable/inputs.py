@@ -12,6 +12,7 @@ A prefix (prefix tuning) is not in the inputs: its learned key/values are the in
 [prefix][pad ... pad][prompt tokens] with the mask covering the prefix on every row, and the
 first real token again at position P (as PEFT places it for an unpadded sequence).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,15 +46,15 @@ class Prefix:
 
     def cache(self, batch: int, dtype: torch.dtype) -> DynamicCache:
         """A fresh cache holding the prefix for `batch` rows (the forward appends to it in place)."""
-        rows = lambda t: t.to(dtype).unsqueeze(0).expand(batch, -1, -1, -1)  # noqa: E731
+        rows = lambda t: t.to(dtype).unsqueeze(0).expand(batch, -1, -1, -1)  # noqa: E731 - a one-line helper, named for reading
         return DynamicCache([(rows(k), rows(v)) for k, v in zip(self.keys, self.values)])
 
 
 @dataclass
 class Batch:
-    inputs_embeds: torch.Tensor   # [B, T, H] in the model's dtype
+    inputs_embeds: torch.Tensor  # [B, T, H] in the model's dtype
     attention_mask: torch.Tensor  # [B, T] long, 0 on padding; [B, P + T] with a prefix
-    position_ids: torch.Tensor    # [B, T]
+    position_ids: torch.Tensor  # [B, T]
     past_key_values: DynamicCache | None = None  # the prefix, if any
 
 
@@ -81,12 +82,15 @@ def _with_prefix(batch: Batch, prefix: Prefix) -> Batch:
     """`batch` (built without a soft prompt) behind the prefix: mask and positions cover it."""
     rows, n = batch.attention_mask.shape[0], len(prefix)
     mask = torch.cat([batch.attention_mask.new_ones(rows, n), batch.attention_mask], dim=1)
-    return Batch(batch.inputs_embeds, mask, positions(mask)[:, n:],
-                 prefix.cache(rows, batch.inputs_embeds.dtype))
+    return Batch(batch.inputs_embeds, mask, positions(mask)[:, n:], prefix.cache(rows, batch.inputs_embeds.dtype))
 
 
-def left_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id: int,
-                soft_prompt: torch.Tensor | Prefix | None = None) -> Batch:
+def left_padded(
+    token_lists: list[list[int]],
+    embed: torch.nn.Embedding,
+    pad_id: int,
+    soft_prompt: torch.Tensor | Prefix | None = None,
+) -> Batch:
     """Generation inputs: rows right-aligned so every row's next token is at the last column."""
     if isinstance(soft_prompt, Prefix):
         return _with_prefix(left_padded(token_lists, embed, pad_id), soft_prompt)
@@ -109,8 +113,12 @@ def left_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id:
     return Batch(embeds, full_mask, positions(full_mask))
 
 
-def right_padded(token_lists: list[list[int]], embed: torch.nn.Embedding, pad_id: int,
-                 soft_prompt: torch.Tensor | Prefix | None = None) -> Batch:
+def right_padded(
+    token_lists: list[list[int]],
+    embed: torch.nn.Embedding,
+    pad_id: int,
+    soft_prompt: torch.Tensor | Prefix | None = None,
+) -> Batch:
     """Training inputs: [soft][tokens][pad]; positions count from the soft prompt's start."""
     if isinstance(soft_prompt, Prefix):
         return _with_prefix(right_padded(token_lists, embed, pad_id), soft_prompt)

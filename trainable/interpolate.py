@@ -9,6 +9,7 @@ so w = 0 is A and w = 1 is B exactly. Prints one JSON line per point
 ({"weight", "pass@1", "n", "passed"}) and writes a PNG of pass@1 against the weight. Generated code
 runs only in the sandbox.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,8 +61,9 @@ def check_args(args) -> tuple[AdapterInfo, AdapterInfo]:
         raise field_error("--plot", args.plot, "a path ending in .png")
     a, b = read_adapter_info(args.a, "--a"), read_adapter_info(args.b, "--b")
     if _shape(a) != _shape(b):
-        raise field_error("--b", args.b, f"a soft prompt of --a's method and shape ({a.describe()}); "
-                          f"this one: {b.describe()}")
+        raise field_error(
+            "--b", args.b, f"a soft prompt of --a's method and shape ({a.describe()}); this one: {b.describe()}"
+        )
     return a, b
 
 

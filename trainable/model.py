@@ -4,6 +4,7 @@ A model is never silently swapped for another: an unreachable hub id is an error
 to use `bundled` or a local path. Loaded models are cached per process so that Ray actors reused
 across trials (`reuse_actors=True`) load the weights once.
 """
+
 from __future__ import annotations
 
 import re
@@ -128,15 +129,18 @@ def _from_pretrained(location: str, ref: ModelRef, dtype: torch.dtype):
         if ref.kind != "hub":
             raise
         raise UsageError(
-            "model", ref.ref, text=f"got {ref.ref!r}, which could not be loaded from the Hugging Face hub "
+            "model",
+            ref.ref,
+            text=f"got {ref.ref!r}, which could not be loaded from the Hugging Face hub "
             f"(no network or unknown id: {str(exc).splitlines()[0][:160]}); "
-            "use --model bundled (offline stand-in) or a local model directory"
+            "use --model bundled (offline stand-in) or a local model directory",
         ) from None
     return tokenizer, model
 
 
-def load_model(ref: str | ModelRef, device: torch.device | str | None = None,
-               dtype: torch.dtype | None = None) -> LoadedModel:
+def load_model(
+    ref: str | ModelRef, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+) -> LoadedModel:
     """Load tokenizer + frozen model in eval mode; no parameter requires grad."""
     ref = ref if isinstance(ref, ModelRef) else resolve_model_ref(ref)
     device = torch.device(device) if device is not None else default_device()
@@ -147,8 +151,12 @@ def load_model(ref: str | ModelRef, device: torch.device | str | None = None,
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    identity = {**identity, "dtype": str(dtype).removeprefix("torch."), "device": device.type,
-                "parameters": sum(p.numel() for p in model.parameters())}
+    identity = {
+        **identity,
+        "dtype": str(dtype).removeprefix("torch."),
+        "device": device.type,
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
     return LoadedModel(model=model, tokenizer=tokenizer, ref=ref, identity=identity)
 
 

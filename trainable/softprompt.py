@@ -11,6 +11,7 @@ RoPE for batched generation; `trainable.inputs` places them (or the prefix) itse
 PEFT's files hold the encoder's output only; for P-tuning and a projected prefix we also save the
 encoder's own weights (`ENCODER_FILE`), so that a warm start continues the same parameters.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,22 +29,31 @@ from trainable.inputs import Prefix
 from trainable.methods import PEFT_TYPES, Method
 from trainable.model import LoadedModel
 
-_PEFT_INIT = {InitKind.RANDOM: "RANDOM", InitKind.SAMPLE_VOCAB: "SAMPLE_VOCAB", InitKind.TEXT: "TEXT",
-              InitKind.ADAPTER: "RANDOM"}  # an adapter init overwrites the random start
+_PEFT_INIT = {
+    InitKind.RANDOM: "RANDOM",
+    InitKind.SAMPLE_VOCAB: "SAMPLE_VOCAB",
+    InitKind.TEXT: "TEXT",
+    InitKind.ADAPTER: "RANDOM",
+}  # an adapter init overwrites the random start
 ADAPTER_NAME = "default"
 
 
 def _peft_config(config: TrainConfig, loaded: LoadedModel, tokenizer_path: str | None):
     common = {"task_type": TaskType.CAUSAL_LM, "num_virtual_tokens": config.num_virtual_tokens}
     if config.method == Method.P_TUNING.value:
-        return PromptEncoderConfig(**common, encoder_reparameterization_type="MLP",
-                                   encoder_hidden_size=config.encoder_hidden_size)
+        return PromptEncoderConfig(
+            **common, encoder_reparameterization_type="MLP", encoder_hidden_size=config.encoder_hidden_size
+        )
     if config.method == Method.PREFIX_TUNING.value:
-        return PrefixTuningConfig(**common, prefix_projection=bool(config.prefix_projection),
-                                  encoder_hidden_size=config.prefix_projection or None)
+        return PrefixTuningConfig(
+            **common,
+            prefix_projection=bool(config.prefix_projection),
+            encoder_hidden_size=config.prefix_projection or None,
+        )
     kind = config.init_kind
     return PromptTuningConfig(
-        **common, prompt_tuning_init=_PEFT_INIT[kind],
+        **common,
+        prompt_tuning_init=_PEFT_INIT[kind],
         prompt_tuning_init_text=config.init if kind is InitKind.TEXT else None,
         tokenizer_name_or_path=(tokenizer_path or loaded.model.name_or_path) if kind is InitKind.TEXT else None,
     )
@@ -75,8 +85,9 @@ def prompt_input(method: str, output: torch.Tensor, num_layers: int, num_heads: 
     return output
 
 
-def check_fits(info: AdapterInfo, loaded: LoadedModel, field: str, shown: str,
-               encoder_hidden_size: int | None = None) -> None:
+def check_fits(
+    info: AdapterInfo, loaded: LoadedModel, field: str, shown: str, encoder_hidden_size: int | None = None
+) -> None:
     why = model_mismatch(info, loaded.model.config, encoder_hidden_size)
     if why:
         raise field_error(field, shown, why)
@@ -90,11 +101,16 @@ def load_prompt(adapter_dir: str | Path, field: str = "--prompt", shown=None) ->
         output = load_file(Path(info.path) / WEIGHTS_FILE)["prompt_embeddings"].float()
     except (OSError, KeyError, SafetensorError) as exc:
         why = " ".join(str(exc).split())[:200]
-        raise field_error(field, shown, f"an adapter whose {WEIGHTS_FILE} holds prompt_embeddings "
-                          f"({type(exc).__name__}: {why})") from None
+        raise field_error(
+            field, shown, f"an adapter whose {WEIGHTS_FILE} holds prompt_embeddings ({type(exc).__name__}: {why})"
+        ) from None
     if tuple(output.shape) != info.saved_shape:
-        raise field_error(field, shown, f"prompt_embeddings of shape {list(info.saved_shape)} as its "
-                          f"adapter_config.json says (the file has {list(output.shape)})")
+        raise field_error(
+            field,
+            shown,
+            f"prompt_embeddings of shape {list(info.saved_shape)} as its "
+            f"adapter_config.json says (the file has {list(output.shape)})",
+        )
     return info, output
 
 
@@ -162,8 +178,9 @@ class SoftPrompt:
         out_dir = Path(out_dir)
         self.peft_model.save_pretrained(out_dir)
         if self.reparameterised:
-            save_file({k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()},
-                      out_dir / ENCODER_FILE)
+            save_file(
+                {k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}, out_dir / ENCODER_FILE
+            )
         return out_dir
 
     def warm_start(self, loaded: LoadedModel, config: TrainConfig) -> None:
@@ -179,12 +196,19 @@ class SoftPrompt:
             self.encoder.load_state_dict(load_file(Path(info.path) / ENCODER_FILE))
         except (OSError, RuntimeError, SafetensorError) as exc:
             why = " ".join(str(exc).split())[:200]
-            raise field_error("init", config.init, f"an adapter whose {ENCODER_FILE} fits the {self.method} "
-                              f"encoder ({type(exc).__name__}: {why})") from None
+            raise field_error(
+                "init",
+                config.init,
+                f"an adapter whose {ENCODER_FILE} fits the {self.method} encoder ({type(exc).__name__}: {why})",
+            ) from None
         with torch.no_grad():
             if not torch.allclose(self.output().cpu(), output, rtol=1e-4, atol=1e-5):
-                raise field_error("init", config.init, f"an adapter whose {ENCODER_FILE} gives its "
-                                  f"{WEIGHTS_FILE} (they differ: files from two different prompts?)")
+                raise field_error(
+                    "init",
+                    config.init,
+                    f"an adapter whose {ENCODER_FILE} gives its "
+                    f"{WEIGHTS_FILE} (they differ: files from two different prompts?)",
+                )
 
     def state_dict(self) -> dict:
         return {k: v.detach().cpu().clone() for k, v in self.encoder.state_dict().items()}

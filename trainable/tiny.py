@@ -6,6 +6,7 @@ real architecture (`Qwen2ForCausalLM`: RoPE, GQA, RMSNorm) at toy width.
 
     python -m trainable.tiny OUT_DIR      # save one, usable as `--model OUT_DIR`
 """
+
 from __future__ import annotations
 
 import sys
@@ -33,20 +34,34 @@ def tiny_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerFast:
     )
     tokenizer.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token="<|endoftext|>", pad_token="<|pad|>",
+        tokenizer_object=tokenizer,
+        eos_token="<|endoftext|>",
+        pad_token="<|pad|>",
         clean_up_tokenization_spaces=False,
     )
 
 
-def tiny_model(vocab_size: int, seed: int = 0, hidden: int = 48, layers: int = 2,
-               weight_scale: float = 1.0, initializer_range: float = 0.3) -> Qwen2ForCausalLM:
+def tiny_model(
+    vocab_size: int,
+    seed: int = 0,
+    hidden: int = 48,
+    layers: int = 2,
+    weight_scale: float = 1.0,
+    initializer_range: float = 0.3,
+) -> Qwen2ForCausalLM:
     """A random Qwen2. With the usual 0.02 init a model this small is a near-uniform
     distribution that no input can move, so a soft prompt could not lower its loss; 0.3 makes
     outputs depend on inputs. `weight_scale` > 1 spreads logits further (padding bugs show)."""
     config = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-        max_position_embeddings=2048, tie_word_embeddings=True, rope_theta=10000.0,
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        rope_theta=10000.0,
         initializer_range=initializer_range,
     )
     torch.manual_seed(seed)

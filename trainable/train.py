@@ -5,6 +5,7 @@ solution, or a self-verified completion (`trainable.distill`) for a source witho
 hidden states of those positions go through the output layer: with a 152k vocabulary the
 full logits would dominate time and memory on CPU (see bench/bench_train.py).
 """
+
 from __future__ import annotations
 
 import math
@@ -26,7 +27,7 @@ IGNORE = -100
 @dataclass(frozen=True)
 class TrainExample:
     tokens: list[int]  # prompt + target
-    n_prompt: int      # tokens before the target; they carry no loss
+    n_prompt: int  # tokens before the target; they carry no loss
 
 
 @dataclass
@@ -52,8 +53,8 @@ def build_examples(loaded: LoadedModel, problems: list[dict], max_length: int) -
         target = tok(text, add_special_tokens=False)["input_ids"]
         if tok.eos_token_id is not None:
             target = target + [tok.eos_token_id]
-        target = target[:max_length - 1]  # keep at least one prompt token to condition on
-        prompt = prompt[-(max_length - len(target)):]
+        target = target[: max_length - 1]  # keep at least one prompt token to condition on
+        prompt = prompt[-(max_length - len(target)) :]
         examples.append(TrainExample(prompt + target, len(prompt)))
     return examples
 
@@ -62,12 +63,13 @@ def _labels(examples: list[TrainExample], n_soft: int, width: int, device) -> to
     labels = torch.full((len(examples), n_soft + width), IGNORE, dtype=torch.long)
     for row, ex in enumerate(examples):
         start = n_soft + ex.n_prompt
-        labels[row, start: n_soft + len(ex.tokens)] = torch.tensor(ex.tokens[ex.n_prompt:])
+        labels[row, start : n_soft + len(ex.tokens)] = torch.tensor(ex.tokens[ex.n_prompt :])
     return labels.to(device)
 
 
-def completion_loss(loaded: LoadedModel, soft: torch.Tensor | Prefix | None, examples: list[TrainExample],
-                    full_logits: bool = False) -> tuple[torch.Tensor, int]:
+def completion_loss(
+    loaded: LoadedModel, soft: torch.Tensor | Prefix | None, examples: list[TrainExample], full_logits: bool = False
+) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over completion tokens, and the number of tokens processed (the soft
     prompt's positions included). `soft`: input embeddings or a prefix (`SoftPrompt.inputs()`).
 
@@ -75,14 +77,18 @@ def completion_loss(loaded: LoadedModel, soft: torch.Tensor | Prefix | None, exa
     the benchmark can compare against it.
     """
     model = loaded.model
-    batch = right_padded([ex.tokens for ex in examples], model.get_input_embeddings(),
-                         loaded.tokenizer.pad_token_id, soft)
+    batch = right_padded(
+        [ex.tokens for ex in examples], model.get_input_embeddings(), loaded.tokenizer.pad_token_id, soft
+    )
     width = max(len(ex.tokens) for ex in examples)
     n_soft = batch.inputs_embeds.shape[1] - width  # virtual tokens among the inputs (none for a prefix)
     labels = _labels(examples, n_soft, width, batch.inputs_embeds.device)
-    hidden = model.get_decoder()(inputs_embeds=batch.inputs_embeds, attention_mask=batch.attention_mask,
-                                 position_ids=batch.position_ids,
-                                 past_key_values=batch.past_key_values).last_hidden_state
+    hidden = model.get_decoder()(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        past_key_values=batch.past_key_values,
+    ).last_hidden_state
     head = model.get_output_embeddings()
     targets = labels[:, 1:]  # the hidden state at t predicts token t+1
     if full_logits:
@@ -100,14 +106,16 @@ class Trainer:
 
     def __init__(self, loaded: LoadedModel, prompt: SoftPrompt, config: TrainConfig, n_examples: int):
         self.loaded, self.prompt, self.config = loaded, prompt, config
-        self.optimizer = torch.optim.AdamW(prompt.parameters(), lr=config.learning_rate,
-                                           weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            prompt.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
         total = config.epochs * math.ceil(n_examples / config.batch_size)
         warmup = max(1, round(config.warmup_ratio * total)) if config.warmup_ratio else 0
         # Linear warm-up then constant: ASHA compares trials at rungs, so a schedule that
         # depends on the full length would penalise trials differently by where they stop.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
+        )
 
     def train_epoch(self, examples: list[TrainExample], epoch: int) -> EpochStats:
         order = list(range(len(examples)))
@@ -115,7 +123,7 @@ class Trainer:
         started, losses, tokens = time.perf_counter(), [], 0
         size = self.config.batch_size
         for start in range(0, len(order), size):
-            batch = [examples[i] for i in order[start: start + size]]
+            batch = [examples[i] for i in order[start : start + size]]
             loss, n_tokens = completion_loss(self.loaded, self.prompt.inputs(), batch)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()

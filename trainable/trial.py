@@ -3,6 +3,7 @@
 `search.tune_trial` wraps `Trial` for Ray Tune (report + checkpoint per epoch); tests and the
 benchmarks call it directly.
 """
+
 from __future__ import annotations
 
 import time
@@ -57,8 +58,14 @@ class EpochResult:
 
 
 class Trial:
-    def __init__(self, config: TrainConfig, model_ref: str, data: DataSplit,
-                 loaded: LoadedModel | None = None, targets: dict[str, list[str]] | None = None):
+    def __init__(
+        self,
+        config: TrainConfig,
+        model_ref: str,
+        data: DataSplit,
+        loaded: LoadedModel | None = None,
+        targets: dict[str, list[str]] | None = None,
+    ):
         """`targets`: self-verified targets of the train problems (a search distils them once,
         before its trials); without them a train source that needs them is distilled here."""
         self.config, self.model_ref, self.data = config, model_ref, data
@@ -88,10 +95,15 @@ class Trial:
         val_loss = self.val_loss()
         eval_seconds = time.perf_counter() - started
         return EpochResult(
-            epoch=self.epoch, val_pass_at_1=self.last_eval.pass_at_1, val_passed=self.last_eval.passed,
-            val_n=self.last_eval.n, val_loss=val_loss, train_loss=stats.loss if stats else float("nan"),
+            epoch=self.epoch,
+            val_pass_at_1=self.last_eval.pass_at_1,
+            val_passed=self.last_eval.passed,
+            val_n=self.last_eval.n,
+            val_loss=val_loss,
+            train_loss=stats.loss if stats else float("nan"),
             train_tokens_per_s=stats.tokens_per_s if stats else 0.0,
-            train_seconds=stats.seconds if stats else 0.0, eval_seconds=eval_seconds,
+            train_seconds=stats.seconds if stats else 0.0,
+            eval_seconds=eval_seconds,
             generation_tokens_per_s=self.last_eval.generation.tokens_per_s,
             sandbox_seconds=self.last_eval.sandbox_seconds,
         )
@@ -100,8 +112,7 @@ class Trial:
         c = self.config
         with torch.no_grad():
             soft = self.prompt.inputs()
-        return evaluate_problems(self.loaded, problems, soft, c.max_new_tokens, c.eval_batch_size,
-                                 c.sandbox_timeout_s)
+        return evaluate_problems(self.loaded, problems, soft, c.max_new_tokens, c.eval_batch_size, c.sandbox_timeout_s)
 
     @torch.no_grad()
     def val_loss(self) -> float:
@@ -109,7 +120,7 @@ class Trial:
         size, total, count = self.config.batch_size, 0.0, 0
         soft = self.prompt.inputs()
         for start in range(0, len(self.val_examples), size):
-            batch = self.val_examples[start: start + size]
+            batch = self.val_examples[start : start + size]
             loss, _ = completion_loss(self.loaded, soft, batch)
             n = sum(len(ex.tokens) - ex.n_prompt for ex in batch)
             total, count = total + loss.item() * n, count + n
@@ -118,17 +129,25 @@ class Trial:
     def trained_with(self) -> dict:
         """What `trainable.evaluate --prompt` needs to score as the search did."""
         c, ref = self.config, self.loaded.ref
-        return {"model": ref.location if ref.kind == "local" else ref.ref, "model_identity": self.loaded.identity, "data": self.data.to_dict(),
-                "dtype": str(self.loaded.dtype).removeprefix("torch."), "max_new_tokens": c.max_new_tokens,
-                "eval_batch_size": c.eval_batch_size, "sandbox_timeout_s": c.sandbox_timeout_s}
+        return {
+            "model": ref.location if ref.kind == "local" else ref.ref,
+            "model_identity": self.loaded.identity,
+            "data": self.data.to_dict(),
+            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "max_new_tokens": c.max_new_tokens,
+            "eval_batch_size": c.eval_batch_size,
+            "sandbox_timeout_s": c.sandbox_timeout_s,
+        }
 
     def save(self, out_dir: str | Path) -> Path:
         """Checkpoint: the PEFT adapter (+ what it was trained with) + optimizer/schedule state +
         epoch (a few KB)."""
         out_dir = Path(out_dir)
         self.prompt.save(adapter_dir(out_dir))
-        torch.save({"epoch": self.epoch, "prompt": self.prompt.state_dict(),
-                    "trainer": self.trainer.state_dict()}, state_file(out_dir))
+        torch.save(
+            {"epoch": self.epoch, "prompt": self.prompt.state_dict(), "trainer": self.trainer.state_dict()},
+            state_file(out_dir),
+        )
         write_trial_files(out_dir, self.trained_with(), asdict(self.config))
         return out_dir
 
@@ -139,8 +158,9 @@ class Trial:
         self.epoch = state["epoch"]
 
 
-def run_trial(config: TrainConfig, model_ref: str, data: DataSplit, on_epoch=None,
-              targets: dict[str, list[str]] | None = None) -> list[EpochResult]:
+def run_trial(
+    config: TrainConfig, model_ref: str, data: DataSplit, on_epoch=None, targets: dict[str, list[str]] | None = None
+) -> list[EpochResult]:
     """Train for `config.epochs` epochs; `on_epoch(result, trial)` runs after each."""
     trial = Trial(config, model_ref, data, targets=targets)
     results = []

@@ -10,6 +10,7 @@ API server, and one makes it stricter (README.md here explains why):
   we reject them, so a typo fails the test instead of silently vanishing);
 CEL rules (`x-kubernetes-validations`) are not evaluated.
 """
+
 from __future__ import annotations
 
 import copy
@@ -33,8 +34,9 @@ def strictify(node) -> None:
     props = node.get("properties")
     if isinstance(props, dict):
         if "required" in node:
-            node["required"] = [r for r in node["required"]
-                                if not (isinstance(props.get(r), dict) and "default" in props[r])]
+            node["required"] = [
+                r for r in node["required"] if not (isinstance(props.get(r), dict) and "default" in props[r])
+            ]
             if not node["required"]:
                 del node["required"]
         if not node.get("x-kubernetes-preserve-unknown-fields"):
