@@ -81,14 +81,31 @@ def training_rate(loaded, problems, config, steps: int) -> dict:
     return {"tokens_per_example": per_example, "tps": tokens / wall}
 
 
-def asha_epochs(n: int, grace: int, factor: float, max_t: int) -> float:
-    """Epochs run when each rung keeps 1/factor of the trials (sequential trials: the count that
-    synchronous halving gives; asynchronous ASHA promotes a little more early on)."""
-    total, alive, reached, rung = 0.0, float(n), 0, grace
-    while reached < max_t:
-        total += alive * (min(rung, max_t) - reached)
-        reached, alive, rung = min(rung, max_t), max(1.0, alive / factor), rung * factor
-    return total
+def asha_epochs(n: int, grace: int, factor: float, max_t: int, draws: int = 2000) -> float:
+    """Expected epochs of `n` sequential trials under Ray's asynchronous ASHA: at each rung a trial
+    stops when its value is below the (1 - 1/factor) percentile of the trials recorded there
+    BEFORE it (so a rung's first trial always goes on, and early trials go on more often than
+    halving would let them). Values drawn at random per trial and rung (a fixed seed: the same
+    estimate every run); measured on the cpu space: 14 epochs where halving says 10."""
+    import numpy as np
+
+    rungs = []
+    while grace * factor ** len(rungs) < max_t:
+        rungs.append(int(grace * factor ** len(rungs)))
+    rng, total = np.random.default_rng(0), 0
+    for _ in range(draws):
+        recorded: list[list[float]] = [[] for _ in rungs]
+        for _trial in range(n):
+            reached = max_t
+            for i, rung in enumerate(rungs):
+                value = rng.random()
+                cutoff = np.percentile(recorded[i], (1 - 1 / factor) * 100) if recorded[i] else None
+                recorded[i].append(value)
+                if cutoff is not None and value < cutoff:
+                    reached = rung
+                    break
+            total += reached
+    return total / draws
 
 
 def estimate(
