@@ -31,6 +31,7 @@ METRICS = {
     "train_seconds": "train_seconds",
     "sandbox_seconds": "sandbox_seconds",
     "train_examples": "train_examples",
+    "peak_memory_gib": "peak_memory_gib",
 }
 # Strings a trial reports once per epoch that go to its MLflow run as tags.
 TAGS = ("node_id", "sandbox_mode", "dtype", "dtype_reason", "val_source")

@@ -25,6 +25,8 @@ def test_run_trial_reports_every_epoch(tiny_model_dir):
     assert metrics["val_n"] == 2 and 0.0 <= metrics["pass@1"] <= 1.0
     assert metrics[OBJECTIVE] == objective(metrics["pass@1"], metrics["val_loss"])
     assert metrics["train_loss"] == metrics["train_loss"] and metrics["val_loss"] > 0
+    # the process's own peak (resident memory on a CPU): at least the model and torch, never less later
+    assert 0.05 < results[0].peak_memory_gib <= results[1].peak_memory_gib < 64
 
 
 def test_objective_never_reorders_pass_at_1():

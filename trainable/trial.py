@@ -29,6 +29,16 @@ LOSS_TIEBREAK = 1e-4
 LOSS_CAP = 50.0
 
 
+def peak_memory_gib(device) -> float:
+    """This process's peak so far: GPU memory allocated by torch on a CUDA device (what a trial's
+    GPU fraction must hold), else resident memory (Linux reports ru_maxrss in KiB)."""
+    import resource
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
 def objective(pass_at_1: float, val_loss: float) -> float:
     """What ASHA and Optuna maximise: val pass@1, ties broken by lower val loss."""
     loss = LOSS_CAP if val_loss != val_loss else min(val_loss, LOSS_CAP)  # NaN -> worst
@@ -48,6 +58,7 @@ class EpochResult:
     eval_seconds: float
     generation_tokens_per_s: float
     sandbox_seconds: float
+    peak_memory_gib: float = 0.0
 
     def metrics(self) -> dict:
         """What every report carries; `pass@1` is the search objective."""
@@ -106,6 +117,7 @@ class Trial:
             eval_seconds=eval_seconds,
             generation_tokens_per_s=self.last_eval.generation.tokens_per_s,
             sandbox_seconds=self.last_eval.sandbox_seconds,
+            peak_memory_gib=peak_memory_gib(self.loaded.device),
         )
 
     def evaluate(self, problems: list[dict]) -> EvalResult:
