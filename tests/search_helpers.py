@@ -46,7 +46,7 @@ def search_env() -> dict:
     return env
 
 
-def search_command(space: Path, model: Path, name: str, *extra: str) -> list[str]:
+def search_command(space: Path, model: Path, name: str, *extra: str, storage: str = "runs") -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -58,7 +58,7 @@ def search_command(space: Path, model: Path, name: str, *extra: str) -> list[str
         "--name",
         name,
         "--storage",
-        "runs",
+        storage,
         *extra,
     ]
 

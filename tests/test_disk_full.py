@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 
 import pytest
 
 from fault_helpers import SearchProcess, mlflow_summary, wait_until, write_fault_space
-from search_helpers import search_env
+from search_helpers import search_command, search_env
 
 pytestmark = pytest.mark.integration
 
@@ -35,19 +34,7 @@ class MountedSearch(SearchProcess):
             "-c",
             MOUNT,
             str(mnt),
-            sys.executable,
-            "-m",
-            "search.run",
-            "--space",
-            str(space),
-            "--model",
-            str(model),
-            "--name",
-            name,
-            "--storage",
-            str(mnt / "runs"),
-            "--mlflow-uri",
-            uri,
+            *search_command(space, model, name, "--mlflow-uri", uri, storage=str(mnt / "runs")),
         ]
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(

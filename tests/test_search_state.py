@@ -12,13 +12,12 @@ import re
 import shutil
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from fault_helpers import write_fault_space
-from search_helpers import mlflow_runs, run_search, search_env
+from search_helpers import mlflow_runs, run_search, search_command, search_env
 
 NAME = "guarded"
 
@@ -150,21 +149,7 @@ def test_a_name_taken_in_mlflow_is_refused_from_another_storage(finished):
     tmp_path, space, uri, model = finished
     before = _snapshot(tmp_path)
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "search.run",
-            "--space",
-            str(space),
-            "--model",
-            str(model),
-            "--name",
-            NAME,
-            "--storage",
-            "elsewhere",
-            "--mlflow-uri",
-            uri,
-        ],
+        search_command(space, model, NAME, "--mlflow-uri", uri, storage="elsewhere"),
         cwd=tmp_path,
         env=search_env(),
         capture_output=True,
