@@ -32,7 +32,14 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import ceilings, load_bench_model, machine, print_table, train_flop_per_token, weight_bytes  # noqa: E402 - after the sys.path line above
+from bench.common import (
+    ceilings,
+    decode_bytes_per_forward,
+    load_bench_model,
+    machine,
+    print_table,
+    train_flop_per_token,
+)  # noqa: E402 - after the sys.path line above
 from trainable.data import load_problems  # noqa: E402 - after the sys.path line above
 from trainable.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402 - after the sys.path line above
 from trainable.train import TrainExample, completion_loss  # noqa: E402 - after the sys.path line above
@@ -77,8 +84,7 @@ def decode_rate(loaded, problems: int, new_tokens: int, batch: int) -> tuple[flo
     torch.cuda.synchronize()
     generate(loaded, prompts, None, max_new_tokens=new_tokens, batch_size=batch, stats=stats)
     torch.cuda.synchronize()
-    steps = stats.new_tokens / min(batch, problems)
-    return stats.tokens_per_s, weight_bytes(loaded.model) * steps / stats.seconds
+    return stats.tokens_per_s, decode_bytes_per_forward(loaded.model) * stats.forwards / stats.seconds
 
 
 @contextlib.contextmanager

@@ -120,8 +120,13 @@ def decode_flop_per_token(model) -> float:
     return 2.0 * matmul_params(model)
 
 
-def weight_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def decode_bytes_per_forward(model) -> int:
+    """Bytes of weights one decoding forward reads: all of them but the input embedding, of which
+    it reads a row per token (unless the output layer shares it, and reads it whole)."""
+    embedding = model.get_input_embeddings().weight
+    tied = embedding is model.get_output_embeddings().weight
+    skip = set() if tied else {id(embedding)}
+    return sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
 
 
 def rss_bytes() -> int:

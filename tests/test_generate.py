@@ -5,7 +5,15 @@ import torch
 
 from trainable.config import TrainConfig
 from trainable.data import load_problems
-from trainable.generate import STOP_SEQUENCES, Sampling, generate, generate_with_tokens, truncate_at_stop
+from trainable.generate import (
+    STOP_SEQUENCES,
+    Decoding,
+    GenerationStats,
+    Sampling,
+    generate,
+    generate_with_tokens,
+    truncate_at_stop,
+)
 from trainable.inputs import Prefix, left_padded
 from trainable.model import LoadedModel, ModelRef
 from trainable.tiny import tiny_model, tiny_tokenizer
@@ -250,7 +258,7 @@ def test_a_row_stops_at_the_token_a_whole_decode_would(stops):
         spelled = [tid for ch in text for tid in tokenizer(ch, add_special_tokens=False)["input_ids"]]
         for row_ids in (ids, spelled):
             expected = _first_stop_by_whole_decode(tokenizer, row_ids, stops)
-            rows = _Rows(1, loaded, [stops])
+            rows = _Rows(loaded, [stops], max_new_tokens=len(row_ids) + 1)  # the limit never ends it
             stopped_at = None
             for n, token in enumerate(row_ids, start=1):
                 rows.add(0, token)
@@ -260,3 +268,87 @@ def test_a_row_stops_at_the_token_a_whole_decode_would(stops):
             assert stopped_at == expected, (text[:60], stops)
             checked += expected is not None
     assert checked >= 10, "most texts hold a stop: the test compares stopping points"
+
+
+def _staggered_stops(full: list[str]) -> list[tuple[str, ...]]:
+    """Per prompt a stop found at a different depth of its full output (a third of them none), so
+    rows leave the batch at different steps and newcomers join a batch mid-way."""
+    stops = []
+    for i, text in enumerate(full):
+        cut = text[(len(text) * (i % 3 + 1)) // 4 :][:1] if i % 3 != 2 else ""
+        stops.append((cut or "\x00never",))
+    return stops
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("settings", METHODS.values(), ids=METHODS.keys())
+def test_rows_that_stop_are_refilled_and_every_prompt_keeps_its_tokens(settings, sampled):
+    """Continuous batching: with 8 prompts through 3 rows, a row that stops is replaced by the next
+    prompt at once (its prefill joins the running cache, padded on the left). Every prompt still
+    gets exactly its one-at-a-time tokens, and the same as batch after batch without refilling,
+    in fewer model calls."""
+    loaded = _scaled_tiny()
+    soft = _method_prompt(loaded, settings)
+    prompts = _prompts(8)
+    seeds = tuple(range(500, 508))
+    sampling = Sampling(1.0, 0.95, seeds) if sampled else None
+    never = [("\x00never",)] * 8
+    full = generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never, sampling=sampling)
+    stops = _staggered_stops(full)
+    runs = {}
+    for refill in (True, False):
+        stats = GenerationStats()
+        runs[refill] = (
+            generate_with_tokens(
+                loaded,
+                prompts,
+                soft,
+                max_new_tokens=20,
+                batch_size=3,
+                stops=stops,
+                sampling=sampling,
+                stats=stats,
+                decoding=Decoding(refill=refill),
+            )[1],
+            stats,
+        )
+    singles = [
+        generate_with_tokens(
+            loaded,
+            [p],
+            soft,
+            max_new_tokens=20,
+            batch_size=1,
+            stops=[stops[i]],
+            sampling=Sampling(1.0, 0.95, (seeds[i],)) if sampled else None,
+        )[1][0]
+        for i, p in enumerate(prompts)
+    ]
+    (refilled, with_refill), (batch_by_batch, without) = runs[True], runs[False]
+    assert refilled == singles
+    assert batch_by_batch == singles
+    assert len({len(t) for t in singles}) > 2, "rows end at different steps"
+    assert with_refill.new_tokens == without.new_tokens
+    assert with_refill.forwards < without.forwards, "finished rows were refilled: fewer weight reads"
+    assert with_refill.tokens_per_forward > without.tokens_per_forward
+
+
+def test_a_longer_newcomer_pads_the_running_rows():
+    """Joining works either way round: when the newcomer's prompt is longer than the running
+    rows' history, the running rows' cache is padded on the left instead. Their next logits
+    match the logits of each row decoded alone."""
+    from trainable.generate import _join, _prefill, _step
+
+    loaded = _scaled_tiny()
+    tok = loaded.tokenizer
+    short, long = [tok(p, add_special_tokens=False)["input_ids"] for p in ("x = 1\n", _prompts(1)[0])]
+    soft = torch.randn(4, loaded.model.config.hidden_size)
+    with torch.no_grad():
+        joined = _join(_prefill(loaded, [short], soft, [0]), _prefill(loaded, [long], soft, [1]))
+        assert joined.mask.shape[1] == 4 + len(long) and joined.mask[0].sum() == 4 + len(short)
+        next_ids = joined.logits.argmax(-1)
+        _step(loaded, joined, next_ids)
+        for row, ids in enumerate((short, long)):
+            alone = _prefill(loaded, [ids], soft, [row])
+            _step(loaded, alone, next_ids[row : row + 1])
+            torch.testing.assert_close(joined.logits[row], alone.logits[0], rtol=1e-4, atol=1e-4)

@@ -1,22 +1,27 @@
 """Batched decoding with a soft prompt, cut at stop sequences: greedy, or seeded sampling.
 
 A batch gives exactly the tokens of one-at-a-time generation (see `trainable.inputs`), so batch
-size is a speed setting, never a quality one. Prompts are grouped by length to waste little on
-padding, and rows that have stopped leave the batch (and the KV cache) at once. Stop sequences
+size is a speed setting, never a quality one. Batching is continuous: a row that stops leaves the
+batch (and the KV cache) at once, and the next prompt is prefilled and joins in its place, so
+every step serves a full batch until the prompts run out. Stop sequences
 are HumanEval's unless a prompt brings its own (MBPP problems do). Sampling draws each row from
 its own seeded generator, so a prompt's sample does not depend on what else is in its batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from trainable.inputs import Prefix, left_padded
 from trainable.model import LoadedModel
+from trainable.packed_linear import packed_linears
 
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
@@ -49,11 +54,26 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: 
     return order.gather(-1, picked).squeeze(-1)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How batches are run. Neither setting changes a token (tests/test_generate.py); both are
+    here so that bench/bench_eval.py can measure each against its absence in one process."""
+
+    refill: bool = True  # continuous batching: a finished row's place goes to the next prompt
+    pack_weights: bool = True  # on a CPU in fp32, oneDNN-packed linears (trainable.packed_linear)
+
+
 @dataclass
 class GenerationStats:
     sequences: int = 0
     new_tokens: int = 0
     seconds: float = 0.0
+    forwards: int = 0  # model calls (prefills and steps); each reads every weight once
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Rows served per weight read: what a bandwidth-bound device's throughput follows."""
+        return self.new_tokens / self.forwards if self.forwards else 0.0
 
     @property
     def tokens_per_s(self) -> float:
@@ -68,21 +88,26 @@ def _eos_ids(loaded: LoadedModel) -> set[int]:
 
 
 class _Rows:
-    """Per-row decoding state of one batch; decides when a row is finished."""
+    """Per-row decoding state of one call; decides when a row is finished."""
 
-    def __init__(self, n: int, loaded: LoadedModel, stops: list[Sequence[str]]):
+    def __init__(self, loaded: LoadedModel, stops: list[Sequence[str]], max_new_tokens: int):
+        n = len(stops)
         self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.picked = [0] * n  # tokens chosen so far, an end-of-sequence token included
         self.done = [False] * n
         self.eos = _eos_ids(loaded)
         self.tokenizer = loaded.tokenizer
         self.stops = stops
+        self.max_new_tokens = max_new_tokens
         self.window = [max((len(s.encode()) for s in row_stops), default=0) + 1 for row_stops in stops]
 
     def add(self, row: int, token: int) -> None:
+        self.picked[row] += 1
         if token in self.eos:
             self.done[row] = True
             return
         self.tokens[row].append(token)
+        self.done[row] = self.picked[row] >= self.max_new_tokens
         # A stop sequence completed by this token lies within the last `len(stop in bytes)` tokens
         # (each holds at least one of its bytes), +1 for a token that starts mid-character: decode
         # only those. Decoding the whole row every step grew with its length (40-95 ms per
@@ -91,7 +116,7 @@ class _Rows:
         tail = self.tokenizer.decode(self.tokens[row][-self.window[row] :], skip_special_tokens=True)
         if any(stop in tail for stop in self.stops[row]):
             text = self.text(row)
-            self.done[row] = truncate_at_stop(text, self.stops[row]) != text
+            self.done[row] |= truncate_at_stop(text, self.stops[row]) != text
 
     def text(self, row: int) -> str:
         return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
@@ -103,21 +128,36 @@ def _next_tokens(logits: torch.Tensor, sampling: Sampling | None, generators: li
     return _sample(logits, sampling.temperature, sampling.top_p, generators)
 
 
-@torch.no_grad()
-def _greedy_batch(
-    loaded: LoadedModel,
-    token_lists: list[list[int]],
-    soft_prompt,
-    max_new_tokens: int,
-    stats: GenerationStats,
-    stops: list[Sequence[str]],
-    sampling: Sampling | None = None,
-    seeds: list[int] | None = None,
-) -> list[str]:
-    """One batch to its stops; greedy, or sampled from per-row generators with `sampling`."""
-    model, embed = loaded.model, loaded.model.get_input_embeddings()
+@dataclass
+class _Live:
+    """The rows decoding together: their KV cache, attention mask, next positions, and the logits
+    of each row's next token. `rows[b]` is the prompt index of batch row b."""
+
+    cache: DynamicCache
+    mask: torch.Tensor  # [B, L]: 0 on padding, 1 on the soft prompt or prefix, prompt and output
+    next_position: torch.Tensor  # [B, 1]
+    logits: torch.Tensor  # [B, V]
+    rows: list[int]
+
+    def keep(self, index: list[int]) -> None:
+        """Only batch rows `index` go on; columns now padding on every row leave the cache too."""
+        if len(index) < len(self.rows):
+            at = torch.tensor(index, device=self.mask.device)
+            self.cache.batch_select_indices(at)
+            self.mask, self.next_position = self.mask[at], self.next_position[at]
+            self.rows = [self.rows[i] for i in index]
+        first = int(self.mask.any(0).int().argmax())  # leading columns no row attends to
+        if first:
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[..., first:, :], layer.values[..., first:, :]
+            self.mask = self.mask[:, first:]
+
+
+def _prefill(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt, rows: list[int]) -> _Live:
+    """The prompts of `rows`, left-padded behind the soft prompt, through the model once."""
+    embed = loaded.model.get_input_embeddings()
     batch = left_padded(token_lists, embed, loaded.tokenizer.pad_token_id, soft_prompt)
-    out = model(
+    out = loaded.model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
@@ -125,35 +165,96 @@ def _greedy_batch(
         use_cache=True,
         logits_to_keep=1,
     )
-    cache, mask = out.past_key_values, batch.attention_mask
-    next_position = batch.position_ids[:, -1:] + 1
-    rows = _Rows(len(token_lists), loaded, stops)
-    active = list(range(len(token_lists)))  # original row of each batch row still decoding
-    generators = [torch.Generator().manual_seed(seed) for seed in seeds or []]
-    for _ in range(max_new_tokens):
-        next_ids = _next_tokens(out.logits[:, -1], sampling, [generators[row] for row in active] if seeds else [])
-        for batch_row, token in enumerate(next_ids.tolist()):
-            rows.add(active[batch_row], token)
-        stats.new_tokens += len(active)
-        keep = [i for i, row in enumerate(active) if not rows.done[row]]
-        if not keep:
-            break
-        if len(keep) < len(active):
-            index = torch.tensor(keep, device=mask.device)
-            cache.batch_select_indices(index)
-            mask, next_position, next_ids = mask[index], next_position[index], next_ids[index]
-            active = [active[i] for i in keep]
-        mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
-        out = model(
-            inputs_embeds=embed(next_ids).unsqueeze(1),
-            attention_mask=mask,
-            position_ids=next_position,
-            past_key_values=cache,
-            use_cache=True,
+    return _Live(out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:] + 1, out.logits[:, -1], rows)
+
+
+def _step(loaded: LoadedModel, live: _Live, next_ids: torch.Tensor) -> None:
+    """One token more for every live row."""
+    live.mask = torch.cat([live.mask, live.mask.new_ones(len(live.rows), 1)], dim=1)
+    out = loaded.model(
+        inputs_embeds=loaded.model.get_input_embeddings()(next_ids).unsqueeze(1),
+        attention_mask=live.mask,
+        position_ids=live.next_position,
+        past_key_values=live.cache,
+        use_cache=True,
+    )
+    live.next_position = live.next_position + 1
+    live.logits = out.logits[:, -1]
+
+
+def _joinable(cache: DynamicCache) -> bool:
+    # Rows can join a cache whose layers are plain growing key/value tensors; a sliding-window or
+    # recurrent layer keeps state that left padding would not describe.
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    return torch.nn.functional.pad(t, (0, 0, length - t.shape[-2], 0)) if t.shape[-2] < length else t
+
+
+def _join(live: _Live, fresh: _Live) -> _Live:
+    """One batch of both: the shorter side padded on the left (masked key/value columns), which
+    is what a row sees in any left-padded batch, so its tokens do not change."""
+    length = max(live.mask.shape[1], fresh.mask.shape[1])
+    pairs = [
+        (
+            torch.cat([_left_pad(a.keys, length), _left_pad(b.keys, length)]),
+            torch.cat([_left_pad(a.values, length), _left_pad(b.values, length)]),
         )
-        next_position = next_position + 1
-    texts = [truncate_at_stop(rows.text(row), stops[row]) for row in range(len(token_lists))]
-    return texts, rows.tokens
+        for a, b in zip(live.cache.layers, fresh.cache.layers)
+    ]
+    pad = lambda m: torch.nn.functional.pad(m, (length - m.shape[1], 0))  # noqa: E731 - a one-line helper, named for reading
+    return _Live(
+        DynamicCache(pairs),
+        torch.cat([pad(live.mask), pad(fresh.mask)]),
+        torch.cat([live.next_position, fresh.next_position]),
+        torch.cat([live.logits, fresh.logits]),
+        live.rows + fresh.rows,
+    )
+
+
+@torch.no_grad()
+def _decode(
+    loaded: LoadedModel,
+    encoded: list[list[int]],
+    order: list[int],
+    soft_prompt,
+    rows: _Rows,
+    batch_size: int,
+    stats: GenerationStats,
+    sampling: Sampling | None,
+    progress: Callable[[int], object] | None,
+    refill: bool,
+) -> None:
+    """Decode the prompts of `order` (in that order of admission) into `rows`, `batch_size` at a
+    time. With `refill`, a row that stops is replaced by the next prompt at once (continuous
+    batching): on a bandwidth-bound device each step reads every weight, so the step should serve
+    a full batch, not the stragglers of one. Without it, a batch runs out before the next starts."""
+    pending = list(reversed(order))  # popped from the end
+    generators = {}
+    live: _Live | None = None
+    while pending or live is not None:
+        room = batch_size - (len(live.rows) if live is not None else 0)
+        if pending and room and (live is None or (refill and _joinable(live.cache))):
+            admitted = [pending.pop() for _ in range(min(room, len(pending)))]
+            fresh = _prefill(loaded, [encoded[i] for i in admitted], soft_prompt, admitted)
+            stats.forwards += 1
+            live = fresh if live is None else _join(live, fresh)
+            if sampling is not None:
+                generators.update({i: torch.Generator().manual_seed(sampling.seeds[i]) for i in admitted})
+        next_ids = _next_tokens(live.logits, sampling, [generators.get(i) for i in live.rows])
+        for row, token in zip(live.rows, next_ids.tolist()):
+            rows.add(row, token)
+        stats.new_tokens += len(live.rows)
+        going_on = [b for b, row in enumerate(live.rows) if not rows.done[row]]
+        if progress is not None and len(going_on) < len(live.rows):
+            progress(len(live.rows) - len(going_on))
+        if not going_on:
+            live = None
+            continue
+        live.keep(going_on)
+        _step(loaded, live, next_ids[going_on])
+        stats.forwards += 1
 
 
 def generate(
@@ -167,6 +268,7 @@ def generate(
     stops: list[Sequence[str] | None] | None = None,
     sampling: Sampling | None = None,
     progress: Callable[[int], object] | None = None,
+    decoding: Decoding = Decoding(),
 ) -> list[str]:
     """Completions (greedy unless `sampling`), each cut at its first stop sequence (`stops[i]`,
     default HumanEval's), in the order of `prompts`.
@@ -183,6 +285,7 @@ def generate(
         stops=stops,
         sampling=sampling,
         progress=progress,
+        decoding=decoding,
     )[0]
 
 
@@ -197,37 +300,31 @@ def generate_with_tokens(
     stops: list[Sequence[str] | None] | None = None,
     sampling: Sampling | None = None,
     progress: Callable[[int], object] | None = None,
+    decoding: Decoding = Decoding(),
 ) -> tuple[list[str], list[list[int]]]:
     """Completions and the generated token ids (up to the stop), both in the order of `prompts`;
-    `progress(n)` is called as each batch of n prompts is done (a progress bar's `update`)."""
+    `progress(n)` is called as n more prompts are done (a progress bar's `update`). `batch_size`
+    rows decode at once."""
     stats = stats if stats is not None else GenerationStats()
     stops = [s or STOP_SEQUENCES for s in (stops or [None] * len(prompts))]
     if sampling is not None and len(sampling.seeds) != len(prompts):
         raise ValueError("sampling needs one seed per prompt")
     started = time.perf_counter()
     encoded = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    # Longest first: a prefill pads its newcomers to the longest of them, and late, short prompts
+    # fill the gaps the long ones leave at the end.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
-    completions: list[str] = [""] * len(prompts)
-    tokens: list[list[int]] = [[] for _ in prompts]
+    rows = _Rows(loaded, stops, max_new_tokens)
     if soft_prompt is not None:
         soft_prompt = soft_prompt.detach()
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
-        seeds = [sampling.seeds[i] for i in chunk] if sampling is not None else None
-        texts, ids = _greedy_batch(
-            loaded,
-            [encoded[i] for i in chunk],
-            soft_prompt,
-            max_new_tokens,
-            stats,
-            [stops[i] for i in chunk],
-            sampling,
-            seeds,
-        )
-        for i, text, row_ids in zip(chunk, texts, ids):
-            completions[i], tokens[i] = text, row_ids
-        if progress is not None:
-            progress(len(chunk))
+    if prompts and max_new_tokens > 0:
+        # Packing pays when several rows share a weight read; one row at a time never uses it.
+        pack = decoding.pack_weights and min(batch_size, len(prompts)) > 1
+        with packed_linears(loaded.model) if pack else contextlib.nullcontext():
+            _decode(loaded, encoded, order, soft_prompt, rows, batch_size, stats, sampling, progress, decoding.refill)
+    elif progress is not None and prompts:
+        progress(len(prompts))
+    completions = [truncate_at_stop(rows.text(i), stops[i]) for i in range(len(prompts))]
     stats.sequences += len(prompts)
     stats.seconds += time.perf_counter() - started
-    return completions, tokens
+    return completions, rows.tokens

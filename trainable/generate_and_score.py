@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainable.generate import GenerationStats, generate
+from trainable.generate import Decoding, GenerationStats, generate
 from trainable.inputs import Prefix
 from trainable.model import LoadedModel
 from trainable.progress import bar
@@ -37,8 +37,11 @@ def evaluate_problems(
     max_new_tokens: int,
     batch_size: int,
     sandbox_timeout_s: float,
+    *,
+    decoding: Decoding = Decoding(),
 ) -> EvalResult:
-    """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
+    """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags
+    (`decoding`: left at its default but to measure it, see `trainable.generate.Decoding`)."""
     stats = GenerationStats()
     with bar(len(problems), "generating", "problem") as done:
         completions = generate(
@@ -50,6 +53,7 @@ def evaluate_problems(
             stats=stats,
             stops=[p.get("stop_tokens") for p in problems],
             progress=done.update,
+            decoding=decoding,
         )
     samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(problems, completions)]
     started = time.perf_counter()
