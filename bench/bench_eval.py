@@ -12,9 +12,11 @@ runs inside bubblewrap (read-only root, no network), with the samples dir writab
 
 "% of GEMM ceiling": generated tokens/s x 2N FLOP (one forward of the N-parameter model per
 token) against this machine's GEMM ceiling in the run's dtype (bench.common.ceilings, measured
-first in the same process). "% of copy ceiling": the weight bytes a forward reads x forwards/s
-against the measured copy bandwidth: where decoding is bandwidth-bound (a CPU at small batch),
-this is the column near its limit, and "rows per forward" (tokens per weight read) is the lever.
+first in the same process); "incl. prompts" counts the prompts' forward (prefill) as work too:
+every path must do it, and it is part of the generation seconds. "% of copy ceiling": the weight
+bytes a forward reads x forwards/s against the measured copy bandwidth: where decoding is
+bandwidth-bound (a CPU at small batch), this is the column near its limit, and "rows per
+forward" (tokens per weight read) is the lever.
 Ours runs batch by batch (a batch runs to its longest row), continuously (a finished row's place
 goes to the next prompt at once), and continuously with oneDNN-packed weights (CPU fp32 only;
 trainable.packed_linear). In fp32 every variant's completions must equal the naive path's.
@@ -135,6 +137,8 @@ def main() -> None:
     read = decode_bytes_per_forward(loaded.model)
     problems = problems_for("test", OLD_SPLIT)[: args.problems]
 
+    prompt_tokens = sum(len(loaded.tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]) for p in problems)
+
     def row(path, wall, gen_s, tokens, forwards, scoring_s, pass_at_1):
         return [
             path,
@@ -144,6 +148,7 @@ def main() -> None:
             f"{tokens / gen_s:.1f}",
             f"{tokens / forwards:.2f}",
             f"{100 * tokens / gen_s * flop / peak:.1f}%",
+            f"{100 * (tokens + prompt_tokens) / gen_s * flop / peak:.1f}%",
             f"{100 * read * forwards / gen_s / ceiling['copy_bytes']:.0f}%",
             pass_at_1,
         ]
@@ -201,6 +206,7 @@ def main() -> None:
             "gen tokens/s",
             "rows per forward",
             "% of GEMM ceiling",
+            "incl. prompts",
             "% of copy ceiling",
             "pass@1",
         ],

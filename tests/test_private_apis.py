@@ -1,7 +1,8 @@
-"""search/private_apis.py is the only home of Ray's and Optuna's private attributes: it names the
-versions it was read from, each of its functions works on the installed packages, and no other
-module of ours reaches into a private name. An upgrade that moves one of them fails here (and in
-tests/test_searcher.py), in seconds, before a search does.
+"""search/private_apis.py is the only home of Ray's and Optuna's private attributes, and
+trainable/private_apis.py of torch's: each names the versions it was read from, each of its
+functions works on the installed packages, and no other module of ours reaches into a private
+name. An upgrade that moves one of them fails here (and in tests/test_searcher.py), in seconds,
+before a search does.
 
     .venv/bin/pytest tests/test_private_apis.py -q
 """
@@ -17,10 +18,12 @@ import pytest
 
 from helpers import REPO, pinned
 from search import private_apis
+from trainable import private_apis as torch_private_apis
 
 PACKAGES = ("search", "spaces", "mlflow_server", "trainable")
 # Private names of the standard library that the sandbox harness uses on purpose (it documents why).
 ALLOWED = {("os", "_exit")}
+HOMES = {REPO / "search" / "private_apis.py", REPO / "trainable" / "private_apis.py"}
 
 
 @pytest.mark.parametrize("package", sorted(private_apis.READ_FROM))
@@ -67,9 +70,27 @@ def test_no_other_module_uses_a_private_name():
     found = []
     for package in PACKAGES:
         for path in sorted((REPO / package).rglob("*.py")):
-            if path != REPO / "search" / "private_apis.py":
+            if path not in HOMES:
                 found += _private_uses(path)
-    assert not found, "private names outside search/private_apis.py:\n" + "\n".join(found)
+    assert not found, "private names outside search/ and trainable/private_apis.py:\n" + "\n".join(found)
+
+
+def test_torch_privates_read_from_the_set_up_version_and_work_here():
+    """torch is a range in pyproject.toml, .ci/setup installs one exact version: the operators
+    were read from that one, and on it (a CPU build with oneDNN) they must work, or every CPU
+    evaluation would fall back to the slower plain linears without a word."""
+    import re
+
+    import torch
+
+    setup_pin = re.search(r"torch==([0-9.]+)", (REPO / ".ci" / "setup").read_text()).group(1)
+    assert torch_private_apis.READ_FROM["torch"] == setup_pin, "re-read trainable/private_apis.py's sources"
+    if torch.__version__.split("+")[0] != setup_pin or not torch.backends.mkldnn.is_available():
+        pytest.skip(f"torch {torch.__version__} here, not .ci/setup's {setup_pin} with oneDNN")
+    assert torch_private_apis.packed_linear_works()
+    weight, x = torch.randn(7, 16), torch.randn(3, 16)
+    packed = torch_private_apis.pack_linear_weight(weight)
+    torch.testing.assert_close(torch_private_apis.packed_linear(x, packed, None), x @ weight.T, rtol=1e-5, atol=1e-5)
 
 
 def test_the_private_use_check_can_fail(tmp_path):

@@ -69,6 +69,7 @@ class GenerationStats:
     new_tokens: int = 0
     seconds: float = 0.0
     forwards: int = 0  # model calls (prefills and steps); each reads every weight once
+    prompt_tokens: int = 0  # prompt tokens prefilled (padding and soft prompt not counted)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -239,6 +240,7 @@ def _decode(
             admitted = [pending.pop() for _ in range(min(room, len(pending)))]
             fresh = _prefill(loaded, [encoded[i] for i in admitted], soft_prompt, admitted)
             stats.forwards += 1
+            stats.prompt_tokens += sum(len(encoded[i]) for i in admitted)
             live = fresh if live is None else _join(live, fresh)
             if sampling is not None:
                 generators.update({i: torch.Generator().manual_seed(sampling.seeds[i]) for i in admitted})

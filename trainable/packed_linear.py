@@ -1,12 +1,13 @@
 """Linear layers with their weights reordered once for oneDNN, for decoding on a CPU in fp32.
 
-A decoding step multiplies a few rows (one per prompt in the batch) by every weight matrix. MKL's
-sgemm, which `nn.Linear` calls on a CPU, packs the weight into its blocked layout again on every
-call, so at 4-32 rows a step reads each weight about twice and runs far below both the memory
-bandwidth and the GEMM ceiling. oneDNN can take the weight already in its blocked layout
-(`torch.ops.mkldnn._reorder_linear_weight`, the pre-packing `torch.compile` does for frozen CPU
-models): measured in bench/README.md, a step of 8 rows of the bundled model went from 332 to
-201 ms. A single row is left to the plain path, whose matrix-vector kernel is faster at one row.
+A decoding step multiplies a few rows (one per prompt in the batch) by every weight matrix. On a
+CPU, `nn.Linear` calls MKL's sgemm, which packs the weight into its blocked layout on every call:
+at 4-64 rows a 4864x896 weight ran at 4-19 GB/s against 24 GB/s at one row, below both the memory
+bandwidth and the GEMM ceiling. oneDNN can take the weight already in its blocked layout (the
+pre-packing `torch.compile` does for frozen CPU models; private torch operators, wrapped and
+probed in trainable/private_apis.py, with `nn.Linear` as the fallback). Measured in
+bench/README.md: a step of 8 rows of the bundled model went from 332 to 201 ms. A single row is
+left to the plain path, whose matrix-vector kernel is faster at one row.
 
 The reordered copy costs as much memory as the weights and about a second to make (2 GB, the
 bundled model), so it exists only while `packed_linears` is open: one evaluation, not a trial.
@@ -20,21 +21,20 @@ from typing import Iterator
 
 import torch
 
-
-def _available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+from trainable.private_apis import pack_linear_weight, packed_linear, packed_linear_works
 
 
 def packs(model: torch.nn.Module) -> bool:
-    """Whether `packed_linears` reorders this model's weights: fp32 on a CPU, where oneDNN is built in."""
+    """Whether `packed_linears` reorders this model's weights: fp32 on a CPU, where this torch's
+    oneDNN operators work."""
     weight = next(model.parameters())
-    return weight.device.type == "cpu" and weight.dtype == torch.float32 and _available()
+    return weight.device.type == "cpu" and weight.dtype == torch.float32 and packed_linear_works()
 
 
 def _packed_forward(weight: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | None, x: torch.Tensor):
     if x.shape[:-1].numel() == 1:
         return torch.nn.functional.linear(x, weight, bias)
-    return torch.ops.mkldnn._linear_pointwise(x, packed, bias, "none", [], "")
+    return packed_linear(x, packed, bias)
 
 
 @contextlib.contextmanager
@@ -50,7 +50,7 @@ def packed_linears(model: torch.nn.Module) -> Iterator[None]:
             if isinstance(module, torch.nn.Linear):
                 weight = module.weight.detach()
                 bias = None if module.bias is None else module.bias.detach()
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
+                packed = pack_linear_weight(weight)
                 # An instance attribute shadows the class's forward; deleting it restores it.
                 module.forward = lambda x, w=weight, p=packed, b=bias: _packed_forward(w, p, b, x)
                 patched.append(module)
