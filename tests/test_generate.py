@@ -191,6 +191,19 @@ def test_each_prompt_stops_at_its_own_stop_sequences():
     assert cut[1] == full[1]
 
 
+def _one_at_a_time(loaded, prompts, soft, max_new_tokens, stops, seeds=None) -> list[tuple[str, list[int]]]:
+    """Each prompt alone (batch 1) with its own stops and, if `seeds`, its own seeded sample:
+    (text, tokens) per prompt, the reference every batched path must equal."""
+    out = []
+    for i, prompt in enumerate(prompts):
+        sampling = Sampling(1.0, 0.95, (seeds[i],)) if seeds else None
+        texts, tokens = generate_with_tokens(
+            loaded, [prompt], soft, max_new_tokens=max_new_tokens, batch_size=1, stops=[stops[i]], sampling=sampling
+        )
+        out.append((texts[0], tokens[0]))
+    return out
+
+
 @pytest.mark.parametrize("settings", METHODS.values(), ids=METHODS.keys())
 def test_sampling_and_own_stops_with_every_method_are_batch_independent(settings):
     """Issue 12's soft prompts (a prefix enters as an initial KV cache) with issue 10's seeded
@@ -215,18 +228,7 @@ def test_sampling_and_own_stops_with_every_method_are_batch_independent(settings
     batched = generate(
         loaded, prompts, soft, max_new_tokens=14, batch_size=6, stops=stops, sampling=Sampling(1.0, 0.95, seeds)
     )
-    singles = [
-        generate(
-            loaded,
-            [p],
-            soft,
-            max_new_tokens=14,
-            batch_size=1,
-            stops=[stops[i]],
-            sampling=Sampling(1.0, 0.95, (seeds[i],)),
-        )[0]
-        for i, p in enumerate(prompts)
-    ]
+    singles = [text for text, _ in _one_at_a_time(loaded, prompts, soft, 14, stops, seeds)]
     assert batched == singles
     assert batched == [truncate_at_stop(text, stop) for text, stop in zip(full, stops)]
     assert any(len(b) < len(f) for b, f in zip(batched, full)), "some row stopped early, leaving the batch"
@@ -312,18 +314,7 @@ def test_rows_that_stop_are_refilled_and_every_prompt_keeps_its_tokens(settings,
             )[1],
             stats,
         )
-    singles = [
-        generate_with_tokens(
-            loaded,
-            [p],
-            soft,
-            max_new_tokens=20,
-            batch_size=1,
-            stops=[stops[i]],
-            sampling=Sampling(1.0, 0.95, (seeds[i],)) if sampled else None,
-        )[1][0]
-        for i, p in enumerate(prompts)
-    ]
+    singles = [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 20, stops, seeds if sampled else None)]
     (refilled, with_refill), (batch_by_batch, without) = runs[True], runs[False]
     assert refilled == singles
     assert batch_by_batch == singles
@@ -352,3 +343,29 @@ def test_a_longer_newcomer_pads_the_running_rows():
             alone = _prefill(loaded, [ids], soft, [row])
             _step(loaded, alone, next_ids[row : row + 1])
             torch.testing.assert_close(joined.logits[row], alone.logits[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("refill", [True, False], ids=["continuous", "batch-by-batch"])
+def test_a_batch_filled_over_several_prefills_keeps_every_prompts_tokens(monkeypatch, refill):
+    """A batch's rows are prefilled PREFILL_ROWS at a time and joined; with 2 per prefill, 7
+    prompts in a batch of 7 take 4 prefills, and each prompt still gets its one-at-a-time tokens."""
+    import trainable.generate as generate_module
+
+    loaded = _scaled_tiny()
+    soft = _method_prompt(loaded, METHODS["prefix_tuning"])
+    prompts = _prompts(7)
+    stops = [("\x00never",)] * 7
+    monkeypatch.setattr(generate_module, "PREFILL_ROWS", 2)
+    stats = GenerationStats()
+    _, batched = generate_with_tokens(
+        loaded,
+        prompts,
+        soft,
+        max_new_tokens=9,
+        batch_size=7,
+        stops=stops,
+        stats=stats,
+        decoding=Decoding(refill=refill),
+    )
+    assert batched == [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 9, stops)]
+    assert stats.forwards == 4 + 8, "4 prefills of at most 2 rows, then 8 steps for all 7 rows at once"

@@ -23,6 +23,7 @@ from trainable.inputs import Prefix, left_padded
 from trainable.model import LoadedModel
 from trainable.packed_linear import packed_linears
 
+PREFILL_ROWS = 8  # prompts per prefill forward (see _decode)
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 
 
@@ -236,12 +237,17 @@ def _decode(
     live: _Live | None = None
     while pending or live is not None:
         room = batch_size - (len(live.rows) if live is not None else 0)
-        if pending and room and (live is None or (refill and _joinable(live.cache))):
-            admitted = [pending.pop() for _ in range(min(room, len(pending)))]
+        filling = live is None  # a new batch: batch by batch, it may only be filled now
+        # A batch is filled PREFILL_ROWS prompts per prefill: each prefill pads its rows to the
+        # longest of them, and a big one ran slower per token than several small ones (a CPU at
+        # 16 rows, bench/README.md). A model whose cache rows cannot join keeps its first prefill.
+        while pending and room and (live is None or ((refill or filling) and _joinable(live.cache))):
+            admitted = [pending.pop() for _ in range(min(room, len(pending), PREFILL_ROWS))]
             fresh = _prefill(loaded, [encoded[i] for i in admitted], soft_prompt, admitted)
             stats.forwards += 1
             stats.prompt_tokens += sum(len(encoded[i]) for i in admitted)
             live = fresh if live is None else _join(live, fresh)
+            room -= len(admitted)
             if sampling is not None:
                 generators.update({i: torch.Generator().manual_seed(sampling.seeds[i]) for i in admitted})
         next_ids = _next_tokens(live.logits, sampling, [generators.get(i) for i in live.rows])
