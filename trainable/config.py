@@ -110,7 +110,7 @@ class TrainConfig:
     max_length: int = 768
     seed: int = 0
     # Evaluation: greedy decoding, sequences decoded at once, and the sandbox's per-program limit.
-    # The batch is a speed setting only (tokens are the same at any batch). 16 over 8: 1.31x on a
+    # The batch is a speed setting only (tokens are the same at any batch). 16 over 8: 1.18-1.31x on a
     # 2-core CPU with continuous batching and packed weights, and on an H200 a decoding step costs
     # about the same at 8 rows as at 64 (bench/README.md); larger on a GPU still pays.
     max_new_tokens: int = 300
