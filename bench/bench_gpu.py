@@ -91,19 +91,14 @@ def decode_rate(loaded, problems: int, new_tokens: int, batch: int) -> tuple[flo
 def whole_row_stop_check():
     """The stop check before 2026-11-30, as the baseline: decode each row whole at every token."""
 
-    def add(self, row: int, token: int) -> None:
-        if token in self.eos:
-            self.done[row] = True
-            return
-        self.tokens[row].append(token)
-        if truncate_at_stop(self.text(row), self.stops[row]) != self.text(row):
-            self.done[row] = True
+    def stopped(self, row: int) -> bool:
+        return truncate_at_stop(self.text(row), self.stops[row]) != self.text(row)
 
-    ours, _Rows.add = _Rows.add, add
+    ours, _Rows.stopped = _Rows.stopped, stopped
     try:
         yield
     finally:
-        _Rows.add = ours
+        _Rows.stopped = ours
 
 
 def one_trial(args, tokenizer_dir: str | None, queue) -> None:

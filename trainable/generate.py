@@ -109,16 +109,20 @@ class _Rows:
             self.done[row] = True
             return
         self.tokens[row].append(token)
-        self.done[row] = self.picked[row] >= self.max_new_tokens
-        # A stop sequence completed by this token lies within the last `len(stop in bytes)` tokens
-        # (each holds at least one of its bytes), +1 for a token that starts mid-character: decode
-        # only those. Decoding the whole row every step grew with its length (40-95 ms per
+        self.done[row] = self.picked[row] >= self.max_new_tokens or self.stopped(row)
+
+    def stopped(self, row: int) -> bool:
+        """Whether the row's text now holds one of its stop sequences."""
+        # A stop sequence completed by the last token lies within the last `len(stop in bytes)`
+        # tokens (each holds at least one of its bytes), +1 for a token that starts mid-character:
+        # decode only those. Decoding the whole row every step grew with its length (40-95 ms per
         # step on a GPU, bench/README.md). The whole row is decoded to confirm, so a row stops
         # exactly where it did before.
         tail = self.tokenizer.decode(self.tokens[row][-self.window[row] :], skip_special_tokens=True)
-        if any(stop in tail for stop in self.stops[row]):
-            text = self.text(row)
-            self.done[row] |= truncate_at_stop(text, self.stops[row]) != text
+        if not any(stop in tail for stop in self.stops[row]):
+            return False
+        text = self.text(row)
+        return truncate_at_stop(text, self.stops[row]) != text
 
     def text(self, row: int) -> str:
         return self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
