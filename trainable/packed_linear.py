@@ -2,12 +2,13 @@
 
 A decoding step multiplies a few rows (one per prompt in the batch) by every weight matrix. On a
 CPU, `nn.Linear` calls MKL's sgemm, which packs the weight into its blocked layout on every call:
-at 4-64 rows a 4864x896 weight ran at 4-19 GB/s against 24 GB/s at one row, below both the memory
-bandwidth and the GEMM ceiling. oneDNN can take the weight already in its blocked layout (the
-pre-packing `torch.compile` does for frozen CPU models; private torch operators, wrapped and
-probed in trainable/private_apis.py, with `nn.Linear` as the fallback). Measured in
-bench/README.md: a step of 8 rows of the bundled model went from 332 to 201 ms. A single row is
-left to the plain path, whose matrix-vector kernel is faster at one row.
+the output layer of Qwen2.5-Coder-0.5B ran at 3.8-14 GB/s at 2-64 rows against 27 GB/s at one
+row (bench/bench_linear.py), below both the memory bandwidth and the GEMM ceiling. oneDNN can
+take the weight already in its blocked layout (the pre-packing `torch.compile` does for frozen
+CPU models; private torch operators, wrapped and probed in trainable/private_apis.py, with
+`nn.Linear` as the fallback). Measured with bench/profile_decode.py: a step of 8 rows of the
+bundled model went from 243 to 187 ms. A single row is left to the plain path, whose
+matrix-vector kernel is faster at one row.
 
 The reordered copy costs as much memory as the weights and about a second to make (2 GB, the
 bundled model), so it exists only while `packed_linears` is open: one evaluation, not a trial.
