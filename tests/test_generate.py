@@ -425,3 +425,37 @@ def test_padding_between_a_prefix_and_the_prompts_leaves_the_cache_with_the_row_
         alone = _prefill(loaded, [short], prefix, [0])
         _step(loaded, alone, next_ids[:1])
         torch.testing.assert_close(both.logits[0], alone.logits[0], rtol=1e-4, atol=1e-4)
+
+
+def test_decoding_steps_write_their_key_values_in_place_and_keep_the_logits():
+    """A step writes its key/value column into room the cache already has, instead of copying
+    the whole cache as a DynamicLayer's `torch.cat` does; a row leaving the batch (a new tensor in
+    the layer) gets a fresh buffer. The logits are those of the plain cache, step for step."""
+    from trainable.generate import _prefill, _step
+
+    loaded = _scaled_tiny()
+    token_lists = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in _prompts(3)]
+    soft = _method_prompt(loaded, METHODS["prompt_tuning"])
+
+    def run(steps: int, in_place: bool) -> tuple[list[torch.Tensor], list[int]]:
+        live = _prefill(loaded, token_lists, soft, [0, 1, 2])
+        logits, addresses = [], []
+        for i in range(steps):
+            next_ids = live.logits.argmax(-1)
+            if i == 3:
+                live.keep([0, 2])
+                next_ids = next_ids[[0, 2]]
+            _step(loaded, live, next_ids, in_place)
+            logits.append(live.logits.clone())
+            addresses.append(live.cache.layers[0].keys.data_ptr())
+        return logits, addresses
+
+    with torch.no_grad():
+        roomy, addresses = run(8, in_place=True)
+        plain, plain_addresses = run(8, in_place=False)
+    for a, b in zip(roomy, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert addresses[1] == addresses[2] and addresses[4] == addresses[7], "steps wrote in place"
+    assert addresses[3] != addresses[2], "the row that left took the old buffer with it"
+    # From step 4 on (after the row left, whose freed tensor the allocator may hand out again).
+    assert all(a != b for a, b in zip(plain_addresses[4:], plain_addresses[5:])), "the plain cache copies every step"

@@ -64,6 +64,7 @@ class Decoding:
     refill: bool = True  # continuous batching: a finished row's place goes to the next prompt
     pack_weights: bool = True  # on a CPU in fp32, oneDNN-packed linears (trainable.packed_linear)
     soft_prompt_once: bool = True  # virtual tokens' key/values computed once per call, not per row
+    cache_in_place: bool = True  # a step writes its key/values into room in the cache (_RoomyLayer)
 
 
 @dataclass
@@ -186,9 +187,11 @@ def _prefill(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt, row
     return _Live(out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:] + 1, out.logits[:, -1], rows)
 
 
-def _step(loaded: LoadedModel, live: _Live, next_ids: torch.Tensor) -> None:
-    """One token more for every live row."""
+def _step(loaded: LoadedModel, live: _Live, next_ids: torch.Tensor, in_place: bool = True) -> None:
+    """One token more for every live row (`in_place`: written into room in the cache)."""
     live.mask = torch.cat([live.mask, live.mask.new_ones(len(live.rows), 1)], dim=1)
+    if in_place and _joinable(live.cache):
+        _make_room(live.cache)
     out = loaded.model(
         inputs_embeds=loaded.model.get_input_embeddings()(next_ids).unsqueeze(1),
         attention_mask=live.mask,
@@ -216,10 +219,57 @@ def _soft_prompt_as_prefix(loaded: LoadedModel, soft_prompt: torch.Tensor) -> Pr
     return Prefix(tuple(layer.keys[0] for layer in cache.layers), tuple(layer.values[0] for layer in cache.layers))
 
 
+class _RoomyLayer(DynamicLayer):
+    """A DynamicLayer whose keys and values are views of buffers with room for more columns, so
+    a decoding step writes its key/value column in place. DynamicLayer appends with `torch.cat`,
+    which copies the whole cache on every step: 7% of a 16-row step at 185 columns, 10% of a
+    whole evaluation (bench/README.md). Whoever replaces `keys`/`values` (selecting rows, dropping
+    columns, joining) gets a fresh buffer at the next update."""
+
+    ROOM = 64  # columns added per reallocation: an eighth of a row's cache more memory at most
+
+    @classmethod
+    def adopt(cls, layer: DynamicLayer) -> "_RoomyLayer":
+        roomy = cls()
+        roomy.dtype, roomy.device, roomy.is_initialized = layer.dtype, layer.device, True
+        roomy._reallocate(layer.keys, layer.values, cls.ROOM)
+        return roomy
+
+    def _reallocate(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
+        n = keys.shape[-2]
+        self._keys = keys.new_empty(*keys.shape[:-2], n + room, keys.shape[-1])
+        self._values = values.new_empty(*values.shape[:-2], n + room, values.shape[-1])
+        self._keys[..., :n, :], self._values[..., :n, :] = keys, values
+        self.keys, self.values = self._keys[..., :n, :], self._values[..., :n, :]
+
+    def _owns_views(self) -> bool:
+        # The views are still buffer[..., :n, :], not tensors someone else put in their place.
+        return all(
+            view.data_ptr() == buffer.data_ptr()
+            and view.shape[:-2] == buffer.shape[:-2]
+            and view.stride() == buffer.stride()
+            for view, buffer in ((self.keys, self._keys), (self.values, self._values))
+        )
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        n, new = self.keys.shape[-2], key_states.shape[-2]
+        if not self._owns_views() or n + new > self._keys.shape[-2]:
+            self._reallocate(self.keys, self.values, max(new, self.ROOM))
+        self._keys[..., n : n + new, :], self._values[..., n : n + new, :] = key_states, value_states
+        self.keys, self.values = self._keys[..., : n + new, :], self._values[..., : n + new, :]
+        return self.keys, self.values
+
+
+def _make_room(cache: DynamicCache) -> None:
+    for i, layer in enumerate(cache.layers):
+        if type(layer) is DynamicLayer and layer.is_initialized:
+            cache.layers[i] = _RoomyLayer.adopt(layer)
+
+
 def _joinable(cache: DynamicCache) -> bool:
     # Rows can join a cache whose layers are plain growing key/value tensors; a sliding-window or
     # recurrent layer keeps state that left padding would not describe.
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return all(type(layer) in (DynamicLayer, _RoomyLayer) for layer in cache.layers)
 
 
 def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
@@ -258,10 +308,10 @@ def _decode(
     stats: GenerationStats,
     sampling: Sampling | None,
     progress: Callable[[int], object] | None,
-    refill: bool,
+    decoding: Decoding,
 ) -> None:
     """Decode the prompts of `order` (in that order of admission) into `rows`, `batch_size` at a
-    time. With `refill`, a row that stops is replaced by the next prompt at once (continuous
+    time. With `decoding.refill`, a row that stops is replaced by the next prompt at once (continuous
     batching): on a bandwidth-bound device each step reads every weight, so the step should serve
     a full batch, not the stragglers of one. Without it, a batch runs out before the next starts."""
     pending = list(reversed(order))  # popped from the end
@@ -273,7 +323,7 @@ def _decode(
         # A batch is filled PREFILL_ROWS prompts per prefill: each prefill pads its rows to the
         # longest of them, and a big one ran slower per token than several small ones (a CPU at
         # 16 rows, bench/README.md). A model whose cache rows cannot join keeps its first prefill.
-        while pending and room and (live is None or ((refill or filling) and _joinable(live.cache))):
+        while pending and room and (live is None or ((decoding.refill or filling) and _joinable(live.cache))):
             admitted = [pending.pop() for _ in range(min(room, len(pending), PREFILL_ROWS))]
             fresh = _prefill(loaded, [encoded[i] for i in admitted], soft_prompt, admitted)
             stats.forwards += 1
@@ -293,7 +343,7 @@ def _decode(
             live = None
             continue
         live.keep(going_on)
-        _step(loaded, live, next_ids[going_on])
+        _step(loaded, live, next_ids[going_on], decoding.cache_in_place)
         stats.forwards += 1
 
 
@@ -364,7 +414,7 @@ def generate_with_tokens(
         # Packing pays when several rows share a weight read; one row at a time never uses it.
         pack = decoding.pack_weights and min(batch_size, len(prompts)) > 1
         with packed_linears(loaded.model) if pack else contextlib.nullcontext():
-            _decode(loaded, encoded, order, soft_prompt, rows, batch_size, stats, sampling, progress, decoding.refill)
+            _decode(loaded, encoded, order, soft_prompt, rows, batch_size, stats, sampling, progress, decoding)
     elif progress is not None and prompts:
         progress(len(prompts))
     completions = [truncate_at_stop(rows.text(i), stops[i]) for i in range(len(prompts))]
