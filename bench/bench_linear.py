@@ -2,13 +2,15 @@
 sgemm, and oneDNN's reordered weight (what trainable/packed_linear.py uses), on two of
 Qwen2.5-Coder-0.5B's weight shapes (an MLP matrix and the output layer), fp32.
 
-    python bench/bench_linear.py [--rows 1 2 4 8 16 32 64]
+    python bench/bench_linear.py [--rows 1 2 4 8 16 32 64] [--compile]
 
 Best of repeated calls. "GB/s" is the weight's bytes over the call's time: a decoding step at a
 few rows should read each weight once, near the copy ceiling. The MLP matrix (17 MB) stays partly
 in cache between repeated calls, so it can read above the copy ceiling; the output layer (545 MB)
 cannot, and is the figure to compare with a step. MKL's packed copy serves only the
 row count it was packed for (any other falls back to the plain path), so it is packed per row.
+`--compile` adds `torch.compile(mode="max-autotune")` of the layer with inductor's freezing (one
+compile per row count; autotuning prints its candidates), what inductor would make of it.
 """
 
 from __future__ import annotations
@@ -37,10 +39,25 @@ def _best(fn, repeat: int) -> float:
     return best
 
 
+def _compiled(weight: torch.Tensor, rows: int):
+    """The layer as inductor builds it for `rows` rows, frozen weights (packed at compile time)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False).eval()
+    layer.weight.data = weight
+    torch._dynamo.reset()
+    compiled = torch.compile(layer, mode="max-autotune", dynamic=False)
+    x = torch.randn(rows, weight.shape[1])
+    torch.testing.assert_close(compiled(x), layer(x), rtol=1e-4, atol=1e-4)
+    return lambda: compiled(x)
+
+
 @torch.no_grad()
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    p.add_argument("--compile", action="store_true", help="add inductor's max-autotune linear (slow to build)")
     args = p.parse_args()
     ceiling = ceilings("cpu")
     torch.manual_seed(0)
@@ -58,10 +75,13 @@ def main() -> None:
                 _best(lambda: torch.ops.mkl._mkl_linear(x, mkl, weight, None, rows), repeat),
                 _best(lambda: packed_linear(x, onednn, None), repeat),
             ]
+            if args.compile:
+                times.append(_best(_compiled(weight, rows), repeat))
             table.append([f"{out}x{inn}", rows, *(f"{t * 1e3:.2f} ({gb / t:.1f})" for t in times)])
     print(f"fp32; {machine()}")
     print(describe_ceilings(ceiling))
-    print_table(["weight", "rows", "plain ms (GB/s)", "MKL packed ms (GB/s)", "oneDNN packed ms (GB/s)"], table)
+    columns = ["weight", "rows", "plain ms (GB/s)", "MKL packed ms (GB/s)", "oneDNN packed ms (GB/s)"]
+    print_table(columns + (["inductor max-autotune ms (GB/s)"] if args.compile else []), table)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ matrix-vector kernel is faster at one row.
 
 The reordered copy costs as much memory as the weights and about a second to make (2 GB, the
 bundled model), so it exists only while `packed_linears` is open: one evaluation, not a trial.
+The first copy in a process took ~11 s on our 2-core VM (fresh memory; bench/bench_eval.py
+prints both figures).
 It is inference-only: it has no backward.
 """
 
