@@ -282,6 +282,23 @@ def _staggered_stops(full: list[str]) -> list[tuple[str, ...]]:
     return stops
 
 
+def _through_three_rows(loaded, prompts, soft, stops, sampling, decoding) -> tuple[list[list[int]], GenerationStats]:
+    """The prompts through a batch of 3 rows, each with its own stops: their tokens, and the stats."""
+    stats = GenerationStats()
+    _, tokens = generate_with_tokens(
+        loaded,
+        prompts,
+        soft,
+        max_new_tokens=20,
+        batch_size=3,
+        stops=stops,
+        sampling=sampling,
+        stats=stats,
+        decoding=decoding,
+    )
+    return tokens, stats
+
+
 @pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
 @pytest.mark.parametrize("settings", METHODS.values(), ids=METHODS.keys())
 def test_rows_that_stop_are_refilled_and_every_prompt_keeps_its_tokens(settings, sampled):
@@ -297,23 +314,10 @@ def test_rows_that_stop_are_refilled_and_every_prompt_keeps_its_tokens(settings,
     never = [("\x00never",)] * 8
     full = generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never, sampling=sampling)
     stops = _staggered_stops(full)
-    runs = {}
-    for refill in (True, False):
-        stats = GenerationStats()
-        runs[refill] = (
-            generate_with_tokens(
-                loaded,
-                prompts,
-                soft,
-                max_new_tokens=20,
-                batch_size=3,
-                stops=stops,
-                sampling=sampling,
-                stats=stats,
-                decoding=Decoding(refill=refill),
-            )[1],
-            stats,
-        )
+    runs = {
+        refill: _through_three_rows(loaded, prompts, soft, stops, sampling, Decoding(refill=refill))
+        for refill in (True, False)
+    }
     singles = [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 20, stops, seeds if sampled else None)]
     (refilled, with_refill), (batch_by_batch, without) = runs[True], runs[False]
     assert refilled == singles
@@ -384,21 +388,10 @@ def test_a_soft_prompt_computed_once_gives_every_prompt_its_tokens(method, sampl
     sampling = Sampling(1.0, 0.95, seeds) if sampled else None
     never = [("\x00never",)] * 8
     stops = _staggered_stops(generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never))
-    runs = {}
-    for once in (True, False):
-        stats = GenerationStats()
-        _, tokens = generate_with_tokens(
-            loaded,
-            prompts,
-            soft,
-            max_new_tokens=20,
-            batch_size=3,
-            stops=stops,
-            sampling=sampling,
-            stats=stats,
-            decoding=Decoding(soft_prompt_once=once),
-        )
-        runs[once] = tokens, stats
+    runs = {
+        once: _through_three_rows(loaded, prompts, soft, stops, sampling, Decoding(soft_prompt_once=once))
+        for once in (True, False)
+    }
     singles = [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 20, stops, seeds if sampled else None)]
     assert runs[True][0] == runs[False][0] == singles
     assert len({len(t) for t in singles}) > 2, "rows end at different steps"
