@@ -167,6 +167,10 @@ def main() -> None:
         "decoding, per batch size (to compare batch sizes on more problems in less time)",
     )
     args = p.parse_args()
+    limits = [("--virtual-tokens", args.virtual_tokens, 0), ("--problems", args.problems, 1)]
+    for field, value, least in limits + [("--batch", b, 1) for b in args.batch]:
+        if value < least:
+            p.error(f"{field} {value}: an integer >= {least} is allowed")
     if shutil.which("bwrap") is None:
         raise SystemExit("bubblewrap (bwrap) is required: the naive path's generated code must run isolated")
     ceiling = ceilings("cuda" if torch.cuda.is_available() else "cpu")
