@@ -229,12 +229,11 @@ class _RoomyLayer(DynamicLayer):
 
     ROOM = 64  # columns added per reallocation (Qwen2.5-Coder-0.5B, fp32: 1.6 MB a row)
 
-    @classmethod
-    def adopt(cls, layer: DynamicLayer) -> "_RoomyLayer":
-        roomy = cls()
-        roomy.dtype, roomy.device, roomy.is_initialized = layer.dtype, layer.device, True
-        roomy._reallocate(layer.keys, layer.values, cls.ROOM)
-        return roomy
+    def __init__(self, layer: DynamicLayer):
+        """Takes over `layer`'s keys and values, copied into buffers with room."""
+        super().__init__()
+        self.dtype, self.device, self.is_initialized = layer.dtype, layer.device, True
+        self._reallocate(layer.keys, layer.values, self.ROOM)
 
     def _reallocate(self, keys: torch.Tensor, values: torch.Tensor, room: int) -> None:
         n = keys.shape[-2]
@@ -264,7 +263,7 @@ class _RoomyLayer(DynamicLayer):
 def _make_room(cache: DynamicCache) -> None:
     for i, layer in enumerate(cache.layers):
         if type(layer) is DynamicLayer and layer.is_initialized:
-            cache.layers[i] = _RoomyLayer.adopt(layer)
+            cache.layers[i] = _RoomyLayer(layer)
 
 
 def _joinable(cache: DynamicCache) -> bool:
