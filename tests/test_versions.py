@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,24 @@ RAY_PINS = [
 TORCH_PINS = [re.compile(r"\btorch==(\d[\w.]*)"), re.compile(r"\bTORCH_VERSION=(\d[\w.]*)")]
 
 
+def _tree() -> list[Path]:
+    """The files that make up the checkout: what git tracks and what it would add (ignored build
+    outputs and caches are not the project: pytest's own cache holds this file's test ids, stale
+    versions included). Without git (an unpacked archive), every file."""
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            capture_output=True,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return sorted(REPO.rglob("*"))
+    return sorted(REPO / name for name in listed.decode().split("\0") if name)
+
+
 def text_files() -> list[Path]:
     out = []
-    for path in sorted(REPO.rglob("*")):
+    for path in _tree():
         rel = path.relative_to(REPO)
         if any(part in SKIP_DIRS or part.endswith(".egg-info") for part in rel.parts):
             continue
