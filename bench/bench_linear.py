@@ -18,25 +18,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from bench.common import ceilings, describe_ceilings, machine, print_table  # noqa: E402 - after the sys.path line above
+from bench.common import best_seconds, ceilings, describe_ceilings, machine, print_table  # noqa: E402 - after the sys.path line above
 from trainable.private_apis import pack_linear_weight, packed_linear  # noqa: E402 - after the sys.path line above
 
 SHAPES = ((4864, 896), (151936, 896))  # [out, in]: MLP gate/up, output layer
-
-
-def _best(fn, repeat: int) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def _compiled(weight: torch.Tensor, rows: int):
@@ -71,12 +60,12 @@ def main() -> None:
             x = torch.randn(rows, inn)
             mkl = torch.ops.mkl._mkl_reorder_linear_weight(weight, rows)
             times = [
-                _best(lambda: torch.nn.functional.linear(x, weight), repeat),
-                _best(lambda: torch.ops.mkl._mkl_linear(x, mkl, weight, None, rows), repeat),
-                _best(lambda: packed_linear(x, onednn, None), repeat),
+                best_seconds(lambda: torch.nn.functional.linear(x, weight), repeat, warmup=1),
+                best_seconds(lambda: torch.ops.mkl._mkl_linear(x, mkl, weight, None, rows), repeat, warmup=1),
+                best_seconds(lambda: packed_linear(x, onednn, None), repeat, warmup=1),
             ]
             if args.compile:
-                times.append(_best(_compiled(weight, rows), repeat))
+                times.append(best_seconds(_compiled(weight, rows), repeat, warmup=1))
             table.append([f"{out}x{inn}", rows, *(f"{t * 1e3:.2f} ({gb / t:.1f})" for t in times)])
     print(f"fp32; {machine()}")
     print(describe_ceilings(ceiling))

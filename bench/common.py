@@ -54,7 +54,7 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _timed(fn, device: str, repeat: int, warmup: int) -> float:
+def best_seconds(fn, repeat: int, warmup: int = 0, device: str = "cpu") -> float:
     """Seconds per call, best of `repeat` single calls after `warmup` calls (best-of: a ceiling is
     what the machine CAN do; a neighbour's burst only ever slows a call down)."""
     for _ in range(warmup):
@@ -80,14 +80,14 @@ def ceilings(device: str = "cpu") -> dict:
     b = torch.randn(n, n, device=device)
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False
-    fp32 = 2 * n**3 / _timed(lambda: a @ b, device, repeat=3, warmup=1)
+    fp32 = 2 * n**3 / best_seconds(lambda: a @ b, 3, 1, device)
     # (the same size in bf16: a smaller product measured 56 GFLOP/s on a CPU without AMX, below
     # what the model's own bf16 matmuls reached there - not a ceiling)
     a16, b16 = a.bfloat16(), b.bfloat16()
-    bf16 = 2 * n**3 / _timed(lambda: a16 @ b16, device, repeat=3, warmup=1)
+    bf16 = 2 * n**3 / best_seconds(lambda: a16 @ b16, 3, 1, device)
     src = torch.empty(copy_numel, dtype=torch.uint16, device=device).fill_(1)  # 2 GiB GPU, 256 MiB CPU
     dst = torch.empty_like(src)
-    copy = 2 * src.numel() * 2 / _timed(lambda: dst.copy_(src), device, repeat=5, warmup=1)
+    copy = 2 * src.numel() * 2 / best_seconds(lambda: dst.copy_(src), 5, 1, device)
     return {"fp32_flops": fp32, "bf16_flops": bf16, "copy_bytes": copy}
 
 

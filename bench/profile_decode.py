@@ -14,13 +14,13 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import (  # noqa: E402 - after the sys.path line above
     OLD_SPLIT,
+    best_seconds,
     ceilings,
     decode_bytes_per_forward,
     decode_flop_per_token,
@@ -32,15 +32,6 @@ from bench.common import (  # noqa: E402 - after the sys.path line above
 from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.generate import _prefill, _step  # noqa: E402 - after the sys.path line above
 from trainable.packed_linear import packed_linears  # noqa: E402 - after the sys.path line above
-
-
-def _best(fn, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        started = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 @torch.no_grad()
@@ -61,10 +52,10 @@ def main() -> None:
         with packed_linears(loaded.model) if packed else contextlib.nullcontext():
             for batch in args.batches:
                 prompts, index = encoded[:batch], list(range(batch))
-                prefill_s = _best(lambda: _prefill(loaded, prompts, None, index), 2)
+                prefill_s = best_seconds(lambda: _prefill(loaded, prompts, None, index), 2)
                 live = _prefill(loaded, prompts, None, index)
                 next_ids = live.logits.argmax(-1)
-                step_s = _best(lambda: _step(loaded, live, next_ids), 4)
+                step_s = best_seconds(lambda: _step(loaded, live, next_ids), 4)
                 real, flops = sum(map(len, prompts)), batch * flop / step_s
                 rows.append(
                     [
