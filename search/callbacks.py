@@ -11,10 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 from ray import tune
 
-from search.searcher import RAY_TRIAL_ID_ATTR
+from search.searcher import optuna_number_of
 from search.tracking import MlflowLedger
 from trainable.checkpoint import adapter_dir
 from trainable.config import InitKind, init_kind
@@ -93,19 +92,9 @@ class MlflowCallback(tune.Callback):
         """The MLflow run of a trial is keyed by its Optuna trial number, which survives a resume
         even when Tune reruns a configuration under a new Ray trial id."""
         if trial.trial_id not in self._numbers:
-            self._numbers[trial.trial_id] = self._optuna_number(trial.trial_id)
+            self._numbers[trial.trial_id] = optuna_number_of(self.storage_url, self.study_name, trial.trial_id)
         number = self._numbers[trial.trial_id]
         return trial.trial_id if number is None else f"optuna-{number}"
-
-    def _optuna_number(self, trial_id: str):
-        try:
-            study = optuna.load_study(study_name=self.study_name, storage=self.storage_url)
-        except Exception:
-            return None
-        for ot in study.get_trials(deepcopy=False):
-            if ot.user_attrs.get(RAY_TRIAL_ID_ATTR) == trial_id:
-                return ot.number
-        return None
 
     def on_trial_start(self, iteration, trials, trial, **info):
         params, tags = mlflow_params(self.params_of(trial.config))

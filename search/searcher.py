@@ -23,6 +23,38 @@ from spaces.spec import METHOD
 from trainable.trial import OBJECTIVE
 
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
+# A finished Optuna trial cannot change, so a resumed search that reruns one (see
+# `_unclaimed_trial`) links the new Ray trial id on the study: key RERUN_ATTR_PREFIX + Ray id,
+# value the Optuna trial number.
+RERUN_ATTR_PREFIX = "rerun:ray_trial_id:"
+
+
+def link_ray_trial(ot_trial: optuna.trial.Trial, trial_id: str) -> None:
+    """Name the Ray trial that runs `ot_trial`: on the trial while it runs (optuna-dashboard shows
+    it), on the study once the trial has finished."""
+    try:
+        ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+    except UpdateFinishedTrialError:
+        ot_trial.study.set_user_attr(RERUN_ATTR_PREFIX + trial_id, ot_trial.number)
+
+
+def linked_trial(study: optuna.Study, trial_id: str) -> optuna.trial.FrozenTrial | None:
+    """The Optuna trial that Ray trial `trial_id` runs (`link_ray_trial`), if the study names it."""
+    trials = study.get_trials(deepcopy=False)
+    rerun = study.user_attrs.get(RERUN_ATTR_PREFIX + trial_id)
+    if rerun is not None:
+        return next((ot for ot in trials if ot.number == rerun), None)
+    return next((ot for ot in trials if ot.user_attrs.get(RAY_TRIAL_ID_ATTR) == trial_id), None)
+
+
+def optuna_number_of(storage_url: str, study_name: str, trial_id: str) -> int | None:
+    """`linked_trial`'s number; None when the study cannot be read or does not name `trial_id`."""
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage_url)
+    except Exception:
+        return None
+    linked = linked_trial(study, trial_id)
+    return None if linked is None else linked.number
 
 
 def optuna_distribution(dist: Distribution):
@@ -69,19 +101,22 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str):
         ot_trials = private_apis.optuna_trials(self)
         if trial_id not in ot_trials:
-            unclaimed = self._unclaimed_trial()
-            if unclaimed is not None:
-                ot_trials[trial_id] = unclaimed
+            self._claim_unclaimed_trial(trial_id)
         params = super().suggest(trial_id)
         ot_trial = ot_trials.get(trial_id)
         if ot_trial is not None:  # lets MLflow and the dashboard link Ray and Optuna trials
-            ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+            link_ray_trial(ot_trial, trial_id)
         return params
 
-    def _unclaimed_trial(self):
+    def _claim_unclaimed_trial(self, trial_id: str) -> None:
         """An Optuna trial asked for after Tune's last experiment snapshot: the driver died
         before Tune recorded it, so a resumed search would ask for a new one and end with more
-        trials than `num_samples`. Hand its configuration out again instead."""
+        trials than `num_samples`. Hand its configuration to `trial_id` instead.
+
+        Tune's snapshot can be older than the study by whole trials, finished ones included
+        (the driver died before Tune's next snapshot, or before its first). Tune reruns such a
+        trial's configuration, so that its result is among Tune's results and the report's; the
+        study keeps what it was told, so the rerun counts as told from the start."""
         known = {ot.number for ot in private_apis.optuna_trials(self).values()}
         study = private_apis.optuna_study(self)
         for frozen in study.get_trials(deepcopy=False):
@@ -92,10 +127,27 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             ):
                 # Killed between `ask` and its last param write? The define-by-run space samples
                 # what is missing and returns the values the trial already has.
-                return private_apis.reopen_trial(study, frozen)
-        return None
+                self._hand_out(trial_id, frozen)
+                return
+
+    def _hand_out(self, trial_id: str, frozen: optuna.trial.FrozenTrial) -> None:
+        private_apis.optuna_trials(self)[trial_id] = private_apis.reopen_trial(private_apis.optuna_study(self), frozen)
+        if frozen.state.is_finished():
+            private_apis.told_trials(self).add(trial_id)
+
+    def _knows(self, trial_id: str) -> bool:
+        """Whether `trial_id` has its Optuna trial here. A resumed Tune trial may not: Tune saves
+        its trial list and this searcher's state in separate files, and a driver killed between
+        the two leaves a trial list newer than the searcher's. The link on the study finds it."""
+        if trial_id not in private_apis.optuna_trials(self):
+            linked = linked_trial(private_apis.optuna_study(self), trial_id)
+            if linked is not None:
+                self._hand_out(trial_id, linked)
+        return trial_id in private_apis.optuna_trials(self)
 
     def on_trial_result(self, trial_id: str, result: dict):
+        if not self._knows(trial_id) or trial_id in private_apis.told_trials(self):
+            return  # nothing to tell; Ray would warn at every epoch of a rerun (_claim_unclaimed_trial)
         try:
             super().on_trial_result(trial_id, result)
         except UpdateFinishedTrialError:
@@ -103,8 +155,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
         ot_trials, told = private_apis.optuna_trials(self), private_apis.told_trials(self)
-        if trial_id in told or trial_id not in ot_trials:
-            return super().on_trial_complete(trial_id, result, error)
+        if not self._knows(trial_id) or trial_id in told:
+            return None  # told already (Tune's replay, or a rerun: _claim_unclaimed_trial), or unknown
         try:
             if not error and result and self.metric in result:
                 # Tune passes a trial's last result here, never to on_trial_result: without this

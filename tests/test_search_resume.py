@@ -1,6 +1,7 @@
 """Kill the driver (SIGKILL) mid-search; `--resume` finishes it with nothing lost or doubled. A
 finished search grows with more trials."""
 
+import json
 import os
 import re
 import signal
@@ -15,14 +16,14 @@ from search_helpers import mlflow_runs, run_search, search_command, search_env, 
 pytestmark = pytest.mark.integration
 
 
-def _start_and_kill_at(tmp_path, space, model, name, marker: str, timeout: float = 300) -> str:
+def _start_and_kill_at(tmp_path, space, model, name, marker: str, timeout: float = 300, env=None) -> str:
     log = tmp_path / f"{name}-killed.log"
     with open(log, "w") as out:
         # Its own session: Ray's node agents inherit the group, so killpg(pid) reaps them too.
         proc = subprocess.Popen(
             search_command(space, model, name),
             cwd=tmp_path,
-            env=search_env(),
+            env={**search_env(), **(env or {})},
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -49,6 +50,29 @@ def test_killed_driver_resumes_to_a_complete_search(tiny_model_dir, tmp_path, ma
     killed_log = _start_and_kill_at(tmp_path, space, tiny_model_dir, "killed", marker)
     assert "== search finished" not in killed_log
 
+    _assert_resumes_to_a_complete_search(tmp_path, space, tiny_model_dir)
+
+
+def test_resume_when_tunes_snapshot_is_older_than_the_study(tiny_model_dir, tmp_path):
+    """The study records a trial at once; Tune's snapshot follows within a second (search.driver).
+    A driver killed in between leaves trials, finished ones included, that only the study knows.
+    Made certain here: the killed run keeps Tune's first snapshot (taken before any trial ran)."""
+    space = write_space(tmp_path, samples=6, epochs=3)
+    killed_log = _start_and_kill_at(
+        tmp_path, space, tiny_model_dir, "killed", "progress: 4/6", env={"TUNE_GLOBAL_CHECKPOINT_S": "3600"}
+    )
+    assert "== search finished" not in killed_log
+    study = optuna.load_study(study_name="killed", storage=f"sqlite:///{tmp_path}/runs/killed/optuna.db")
+    finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+    [snapshot] = (tmp_path / "runs" / "killed").glob("experiment_state-*.json")
+    assert finished >= 4 and len(json.loads(snapshot.read_text())["trial_data"]) < finished
+
+    _assert_resumes_to_a_complete_search(tmp_path, space, tiny_model_dir)
+
+
+def _assert_resumes_to_a_complete_search(tmp_path, space, tiny_model_dir):
+    """`--resume` ends the search killed under the name "killed": six trials in the study and in
+    MLflow, each once, all finished."""
     resumed = run_search(tmp_path, space, tiny_model_dir, "killed", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "== search finished" in resumed.stdout and "0 failed" in resumed.stdout
@@ -71,7 +95,6 @@ def test_killed_driver_resumes_to_a_complete_search(tiny_model_dir, tmp_path, ma
 def test_a_finished_search_grows_with_more_trials(tiny_model_dir, tmp_path):
     """--resume --num-samples 3 on a finished 2-trial search: one more trial (not a rerun of the
     two), the report runs again on the new best and is logged at the next step, once."""
-    import json
 
     from fault_helpers import metric_rows, mlflow_summary, write_fault_space
 
@@ -105,7 +128,6 @@ def test_a_finished_search_grows_with_more_trials(tiny_model_dir, tmp_path):
 def test_a_search_whose_trials_all_fail_ends_failed_and_resumes(tiny_model_dir, tmp_path):
     """Every attempt of the only trial raises: the search is failed (exit 1, MLflow FAILED, the
     record says so); once the cause is gone, --resume retries the errored trial and finishes."""
-    import json
 
     from fault_helpers import mlflow_summary, write_fault_space
 

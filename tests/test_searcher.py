@@ -12,7 +12,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search import private_apis
-from search.searcher import RAY_TRIAL_ID_ATTR, build_searcher, study_storage_url
+from search.searcher import RAY_TRIAL_ID_ATTR, build_searcher, optuna_number_of, study_storage_url
 from search_helpers import write_space
 from spaces import load_space
 from trainable.trial import OBJECTIVE
@@ -136,6 +136,57 @@ def test_resumed_searcher_claims_the_trial_its_snapshot_missed(spec, tmp_path):
     after.on_trial_complete("t1-again", _result(0.2, EPOCHS))
     assert _trials(tmp_path)[1].state is TrialState.COMPLETE
     assert _trials(tmp_path)[1].intermediate_values == {1: 0.1, 3: 0.2}
+
+
+@pytest.mark.parametrize(
+    "epoch, state", [(EPOCHS, TrialState.COMPLETE), (2, TrialState.PRUNED), (None, TrialState.FAIL)]
+)
+def test_resumed_searcher_reruns_a_trial_told_after_its_snapshot(spec, tmp_path, epoch, state):
+    """Tune's snapshot can be older than the study by whole trials (the driver died before Tune's
+    next snapshot, or before its first): the study has them finished, Tune never heard of them.
+    A COMPLETE or PRUNED one is handed out again (Tune reruns its configuration, so its result is
+    in Tune's results and the report); the study keeps what it was told, and the new Ray trial id
+    still finds its Optuna trial (MLflow keys its run by that number). A FAIL one is not."""
+    before = _searcher(spec, tmp_path)
+    before.save(str(tmp_path / "snapshot.pkl"))  # Tune's first snapshot: no trials yet
+    lost = before.suggest("t0")
+    before.on_trial_result("t0", _result(0.1, 1))
+    before.on_trial_complete("t0", None if epoch is None else _result(0.3, epoch), error=epoch is None)
+    told = _trials(tmp_path)[0]
+    assert told.state is state
+
+    after = _resumed(spec, tmp_path, tmp_path / "snapshot.pkl")
+    config = after.suggest("t0-again")
+    if state is TrialState.FAIL:
+        assert [t.number for t in _trials(tmp_path)] == [0, 1]  # a new trial, as for any failure
+        return
+    assert config == lost and len(_trials(tmp_path)) == 1
+    assert optuna_number_of(study_storage_url(tmp_path), "study", "t0-again") == 0
+    assert optuna_number_of(study_storage_url(tmp_path), "study", "t0") == 0  # the first link stays
+    assert after.suggest("t0-again") == lost  # Tune asks again: the same trial, the same link
+    after.on_trial_result("t0-again", _result(0.5, 1))
+    after.on_trial_result("t0-again", _result(0.5, EPOCHS - 1))
+    after.on_trial_complete("t0-again", _result(0.6, EPOCHS))
+    [trial] = _trials(tmp_path)
+    assert (trial.state, trial.value, trial.intermediate_values) == (told.state, told.value, told.intermediate_values)
+    after.suggest("t1")  # nothing left to claim: a new trial
+    assert [t.number for t in _trials(tmp_path)] == [0, 1]
+
+
+def test_resumed_tune_trial_that_the_searchers_snapshot_missed_reports_to_its_trial(spec, tmp_path):
+    """Tune saves its trial list and the searcher in separate files: a driver killed between the
+    two resumes a Tune trial that the searcher's snapshot never heard of. Its results go to the
+    Optuna trial linked to its Ray trial id, not to a KeyError."""
+    before = _searcher(spec, tmp_path)
+    before.save(str(tmp_path / "snapshot.pkl"))
+    before.suggest("t0")
+    before.on_trial_result("t0", _result(0.1, 1))
+
+    after = _resumed(spec, tmp_path, tmp_path / "snapshot.pkl")
+    after.on_trial_result("t0", _result(0.2, 2))
+    after.on_trial_complete("t0", _result(0.3, EPOCHS))
+    [trial] = _trials(tmp_path)
+    assert trial.state is TrialState.COMPLETE and trial.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3}
 
 
 def test_resume_claims_a_trial_killed_between_ask_and_its_params(spec, tmp_path):
