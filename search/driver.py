@@ -50,7 +50,7 @@ from search.state import (
     identity,
 )
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
-from search.tuner import build_tuner, can_restore
+from search.tuner import build_tuner, can_restore, snapshot_problem
 from spaces import SpaceSpec
 from softprompt_cli.errors import UsageError, field_error
 from trainable.trial import OBJECTIVE
@@ -243,7 +243,6 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
             return 1
     distill = asdict(distilled) if distilled else None  # for report/run_info.json
     with CURRENT.during(Phase.DEFER):
-        # A search interrupted before Tune saved anything starts its experiment afresh.
         tuner, watch = build_tuner(
             spec,
             plan.storage,
@@ -251,7 +250,7 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
             plan.state_dir,
             ledger,
             targets,
-            resume=resumed and can_restore(plan.experiment_path),
+            resume=resumed and _tune_can_resume(plan),
         )
     with CURRENT.during(Phase.TUNE):
         CURRENT.check()
@@ -274,6 +273,23 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         print(line, flush=True)
     _warn_if_queued(plan, ledger)
     return 0
+
+
+def _tune_can_resume(plan: SearchPlan) -> bool:
+    """Whether Tune resumes its saved experiment. Else (interrupted before Tune saved anything,
+    or killed while it copied its snapshot) Tune starts afresh, and the searcher hands the
+    study's trials out again: running ones start over, finished ones rerun for the report."""
+    if not can_restore(plan.experiment_path):
+        return False
+    problem = snapshot_problem(plan.experiment_path)
+    if problem is not None:
+        print(
+            f"warning: Tune's snapshot cannot be resumed: {problem}. Tune starts afresh from the "
+            "Optuna study: unfinished trials start over, finished ones run again for the report "
+            "(the study keeps their results)",
+            flush=True,
+        )
+    return problem is None
 
 
 def _end(

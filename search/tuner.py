@@ -8,10 +8,17 @@ only grow the trials (`search.state.SAFE_TO_CHANGE`).
 
 from __future__ import annotations
 
+import fnmatch
+import json
+import pickletools
+from pathlib import Path
+
+import pyarrow.fs
 from ray import tune
 from ray.tune import ResumeConfig
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+from ray.tune.execution.tune_controller import TuneController
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from search import private_apis
 from search.callbacks import ConsoleCallback, MlflowCallback
@@ -109,3 +116,43 @@ def build_tuner(
 
 def can_restore(experiment_path: str) -> bool:
     return tune.Tuner.can_restore(experiment_path)
+
+
+# The files Tune resumes an experiment from, each the greatest name of its pattern: the trial
+# list (JSON), the search algorithm's state and the searcher's (pickles, the first named .json).
+SNAPSHOT_FILES = {
+    TuneController.CKPT_FILE_TMPL: json.loads,
+    SearchGenerator.CKPT_FILE_TMPL: lambda data: list(pickletools.genops(data)),  # runs nothing
+    Searcher.CKPT_FILE_TMPL: lambda data: list(pickletools.genops(data)),
+}
+
+
+def snapshot_problem(experiment_path: str) -> str | None:
+    """Why Tune cannot resume the experiment saved at `experiment_path`, or None if it can.
+
+    Tune writes its snapshot in a staging directory and copies the files into the storage one by
+    one, not atomically, every second (search.driver). A driver killed during a copy can leave a
+    file cut short or missing. Tune, given such a snapshot, logs "Failed to restore the run
+    state" with a traceback and restarts the experiment, with whatever it had restored before the
+    bad file still in place. Checked first, the search says why in one line and Tune starts
+    cleanly; the Optuna study holds every trial (search.searcher hands them out again)."""
+    fs, root = _filesystem(experiment_path)
+    names = [info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(root, allow_not_found=True))]
+    for template, read in SNAPSHOT_FILES.items():
+        saved = fnmatch.filter(names, template.format("*"))
+        if not saved:
+            return f"no {template.format('*')}"
+        newest = max(saved)  # as Tune chooses
+        with fs.open_input_stream(f"{root}/{newest}") as stream:
+            data = stream.readall()
+        try:
+            read(data)
+        except ValueError as exc:  # UnicodeDecodeError and json's errors are ValueErrors
+            return f"{newest} is cut short or unreadable ({exc})"
+    return None
+
+
+def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" in path:
+        return pyarrow.fs.FileSystem.from_uri(path)
+    return pyarrow.fs.LocalFileSystem(), str(Path(path).resolve())

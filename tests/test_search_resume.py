@@ -70,9 +70,22 @@ def test_resume_when_tunes_snapshot_is_older_than_the_study(tiny_model_dir, tmp_
     _assert_resumes_to_a_complete_search(tmp_path, space, tiny_model_dir)
 
 
+@pytest.mark.parametrize("cut", ["experiment_state-*.json", "searcher-state-*.pkl"])
+def test_resume_after_a_kill_that_cut_tunes_snapshot_short(tiny_model_dir, tmp_path, cut):
+    """Tune copies its snapshot into the storage file by file, every second: a driver killed
+    mid-copy leaves a file cut short. --resume says so and starts Tune afresh from the study."""
+    space = write_space(tmp_path, samples=6, epochs=3)
+    _start_and_kill_at(tmp_path, space, tiny_model_dir, "killed", "progress: 4/6")
+    [path] = (tmp_path / "runs" / "killed").glob(cut)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+    resumed = _assert_resumes_to_a_complete_search(tmp_path, space, tiny_model_dir)
+    assert f"warning: Tune's snapshot cannot be resumed: {path.name} is cut short" in resumed.stdout
+
+
 def _assert_resumes_to_a_complete_search(tmp_path, space, tiny_model_dir):
     """`--resume` ends the search killed under the name "killed": six trials in the study and in
-    MLflow, each once, all finished."""
+    MLflow, each once, all finished. Returns the resumed run."""
     resumed = run_search(tmp_path, space, tiny_model_dir, "killed", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "== search finished" in resumed.stdout and "0 failed" in resumed.stdout
@@ -90,6 +103,7 @@ def _assert_resumes_to_a_complete_search(tmp_path, space, tiny_model_dir):
     assert len({c["tags"]["ray_trial_id"] for c in children}) == 6, "a trial got two MLflow runs"
     assert {r["status"] for r in runs} == {"FINISHED"}, "a run was left RUNNING"
     assert {c["tags"]["state"] for c in children} <= {"COMPLETED", "PRUNED"}
+    return resumed
 
 
 def test_a_finished_search_grows_with_more_trials(tiny_model_dir, tmp_path):
