@@ -24,7 +24,7 @@ from trainable.trial import OBJECTIVE
 
 RAY_TRIAL_ID_ATTR = "ray_trial_id"
 # A finished Optuna trial cannot change, so a resumed search that reruns one (see
-# `_unclaimed_trial`) links the new Ray trial id on the study: key RERUN_ATTR_PREFIX + Ray id,
+# `_claim_unclaimed_trial`) links the new Ray trial id on the study: key RERUN_ATTR_PREFIX + Ray id,
 # value the Optuna trial number.
 RERUN_ATTR_PREFIX = "rerun:ray_trial_id:"
 

@@ -143,11 +143,10 @@ def snapshot_problem(experiment_path: str) -> str | None:
         if not saved:
             return f"no {template.format('*')}"
         newest = max(saved)  # as Tune chooses
-        with fs.open_input_stream(f"{root}/{newest}") as stream:
-            data = stream.readall()
         try:
-            read(data)
-        except ValueError as exc:  # UnicodeDecodeError and json's errors are ValueErrors
+            with fs.open_input_stream(f"{root}/{newest}") as stream:
+                read(stream.readall())
+        except Exception as exc:  # noqa: BLE001 - whatever stops us reading it would stop Tune
             return f"{newest} is cut short or unreadable ({exc})"
     return None
 
