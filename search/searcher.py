@@ -135,6 +135,12 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if frozen.state.is_finished():
             private_apis.told_trials(self).add(trial_id)
 
+    def adopt(self, trial_ids) -> None:
+        """Take in the Tune trials this searcher's state does not know (see `_knows`), before
+        Tune asks for new ones: else a new trial would claim their Optuna trials a second time."""
+        for trial_id in trial_ids:
+            self._knows(trial_id)
+
     def _knows(self, trial_id: str) -> bool:
         """Whether `trial_id` has its Optuna trial here. A resumed Tune trial may not: Tune saves
         its trial list and this searcher's state in separate files, and a driver killed between

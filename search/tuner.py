@@ -51,6 +51,19 @@ class BudgetedSearch(SearchGenerator):
         self.searcher.set_max_concurrency(max_concurrent)
 
 
+class AdoptRestoredTrials(tune.Callback):
+    """Hands the searcher Tune's restored trial list at the first step, before Tune asks it for
+    new trials (`PrunedAwareOptunaSearch.adopt`)."""
+
+    def __init__(self, searcher):
+        self.searcher, self._done = searcher, False
+
+    def on_step_begin(self, iteration, trials, **info):
+        if not self._done:
+            self.searcher.adopt(trial.trial_id for trial in trials)
+            self._done = True
+
+
 class ExperimentEnd(tune.Callback):
     """Which trials were not finished when `fit()` returned: none, unless Tune was stopped."""
 
@@ -84,14 +97,16 @@ def build_tuner(
         reduction_factor=budget.reduction_factor,
     )
     watch = ExperimentEnd()
+    searcher = build_searcher(spec, state_dir, name)
     callbacks = [
+        AdoptRestoredTrials(searcher),
         ConsoleCallback(budget.num_samples, budget.max_epochs, spec.trial_params),
         MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
         TuneInterrupt(),
         watch,
     ]
     # With a searcher and no concurrency limit, Tune runs one trial at a time.
-    search = BudgetedSearch(build_searcher(spec, state_dir, name), budget.num_samples, budget.max_concurrent)
+    search = BudgetedSearch(searcher, budget.num_samples, budget.max_concurrent)
     tuner = tune.Tuner(
         trainable_for(spec, targets),
         tune_config=tune.TuneConfig(

@@ -7,6 +7,8 @@ makes them, with no Ray trials, against a real Optuna study in a sqlite file und
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import optuna
 import pytest
 from optuna.trial import TrialState
@@ -187,6 +189,34 @@ def test_resumed_tune_trial_that_the_searchers_snapshot_missed_reports_to_its_tr
     after.on_trial_complete("t0", _result(0.3, EPOCHS))
     [trial] = _trials(tmp_path)
     assert trial.state is TrialState.COMPLETE and trial.intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3}
+
+
+def test_restored_tune_trials_are_adopted_before_new_ones_claim_their_optuna_trials(spec, tmp_path):
+    """Tune's trial list newer than the searcher's state (a kill between the two files): Tune
+    resumes t0 and asks for a new trial. Adopted first (Tune's first step, `AdoptRestoredTrials`
+    in the Tuner that build_tuner makes), t0 keeps its Optuna trial and the new one gets its own;
+    not adopted, the new one would claim t0's trial and run its configuration a second time."""
+    from ray.tune.search import ConcurrencyLimiter
+
+    from search.tracking import MlflowLedger
+    from search.tuner import AdoptRestoredTrials, build_tuner
+
+    before = _searcher(spec, tmp_path)
+    before.save(str(tmp_path / "snapshot.pkl"))
+    config = before.suggest("t0")
+
+    ledger = MlflowLedger(f"sqlite:///{tmp_path}/mlflow.db", "exp", "study", "uuid", tmp_path)
+    tuner, _ = build_tuner(spec, str(tmp_path / "runs"), "study", tmp_path, ledger)
+    [adopt] = [c for c in tuner._local_tuner._run_config.callbacks if isinstance(c, AdoptRestoredTrials)]
+    search = tuner._local_tuner._tune_config.search_alg.searcher  # test-only reads of Tune's wiring
+    assert isinstance(search, ConcurrencyLimiter) and search.searcher is adopt.searcher
+
+    after = adopt.searcher
+    after.restore(str(tmp_path / "snapshot.pkl"))  # what Tune does on --resume, before its first step
+    adopt.on_step_begin(iteration=0, trials=[SimpleNamespace(trial_id="t0")])
+    after.suggest("t1")
+    assert [(t.number, t.user_attrs[RAY_TRIAL_ID_ATTR]) for t in _trials(tmp_path)] == [(0, "t0"), (1, "t1")]
+    assert after.suggest("t0") == config  # t0 resumes on its own Optuna trial
 
 
 def test_resume_claims_a_trial_killed_between_ask_and_its_params(spec, tmp_path):
