@@ -135,10 +135,16 @@ def can_restore(experiment_path: str) -> bool:
 
 # The files Tune resumes an experiment from, each the greatest name of its pattern: the trial
 # list (JSON), the search algorithm's state and the searcher's (pickles, the first named .json).
+def _read_pickle_through(data: bytes) -> None:
+    """Walks a pickle's opcodes to its STOP, running none of them: one cut short raises."""
+    for _ in pickletools.genops(data):
+        pass
+
+
 SNAPSHOT_FILES = {
     TuneController.CKPT_FILE_TMPL: json.loads,
-    SearchGenerator.CKPT_FILE_TMPL: lambda data: list(pickletools.genops(data)),  # runs nothing
-    Searcher.CKPT_FILE_TMPL: lambda data: list(pickletools.genops(data)),
+    SearchGenerator.CKPT_FILE_TMPL: _read_pickle_through,
+    Searcher.CKPT_FILE_TMPL: _read_pickle_through,
 }
 
 
