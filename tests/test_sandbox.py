@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import secrets
 import shutil
 import socket
+import struct
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -66,9 +69,15 @@ def traps(tmp_path, monkeypatch):
         "MARKER": "sps-daemon-" + secrets.token_hex(6),
     }
     before = sorted(os.listdir(tmp_path))
+    mtime, flags = sentinel.stat().st_mtime_ns, _fs_flags(sentinel)
+    workdirs = _sandbox_workdirs()
 
     def verify(results) -> None:
         assert sentinel.read_text() == "original"
+        assert sentinel.stat().st_mtime_ns == mtime, "a program changed a host file's timestamps"
+        assert _fs_flags(sentinel) == flags, "a program changed a host file's inode flags (immutable?)"
+        left = _sandbox_workdirs() - workdirs
+        assert not left, f"working dirs left behind: {sorted(left)}"
         assert os.listxattr(sentinel) == [], "a program set an extended attribute"
         assert sorted(os.listdir(tmp_path)) == before, "a program created or removed files"
         leaks = [r.detail for r in results if secret in r.detail or canary in r.detail]
@@ -78,9 +87,40 @@ def traps(tmp_path, monkeypatch):
         assert not _processes_with(values["MARKER"], settle_s=5.0), "a daemon survived"
 
     yield values, verify
+    _set_fs_flags(sentinel, flags)  # only if verify already failed: tmp_path must stay removable
     listener.close()
     for pid in _processes_with(values["MARKER"]):  # only if verify already failed
         os.kill(pid, 9)
+
+
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS = 0x80086601, 0x40086602
+
+
+def _fs_flags(path: Path) -> int | None:
+    """The inode flags (chattr's: immutable, append-only, ...); None where the file system has none."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return struct.unpack("i", fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\0" * 4))[0]
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _set_fs_flags(path: Path, flags: int | None) -> None:
+    if flags is None or _fs_flags(path) == flags:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", flags))
+    finally:
+        os.close(fd)
+
+
+def _sandbox_workdirs() -> set[str]:
+    """The fallback modes' working dirs (tempfile.mkdtemp(prefix="sandbox-")) that exist now."""
+    root = tempfile.gettempdir()
+    return {name for name in os.listdir(root) if name.startswith("sandbox-")}
 
 
 def _processes_with(marker: str, settle_s: float = 0.0) -> list[int]:
@@ -231,7 +271,7 @@ def test_hostile_corpus_all_fail_and_leave_no_trace(mode, traps):
     _mode_or_skip(mode)
     values, verify = traps
     names = list(HOSTILE)
-    assert len(names) >= 90
+    assert len(names) >= 105
     results = run_programs(_hostile_programs(names, values), timeout_s=HOSTILE_TIMEOUT_S, mode=mode)
     _report(mode, names, results)
     passed = [name for name, result in zip(names, results) if result.passed]
@@ -294,12 +334,33 @@ assert not {"f", "n"} & set(os.listdir("."))""",
 import os, socket
 open("x", "w").close()
 for attempt in (lambda: os.memfd_create("m"), lambda: socket.socket(),
-                lambda: socket.socketpair(), lambda: os.setxattr("x", "user.a", b"1")):
+                lambda: socket.socket(socket.AF_UNIX), lambda: os.setxattr("x", "user.a", b"1")):
     try:
         attempt()
         raise AssertionError("allowed")
     except PermissionError:
-        pass""",
+        pass
+a, b = socket.socketpair()  # AF_UNIX, inside the process: allowed
+a.sendall(b"ping")
+assert b.recv(4) == b"ping"
+""",
+    "no_timestamps_flags_or_file_signals": """
+import fcntl, os, struct
+open("x", "w").close()
+fd = os.open("x", os.O_RDONLY)
+FS_IOC_GETFLAGS, FS_IOC_SETFLAGS, FS_IMMUTABLE_FL = 0x80086601, 0x40086602, 0x10
+for attempt in (lambda: os.utime("x", (0, 0)), lambda: os.utime(fd, (0, 0)),
+                lambda: fcntl.ioctl(fd, FS_IOC_GETFLAGS, b"\\0" * 4),
+                lambda: fcntl.ioctl(fd, FS_IOC_SETFLAGS, struct.pack("i", FS_IMMUTABLE_FL)),
+                lambda: fcntl.fcntl(fd, fcntl.F_SETOWN, 1),
+                lambda: fcntl.fcntl(fd, fcntl.F_SETSIG, 9),
+                lambda: fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_RDLCK)):
+    try:
+        attempt()
+        raise AssertionError("allowed")
+    except PermissionError:
+        pass
+assert os.get_blocking(fd) and os.isatty(fd) is False  # the ioctls/fcntls Python needs still work""",
     "no_host_listing_or_reading": """
 import os
 for attempt in (lambda: os.listdir("/"), lambda: open("/etc/hostname").read(),
@@ -330,8 +391,69 @@ def test_kernel_filters_refuse_from_inside(mode):
 def test_seccomp_program_is_well_formed_for_each_table():
     for arch in ARCHES:
         program = seccomp_program(arch)
-        assert program and len(program) % 8 == 0 and len(program) // 8 < 4096
+        assert program and len(program.code) % 8 == 0 and len(program.code) // 8 < 4096
+        lo, hi = program.exec_slots  # the two `jeq` whose constants the launcher fills in
+        for slot in (lo, hi):
+            op, _, _, k = struct.unpack_from("=HBBI", program.code, 8 * slot)
+            assert (op, k) == (0x15, 0)
     assert seccomp_program("sparc") is None
+
+
+NO_RAW_MEMORY_PROBE = """
+import sys, types
+denied = ("ctypes", "_ctypes", "cffi", "_cffi_backend", "_testcapi", "_testinternalcapi",
+          "_testbuffer", "_xxsubinterpreters", "_lsprof")
+def every_subclass():
+    seen, todo = set(), [object]
+    while todo:
+        for sub in type.__subclasses__(todo.pop()):
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                todo.append(sub)
+                yield sub
+def denied_name(name):
+    return any(part in denied or part.startswith("_test") for part in (name or "").split("."))
+types_found = sorted({t.__module__ + "." + t.__name__ for t in every_subclass() if denied_name(t.__module__)})
+assert not types_found, types_found
+modules_found = sorted(name for name in sys.modules if denied_name(name))
+assert not modules_found, modules_found
+bound = sorted(f"{module.__name__}.{attribute}" for module in list(sys.modules.values())
+               for attribute, value in list(vars(module).items())
+               if isinstance(value, types.ModuleType) and denied_name(value.__name__))
+assert not bound, bound
+for name in ("ctypes", "_ctypes", "ctypes._endian", "ctypes.util", "_testcapi", "multiprocessing.sharedctypes"):
+    try:
+        __import__(name)
+        raise AssertionError(f"imported {name}")
+    except ImportError:
+        pass
+# A program that names modules which import ctypes: they are not pre-imported either.
+if False:
+    import multiprocessing.sharedctypes, ctypes.util, ctypes._endian, uuid, platform
+"""
+
+
+@pytest.mark.parametrize("mode", ["bwrap", *FALLBACK_MODES])
+def test_no_raw_memory_primitive_inside_the_program(mode):
+    """From inside a program: no ctypes/cffi/test-module type among object's subclasses, no such
+    module in sys.modules or bound as any module's attribute, and none importable."""
+    _mode_or_skip(mode)
+    result = run_programs([NO_RAW_MEMORY_PROBE], timeout_s=10, mode=mode)[0]
+    assert result.status == "passed", result.detail
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop applies to a root scorer")
+def test_root_scorer_runs_programs_without_capabilities():
+    """In the fallback modes (no user namespace) a root scorer's program holds no capability in
+    any set: read from /proc with the guard and the kernel filters off, so the kernel tells."""
+    probe = """
+fields = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
+caps = {k: int(fields[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")}
+assert not any(caps.values()), caps
+assert fields["NoNewPrivs"].strip() == "1"
+"""
+    result = run_programs([probe], timeout_s=10, mode="rlimits", guard=False, kernel_filters=False)[0]
+    assert result.status == "passed", result.detail
 
 
 def test_works_when_python_lives_under_tmp(tmp_path):

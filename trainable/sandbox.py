@@ -55,6 +55,7 @@ import secrets
 import selectors
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -66,6 +67,7 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 from softprompt_cli.errors import UsageError, field_error
+from trainable import sandbox_paths
 from trainable.sandbox_filters import seccomp_program
 
 MODES = ("bwrap", "rlimits+netns", "rlimits")
@@ -73,10 +75,13 @@ MODE_ENV = "SOFTPROMPT_SANDBOX"
 MEMORY_BYTES = 2 * 1024**3  # address space per program (numpy imports fine; bombs stop)
 FILE_BYTES = 10 * 1024**2  # largest file a program may write
 TMPFS_BYTES = 64 * 1024**2  # bwrap: total disk a program may fill
+SHM_BYTES = 16 * 1024**2  # its private /dev/shm (semaphores)
 STARTUP_GRACE_S = 1.0  # interpreter + namespace start-up, on top of timeout_s
 TAIL_BYTES = 4096  # kept of stderr and of the result pipe
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
 HARNESS = (Path(__file__).with_name("sandbox_harness.py")).read_text(encoding="utf-8")
+LAUNCHER = (Path(__file__).with_name("sandbox_launcher.py")).read_text(encoding="utf-8")
+UNPRIVILEGED_ID = 65534  # "nobody": who a root scorer's program runs as, where it can
 log = logging.getLogger(__name__)
 
 
@@ -179,7 +184,7 @@ def _announce(mode: str) -> str:
     """Say once per process, loudly, that a weaker mode runs (or that it cannot)."""
     if mode == "rlimits+netns" and not _netns_works():
         raise SandboxUnavailable(
-            f"sandbox: mode 'rlimits+netns' cannot run here (unshare -n is "
+            f"sandbox: mode 'rlimits+netns' cannot run here (unshare -n -m is "
             f"not permitted); use {MODE_ENV}=rlimits or install bubblewrap"
         )
     if mode != "bwrap":
@@ -214,11 +219,17 @@ def _probe() -> str:
     )
 
 
+# rlimits+netns: no network, and a mount namespace of its own, where the launcher mounts a
+# private /dev/shm before it drops its capabilities.
+_UNSHARE = ("-n", "-m", "--propagation", "private")
+
+
 def _netns_works() -> bool:
     unshare = shutil.which("unshare")
     try:
         return (
-            bool(unshare) and subprocess.run([unshare, "-n", "true"], capture_output=True, timeout=10).returncode == 0
+            bool(unshare)
+            and subprocess.run([unshare, *_UNSHARE, "true"], capture_output=True, timeout=10).returncode == 0
         )
     except (OSError, subprocess.TimeoutExpired):
         return False
@@ -246,47 +257,83 @@ def _bwrap_prefix() -> tuple[str, ...]:
         "/tmp",
         "--dev",
         "/dev",
+        # A private /dev/shm: multiprocessing's locks (thread pools included) live there.
+        "--perms",
+        "1777",
+        "--size",
+        str(SHM_BYTES),
+        "--tmpfs",
+        "/dev/shm",
     ]
-    # Only what Python needs, read-only: no home dirs, no repo, no secrets, no /proc.
+    # Only what Python needs, read-only: no home dirs, no repo, no venv, no secrets, no /proc.
     for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    exe_root = os.path.dirname(os.path.dirname(os.path.realpath(sys.executable)))
-    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, exe_root}
-    roots |= {os.path.realpath(root) for root in roots}
-    for root in sorted(roots):
-        if root.startswith("/") and not root.startswith("/usr/") and root not in ("/", "/usr", "/tmp"):
-            args += ["--ro-bind", root, root]
+    root = sandbox_paths.install_root()
+    if not root.startswith("/usr/") and root not in ("/", "/usr", "/tmp"):
+        args += ["--ro-bind", root, root]
+    # The denied modules' files and third-party packages, hidden even where Landlock is not
+    # (but ctypes, which the launcher needs before Landlock hides it).
+    for path in sandbox_paths.denied_paths():
+        if path in sandbox_paths.launcher_needs():
+            continue
+        if os.path.isdir(path):
+            args += ["--tmpfs", path, "--remount-ro", path]
+        elif os.path.exists(path):
+            args += ["--ro-bind", "/dev/null", path]
     return tuple(args + ["--chdir", "/tmp"])
 
 
 @functools.lru_cache(maxsize=1)
-def _seccomp_hex() -> str:
+def _seccomp_config() -> tuple[str, list[int]]:
     program = seccomp_program()
     if program is None:
         log.warning(
             "sandbox: no seccomp table for this CPU architecture; processes are bounded "
             "only by RLIMIT_NPROC (not for root)"
         )
-    return program.hex() if program else ""
+        return "", []
+    return program.code.hex(), list(program.exec_slots)
 
 
 def _command(mode: str, config: dict) -> list[str]:
-    harness = [sys.executable, "-I", "-B", "-c", HARNESS, json.dumps(config)]
+    launcher = [sandbox_paths.interpreter(), "-I", "-S", "-B", "-c", LAUNCHER, json.dumps(config), HARNESS]
     if mode == "bwrap":
-        return [*_bwrap_prefix(), "--", *harness]
+        return [*_bwrap_prefix(), "--", *launcher]
     if mode == "rlimits+netns":
-        return [shutil.which("unshare") or "unshare", "-n", "--", *harness]
-    return harness
+        return [shutil.which("unshare") or "unshare", *_UNSHARE, "--", *launcher]
+    return launcher
+
+
+@functools.lru_cache(maxsize=1)
+def _unprivileged_can_run() -> bool:
+    """Whether "nobody" can read and run the interpreter and its standard library: every
+    directory above them searchable by others, the files readable (an install under a
+    private home, such as /root/.pyenv, is not)."""
+    paths = [sandbox_paths.interpreter(), *sandbox_paths.interpreter_path()]
+    for path in paths:
+        parts = path.split("/")
+        for depth in range(1, len(parts) + 1):
+            here = "/".join(parts[:depth]) or "/"
+            mode = os.stat(here).st_mode
+            needed = stat.S_IXOTH | (stat.S_IROTH if depth == len(parts) else 0)
+            if mode & needed != needed:
+                return False
+    return True
 
 
 def _run_one(program: Program, timeout_s: float, mode: str, guard: bool, kernel_filters: bool) -> ProgramResult:
     token = secrets.token_hex(16).encode()
     workdir = None if mode == "bwrap" else tempfile.mkdtemp(prefix="sandbox-")
     root = "/tmp" if workdir is None else os.path.realpath(workdir)
+    drop_to = None
+    if workdir is not None and os.geteuid() == 0 and _unprivileged_can_run():
+        drop_to = UNPRIVILEGED_ID
+        os.chown(workdir, drop_to, drop_to)
+    seccomp, exec_slots = _seccomp_config()
     fds: list[int] = []
     try:
         tok_r, tok_w = _pipe(fds)
@@ -300,9 +347,20 @@ def _run_one(program: Program, timeout_s: float, mode: str, guard: bool, kernel_
             "memory_bytes": MEMORY_BYTES,
             "file_bytes": FILE_BYTES,
             "root": root,
+            "tmpdir": root + "/tmp",
+            "shm": mode != "rlimits",  # a private /dev/shm: bwrap's, or the launcher mounts one
+            "shm_bytes": SHM_BYTES,
+            "python": sandbox_paths.interpreter(),
+            "drop_to": drop_to,
             "guard": guard,
             "kernel_filters": kernel_filters,
-            "seccomp": _seccomp_hex(),
+            "seccomp": seccomp,
+            "exec_slots": exec_slots,
+            "readable": list(sandbox_paths.readable_paths()),
+            "listable": list(sandbox_paths.listable_dirs()),
+            "denied_paths": list(sandbox_paths.denied_paths()),
+            "denied_names": sorted(sandbox_paths.DENIED_MODULES),
+            "denied_prefixes": list(sandbox_paths.DENIED_PREFIXES),
         }
         payload = {"source": program.source, "test": program.test, "entry_point": program.entry_point}
         with tempfile.TemporaryFile() as stdin:
@@ -315,7 +373,7 @@ def _run_one(program: Program, timeout_s: float, mode: str, guard: bool, kernel_
                 stderr=err_w,
                 pass_fds=(tok_r, res_w),
                 cwd=root if workdir else "/",
-                env={**_ENV, "HOME": root, "TMPDIR": root},
+                env={**_ENV, "HOME": root, "TMPDIR": root + "/tmp"},
                 start_new_session=True,
             )
         for fd in (tok_r, tok_w, res_w, err_w):  # the parent keeps only the read ends
@@ -329,7 +387,20 @@ def _run_one(program: Program, timeout_s: float, mode: str, guard: bool, kernel_
         for fd in fds:
             os.close(fd)
         if workdir is not None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            _remove_workdir(workdir)
+
+
+def _remove_workdir(workdir: str) -> None:
+    """Remove a program's working dir; say so, in one line, when something stays behind."""
+    failures: list[str] = []
+
+    def note(function, path, error) -> None:  # error: an exception (onexc) or exc_info (onerror)
+        failures.append(f"{path}: {error[1] if isinstance(error, tuple) else error}")
+
+    handler = {"onexc": note} if sys.version_info >= (3, 12) else {"onerror": note}
+    shutil.rmtree(workdir, **handler)
+    if os.path.lexists(workdir):
+        log.warning("sandbox: could not remove the working dir %s (%s)", workdir, failures[0] if failures else "")
 
 
 def _pipe(fds: list[int]) -> tuple[int, int]:

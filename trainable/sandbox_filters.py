@@ -1,23 +1,32 @@
 """Kernel filters for sandboxed programs: the seccomp program (built here, in the scorer).
 
-The harness (trainable/sandbox_harness.py) installs this filter on itself before any program
-code runs, in every sandbox mode; the kernel then refuses the listed system calls with EPERM
-for the rest of the process's life, whatever the program does in Python or in native code:
+The launcher (trainable/sandbox_launcher.py) installs this filter before it starts the
+interpreter that runs the program, in every sandbox mode; the filter survives that one
+`execve`, and the kernel then refuses the listed system calls with EPERM for the rest of the
+process's life, whatever the program does in Python or in native code:
 
-- creating processes (fork, vfork, execve, clone without CLONE_THREAD; clone3 answers ENOSYS
+- creating processes (fork, vfork, execveat, clone without CLONE_THREAD; clone3 answers ENOSYS
   so that libc falls back to clone for threads): no daemons, no fork bombs, even as root,
-  where RLIMIT_NPROC does not apply;
+  where RLIMIT_NPROC does not apply. `execve` passes only with the launcher's own path
+  pointer (`SeccompProgram.exec_slots`, patched in by the launcher): its one exec of the
+  interpreter; any other call is refused;
 - reaching other processes or its own memory from outside Python (kill/tgkill/pidfd_*,
   ptrace, process_vm_readv/writev): the pass token sits in the harness's memory;
-- file-system side effects the path checks cannot see (mknod/mkfifo, xattrs, chmod/chown,
-  hard and symbolic links), memory outside RLIMIT_AS (memfd, SysV/POSIX IPC), sockets (no
-  network, no DNS even without a network namespace), namespaces and mounts, rlimit changes,
-  and the kernel's administrative calls (modules, clocks, reboot, swap, BPF, io_uring...).
+- file-system side effects the path checks cannot see: mknod/mkfifo, xattrs, chmod/chown,
+  symbolic links, timestamps (utime*), `ioctl` beyond the few terminal/fd requests Python
+  itself makes (no FS_IOC_* flags such as immutable, no freeze or trim), `fcntl`
+  F_SETOWN/F_SETSIG/F_SETLEASE/F_NOTIFY (no signals or leases on host files). Hard links are
+  left to Landlock, which refuses any that would bring a file from outside the working dir
+  in (glibc's sem_open makes one);
+- memory outside RLIMIT_AS (memfd, SysV/POSIX IPC), sockets (no network, no DNS even without
+  a network namespace; only an AF_UNIX `socketpair`, which reaches nothing outside the
+  process), namespaces and mounts, rlimit changes, and the kernel's administrative calls
+  (modules, clocks, reboot, swap, BPF, io_uring...).
 
 Honest HumanEval/MBPP programs never need any of these. A non-native system call ABI (i386
 `int 0x80`, x32) kills the process, since its numbers would bypass the table.
 
-Landlock (file-system paths) is applied by the harness itself; see `landlock` there.
+Landlock (file-system paths) is applied by the launcher; see `_landlock` there.
 """
 
 from __future__ import annotations
@@ -25,21 +34,30 @@ from __future__ import annotations
 import errno
 import platform
 import struct
+from dataclasses import dataclass
 
-# struct seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6].
-_NR, _ARCH, _ARG0_LOW = 0, 4, 16
-_LD_W_ABS, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x15, 0x35, 0x45, 0x06
+# struct seccomp_data: int nr; u32 arch; u64 instruction_pointer; u64 args[6] (little-endian
+# on both tables' architectures: an argument's low half comes first).
+_NR, _ARCH = 0, 4
+_ARG_LOW = tuple(16 + 8 * i for i in range(6))
+_LD_W_ABS, _JA, _JEQ_K, _JGE_K, _JSET_K, _RET_K = 0x20, 0x05, 0x15, 0x35, 0x45, 0x06
 RET_ALLOW = 0x7FFF0000
 RET_KILL_PROCESS = 0x80000000
 RET_ERRNO = 0x00050000
 CLONE_THREAD = 0x00010000
 X32_SYSCALL_BIT = 0x40000000
+AF_UNIX = 1
+# ioctl requests Python itself makes on its own fds (isatty, terminal size, bytes waiting,
+# blocking and close-on-exec flags); the same numbers on both architectures.
+# TCGETS TIOCGPGRP TIOCGWINSZ FIONREAD FIONBIO FIONCLEX FIOCLEX
+IOCTL_ALLOWED = (0x5401, 0x540F, 0x5413, 0x541B, 0x5421, 0x5450, 0x5451)
+FCNTL_DENIED = (8, 10, 15, 1024, 1026)  # F_SETOWN F_SETSIG F_SETOWN_EX F_SETLEASE F_NOTIFY
 
 # Denied calls by name, then per architecture the numbers (kernel syscall tables; x86_64's is
 # arch/x86/entry/syscalls/syscall_64.tbl, aarch64 uses the generic include/uapi/asm-generic/
 # unistd.h). Names missing from an architecture do not exist there (aarch64 has no fork).
 DENIED = {
-    "processes": ("fork", "vfork", "execve", "execveat"),
+    "processes": ("fork", "vfork", "execveat"),
     "other processes": (
         "kill",
         "tkill",
@@ -83,12 +101,14 @@ DENIED = {
         "fchown",
         "lchown",
         "fchownat",
-        "link",
-        "linkat",
         "symlink",
         "symlinkat",
         "name_to_handle_at",
         "open_by_handle_at",
+        "utime",
+        "utimes",
+        "futimesat",
+        "utimensat",
     ),
     "memory outside rlimits": (
         "memfd_create",
@@ -115,7 +135,7 @@ DENIED = {
         "set_mempolicy_home_node",
         "userfaultfd",
     ),
-    "network": ("socket", "socketpair"),
+    "network": ("socket",),
     "namespaces and mounts": (
         "unshare",
         "setns",
@@ -205,6 +225,7 @@ _X86_64 = {
     "fchown": 93,
     "lchown": 94,
     "ptrace": 101,
+    "utime": 132,
     "syslog": 103,
     "rt_sigqueueinfo": 129,
     "mknod": 133,
@@ -245,6 +266,7 @@ _X86_64 = {
     "lremovexattr": 198,
     "fremovexattr": 199,
     "tkill": 200,
+    "utimes": 235,
     "sched_setaffinity": 203,
     "lookup_dcookie": 212,
     "semtimedop": 220,
@@ -267,6 +289,7 @@ _X86_64 = {
     "mknodat": 259,
     "fchownat": 260,
     "linkat": 265,
+    "futimesat": 261,
     "symlinkat": 266,
     "fchmodat": 268,
     "unshare": 272,
@@ -279,6 +302,9 @@ _X86_64 = {
     "open_by_handle_at": 304,
     "clock_adjtime": 305,
     "setns": 308,
+    "utimensat": 280,
+    "ioctl": 16,
+    "fcntl": 72,
     "process_vm_readv": 310,
     "process_vm_writev": 311,
     "kcmp": 312,
@@ -298,6 +324,9 @@ _AARCH64 = {
     "lremovexattr": 15,
     "fremovexattr": 16,
     "lookup_dcookie": 18,
+    "fcntl": 25,
+    "ioctl": 29,
+    "utimensat": 88,
     "ioprio_set": 30,
     "mknodat": 33,
     "symlinkat": 36,
@@ -423,40 +452,70 @@ def machine() -> str:
     return {"amd64": "x86_64", "arm64": "aarch64"}.get(name, name)
 
 
-def seccomp_program(arch: str | None = None) -> bytes | None:
-    """The classic-BPF program (struct sock_filter[]) for `arch`; None where we have no table."""
+@dataclass(frozen=True)
+class SeccompProgram:
+    """A classic-BPF program (struct sock_filter[]) and the two instructions whose constants
+    the launcher sets to the low and high half of its exec path's address."""
+
+    code: bytes
+    exec_slots: tuple[int, int]
+
+
+def seccomp_program(arch: str | None = None) -> SeccompProgram | None:
+    """The filter for `arch`; None where we have no table."""
     arch = arch or machine()
     if arch not in ARCHES:
         return None
     audit_arch, numbers = ARCHES[arch]
     denied = sorted({numbers[name] for names in DENIED.values() for name in names if name in numbers})
-    body = [(_LD_W_ABS, 0, 0, _NR)]
+    code: list = [(_LD_W_ABS, 0, 0, _ARCH), (_JEQ_K, 0, "kill", audit_arch), (_LD_W_ABS, 0, 0, _NR)]
     if arch == "x86_64":  # x32 calls share numbers with a high bit set
-        body.append((_JGE_K, "eperm", 0, X32_SYSCALL_BIT))
-    body += [(_JEQ_K, "eperm", 0, nr) for nr in denied]
-    body += [
-        (_JEQ_K, "enosys", 0, numbers["clone3"]),  # flags live in memory: let libc
-        (_JEQ_K, 0, "allow", numbers["clone"]),  # fall back to clone, checked here
-        (_LD_W_ABS, 0, 0, _ARG0_LOW),
+        code.append((_JGE_K, "eperm", 0, X32_SYSCALL_BIT))
+    code += [(_JEQ_K, "eperm", 0, nr) for nr in denied]
+    code += [
+        (_JEQ_K, "enosys", 0, numbers["clone3"]),  # flags live in memory: let libc fall back to clone
+        (_JEQ_K, "clone", 0, numbers["clone"]),
+        (_JEQ_K, "ioctl", 0, numbers["ioctl"]),
+        (_JEQ_K, "fcntl", 0, numbers["fcntl"]),
+        (_JEQ_K, "socketpair", 0, numbers["socketpair"]),
+        (_JEQ_K, "execve", "allow", numbers["execve"]),
+        ("clone", _LD_W_ABS, 0, 0, _ARG_LOW[0]),
         (_JSET_K, "allow", "eperm", CLONE_THREAD),
+        ("ioctl", _LD_W_ABS, 0, 0, _ARG_LOW[1]),  # the request is an unsigned int
+        *[(_JEQ_K, "allow", 0, request) for request in IOCTL_ALLOWED],
+        (_JA, 0, 0, "eperm"),
+        ("fcntl", _LD_W_ABS, 0, 0, _ARG_LOW[1]),
+        *[(_JEQ_K, "eperm", 0, command) for command in FCNTL_DENIED],
+        (_JA, 0, 0, "allow"),
+        ("socketpair", _LD_W_ABS, 0, 0, _ARG_LOW[0]),
+        (_JEQ_K, "allow", "eperm", AF_UNIX),
+        ("execve", _LD_W_ABS, 0, 0, _ARG_LOW[0]),  # the path pointer: low half, then high half
+        (_JEQ_K, 0, "eperm", 0),
+        (_LD_W_ABS, 0, 0, _ARG_LOW[0] + 4),
+        (_JEQ_K, "allow", "eperm", 0),
     ]
-    head = [(_LD_W_ABS, 0, 0, _ARCH), (_JEQ_K, 0, "kill", audit_arch)]
     labels = {
         "allow": RET_ALLOW,
         "eperm": RET_ERRNO | errno.EPERM,
         "enosys": RET_ERRNO | errno.ENOSYS,
         "kill": RET_KILL_PROCESS,
     }
-    return _assemble(head + body, labels)
+    program = _assemble(code, labels)
+    return SeccompProgram(program, (len(code) - 3, len(code) - 1))
 
 
-def _assemble(code: list[tuple], labels: dict[str, int]) -> bytes:
-    # Jumps name a return label; each label becomes one `ret` after the code.
-    where = {name: len(code) + i for i, name in enumerate(labels)}
+def _assemble(code: list[tuple], returns: dict[str, int]) -> bytes:
+    # An instruction may start with a label of its own; jumps (and a JA's constant) name a
+    # label or a return value, and each return value becomes one `ret` after the code.
+    where = {ins[0]: pc for pc, ins in enumerate(code) if isinstance(ins[0], str)}
+    where |= {name: len(code) + i for i, name in enumerate(returns)}
     out = []
-    for pc, (op, jt, jf, k) in enumerate(code):
+    for pc, ins in enumerate(code):
+        op, jt, jf, k = ins[1:] if isinstance(ins[0], str) else ins
         jt, jf = (where[j] - pc - 1 if isinstance(j, str) else j for j in (jt, jf))
+        if op == _JA and isinstance(k, str):
+            k = where[k] - pc - 1
         assert 0 <= jt < 256 and 0 <= jf < 256, "BPF jump out of range"
         out.append(struct.pack("=HBBI", op, jt, jf, k))
-    out += [struct.pack("=HBBI", _RET_K, 0, 0, value) for value in labels.values()]
+    out += [struct.pack("=HBBI", _RET_K, 0, 0, value) for value in returns.values()]
     return b"".join(out)

