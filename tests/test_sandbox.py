@@ -490,3 +490,22 @@ def test_known_limits_pass_as_documented():
     programs = [build_program(problems[task_id], completion) for task_id, completion in KNOWN_LIMITS.values()]
     results = run_programs(programs, timeout_s=5)
     assert all(r.passed for r in results), results
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="setting the immutable flag needs root")
+def test_a_working_dir_that_cannot_be_removed_is_named_in_one_line(tmp_path, caplog):
+    workdir = tmp_path / "sandbox-stuck"
+    workdir.mkdir()
+    stuck = workdir / "stuck"
+    stuck.write_text("")
+    flags = _fs_flags(stuck)
+    if flags is None:
+        pytest.skip("this file system has no inode flags")
+    _set_fs_flags(stuck, flags | 0x10)  # FS_IMMUTABLE_FL
+    try:
+        with caplog.at_level("WARNING", logger="trainable.sandbox"):
+            sandbox._remove_workdir(str(workdir))
+    finally:
+        _set_fs_flags(stuck, flags)
+    lines = [r.getMessage() for r in caplog.records if "could not remove" in r.getMessage()]
+    assert len(lines) == 1 and str(workdir) in lines[0] and "\n" not in lines[0], lines

