@@ -280,9 +280,10 @@ def _bwrap_prefix() -> tuple[str, ...]:
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    root = sandbox_paths.install_root()
-    if not root.startswith("/usr/") and root not in ("/", "/usr", "/tmp"):
-        args += ["--ro-bind", root, root]
+    bound = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")  # above, or not at all
+    for root in sandbox_paths.interpreter_roots():  # binds under /tmp sit inside its tmpfs
+        if root not in ("/", "/tmp") and not any(sandbox_paths.under(root, top) for top in bound):
+            args += ["--ro-bind", root, root]
     # The denied modules' files and third-party packages, hidden even where Landlock is not
     # (but ctypes, which the launcher needs before Landlock hides it).
     for path in sandbox_paths.denied_paths():

@@ -105,19 +105,20 @@ def launcher_needs() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1)
 def readable_paths() -> tuple[str, ...]:
-    return tuple(sorted(carve(_roots(), denied_paths())))
+    return tuple(sorted(carve(interpreter_roots(), denied_paths())))
 
 
-def _roots() -> list[str]:
+def interpreter_roots() -> list[str]:
+    """The trees the interpreter reads: system libraries, its install, its sys.path (outermost only)."""
     roots = {os.path.realpath(p) for p in (*SYSTEM_ROOTS, install_root(), *interpreter_path()) if os.path.exists(p)}
-    return sorted(r for r in roots if not any(_under(r, other) for other in roots if other != r))
+    return sorted(r for r in roots if not any(under(r, other) for other in roots if other != r))
 
 
 @functools.lru_cache(maxsize=1)
 def listable_dirs() -> tuple[str, ...]:
     """The dirs that `readable_paths` replaced by their entries: they may be listed (an import
     lists a dir on sys.path), not read beneath."""
-    return tuple(sorted(set(_split_dirs(_roots(), denied_paths()))))
+    return tuple(sorted(set(_split_dirs(interpreter_roots(), denied_paths()))))
 
 
 def carve(roots, denied) -> list[str]:
@@ -126,9 +127,9 @@ def carve(roots, denied) -> list[str]:
     them to where they point, which must be granted on its own)."""
     kept = []
     for root in roots:
-        if any(_under(root, d) for d in denied):
+        if any(under(root, d) for d in denied):
             continue
-        if not any(_under(d, root) for d in denied):
+        if not any(under(d, root) for d in denied):
             kept.append(root)
         elif os.path.isdir(root) and not os.path.islink(root):
             kept += carve([os.path.join(root, entry) for entry in _listdir(root)], denied)
@@ -138,13 +139,13 @@ def carve(roots, denied) -> list[str]:
 def _split_dirs(roots, denied) -> list[str]:
     split = []
     for root in roots:
-        if any(_under(d, root) and d != root for d in denied) and os.path.isdir(root) and not os.path.islink(root):
+        if any(under(d, root) and d != root for d in denied) and os.path.isdir(root) and not os.path.islink(root):
             split.append(root)
             split += _split_dirs([os.path.join(root, entry) for entry in _listdir(root)], denied)
     return split
 
 
-def _under(path: str, tree: str) -> bool:
+def under(path: str, tree: str) -> bool:
     return path == tree or path.startswith(tree.rstrip("/") + "/")
 
 
