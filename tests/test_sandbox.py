@@ -442,6 +442,36 @@ def test_no_raw_memory_primitive_inside_the_program(mode):
     assert result.status == "passed", result.detail
 
 
+GUARD_PROBES = {
+    "no_native_module_from_the_working_dir": """
+import importlib.util, json, shutil, sys
+origin = sys.modules["_json"].__spec__.origin if "_json" in sys.modules else None
+shutil.copyfile(origin, "copy.so")  # an allowed module's bytes, as a crafted one would be
+spec = importlib.util.spec_from_file_location("_json", "copy.so")
+try:
+    importlib.util.module_from_spec(spec)
+    raise AssertionError("loaded a native module the program wrote")
+except ImportError:
+    pass""",
+    "no_environment_changes": """
+import os
+try:
+    os.environ["OPENSSL_CONF"] = "evil.cnf"
+    raise AssertionError("changed the environment")
+except PermissionError:
+    pass""",
+}
+
+
+@pytest.mark.parametrize("mode", ["bwrap", *FALLBACK_MODES])
+def test_guard_refuses_native_code_and_environment_changes(mode):
+    _mode_or_skip(mode)
+    names = list(GUARD_PROBES)
+    results = run_programs([GUARD_PROBES[n] for n in names], timeout_s=10, mode=mode)
+    _report(f"{mode} guard probes", names, results)
+    assert [r.status for r in results] == ["passed"] * len(names)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the privilege drop applies to a root scorer")
 def test_root_scorer_runs_programs_without_capabilities():
     """In the fallback modes (no user namespace) a root scorer's program holds no capability in

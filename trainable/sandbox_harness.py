@@ -20,8 +20,8 @@ Before any program code runs, in order:
 3. the guard: an audit hook (PEP 578) refusing what could reach the pass token or another
    thread (other threads' frames, gc, sub-interpreters, code objects, tracing), the denied
    modules (by name and by file), processes and signals, file changes outside the working
-   dir, directory fds and chdir, sockets other than an AF_UNIX pair, and paths outside the
-   allowed trees.
+   dir, directory fds and chdir, sockets other than an AF_UNIX pair, native modules from
+   outside the allowed trees, environment changes, and paths outside the allowed trees.
 
 The verdict. The scorer puts a random token in a pipe. `_start_vault` (called before the
 program runs) moves it into a "vault" thread, closes the pipe, and returns the only way to wake
@@ -299,6 +299,8 @@ DENIED_EVENTS = FRAME_OF_OTHER_THREADS | frozenset(
         "signal.pthread_kill",
         "resource.setrlimit",
         "resource.prlimit",
+        "os.putenv",  # a library reading its settings later (OPENSSL_CONF: a module to load)
+        "os.unsetenv",
         "os.chmod",
         "os.chown",
         "os.chflags",
@@ -437,7 +439,9 @@ def _guard(root, readable, listable, denied):
             raise permission_error(f"sandbox: {event} is not allowed")
         if event == "import":
             name, origin = text(args[0]), text(args[1]) if len_(args) > 1 else ""
-            if denied(name) or (origin and denied("", resolve(origin))):
+            # A file named here is a native module about to be loaded: only from the trees
+            # granted for reading, never one the program wrote or copied.
+            if denied(name) or (origin and (denied("", resolve(origin)) or not under(resolve(origin), readable))):
                 raise import_error(f"sandbox: import {name} is not allowed")
         elif event == "object.__setattr__" and text(args[1]) == "__code__":
             raise permission_error("sandbox: replacing a function's code is not allowed")
