@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from trainable.config import TrainConfig
+from trainable.engine import IGNORE, LossRequest, StepResult, backward_into, fused_completion_loss, train_step
 from trainable.inputs import Prefix, right_padded
 from trainable.model import LoadedModel
 from trainable.softprompt import SoftPrompt
-
-IGNORE = -100
 
 
 @dataclass(frozen=True)
@@ -72,10 +71,13 @@ def completion_loss(
 ) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over completion tokens, and the number of tokens processed (the soft
     prompt's positions included). `soft`: input embeddings or a prefix (`SoftPrompt.inputs()`).
+    The engine's step for one request (`trainable.engine`).
 
     `full_logits=True` is the stock path (logits at every position, then masked): kept only so
     the benchmark can compare against it.
     """
+    if not full_logits:
+        return fused_completion_loss(loaded, [LossRequest(soft, examples)])[0]
     model = loaded.model
     batch = right_padded(
         [ex.tokens for ex in examples], model.get_input_embeddings(), loaded.tokenizer.pad_token_id, soft
@@ -91,18 +93,15 @@ def completion_loss(
     ).last_hidden_state
     head = model.get_output_embeddings()
     targets = labels[:, 1:]  # the hidden state at t predicts token t+1
-    if full_logits:
-        logits = head(hidden[:, :-1]).float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
-    else:
-        selected = targets != IGNORE
-        logits = head(hidden[:, :-1][selected]).float()
-        loss = F.cross_entropy(logits, targets[selected])
+    logits = head(hidden[:, :-1]).float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
     return loss, int(batch.attention_mask.sum())
 
 
 class Trainer:
-    """Optimizer + schedule for one soft prompt; its state travels in trial checkpoints."""
+    """Optimizer + schedule for one soft prompt; its state travels in trial checkpoints. The
+    model's forward/backward is the engine's (`trainable.engine`): alone (`train_epoch`) or
+    beside other trials' rows (`step_together`)."""
 
     def __init__(self, loaded: LoadedModel, prompt: SoftPrompt, config: TrainConfig, n_examples: int):
         self.loaded, self.prompt, self.config = loaded, prompt, config
@@ -117,21 +116,32 @@ class Trainer:
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0
         )
 
-    def train_epoch(self, examples: list[TrainExample], epoch: int) -> EpochStats:
+    def batches(self, examples: list[TrainExample], epoch: int) -> list[list[TrainExample]]:
+        """The epoch's batches, in this trial's own seeded order."""
         order = list(range(len(examples)))
         random.Random(self.config.seed * 100_003 + epoch).shuffle(order)
-        started, losses, tokens = time.perf_counter(), [], 0
         size = self.config.batch_size
-        for start in range(0, len(order), size):
-            batch = [examples[i] for i in order[start : start + size]]
-            loss, n_tokens = completion_loss(self.loaded, self.prompt.inputs(), batch)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(self.prompt.parameters(), self.config.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            losses.append(loss.item())
-            tokens += n_tokens
+        return [[examples[i] for i in order[start : start + size]] for start in range(0, len(order), size)]
+
+    def request(self, batch: list[TrainExample]) -> tuple[torch.Tensor | Prefix, LossRequest]:
+        """This trial's soft inputs (kept: `apply` pushes the gradient through them) and request."""
+        soft = self.prompt.inputs()
+        return soft, LossRequest(soft, batch)
+
+    def apply(self, soft: torch.Tensor | Prefix, result: StepResult) -> None:
+        """The engine's gradient w.r.t. `soft` -> this trial's parameters -> one optimizer step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        backward_into(soft, result.grad)
+        torch.nn.utils.clip_grad_norm_(self.prompt.parameters(), self.config.max_grad_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+
+    def train_epoch(self, examples: list[TrainExample], epoch: int) -> EpochStats:
+        started, losses, tokens = time.perf_counter(), [], 0
+        for batch in self.batches(examples, epoch):
+            (result,) = step_together([(self, batch)])
+            losses.append(result.loss)
+            tokens += result.tokens
         seconds = time.perf_counter() - started
         return EpochStats(sum(losses) / max(1, len(losses)), len(losses), tokens, seconds)
 
@@ -141,3 +151,16 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def step_together(work: list[tuple[Trainer, list[TrainExample]]]) -> list[StepResult]:
+    """One optimizer step for each (trainer, batch), from one forward/backward of the shared
+    frozen model over every batch's rows (all trainers hold the same `loaded`)."""
+    loaded = work[0][0].loaded
+    if any(trainer.loaded is not loaded for trainer, _ in work):
+        raise ValueError("trainers stepped together must share one loaded model")
+    inputs = [trainer.request(batch) for trainer, batch in work]
+    results = train_step(loaded, [request for _, request in inputs])
+    for (trainer, _), (soft, _), result in zip(work, inputs, results):
+        trainer.apply(soft, result)
+    return results

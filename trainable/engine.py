@@ -1,0 +1,163 @@
+"""One frozen model, many soft prompts: a training step for the rows of several trials at once.
+
+    results = train_step(loaded, [LossRequest(soft_a, batch_a), LossRequest(soft_b, batch_b)])
+    # results[i].loss, .tokens, .grad: trial i's mean completion loss and d loss / d soft_i
+
+The model is frozen and identical for every trial; trials differ only in their soft prompt.
+So the rows of every request share one forward and one backward of the model, and each
+trial's gradient comes from its own rows only (rows never interact). The engine knows nothing
+of methods, optimizers or schedules: it takes each trial's soft-prompt *inputs*
+(`SoftPrompt.inputs()`: virtual-token embeddings for prompt tuning and P-tuning after its MLP,
+key/values for prefix tuning after its projection) and returns the gradient with respect to
+them; the trial pushes that through its own encoder and steps its own optimizer
+(`trainable.train.Trainer`). A trial alone is a request list of one.
+
+Layout of one fused batch (`trainable.inputs` gives the layout of one request):
+    cache:  [unused (masked)][that row's prefix]         P_max columns, empty without prefixes
+    inputs: [that row's virtual tokens][its tokens][pad]  right padding to the longest row
+Every row sees exactly what it would see in its own batch: the same unmasked columns, the same
+positions (its first token at the number of virtual tokens or prefix columns before it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import DynamicCache
+
+from trainable.inputs import Prefix, positions
+from trainable.model import LoadedModel
+
+if TYPE_CHECKING:  # the examples' type; trainable.train imports this module
+    from trainable.train import TrainExample
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class LossRequest:
+    """One trial's share of a step: its soft-prompt inputs and its batch of examples."""
+
+    soft: torch.Tensor | Prefix | None  # [P, H] embeddings, a prefix, or none (the frozen model)
+    examples: Sequence["TrainExample"]
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    tokens: int  # positions processed for this request, virtual tokens and prefix included
+    grad: torch.Tensor | Prefix | None  # d loss / d soft, shaped like the request's soft
+
+
+def fused_completion_loss(loaded: LoadedModel, requests: Sequence[LossRequest]) -> list[tuple[torch.Tensor, int]]:
+    """Each request's mean cross-entropy over its completion tokens (differentiable w.r.t. its
+    soft inputs) and the positions it processed, from one forward of the frozen model."""
+    model = loaded.model
+    embed = model.get_input_embeddings()
+    rows = [(index, example) for index, request in enumerate(requests) for example in request.examples]
+    if not rows:
+        raise ValueError("a training step needs at least one example")
+    soft_len = [0 if not isinstance(r.soft, torch.Tensor) else r.soft.shape[0] for r in requests]
+    prefix_len = [len(r.soft) if isinstance(r.soft, Prefix) else 0 for r in requests]
+    n_prefix = max(prefix_len)
+    width = max(soft_len[i] + len(ex.tokens) for i, ex in rows)
+    pad_id = loaded.tokenizer.pad_token_id
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=embed.weight.device)
+    for row, (i, ex) in enumerate(rows):
+        ids[row, : len(ex.tokens)] = torch.tensor(ex.tokens, device=ids.device)
+    token_embeds = embed(ids)
+    embeds, mask, labels = [], torch.zeros_like(ids), torch.full_like(ids, IGNORE)
+    for row, (i, ex) in enumerate(rows):
+        soft = requests[i].soft
+        n_soft, n_tokens = soft_len[i], len(ex.tokens)
+        parts = [soft.to(token_embeds.dtype)] if n_soft else []
+        parts.append(token_embeds[row, : width - n_soft])  # tokens, then pad: `width` columns
+        embeds.append(torch.cat(parts) if n_soft else parts[0])
+        mask[row, : n_soft + n_tokens] = 1
+        labels[row, n_soft + ex.n_prompt : n_soft + n_tokens] = ids[row, ex.n_prompt : n_tokens]
+    full_mask = mask
+    cache = None
+    if n_prefix:
+        prefix_mask = mask.new_zeros(len(rows), n_prefix)
+        for row, (i, _) in enumerate(rows):
+            prefix_mask[row, n_prefix - prefix_len[i] :] = 1
+        full_mask = torch.cat([prefix_mask, mask], dim=1)
+        cache = _fused_prefix_cache(requests, [i for i, _ in rows], n_prefix, token_embeds.dtype, loaded)
+    hidden = model.get_decoder()(
+        inputs_embeds=torch.stack(embeds),
+        attention_mask=full_mask,
+        position_ids=positions(full_mask)[:, n_prefix:],
+        past_key_values=cache,
+    ).last_hidden_state
+    targets = labels[:, 1:]  # the hidden state at t predicts token t+1
+    selected = targets != IGNORE
+    logits = model.get_output_embeddings()(hidden[:, :-1][selected]).float()
+    per_token = F.cross_entropy(logits, targets[selected], reduction="none")
+    owner = torch.tensor([i for i, _ in rows], device=ids.device).unsqueeze(1).expand_as(targets)[selected]
+    tokens_per_row = full_mask.sum(1).tolist()
+    out = []
+    for index in range(len(requests)):
+        mine = owner == index
+        tokens = sum(t for t, (i, _) in zip(tokens_per_row, rows) if i == index)
+        out.append((per_token[mine].mean(), int(tokens)))
+    return out
+
+
+def _fused_prefix_cache(requests, owners, n_prefix, dtype, loaded) -> DynamicCache:
+    """Per layer, each row's prefix right-aligned in `n_prefix` columns (zeros, masked, before it)."""
+    config = loaded.model.config
+    layers = config.num_hidden_layers
+    some = next(r.soft for r in requests if isinstance(r.soft, Prefix))
+    heads, head_dim = some.keys[0].shape[0], some.keys[0].shape[2]
+    zeros = torch.zeros(heads, n_prefix, head_dim, dtype=dtype, device=some.keys[0].device)
+
+    def column(request, part, layer):
+        if not isinstance(request.soft, Prefix):
+            return zeros
+        tensor = getattr(request.soft, part)[layer].to(dtype)
+        return torch.cat([zeros[:, : n_prefix - tensor.shape[1]], tensor], dim=1)
+
+    per_layer = []
+    for layer in range(layers):
+        keys = torch.stack([column(requests[i], "keys", layer) for i in owners])
+        values = torch.stack([column(requests[i], "values", layer) for i in owners])
+        per_layer.append((keys, values))
+    return DynamicCache(per_layer)
+
+
+def train_step(loaded: LoadedModel, requests: Sequence[LossRequest]) -> list[StepResult]:
+    """One forward and one backward for every request's rows; each result holds its request's
+    loss and the gradient of that loss with respect to the request's soft inputs."""
+    leaves = [_leaf(r.soft) for r in requests]
+    losses = fused_completion_loss(loaded, [LossRequest(leaf, r.examples) for leaf, r in zip(leaves, requests)])
+    differentiable = [loss for (loss, _), leaf in zip(losses, leaves) if leaf is not None]
+    if differentiable:
+        torch.autograd.backward(torch.stack(differentiable).sum())
+    return [StepResult(loss.item(), tokens, _grad(leaf)) for (loss, tokens), leaf in zip(losses, leaves)]
+
+
+def _leaf(soft):
+    if soft is None:
+        return None
+    if isinstance(soft, Prefix):
+        return Prefix(tuple(_leaf(k) for k in soft.keys), tuple(_leaf(v) for v in soft.values))
+    return soft.detach().requires_grad_(True)
+
+
+def _grad(leaf):
+    if leaf is None:
+        return None
+    if isinstance(leaf, Prefix):
+        return Prefix(tuple(_grad(k) for k in leaf.keys), tuple(_grad(v) for v in leaf.values))
+    return leaf.grad if leaf.grad is not None else torch.zeros_like(leaf)
+
+
+def backward_into(soft: torch.Tensor | Prefix, grad: torch.Tensor | Prefix) -> None:
+    """Push the engine's gradient w.r.t. the soft inputs back through the trial's own encoder."""
+    if isinstance(soft, Prefix):
+        torch.autograd.backward([*soft.keys, *soft.values], [*grad.keys, *grad.values])
+    else:
+        torch.autograd.backward(soft, grad)
