@@ -58,8 +58,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How batches are run. Neither setting changes a token (tests/test_generate.py); both are
-    here so that bench/bench_eval.py can measure each against its absence in one process."""
+    """How batches are run: four speed settings, all on by default, none meant to change a token.
+    `refill` and `soft_prompt_once` give the tokens of one prompt at a time, greedy and sampled,
+    and `cache_in_place` the same logits bit for bit (tests/test_generate.py); `pack_weights` gives
+    the same greedy tokens where logits are not near a tie (tests/test_packed_linear.py: fp32
+    rounding differs). Each is a switch so that bench/bench_eval.py can measure it against its
+    absence in one process."""
 
     refill: bool = True  # continuous batching: a finished row's place goes to the next prompt
     pack_weights: bool = True  # on a CPU in fp32, oneDNN-packed linears (trainable.packed_linear)
