@@ -122,8 +122,8 @@ class _Rows:
         """Whether the row's text now holds one of its stop sequences."""
         # A stop sequence completed by the last token lies within the last `len(stop in bytes)`
         # tokens (each holds at least one of its bytes), +1 for a token that starts mid-character:
-        # decode only those. Decoding the whole row every step grew with its length (40-95 ms per
-        # step on a GPU, bench/README.md). The whole row is decoded to confirm, so a row stops
+        # decode only those. Decoding the whole row every step grew with its length (bench/README.md,
+        # "GPU"). The whole row is decoded to confirm, so a row stops
         # exactly where it did before.
         tail = self.tokenizer.decode(self.tokens[row][-self.window[row] :], skip_special_tokens=True)
         if not any(stop in tail for stop in self.stops[row]):
@@ -226,8 +226,8 @@ def _soft_prompt_as_prefix(loaded: LoadedModel, soft_prompt: torch.Tensor) -> Pr
 class _RoomyLayer(DynamicLayer):
     """A DynamicLayer whose keys and values are views of buffers with room for more columns, so
     a decoding step writes its key/value column in place. DynamicLayer appends with `torch.cat`,
-    which copies the whole cache on every step (10% of a whole evaluation's time in a profile;
-    written in place, the evaluation ran 1.28x faster, bench/README.md). Whoever replaces
+    which copies the whole cache on every step (measured: bench/README.md, "The cache written in
+    place"). Whoever replaces
     `keys`/`values` (selecting rows, dropping columns, joining) gets a fresh buffer at the next
     update."""
 
