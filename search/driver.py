@@ -33,6 +33,7 @@ from search.interrupt import (
     sigterm_blocked_for_children,
 )
 from search.plan import SearchPlan
+from search.private_apis import local_token_auth
 from search.provenance import provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
 from search.results import learning_curves, write_run_record
@@ -61,6 +62,8 @@ def _start_ray(address: str | None) -> None:
     # driver's --resume replays little; the snapshot is a few KB per trial.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     os.environ[TUNE_SIGINT_ENV] = "1"  # SIGINT stays ours during fit() (search.interrupt)
+    if address is None and "RAY_AUTH_MODE" not in os.environ:
+        local_token_auth()  # what ray.init() would do here, without warning every user that it did
     # log_to_driver=False: trial output stays in Ray's log files; the console gets our lines.
     with sigterm_blocked_for_children():
         ray.init(

@@ -1,10 +1,11 @@
-"""Every private attribute of Ray Tune and Optuna that `search/` relies on, and nothing else.
+"""Every private attribute of Ray and Optuna that `search/` relies on, and nothing else.
 
 Ray's `OptunaSearch` has no public way to map a Tune trial to its Optuna trial, to hand an
 Optuna trial to a resumed Tune trial, or to tell Optuna PRUNED (`search.searcher` needs all
 three); Tune's `SearchGenerator` and `Tuner` have no public way to grow a restored budget or to
-resume a Tuner built like a new one (`search.tuner`). Each such access is one function here,
-named for what we use it for.
+resume a Tuner built like a new one (`search.tuner`); Ray has no public way to turn token auth
+on for a new local cluster once it is imported (`search.driver`). Each such access is one
+function here, named for what we use it for.
 
 Read from the versions in READ_FROM (the files are named at each function). On an upgrade of
 either package: re-read those files against each function below, then set READ_FROM to the new
@@ -75,3 +76,17 @@ def tuner_resume_kwargs(resume_config) -> dict:
     run's pickled ones). Ray marks `_tuner_kwargs` internal: TunerInternal keeps it and passes it
     to `tune.run(**...)`, which takes `resume_config`."""
     return {"_tuner_kwargs": {"resume_config": resume_config}}
+
+
+# -- ray/_private/authentication/authentication_token_setup.py, ray/_private/worker.py: init -------
+
+
+def local_token_auth() -> None:
+    """Token auth for a new local cluster, as `ray.init()` turns it on when RAY_AUTH_MODE is unset
+    (`enable_token_auth_by_default` -> `_enable_token_auth`: RAY_AUTH_MODE=token for this process
+    and its children, Ray's cached config re-read), minus the warning that `ray.init()` logs then.
+    With RAY_AUTH_MODE set, `ray.init()` says nothing; but Ray reads it when imported, so setting
+    the variable alone after `import ray` would leave the driver out of step with the cluster."""
+    from ray._private.authentication.authentication_token_setup import _enable_token_auth
+
+    _enable_token_auth()

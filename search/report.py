@@ -285,10 +285,8 @@ def summary_lines(
 
 # Parameter importance (Optuna's fANOVA: a random forest fitted to the trials that ran every
 # epoch - ASHA-stopped ones are PRUNED and left out - and the share of its variance each parameter
-# explains) only from this many such trials. Measured (2026-12-01, 30 random searches per size
-# over 3 parameters of which only the learning rate matters, +10 points of pass@1 on 40 problems
-# with binomial noise): fANOVA named it first in 40% of searches of 4 trials, 57% of 6 and of 8,
-# 77% of 10 (chance: 33%). Below 10 the chart is closer to noise than to an answer.
+# explains) only from this many such trials: below 10, simulated searches showed the chart closer
+# to noise than to an answer (bench/README.md, "Parameter importance").
 MIN_TRIALS_FOR_IMPORTANCE = 10
 
 

@@ -35,7 +35,7 @@ from search.checks import (
 from search.interrupt import CURRENT, SearchInterrupted
 from search.plan import SearchPlan
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
-from spaces import load_space
+from spaces import SHIPPED_SPACES, load_space
 from softprompt_cli.commands import OneLineParser, run_main
 from softprompt_cli.errors import UsageError, field_error
 from trainable.model import resolve_model_ref
@@ -47,7 +47,7 @@ _RESUME_OPTIONS = ("space", "model", "num_samples", "max_concurrent", "storage",
 
 def _parser() -> OneLineParser:
     p = OneLineParser(prog="python -m search.run", description=__doc__.splitlines()[0])
-    p.add_argument("--space", required=True, help="a shipped space name (default, smoke) or a YAML path")
+    p.add_argument("--space", required=True, help=f"a shipped space name ({', '.join(SHIPPED_SPACES)}) or a YAML path")
     p.add_argument("--model", help="override the space's model: hub id, local dir, or `bundled`")
     p.add_argument("--num-samples", type=int, help="override budget.num_samples")
     p.add_argument("--max-concurrent", type=int, help="override budget.max_concurrent")
@@ -104,8 +104,6 @@ def _resolve(args) -> SearchPlan:
 def _absolute_model(spec):
     """A local model path as an absolute one: trials run in other working directories, and the
     search's identity must not depend on how the path was spelled."""
-    from trainable.model import resolve_model_ref
-
     model = resolve_model_ref(spec.model)
     return spec.with_overrides(model=model.location) if model.kind == "local" else spec
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python -c "from spaces import load_space; print(load_space('smoke').to_dict())"
 
-A name (`default`, `smoke`) is a YAML file shipped in this package; anything containing `/` or
+A name (`cpu`, `default`, `smoke`) is a YAML file shipped in this package; anything containing `/` or
 ending in `.yaml`/`.yml` is a path. A file may say `base: NAME|PATH` (a relative path is taken
 from the file's folder) and then holds only what differs: mappings merge key by key, lists and
 scalars replace, a searched parameter's distribution replaces as a whole, and `null` deletes a key.

@@ -343,7 +343,7 @@ if os.fork() == 0:
         os.execv(sys.executable, {_DAEMON})
     os._exit(0)
 time.sleep(0.5)"""),
-    # --- verdict holes (issue 9): exceptions that end an iteration, sub-interpreters, module
+    # --- verdict holes: exceptions that end an iteration, sub-interpreters, module
     #     aliases, forged names; each a wrong completion that must score 0 in every mode ---
     "stopiteration_module": _module("raise StopIteration"),
     "stopiteration_in_candidate": "    raise StopIteration\n",

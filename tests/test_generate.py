@@ -206,8 +206,8 @@ def _one_at_a_time(loaded, prompts, soft, max_new_tokens, stops, seeds=None) -> 
 
 @pytest.mark.parametrize("settings", METHODS.values(), ids=METHODS.keys())
 def test_sampling_and_own_stops_with_every_method_are_batch_independent(settings):
-    """Issue 12's soft prompts (a prefix enters as an initial KV cache) with issue 10's seeded
-    sampling and per-prompt stops: rows that stop early leave the batch (the cache shrinks), and
+    """Every method's soft prompt (a prefix enters as an initial KV cache) with seeded sampling
+    and per-prompt stops: rows that stop early leave the batch (the cache shrinks), and
     every prompt still gets exactly its one-at-a-time tokens."""
     loaded = _scaled_tiny()
     soft = _method_prompt(loaded, settings)

@@ -168,3 +168,23 @@ def test_the_loggers_the_console_quiets_still_say_what_we_drop():
         source = inspect.getsource(importlib.import_module(name))
         missing = [p for p in prefixes if p not in source]
         assert not missing, f"{name} no longer says {missing}: search/run.py filters nothing"
+
+
+def test_a_local_search_keeps_token_auth_without_rays_warning(tmp_path):
+    """A local `search.run` starts Ray with token auth on, as `ray.init()` would by default, and the
+    user sees no warning that it did: the driver and its cluster agree (a task runs). Its own HOME,
+    so the token Ray writes lands in tmp_path, not ~/.ray."""
+    import os
+    import subprocess
+    import sys
+
+    probe = (
+        "import os, ray; from search.driver import _start_ray; _start_ray(None); "
+        "print(os.environ['RAY_AUTH_MODE'], ray.get(ray.remote(lambda: 42).remote())); ray.shutdown()"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")} | {"HOME": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-2:] == ["token", "42"], out.stdout
+    assert "Token authentication" not in out.stderr, out.stderr[-2000:]
+    assert (tmp_path / ".ray" / "auth_token").is_file()

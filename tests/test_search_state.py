@@ -180,7 +180,7 @@ def test_resume_of_a_name_that_never_ran_is_refused(finished):
 
 
 def test_a_warm_start_whose_files_changed_is_another_identity(tmp_path):
-    """A space warm-started from `adapter:PATH` (issue 12): the identity holds the adapter's
+    """A space warm-started from `adapter:PATH`: the identity holds the adapter's
     sha256, so --resume after its files changed names it instead of resuming from another start."""
     from search.state import differences, warm_start_identity
 

@@ -110,11 +110,10 @@ class TrainConfig:
     max_length: int = 768
     seed: int = 0
     # Evaluation: greedy decoding, sequences decoded at once, and the sandbox's per-program limit.
-    # The batch is a speed setting only (tokens are the same at any batch). 16 over 8: 1.18-1.31x on a
-    # 2-core CPU with continuous batching and packed weights, 32 over 16 0.97x on 60 problems (a
-    # step at 32 rows is cheap, but the prompts' prefill and attention over long caches grow); on
-    # an H200 a decoding step costs about the same at 8 rows as at 64 (bench/README.md), so
-    # larger on a GPU still pays.
+    # The batch is a speed setting only (tokens are the same at any batch). On a 2-core CPU 16 beat
+    # 8 and 32 did not beat 16 (a step at 32 rows is cheap, but the prompts' prefill and attention
+    # over long caches grow); on an H200 a decoding step costs about the same at 8 rows as at 64,
+    # so larger on a GPU still pays (bench/README.md, "Evaluation" and "GPU").
     max_new_tokens: int = 300
     eval_batch_size: int = 16
     sandbox_timeout_s: float = 10.0

@@ -58,8 +58,12 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: 
 
 @dataclass(frozen=True)
 class Decoding:
-    """How batches are run. Neither setting changes a token (tests/test_generate.py); both are
-    here so that bench/bench_eval.py can measure each against its absence in one process."""
+    """How batches are run: four speed settings, all on by default, none meant to change a token.
+    `refill` and `soft_prompt_once` give the tokens of one prompt at a time, greedy and sampled,
+    and `cache_in_place` the same logits bit for bit (tests/test_generate.py); `pack_weights` gives
+    the same greedy tokens where logits are not near a tie (tests/test_packed_linear.py: fp32
+    rounding differs). Each is a switch so that bench/bench_eval.py can measure it against its
+    absence in one process."""
 
     refill: bool = True  # continuous batching: a finished row's place goes to the next prompt
     pack_weights: bool = True  # on a CPU in fp32, oneDNN-packed linears (trainable.packed_linear)
@@ -118,8 +122,8 @@ class _Rows:
         """Whether the row's text now holds one of its stop sequences."""
         # A stop sequence completed by the last token lies within the last `len(stop in bytes)`
         # tokens (each holds at least one of its bytes), +1 for a token that starts mid-character:
-        # decode only those. Decoding the whole row every step grew with its length (40-95 ms per
-        # step on a GPU, bench/README.md). The whole row is decoded to confirm, so a row stops
+        # decode only those. Decoding the whole row every step grew with its length (bench/README.md,
+        # "GPU"). The whole row is decoded to confirm, so a row stops
         # exactly where it did before.
         tail = self.tokenizer.decode(self.tokens[row][-self.window[row] :], skip_special_tokens=True)
         if not any(stop in tail for stop in self.stops[row]):
@@ -222,8 +226,8 @@ def _soft_prompt_as_prefix(loaded: LoadedModel, soft_prompt: torch.Tensor) -> Pr
 class _RoomyLayer(DynamicLayer):
     """A DynamicLayer whose keys and values are views of buffers with room for more columns, so
     a decoding step writes its key/value column in place. DynamicLayer appends with `torch.cat`,
-    which copies the whole cache on every step (10% of a whole evaluation's time in a profile;
-    written in place, the evaluation ran 1.28x faster, bench/README.md). Whoever replaces
+    which copies the whole cache on every step (measured: bench/README.md, "The cache written in
+    place"). Whoever replaces
     `keys`/`values` (selecting rows, dropping columns, joining) gets a fresh buffer at the next
     update."""
 

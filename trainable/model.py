@@ -68,8 +68,8 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# AMX is what makes bf16 matmuls fast on a CPU. Without it (even with avx512_bf16) bf16 measured
-# slower than fp32 here: training 61.5 vs 91.6 tokens/s on a 2-core Xeon (issue 10).
+# AMX is what makes bf16 matmuls fast on a CPU. Without it (even with avx512_bf16) bf16 trained
+# slower than fp32 (bench/README.md, "fp32 vs bf16 without AMX").
 AMX_FLAGS = ("amx_bf16", "amx_tile")
 
 

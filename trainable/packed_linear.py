@@ -2,18 +2,15 @@
 
 A decoding step multiplies a few rows (one per prompt in the batch) by every weight matrix. On a
 CPU, `nn.Linear` calls MKL's sgemm, which packs the weight into its blocked layout on every call:
-the output layer of Qwen2.5-Coder-0.5B ran at 3.8-14 GB/s at 2-64 rows against 27 GB/s at one
-row (bench/bench_linear.py), below both the memory bandwidth and the GEMM ceiling. oneDNN can
-take the weight already in its blocked layout (the pre-packing `torch.compile` does for frozen
-CPU models; private torch operators, wrapped and probed in trainable/private_apis.py, with
-`nn.Linear` as the fallback). Measured with bench/profile_decode.py: a step of 8 rows of the
-bundled model went from 243 to 187 ms. A single row is left to the plain path, whose
-matrix-vector kernel is faster at one row.
+at 2-64 rows it runs below both the memory bandwidth and the GEMM ceiling (bench/bench_linear.py).
+oneDNN can take the weight already in its blocked layout (the pre-packing `torch.compile` does
+for frozen CPU models; private torch operators, wrapped and probed in trainable/private_apis.py,
+with `nn.Linear` as the fallback); bench/profile_decode.py measures a step both ways. A single row
+is left to the plain path, whose matrix-vector kernel is faster at one row.
 
-The reordered copy costs as much memory as the weights and about a second to make (2 GB, the
-bundled model), so it exists only while `packed_linears` is open: one evaluation, not a trial.
-The first copy in a process took ~11 s on our 2-core VM (fresh memory; bench/bench_eval.py
-prints both figures).
+The reordered copy costs as much memory as the weights and about a second to make (the first in
+a process costs more: fresh memory; bench/bench_eval.py prints both), so it exists only while
+`packed_linears` is open: one evaluation, not a trial. Figures: bench/README.md, "Evaluation".
 It is inference-only: it has no backward.
 """
 
