@@ -5,7 +5,8 @@ parent's `search_state` tag and run status) and in the exit code:
 
     finished     every trial ended and the final report is logged      FINISHED   exit 0
     interrupted  SIGINT/SIGTERM: trials stop, state saved, no report   KILLED     exit 130 / 143
-                 Ray died under the driver: the same, said in a line    KILLED     exit 1
+                 Ray's local node died, when the driver sees it first   KILLED     exit 1
+                 (Ray's core worker often ends the driver itself within ~0.1 s: RUNNING remains)
     failed       no trial succeeded, or the driver itself failed       FAILED     exit 1
                  (a storage that refuses writes: one line, no traceback)
 
