@@ -179,7 +179,9 @@ class ConsoleCallback(tune.Callback):
         self._print(f"trial {trial.trial_id} crashed ({error_reason(trial)}); retrying from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self._print(f"trial {trial.trial_id} FAILED: {error_reason(trial)}")
+        lasting = getattr(trial, "lasting_error", None)  # search.faults via search.private_apis
+        why = f"{lasting} (not retried: it would fail the same way again)" if lasting else error_reason(trial)
+        self._print(f"trial {trial.trial_id} FAILED: {why}")
         self._progress(trials, trial)
 
     def _progress(self, trials, ending) -> None:

@@ -5,7 +5,10 @@ parent's `search_state` tag and run status) and in the exit code:
 
     finished     every trial ended and the final report is logged      FINISHED   exit 0
     interrupted  SIGINT/SIGTERM: trials stop, state saved, no report   KILLED     exit 130 / 143
+                 Ray's local node died, when the driver sees it first   KILLED     exit 1
+                 (Ray's core worker often ends the driver itself within ~0.1 s: RUNNING remains)
     failed       no trial succeeded, or the driver itself failed       FAILED     exit 1
+                 (a storage that refuses writes: one line, no traceback)
 
 An interrupted (or failed) search goes on with `--resume --name NAME`; the command is printed.
 """
@@ -23,7 +26,8 @@ from dataclasses import asdict
 import ray
 
 from search.callbacks import mlflow_params, state_of
-from search.checks import is_no_space, no_space
+from search import ray_health
+from search.faults import storage_fault, unwritable
 from search.interrupt import (
     CURRENT,
     TUNE_SIGINT_ENV,
@@ -72,6 +76,8 @@ def _start_ray(address: str | None) -> None:
             log_to_driver=False,
             include_dashboard=False if address is None else None,
         )
+    if address is None:
+        ray_health.watch_local_node()
 
 
 def _check_cluster_fits(spec: SpaceSpec) -> None:
@@ -227,6 +233,7 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
     resumed = plan.record is not None
     with CURRENT.during(Phase.DEFER):
         _start_ray(plan.address)
+        ray_health.start_watchdog(lambda what: _ray_died(plan, record, ledger, what))
         _check_cluster_fits(spec)
         ledger.connect()
         if resumed and ledger.queued():
@@ -296,7 +303,13 @@ def _tune_can_resume(plan: SearchPlan) -> bool:
 
 
 def _end(
-    plan: SearchPlan, record: SearchRecord | None, ledger: MlflowLedger | None, state: str, tags: dict, reason: str
+    plan: SearchPlan,
+    record: SearchRecord | None,
+    ledger: MlflowLedger | None,
+    state: str,
+    tags: dict,
+    reason: str,
+    quiet: bool = False,
 ) -> None:
     """Record `state` (interrupted or failed): the record first, then MLflow, where every run of
     this search still RUNNING becomes KILLED (with the reason) and the parent says `state`."""
@@ -306,7 +319,8 @@ def _end(
     try:
         record.save(plan.state_dir)
     except OSError as exc:
-        print(f"warning: cannot write {plan.state_dir}/search.json ({exc.strerror or exc})", flush=True)
+        if not quiet:  # (`quiet`: the caller's line says that the storage refuses writes)
+            print(f"warning: cannot write {plan.state_dir}/search.json ({exc.strerror or exc})", flush=True)
     if ledger is not None:
         ledger.submit_all(
             [
@@ -327,17 +341,44 @@ def _warn_if_queued(plan: SearchPlan, ledger: MlflowLedger, send: bool = True) -
         )
 
 
-def _interrupted(plan: SearchPlan, record, ledger, stop: SearchInterrupted) -> int:
+def _interrupted(plan: SearchPlan, record, ledger, why: str, exit_code: int) -> int:
+    """`why`: the signal's name, or what happened to Ray."""
     with CURRENT.during(Phase.CLEANUP):
         print(
-            f"== search {plan.name} interrupted by {stop}: state saved, no final report "
+            f"== search {plan.name} interrupted by {why}: state saved, no final report "
             f"(unfinished trials and the report run on resume)\nresume with: {plan.resume_command}",
             flush=True,
         )
-        _end(plan, record, ledger, INTERRUPTED, {}, str(stop))
+        _end(plan, record, ledger, INTERRUPTED, {}, why)
         if ledger is not None:
             _warn_if_queued(plan, ledger, send=False)
-    return stop.exit_code
+    return exit_code
+
+
+def _ray_died(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, what: str) -> None:
+    """From the watchdog thread: Ray's local node is gone, and Ray's core worker may end this
+    process any moment. Record the search as interrupted (resumable), say so, and exit 1."""
+    if CURRENT.phase is Phase.CLEANUP:  # the driver is already saving the search state
+        return
+    CURRENT.phase = Phase.CLEANUP
+    code = _interrupted(plan, record, ledger, what, 1)
+    ray_health.kill_local_node()
+    os._exit(code)
+
+
+def _failed(plan: SearchPlan, record, ledger, exc: Exception) -> bool:
+    """Record the driver's failure; True if it was the storage refusing writes (said in one line,
+    no traceback), False if the caller raises it."""
+    fault = storage_fault(exc) or (unwritable(plan.state_dir) if plan.state_dir.is_dir() else None)
+    first = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+    _end(plan, record, ledger, FAILED, {"error": fault or first}, "driver failed", quiet=fault is not None)
+    if fault is None:
+        print(f"the search failed; after fixing the cause: {plan.resume_command}", flush=True)
+        return False
+    kind, detail = fault.split(": ", 1)
+    fix = "free some space" if kind == "disk full" else "make it writable"
+    print(f"error: {kind} ({detail}); {fix}, then: {plan.resume_command}", flush=True)
+    return True
 
 
 def run_search(plan: SearchPlan) -> int:
@@ -351,7 +392,7 @@ def run_search(plan: SearchPlan) -> int:
             )
         return _drive(plan, record, ledger, started)
     except SearchInterrupted as stop:
-        return _interrupted(plan, record, ledger, stop)
+        return _interrupted(plan, record, ledger, str(stop), stop.exit_code)
     except UsageError:
         # Bad input found late (the search's lock, the cluster's size): a new search that wrote
         # only its record leaves nothing behind, so the same command works once fixed.
@@ -361,17 +402,17 @@ def run_search(plan: SearchPlan) -> int:
     except Exception as exc:
         stop = raised_by_signal(exc)
         if stop is not None:
-            return _interrupted(plan, record, ledger, stop)
+            return _interrupted(plan, record, ledger, str(stop), stop.exit_code)
+        died = ray_health.died(exc)
+        if died is not None:
+            return _interrupted(plan, record, ledger, died, 1)
         with CURRENT.during(Phase.CLEANUP):
-            first = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
-            _end(plan, record, ledger, FAILED, {"error": first}, "driver failed")
-            if not is_no_space(exc):
-                print(f"the search failed; after fixing the cause: {plan.resume_command}", flush=True)
+            if not _failed(plan, record, ledger, exc):
                 raise
-            print(f"error: disk full ({no_space(exc)}); free some space, then: {plan.resume_command}", flush=True)
         return 1
     finally:
         with CURRENT.during(Phase.CLEANUP):
+            ray_health.stop_watchdog()
             ray.shutdown()
             lock.release()
 

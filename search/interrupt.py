@@ -7,6 +7,8 @@ first signal does:
              the final report): stop at once (raise `SearchInterrupted`).
     DEFER    writes in progress (the search record, the MLflow parent, the report's commit):
              note it; the driver stops at its next `check()`.
+    WAIT     the driver waits on Ray tasks (distillation, the final report's scoring): say so,
+             note it; `wait_for` cancels the tasks within a fraction of a second and stops.
     TUNE     trials run: note it; `TuneInterrupt.on_step_begin` asks Tune to stop the way its
              own Ctrl-C does (trials stay unfinished and resumable, the experiment state is
              saved once more), and `fit()` returns.
@@ -43,6 +45,7 @@ TUNE_SIGINT_ENV = "TUNE_DISABLE_SIGINT_HANDLER"
 class Phase(str, Enum):
     RAISE = "raise"
     DEFER = "defer"
+    WAIT = "wait"
     TUNE = "tune"
     CLEANUP = "cleanup"
 
@@ -100,10 +103,8 @@ class Interrupt:
             return
         if self.phase is Phase.RAISE or self.count > 1:
             raise SearchInterrupted(self.signum)
-        _say(
-            f"{self.name}: stopping{' the trials' if self.phase is Phase.TUNE else ''} and saving the "
-            "search state (send it again to stop at once)"
-        )
+        doing = {Phase.TUNE: " the trials", Phase.WAIT: ": cancelling the Ray tasks"}.get(self.phase, "")
+        _say(f"{self.name}: stopping{doing} and saving the search state (send it again to stop at once)")
 
     def check(self) -> None:
         """At a safe point: stop if a signal came in meanwhile."""
@@ -141,11 +142,41 @@ def _say(line: str) -> None:
 CURRENT = Interrupt()
 
 
+# How long `wait_for` waits on Ray at a time: how late it sees a signal, at most.
+WAIT_SLICE_S = 0.2
+
+
+def wait_for(refs: list) -> list:
+    """`ray.get(refs)` that a signal stops at once. Ray runs a signal handler during `ray.get`
+    but keeps what the handler raises until the task returns (minutes for a distillation), so
+    the driver waits in short slices, checks between them (and whether Ray is still there), and
+    cancels the tasks when it stops: a cancelled task's worker is killed, nothing is half-written."""
+    import ray
+
+    from search import ray_health
+
+    with CURRENT.during(Phase.WAIT):
+        try:
+            pending = list(refs)
+            while pending:
+                _, pending = ray.wait(pending, num_returns=len(pending), timeout=WAIT_SLICE_S)
+                CURRENT.check()
+                ray_health.check()
+            return ray.get(list(refs))
+        except BaseException:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+            raise
+
+
 class TuneInterrupt(tune.Callback):
     """Forwards a noted signal to Tune between two steps of its loop (a few per second). Tune
     pickles its callbacks; this one holds nothing and always reads the live `CURRENT`."""
 
     def on_step_begin(self, iteration, trials, **info):
+        from search import ray_health
+
+        ray_health.check()  # a dead raylet leaves Tune waiting for resources forever
         if CURRENT.requested and CURRENT.phase is Phase.TUNE:
             CURRENT.forward_to_tune()
 

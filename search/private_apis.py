@@ -90,3 +90,30 @@ def local_token_auth() -> None:
     from ray._private.authentication.authentication_token_setup import _enable_token_auth
 
     _enable_token_auth()
+
+
+# -- ray/tune/experiment/trial.py: Trial.handle_error, Trial.should_recover -----------------------
+
+
+def retry_unless_lasting(lasting, storage_fault) -> None:
+    """Tune retries a failed trial up to `FailureConfig.max_failures` times whatever failed, with no
+    hook between the error and that decision: `TuneController._process_trial_failure` calls
+    `trial.handle_error(exc)`, then `trial.should_recover()`. Both are wrapped (once per process):
+    an error for which `lasting(exc)` gives a reason is not retried. The trial keeps the reason as
+    `lasting_error`, and `storage_fault(exc)` as `storage_error`, for the callbacks."""
+    from ray.tune.experiment import Trial
+
+    if getattr(Trial.handle_error, "classifies_errors", False):
+        return
+    handle_error, should_recover = Trial.handle_error, Trial.should_recover
+
+    def classified_handle_error(self, exc=None):
+        self.lasting_error = lasting(exc) if exc is not None else None
+        self.storage_error = storage_fault(exc) if exc is not None else None
+        return handle_error(self, exc)
+
+    def classified_should_recover(self):
+        return getattr(self, "lasting_error", None) is None and should_recover(self)
+
+    classified_handle_error.classifies_errors = True
+    Trial.handle_error, Trial.should_recover = classified_handle_error, classified_should_recover

@@ -16,6 +16,7 @@ import numpy as np
 import ray
 import torch
 
+from search.interrupt import wait_for
 from search.baselines import HardBaseline, candidates, rate, select_and_test, texts_of
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
@@ -213,7 +214,7 @@ def score_arms(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple
     best = _score_test.options(**resources).remote(spec, best_params, prompt)
     baseline = _score_test.options(**resources).remote(spec, best_params, None)
     hard = _hard_baseline.options(**resources).remote(spec, best_params)
-    return ray.get(best), ray.get(baseline), ray.get(hard)
+    return tuple(wait_for([best, baseline, hard]))  # a signal cancels them (search.interrupt)
 
 
 def copy_adapter(checkpoint_dir: str, out_dir: Path) -> Path:

@@ -28,10 +28,9 @@ from search.checks import (
     check_storage,
     check_warm_starts,
     check_writable_dir,
-    is_no_space,
-    is_no_space_message,
     sqlite_path,
 )
+from search.faults import is_storage_message, storage_fault
 from search.interrupt import CURRENT, SearchInterrupted
 from search.plan import SearchPlan
 from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
@@ -182,16 +181,17 @@ def _print_plan(plan: SearchPlan) -> None:
 
 class _DropMessages(logging.Filter):
     """Drops records whose message starts with one of `prefixes`, and any record whose exception
-    is a full disk (the driver ends with one line for that instead of a traceback per writer)."""
+    is a full or read-only disk (the driver ends with one line for that instead of a traceback per
+    writer)."""
 
     def __init__(self, *prefixes: str):
         super().__init__()
         self.prefixes = prefixes
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and record.exc_info[1] is not None and is_no_space(record.exc_info[1]):
+        if record.exc_info and record.exc_info[1] is not None and storage_fault(record.exc_info[1]):
             return False
-        return not (str(record.msg).startswith(self.prefixes) or is_no_space_message(record.getMessage()))
+        return not (str(record.msg).startswith(self.prefixes) or is_storage_message(record.getMessage()))
 
 
 def _quiet_libraries() -> None:
@@ -207,8 +207,10 @@ def _quiet_libraries() -> None:
     for name, prefixes in (
         ("ray.tune.tune", ("Stop signal received", "Experiment has been interrupted", "Trials did not complete")),
         ("ray.tune.execution.tune_controller", ("Trial task failed",)),
-        ("ray.train._internal.syncer", ()),
-    ):  # a traceback per second on a full disk
+        ("ray.train._internal.syncer", ()),  # a traceback per second on a full disk
+        ("ray.tune.search.optuna.optuna_search", ()),  # the study's failed writes
+        ("ray._private.worker", ()),  # "Unhandled error" of a trial task the storage failed
+    ):
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropMessages) for f in logger.filters):
             logger.addFilter(_DropMessages(*prefixes))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ray
 import torch
 
+from search.interrupt import wait_for
 from search.tracking import PARENT, MlflowLedger
 from spaces import SpaceSpec
 from trainable.config import TrainConfig
@@ -39,7 +40,9 @@ def prepare_targets(spec: SpaceSpec, ledger: MlflowLedger) -> tuple[dict | None,
     if not spec.data.needs_targets():
         return None, None
     resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
-    targets, report = ray.get(_distill.options(**resources).remote(spec))
+    train = spec.data.train
+    print(f"training targets for {train.n} {train.source} problems: a Ray task reads or distils them", flush=True)
+    [(targets, report)] = wait_for([_distill.options(**resources).remote(spec)])
     print(report.line(), flush=True)
     settings = {f"distill.{k}": v for k, v in spec.data.distill.sampling().items()}
     ledger.submit("params", PARENT, settings)

@@ -13,6 +13,7 @@ import ray
 import torch
 from ray import tune
 
+from search.faults import TrialSetupError, lasting
 from spaces import SpaceSpec
 from trainable.checkpoint import write_completions
 from trainable.sandbox import sandbox_mode
@@ -33,11 +34,26 @@ def _maybe_inject_fault(params: dict, epoch: int) -> None:
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
 
 
+def _set_up(config, spec: SpaceSpec, targets: dict | None) -> Trial:
+    """The trial's model (cached per process), data and prompt. What fails here fails the same
+    way on every try (a corrupt model dir, a bad config), so it is marked as lasting and not
+    retried (search.faults); running out of memory or a connection may pass next time."""
+    try:
+        return Trial(config, spec.model, spec.data, targets=targets)
+    except (MemoryError, torch.OutOfMemoryError, ConnectionError, TimeoutError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - re-raised, marked as lasting
+        if lasting(exc) is not None or type(exc).__module__.startswith(("requests", "urllib3")):
+            raise
+        text = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+        raise TrialSetupError(f"cannot set up the trial: {type(exc).__name__}: {text}") from exc
+
+
 def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None) -> None:
     # A trial gets the CPUs it asked for; more torch threads than that only contend.
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     config = spec.train_config(params)
-    trial = Trial(config, spec.model, spec.data, targets=targets)  # the frozen model is cached per process
+    trial = _set_up(config, spec, targets)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as checkpoint_dir:

@@ -22,6 +22,7 @@ from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from search import private_apis
 from search.callbacks import ConsoleCallback, MlflowCallback
+from search.faults import StorageFault, lasting, storage_fault
 from search.interrupt import TuneInterrupt
 from search.searcher import build_searcher, study_storage_url
 from search.tracking import MlflowLedger
@@ -29,7 +30,9 @@ from search.tune_trial import train_soft_prompt
 from spaces import SpaceSpec
 from trainable.trial import OBJECTIVE
 
-MAX_TRIAL_FAILURES = 2  # a trial killed mid-epoch restarts from its last checkpoint
+# A trial killed mid-epoch restarts from its last checkpoint; one that failed for a lasting reason
+# (search.faults) is not retried.
+MAX_TRIAL_FAILURES = 2
 # What Tuner.restore(resume_unfinished=True, resume_errored=True) does: unfinished trials go on
 # from their checkpoints, errored ones are retried, so an interrupted search ends with every
 # trial terminal. Passed to a Tuner built like a new one (search.private_apis.tuner_resume_kwargs),
@@ -74,6 +77,17 @@ class ExperimentEnd(tune.Callback):
         self.unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
 
 
+class StopOnStorageFault(tune.Callback):
+    """A trial that failed because the storage refuses writes (read-only, full) stops the search:
+    every other trial would fail the same way. Raised out of `fit()`, after the other callbacks
+    recorded the trial (this one is last)."""
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        fault = getattr(trial, "storage_error", None)
+        if fault:
+            raise StorageFault(fault)
+
+
 def trainable_for(spec: SpaceSpec, targets: dict | None = None):
     """`targets`: the distilled training targets (search.targets), shipped to every trial."""
     resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
@@ -104,7 +118,9 @@ def build_tuner(
         MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
         TuneInterrupt(),
         watch,
+        StopOnStorageFault(),
     ]
+    private_apis.retry_unless_lasting(lasting, storage_fault)
     # With a searcher and no concurrency limit, Tune runs one trial at a time.
     search = BudgetedSearch(searcher, budget.num_samples, budget.max_concurrent)
     tuner = tune.Tuner(

@@ -134,3 +134,61 @@ def test_a_second_ctrl_c_stops_at_once_and_still_says_how_to_resume(tiny_model_d
     rc, output = _interrupt(tmp_path, tiny_model_dir, name, "mid-trials", [signal.SIGINT, signal.SIGINT])
     command = _check_interrupted(tmp_path, name, rc, output, signal.SIGINT)
     _check_finished(tmp_path, name, _resume(tmp_path, command))
+
+
+# -- while the driver waits on a Ray task --------------------------------------------------------
+
+# MBPP to train on, which the tiny random model cannot solve: the driver waits on one long
+# distillation task (tens of seconds), then would fail for want of targets.
+DISTILL_SPACE = """\
+base: smoke
+search:
+  num_virtual_tokens: {choice: [2, 4]}
+  init: {choice: [random]}
+fixed: {batch_size: 2, max_length: 128, max_new_tokens: 256, eval_batch_size: 4, sandbox_timeout_s: 5, dtype: float32}
+data:
+  train: {source: mbpp, n: 24}
+  val: {source: humaneval, n: 3}
+  test: {source: humaneval, n: 3}
+  distill: {samples: 1}
+budget: {num_samples: 2, max_epochs: 1, grace_period: 1, reduction_factor: 2, max_concurrent: 1}
+resources: {cpu: 1, gpu: 0}
+"""
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [[signal.SIGINT], [signal.SIGTERM], [signal.SIGINT, signal.SIGINT]],
+    ids=["SIGINT", "SIGTERM", "SIGINT-twice"],
+)
+def test_a_signal_while_the_driver_waits_on_a_ray_task_stops_in_seconds(tiny_model_dir, tmp_path, signals):
+    """Before: Ray's `get` kept the handler's exception until the distillation returned (31-46 s
+    on the tiny model), with no word on the console, and a second Ctrl-C did nothing more."""
+    import time
+
+    from trainable import mbpp
+
+    if not mbpp.mbpp_file().is_file():
+        pytest.skip("MBPP not fetched: python -m trainable.mbpp")
+    cache = tmp_path / "cache"
+    (cache / "mbpp").mkdir(parents=True)
+    (cache / "mbpp" / mbpp.FILE_NAME).write_bytes(mbpp.mbpp_file().read_bytes())
+    space = tmp_path / "distill_space.yaml"
+    space.write_text(DISTILL_SPACE)
+    name, signum = "waits", signals[0]
+    with SearchProcess(tmp_path, space, tiny_model_dir, name, env={"SOFTPROMPT_SEARCH_CACHE": str(cache)}) as search:
+        wait_until(lambda: "a Ray task reads or distils them" in search.output(), 300, "distillation", search)
+        time.sleep(3)  # the task is running
+        sent = time.monotonic()
+        for n, sig in enumerate(signals):
+            os.killpg(search.pid, sig)
+            if n + 1 < len(signals):
+                wait_until(lambda: "stopping: cancelling the Ray tasks" in search.output(), 10, "the first", search)
+        rc = search.wait(120)
+        took = time.monotonic() - sent
+        output = search.output()
+    print(f"\n[{'+'.join(signal.Signals(s).name for s in signals)} during distillation] exit {rc} in {took:.1f} s")
+    assert f"{signal.Signals(signum).name}: stopping: cancelling the Ray tasks" in output, output[-3000:]
+    assert took < 15, f"took {took:.1f} s:\n{output[-3000:]}"
+    assert "training targets: " not in output, "the distillation ran to its end"
+    _check_interrupted(tmp_path, name, rc, output, signum)
