@@ -26,7 +26,7 @@ from dataclasses import asdict
 import ray
 
 from search.callbacks import mlflow_params, state_of
-from search import ray_health
+from search import ray_health, watcher
 from search.faults import storage_fault, unwritable
 from search.interrupt import (
     CURRENT,
@@ -355,14 +355,31 @@ def _interrupted(plan: SearchPlan, record, ledger, why: str, exit_code: int) -> 
     return exit_code
 
 
+def record_driver_death(plan: SearchPlan, record: SearchRecord, pid: int) -> None:
+    """From the watcher (search.watcher), once the driver `pid` died without ending normally.
+    With the search still running: what `_interrupted` would have done, said on the driver's
+    console. Already recorded (the driver's watchdog saw Ray go and left MLflow to this): every
+    run still RUNNING becomes KILLED, quietly."""
+    ledger = MlflowLedger(
+        plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
+    )
+    if record.state == RUNNING:
+        why = f"the driver's death (pid {pid}: killed, or ended by Ray when its local node died)"
+        _interrupted(plan, record, ledger, why, 1)
+    else:
+        ledger.submit_all([["interrupted", PARENT, record.interrupted_by or "the driver's death"]])
+
+
 def _ray_died(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, what: str) -> None:
     """From the watchdog thread: Ray's local node is gone, and Ray's core worker may end this
     process any moment. Record the search as interrupted (resumable), say so, and exit 1."""
     if CURRENT.phase is Phase.CLEANUP:  # the driver is already saving the search state
         return
     CURRENT.phase = Phase.CLEANUP
-    code = _interrupted(plan, record, ledger, what, 1)
-    ray_health.kill_local_node()
+    # The record and the line now; MLflow is left to the watcher once this process is gone
+    # (from this thread its writes would race the main thread's on the same runs).
+    code = _interrupted(plan, record, None, what, 1)
+    ray_health.kill_local_node(spare=watcher.WATCHER_PID)
     os._exit(code)
 
 
@@ -383,13 +400,14 @@ def _failed(plan: SearchPlan, record, ledger, exc: Exception) -> bool:
 
 def run_search(plan: SearchPlan) -> int:
     started = time.time()
-    lock, record, ledger = SearchLock(plan.state_dir), None, None
+    lock, record, ledger, watching = SearchLock(plan.state_dir), None, None, None
     try:
         with CURRENT.during(Phase.DEFER):
             record = _open_record(plan, lock)
             ledger = MlflowLedger(
                 plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
             )
+            watching = watcher.start(plan)  # records the search if this process dies unsaved
         return _drive(plan, record, ledger, started)
     except SearchInterrupted as stop:
         return _interrupted(plan, record, ledger, str(stop), stop.exit_code)
@@ -414,6 +432,8 @@ def run_search(plan: SearchPlan) -> int:
         with CURRENT.during(Phase.CLEANUP):
             ray_health.stop_watchdog()
             ray.shutdown()
+            if watching is not None:
+                watcher.stop(watching)
             lock.release()
 
 

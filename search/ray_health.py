@@ -87,11 +87,13 @@ def stop_watchdog() -> None:
     _stop.set()
 
 
-def kill_local_node() -> None:
-    """SIGKILL what is left of the local node (the driver's child processes) when the driver
-    ends without `ray.shutdown()`, which would wait on the dead raylet."""
+def kill_local_node(spare: int | None = None) -> None:
+    """SIGKILL what is left of the local node (the driver's child processes, but `spare`: the
+    search's watcher) when the driver ends without `ray.shutdown()`, which would wait on the
+    dead raylet."""
     for child in psutil.Process().children(recursive=True):
         try:
-            child.kill()
+            if child.pid != spare:
+                child.kill()
         except psutil.NoSuchProcess:
             continue

@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -176,30 +177,47 @@ def check_resumable(record: SearchRecord, spec: SpaceSpec, mlflow_uri: str) -> N
         )
 
 
+WATCHER_WAIT_S = 60.0  # how long a driver waits for a watcher to finish recording (search.watcher)
+
+
 class SearchLock:
     """flock on `search.lock`, held while a driver runs the search; released by the kernel when
     the driver dies, however it dies. (Python opens files close-on-exec: Ray's processes do not
     inherit it.)"""
 
-    def __init__(self, state_dir: Path):
+    def __init__(self, state_dir: Path, holder: str | None = None):
         self.path = Path(state_dir) / LOCK_FILE
+        self.holder = holder or str(os.getpid())  # a driver's pid, or "watcher PID"
         self.fd: int | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise field_error(
-                "--name",
-                self.path.parent.name,
-                f"a search that is not running now (driver pid {holder} holds {self.path})",
-            ) from None
+        """Take the lock; a watcher recording a dead driver's search (search.watcher) holds it
+        for a few seconds, which is waited for."""
+        deadline = time.monotonic() + WATCHER_WAIT_S
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+            if not holder.startswith("watcher") or time.monotonic() > deadline:
+                raise field_error(
+                    "--name",
+                    self.path.parent.name,
+                    f"a search that is not running now (driver pid {holder} holds {self.path})",
+                ) from None
+            time.sleep(0.2)
         os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        os.pwrite(fd, self.holder.encode(), 0)
         self.fd = fd
+
+    def held_by_driver(self) -> bool:
+        """True if a driver (not a watcher) holds the lock now."""
+        if not self.held_elsewhere():
+            return False
+        return not self.path.read_text(errors="replace").startswith("watcher")
 
     def held_elsewhere(self) -> bool:
         """True if another driver holds the lock (checked without taking it for long)."""
