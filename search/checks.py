@@ -14,16 +14,29 @@ from softprompt_cli.errors import UsageError, field_error
 from trainable.model import ModelRef, resolve_model_ref
 
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs", "file")
-MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
+MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https")
+# The Python package that provides each database driver SQLAlchemy may ask for (the module it
+# imports -> what to pip install); the k8s MLflow server uses Postgres through psycopg.
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Names Windows (and SMB shares backed by it) reserve for devices, with or without an extension:
+# a directory `runs/CON` or `runs/aux.1` cannot be created there.
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 # A search writes checkpoints, MLflow artifacts and Tune's state as it goes; below this much free
 # space it would fail mid-search (tracebacks from every writer), so it does not start.
 MIN_FREE_BYTES = 1 << 30
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise field_error("--name", name, "letters, digits, '.', '_' or '-' (at most 100, no '/')")
+    """A directory name every storage takes: Windows and SMB shares drop a trailing dot and
+    reserve device names, so `abc.` or `con` would name another directory or none."""
+    allowed = "letters, digits, '.', '_' or '-' (at most 100, no '/', not ending in '.')"
+    if not _NAME.match(name) or name.endswith("."):
+        raise field_error("--name", name, allowed)
+    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+        raise field_error(
+            "--name", name, "a name that is not a Windows device name (CON, PRN, AUX, NUL, COM1, LPT1, ...)"
+        )
     return name
 
 
@@ -35,6 +48,7 @@ def check_storage(storage: str) -> str:
             raise field_error(
                 "--storage", storage, "a local directory or a URI with scheme " + ", ".join(STORAGE_SCHEMES)
             )
+        _check_reachable_storage(storage)
         return storage
     path = Path(storage).expanduser().resolve()
     if path.exists() and not path.is_dir():
@@ -42,6 +56,19 @@ def check_storage(storage: str) -> str:
     existing = next(p for p in [path, *path.parents] if p.exists())
     check_writable_dir("--storage", storage, existing)
     return str(path)
+
+
+def _check_reachable_storage(storage: str) -> None:
+    """The URI's filesystem answers (a bucket that does not exist, missing credentials or no
+    network fail here, in one line, rather than in Tune with a traceback)."""
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+        fs.get_file_info(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError, ValueError, ArrowException...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise field_error("--storage", storage, f"a storage URI this machine can reach ({first})") from None
 
 
 def check_writable_dir(field: str, value, folder: Path) -> None:
@@ -98,11 +125,19 @@ def check_mlflow_uri(uri: str, probe: bool = True, create_dir: bool = False) -> 
     """A tracking URI we can use. A sqlite file's directory must exist (unless it is our default,
     `create_dir`), take a new file and have free space: MLflow would otherwise retry for ~100 s
     per client before failing."""
-    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme == "file":
+        raise field_error(
+            "--mlflow-uri", uri, "sqlite:///PATH or a server (MLflow 3 refuses its file store: maintenance mode)"
+        )
     if scheme not in MLFLOW_SCHEMES:
         raise field_error("--mlflow-uri", uri, "a tracking URI with scheme " + ", ".join(MLFLOW_SCHEMES))
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         raise field_error("--mlflow-uri", uri, "sqlite:///PATH (three slashes)")
+    if scheme == "sqlite" and (str(sqlite_path(uri)) in (":memory:", "") or "mode=memory" in uri):
+        raise field_error("--mlflow-uri", uri, "a sqlite *file* (an in-memory store vanishes with the driver)")
+    if scheme in ("postgresql", "mysql", "mssql"):
+        _check_database_driver(uri)
     db = sqlite_path(uri)
     if db is not None and probe:
         _check_sqlite_file(uri, db, create_dir)
@@ -113,6 +148,28 @@ def check_mlflow_uri(uri: str, probe: bool = True, create_dir: bool = False) -> 
         except Exception as exc:  # noqa: BLE001 - any failure means: not a reachable server
             raise field_error("--mlflow-uri", uri, f"a reachable MLflow server (GET /health failed: {exc})") from None
     return uri
+
+
+def _check_database_driver(uri: str) -> None:
+    """SQLAlchemy can load the URI's database driver here (else MLflow fails with a traceback)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+        shown_uri = url.render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # never echo a URI that may hold a password
+        raise field_error("--mlflow-uri", uri.split("://", 1)[0] + "://...", "a valid database URL") from None
+    try:
+        url.get_dialect().import_dbapi()
+    except ArgumentError:
+        raise field_error("--mlflow-uri", shown_uri, "a database URL with a driver SQLAlchemy knows") from None
+    except ImportError as exc:
+        module = (exc.name or str(exc)).split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        raise field_error(
+            "--mlflow-uri", shown_uri, f"a database whose driver is installed (pip install '{package}')"
+        ) from None
 
 
 def _check_sqlite_file(uri: str, db: Path, create_dir: bool) -> None:
