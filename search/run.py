@@ -20,6 +20,7 @@ from pathlib import Path
 
 from search.checks import (
     check_data,
+    check_fits_model,
     check_local_resources,
     check_mlflow_uri,
     check_model,
@@ -245,6 +246,7 @@ def _main(argv: list[str] | None) -> int:
     check_data(plan.spec)  # cheap file checks before warm starts (which may convert the bundled model)
     model = _model_here(plan.spec.model, args.dry_run, unfit)
     if model is not None:
+        check_fits_model(plan.spec, model)
         check_warm_starts(plan.spec, model)
     elif any(plan.spec.warm_starts(method) for method in plan.spec.methods):
         unfit.append("init adapters not checked against the model (it cannot be loaded here)")
