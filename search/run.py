@@ -39,6 +39,7 @@ from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
 from spaces import load_space
 from softprompt_cli.commands import OneLineParser, run_main
 from softprompt_cli.errors import UsageError, field_error
+from softprompt_cli.stores import artifacts_beside
 from trainable.model import resolve_model_ref
 
 DEFAULT_STORAGE = "./runs"
@@ -123,7 +124,7 @@ def _artifact_location(mlflow_uri: str) -> str | None:
     """Artifacts of a sqlite store live beside the database (MLflow's default is ./mlruns of
     whatever directory the driver runs in); a server or database store decides for itself."""
     db = sqlite_path(mlflow_uri)
-    return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
+    return artifacts_beside(db).as_uri() if db is not None else None
 
 
 def _can_restore(experiment_path: str) -> bool:
