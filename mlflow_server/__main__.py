@@ -6,7 +6,8 @@
         [--workers N] [--start-timeout S]
 
 Defaults: 127.0.0.1:5000, tracking data in sqlite:///./runs/mlflow.db, artifacts proxied by
-the server into ./runs/mlartifacts (clients need no storage credentials), one uvicorn worker,
+the server into mlartifacts/ beside a sqlite backend's file (./runs/mlartifacts for a database
+server; clients need no storage credentials), one uvicorn worker,
 no GenAI job runner. Prints `mlflow_server: ready at URL` on stdout once GET /health answers
 OK; server logs go to stderr. SIGTERM/SIGINT stop the server and all its processes (exit 0).
 

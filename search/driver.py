@@ -41,7 +41,7 @@ from search.private_apis import local_token_auth
 from search.provenance import provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
 from search.results import learning_curves, write_run_record
-from search.searcher import study_storage_url
+from search.study import STUDY_FILE, open_study, study_storage_url, with_trials
 from search.targets import NoTargets, prepare_targets
 from search.state import (
     FAILED,
@@ -111,6 +111,8 @@ def _open_record(plan: SearchPlan, lock: SearchLock) -> SearchRecord:
             raise field_error("--name", plan.name, f"a new search name ({plan.state_dir} appeared meanwhile)") from None
         record = _new_record(plan)
     lock.acquire()
+    if record.study is None and plan.record is None:
+        record.study = open_study(plan.state_dir, plan.name, record.search_id)
     record.state, record.interrupted_by = RUNNING, None
     record.num_samples, record.max_concurrent = plan.spec.budget.num_samples, plan.spec.budget.max_concurrent
     record.save(plan.state_dir)
@@ -225,6 +227,7 @@ def _commit_report(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger,
     )
     record.reports += 1
     record.state = FINISHED
+    record.study = with_trials(record.study, plan.state_dir)
     record.save(plan.state_dir)
 
 
@@ -316,6 +319,7 @@ def _end(
     if record is None:
         return
     record.state, record.interrupted_by = state, reason if state == INTERRUPTED else None
+    record.study = with_trials(record.study, plan.state_dir)
     try:
         record.save(plan.state_dir)
     except OSError as exc:
@@ -438,8 +442,8 @@ def run_search(plan: SearchPlan) -> int:
 
 
 def _forget_new_search(state_dir) -> None:
-    if {p.name for p in state_dir.iterdir()} <= {RECORD_FILE, LOCK_FILE}:
-        for name in (RECORD_FILE, LOCK_FILE):
+    if {p.name for p in state_dir.iterdir()} <= {RECORD_FILE, LOCK_FILE, STUDY_FILE}:
+        for name in (RECORD_FILE, LOCK_FILE, STUDY_FILE):
             (state_dir / name).unlink(missing_ok=True)
         state_dir.rmdir()
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from search.checks import (
     check_data,
+    check_fits_model,
     check_local_resources,
     check_mlflow_uri,
     check_model,
@@ -33,10 +34,11 @@ from search.checks import (
 from search.faults import is_storage_message, storage_fault
 from search.interrupt import CURRENT, SearchInterrupted
 from search.plan import SearchPlan
-from search.state import FINISHED, SearchLock, SearchRecord, check_resumable
+from search.state import FINISHED, RECORD_FILE, SearchLock, SearchRecord, check_resumable
 from spaces import SHIPPED_SPACES, load_space
 from softprompt_cli.commands import OneLineParser, run_main
 from softprompt_cli.errors import UsageError, field_error
+from softprompt_cli.stores import artifacts_beside
 from trainable.model import resolve_model_ref
 
 DEFAULT_STORAGE = "./runs"
@@ -95,6 +97,8 @@ def _resolve(args) -> SearchPlan:
     )
     if args.resume:
         plan = replace(plan, record=_resumable(plan))
+    elif plan.state_dir.exists() and not (plan.state_dir / RECORD_FILE).exists():
+        raise _no_record(plan)
     elif plan.state_dir.exists() or ("://" in storage and _can_restore(plan.experiment_path)):
         raise _name_taken(name, f"{plan.state_dir if plan.state_dir.exists() else plan.experiment_path} holds a search")
     return plan
@@ -119,7 +123,7 @@ def _artifact_location(mlflow_uri: str) -> str | None:
     """Artifacts of a sqlite store live beside the database (MLflow's default is ./mlruns of
     whatever directory the driver runs in); a server or database store decides for itself."""
     db = sqlite_path(mlflow_uri)
-    return (db.resolve().parent / "mlartifacts").as_uri() if db is not None else None
+    return artifacts_beside(db).as_uri() if db is not None else None
 
 
 def _can_restore(experiment_path: str) -> bool:
@@ -138,18 +142,39 @@ def _resumable(plan: SearchPlan) -> SearchRecord:
     """The record of the search --resume names, if this run may continue it."""
     record = SearchRecord.load(plan.state_dir)
     if record is None:
-        what = (
-            f"a search started with its record {plan.state_dir}/search.json (this one has none)"
-            if _can_restore(plan.experiment_path)
-            else f"a search to resume (nothing resumable at {plan.experiment_path})"
-        )
-        raise field_error("--name", plan.name, what)
+        if plan.state_dir.exists() or _can_restore(plan.experiment_path):
+            raise _no_record(plan)
+        raise field_error("--name", plan.name, f"a search to resume (nothing resumable at {plan.experiment_path})")
     if SearchLock(plan.state_dir).held_elsewhere():
         raise field_error(
             "--name", plan.name, f"a search that is not running now (another driver holds {plan.state_dir}/search.lock)"
         )
     check_resumable(record, plan.spec, plan.mlflow_uri)
+    from search.study import STUDY_FILE, study_problem  # (optuna: only a resume needs it here)
+
+    problem = study_problem(plan.state_dir, record.study) if record.study is not None else None
+    if problem is not None:
+        # Another study would number its trials from 0 again, onto the finished trials' MLflow runs.
+        raise UsageError(
+            "--resume",
+            None,
+            f"the Optuna study search {plan.name!r} was started with ({record.study['trials']} trial(s) or more); "
+            f"nothing was changed: put that {STUDY_FILE} back, or start a new search with another --name "
+            "(the old one's results and MLflow runs stay as they are)",
+            got=f"a search whose study is gone ({problem})",
+        )
     return record
+
+
+def _no_record(plan: SearchPlan) -> UsageError:
+    """A search directory without its search.json: it cannot be resumed, and the name stays taken
+    (MLflow has its runs), so the way on is another name."""
+    return field_error(
+        "--name",
+        plan.name,
+        f"a search with its record {plan.state_dir}/{RECORD_FILE} (it is missing, so this search cannot be "
+        "resumed; its results and MLflow runs are kept as they are): start a new search with another --name",
+    )
 
 
 def resume_command(args, name: str) -> str:
@@ -245,6 +270,7 @@ def _main(argv: list[str] | None) -> int:
     check_data(plan.spec)  # cheap file checks before warm starts (which may convert the bundled model)
     model = _model_here(plan.spec.model, args.dry_run, unfit)
     if model is not None:
+        check_fits_model(plan.spec, model)
         check_warm_starts(plan.spec, model)
     elif any(plan.spec.warm_starts(method) for method in plan.spec.methods):
         unfit.append("init adapters not checked against the model (it cannot be loaded here)")

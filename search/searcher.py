@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search import private_apis
+from search.study import study_storage_url
 from spaces import DistKind, Distribution, SpaceSpec
 from spaces.spec import METHOD
 from trainable.trial import OBJECTIVE
@@ -180,10 +181,6 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         private_apis.optuna_study(self).tell(ot_trials[trial_id], state=TrialState.PRUNED)
         told.add(trial_id)
-
-
-def study_storage_url(state_dir) -> str:
-    return f"sqlite:///{state_dir}/optuna.db"
 
 
 def build_searcher(spec: SpaceSpec, state_dir, study_name: str) -> PrunedAwareOptunaSearch:

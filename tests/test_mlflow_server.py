@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from helpers import MlflowServer, alive, free_port, server_env
+from softprompt_cli.errors import UsageError
 
 USER, PASSWORD = "searcher", "correct-horse-battery"
 
@@ -228,6 +229,16 @@ def _cli(cwd: Path, *args: str, **env) -> subprocess.CompletedProcess:
     [
         (["--auth"], {}, "MLFLOW_TRACKING_PASSWORD"),
         (["--auth"], {"MLFLOW_TRACKING_PASSWORD": "short"}, "12 characters"),
+        # Obvious guesses of 12+ characters: before, each was accepted.
+        (["--auth"], {"MLFLOW_TRACKING_PASSWORD": "a" * 12}, "one character repeated"),
+        (["--auth"], {"MLFLOW_TRACKING_PASSWORD": "abab" * 4}, "2 characters repeated"),
+        (["--auth"], {"MLFLOW_TRACKING_PASSWORD": "Password123456"}, "a known default word"),
+        (["--auth"], {"MLFLOW_TRACKING_PASSWORD": "changeme2024"}, "a known default word"),
+        (
+            ["--auth"],
+            {"MLFLOW_TRACKING_USERNAME": "researcher-01", "MLFLOW_TRACKING_PASSWORD": "researcher-01"},
+            "the username",
+        ),
         (["--host", "0.0.0.0"], {}, "host: got '0.0.0.0'"),
         (["--host", "10.1.2.3"], {}, "--auth"),
         (["--port", "0"], {}, "port: got '0'"),
@@ -249,6 +260,33 @@ def test_bad_input_exits_2_one_line(tmp_path, args, env, needle):
     assert "hunter2" not in proc.stderr  # a password in a URI is never echoed
     assert proc.stdout == ""
     assert not (tmp_path / "runs").exists()  # nothing created on bad input
+
+
+def test_weak_password_messages_never_show_the_password():
+    from mlflow_server.auth import resolve_auth
+
+    for password in ("zzzzzzzzzzzzzzzz", "password1234567"):
+        with pytest.raises(UsageError) as caught:
+            resolve_auth({"MLFLOW_TRACKING_PASSWORD": password})
+        assert password not in str(caught.value) and str(caught.value).startswith("MLFLOW_TRACKING_PASSWORD: got a")
+    assert resolve_auth({"MLFLOW_TRACKING_PASSWORD": "correct-horse-battery"}).username == "admin"
+
+
+def test_artifacts_default_beside_the_sqlite_backend(tmp_path, monkeypatch):
+    """One home for artifacts, the driver's rule: before, they went to ./runs/mlartifacts of the
+    working directory whatever --backend-store-uri said."""
+    from mlflow_server.config import parse_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_BACKEND_STORE_URI", raising=False)
+    store = tmp_path / "store" / "mlflow.db"
+    cfg = parse_config(["--backend-store-uri", f"sqlite:///{store}"])
+    assert cfg.artifacts_destination == str(tmp_path / "store" / "mlartifacts")
+    assert parse_config([]).artifacts_destination == str(tmp_path / "runs" / "mlartifacts")
+    cfg = parse_config(["--backend-store-uri", "postgresql://u@db.example/mlflow"])
+    assert cfg.artifacts_destination == str(tmp_path / "runs" / "mlartifacts")
+    cfg = parse_config(["--backend-store-uri", f"sqlite:///{store}", "--artifacts-destination", "elsewhere"])
+    assert cfg.artifacts_destination == str(tmp_path / "elsewhere")
 
 
 def test_insecure_allows_non_loopback_validation(tmp_path):

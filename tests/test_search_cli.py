@@ -124,6 +124,26 @@ BAD_INPUTS = [
     (["--space", "smoke", "--mlflow-uri", "http://127.0.0.1:9"], "--mlflow-uri: got 'http://127.0.0.1:9'"),
     (["--space", "smoke", "--storage", "ftp://bucket/x"], "--storage: got 'ftp://bucket/x'"),
     (["--space", "smoke", "--name", "a/b"], "--name: got 'a/b'"),
+    # Names SMB/Windows-backed storage cannot hold: a trailing dot is dropped, device names reserved.
+    (["--space", "smoke", "--name", "abc."], "--name: got 'abc.', expected letters, digits"),
+    (["--space", "smoke", "--name", "con"], "--name: got 'con', expected a name that is not a Windows device"),
+    (["--space", "smoke", "--name", "LPT1.old"], "--name: got 'LPT1.old', expected a name that is not a Windows"),
+    # Stores that keep nothing, or that MLflow 3 refuses or cannot load a driver for: before, the
+    # first passed (and a real run kept nothing), the others ended in a 45-63 line traceback.
+    (
+        ["--space", "smoke", "--mlflow-uri", "sqlite:///:memory:"],
+        "--mlflow-uri: got 'sqlite:///:memory:', expected a sqlite *file*",
+    ),
+    (["--space", "smoke", "--mlflow-uri", "file:///tmp/mlruns"], "--mlflow-uri: got 'file:///tmp/mlruns', expected"),
+    (
+        ["--space", "smoke", "--mlflow-uri", "postgresql://u:secret@127.0.0.1:9/db"],
+        "--mlflow-uri: got 'postgresql://u:***@127.0.0.1:9/db', expected a database whose driver is installed "
+        "(pip install 'psycopg[binary]')",
+    ),
+    (
+        ["--space", "smoke", "--storage", "s3://bucket-that-does-not-exist"],
+        "--storage: got 's3://bucket-that-does-not-exist', expected a storage URI this machine can reach",
+    ),
     (["--space", "smoke", "--resume"], "--name: got None"),
     (["--space", "smoke", "--resume", "--name", "never-ran"], "--name: got 'never-ran'"),
     (["--space", "smoke", "--num-samples", "many"], "argument --num-samples: invalid int value"),

@@ -194,3 +194,64 @@ def test_a_warm_start_whose_files_changed_is_another_identity(tmp_path):
     after = {"model": {}, **space, "warm_starts": warm_start_identity(space)}
     (changed,) = differences(before, after)
     assert changed.startswith(f"warm_starts.{adapter} '") and before != after
+
+
+def test_the_record_keeps_the_study_it_must_find(finished):
+    tmp_path = finished[0]
+    record = json.loads((tmp_path / "runs" / NAME / "search.json").read_text())
+    assert record["study"] == {"name": NAME, "search_id": record["search_id"], "trials": 2}
+
+
+def _replace_study(db: Path, trials: int, search_id: str | None) -> None:
+    import optuna
+
+    study = optuna.create_study(study_name=NAME, storage=f"sqlite:///{db}", direction="maximize")
+    if search_id is not None:
+        study.set_user_attr("search_id", search_id)
+    for _ in range(trials):
+        study.tell(study.ask(), 0.5)
+
+
+@pytest.mark.parametrize("replaced", ["deleted", "another-search", "fewer-trials", "not-a-database"])
+def test_resume_refuses_a_study_that_is_not_the_searchs_own(finished, replaced):
+    """Before, a deleted optuna.db let --resume start a fresh study whose trial 0 was mapped onto
+    the finished trial 0's MLflow run (KILLED, another trial's id), then a KeyError traceback."""
+    tmp_path = finished[0]
+    db = tmp_path / "runs" / NAME / "optuna.db"
+    kept = tmp_path / "optuna.db.kept"
+    shutil.move(db, kept)
+    try:
+        search_id = json.loads((tmp_path / "runs" / NAME / "search.json").read_text())["search_id"]
+        if replaced == "another-search":
+            _replace_study(db, 2, "0" * 32)
+        elif replaced == "fewer-trials":
+            _replace_study(db, 1, search_id)
+        elif replaced == "not-a-database":
+            db.write_text("not sqlite")
+        before = _snapshot(tmp_path) if replaced != "not-a-database" else None
+        line = _one_line(_again(finished, "--resume", "--num-samples", "3"))
+        assert line.startswith("error: --resume: got a search whose study is gone (") and str(db) in line, line
+        assert "nothing was changed" in line and "another --name" in line
+        if before is not None:
+            assert _snapshot(tmp_path) == before
+        assert _one_line(_again(finished, "--resume", "--dry-run")) == line
+    finally:
+        db.unlink(missing_ok=True)
+        shutil.move(kept, db)
+
+
+def test_a_search_without_its_record_says_how_to_go_on(finished):
+    """Before: resume said only that the record was missing, and a new search of the name was
+    told to `add --resume`, which could never work: the name was stuck with no way out named."""
+    tmp_path = finished[0]
+    record = tmp_path / "runs" / NAME / "search.json"
+    kept = tmp_path / "search.json.kept"
+    shutil.move(record, kept)
+    try:
+        for extra in (["--resume"], []):
+            line = _one_line(_again(finished, *extra))
+            assert line.startswith(f"error: --name: got '{NAME}', expected a search with its record {record}")
+            assert "cannot be resumed" in line and "start a new search with another --name" in line, line
+            assert "add --resume" not in line and not record.exists()
+    finally:
+        shutil.move(kept, record)

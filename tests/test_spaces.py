@@ -218,6 +218,24 @@ MALFORMED = {
     "yaml off where a number goes": ("base: default\nfixed: {weight_decay: off}\n", "fixed.weight_decay"),
     "yaml alias that contains itself": ("base: default\nx: &x [*x]\n", "{file}"),
     "yaml nested past the recursion limit": ("base: default\nx: " + "[" * 5000 + "]" * 5000 + "\n", "{file}"),
+    # A lone surrogate (YAML's "\ud800" escape) passed, then every trial died encoding it.
+    "init text with a lone surrogate": (
+        'base: default\nsearch: {init: {choice: [random, "Write \\ud800 code."]}}\n',
+        "search.init.choice[1]",
+    ),
+    "model with a lone surrogate": ('base: default\nmodel: "org/m\\udfff"\n', "model"),
+    "a key with a lone surrogate": ('base: default\nfixed: {"x\\ud800": 1}\n', "fixed"),
+    # Sizes past any sane plan (typos) passed the dry run; the caps name the allowed range.
+    "100000 virtual tokens": (
+        "base: default\nsearch: {num_virtual_tokens: {choice: [8, 100000]}}\n",
+        "search.num_virtual_tokens.choice[1]",
+    ),
+    "a randint up to 100000 virtual tokens": (
+        "base: default\nsearch: {num_virtual_tokens: {randint: [8, 100000]}}\n",
+        "search.num_virtual_tokens.randint[1]",
+    ),
+    "a billion trials": ("base: default\nbudget: {num_samples: 1000000000}\n", "budget.num_samples"),
+    "a million epochs": ("base: default\nbudget: {max_epochs: 1000000}\n", "budget.max_epochs"),
 }
 
 

@@ -72,9 +72,17 @@ def _near_keyword(init: str) -> str | None:
     return next((k for k in KEYWORDS if folded == k.replace("_", "") and init != k), None)
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise field_error(name, value, f"an integer >= {minimum}")
+# Prompt tuning's gains level off near 100 virtual tokens (Lester et al. 2021), and each one takes
+# a position of the model's context in every example: 1,024 leaves room to search lengths while a
+# typo such as 100000 (more positions than any code model has) is caught. The model's own limit
+# (virtual tokens + max_length <= its positions) is checked against its config before Ray starts.
+MAX_VIRTUAL_TOKENS = 1024
+
+
+def _check_int(name: str, value, minimum: int, maximum: int | None = None) -> None:
+    allowed = f"an integer >= {minimum}" if maximum is None else f"an integer from {minimum} to {maximum}"
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= (maximum or value):
+        raise field_error(name, value, allowed)
 
 
 def _check_positive(name: str, value, allow_zero: bool = False) -> None:
@@ -123,7 +131,7 @@ class TrainConfig:
     def __post_init__(self):
         if self.method not in METHODS:
             raise field_error("method", self.method, "one of " + method_list())
-        _check_int("num_virtual_tokens", self.num_virtual_tokens, 1)
+        _check_int("num_virtual_tokens", self.num_virtual_tokens, 1, MAX_VIRTUAL_TOKENS)
         self._check_method_only()
         self._check_init()
         _check_positive("learning_rate", self.learning_rate)

