@@ -210,14 +210,14 @@ def keep(site: Path) -> None:
     image = {canonicalize_name(d.metadata["Name"]): d.version for d in importlib.metadata.distributions(path=outside)}
     for info in sorted(site.glob("*.dist-info")):
         dist = importlib.metadata.Distribution.at(info)
-        name = canonicalize_name(dist.metadata["Name"])
-        if image.get(name) == dist.version:
+        name, version = canonicalize_name(dist.metadata["Name"]), dist.version
+        if image.get(name) == version:
             for row in dist.files or []:
                 path = Path(dist.locate_file(row)).resolve()
                 if path.is_relative_to(site) and path.is_file():
                     path.unlink()
             shutil.rmtree(info, ignore_errors=True)
-            print(f"image has {name} {dist.version}: not shadowed")
+            print(f"image has {name} {version}: not shadowed")
     carried = list(importlib.metadata.distributions(path=[str(site)]))
     found = dict(image)
     found.update({canonicalize_name(d.metadata["Name"]): d.version for d in carried})
