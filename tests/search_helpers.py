@@ -35,7 +35,8 @@ def write_space(tmp_path: Path, samples: int = 6, epochs: int = 3) -> Path:
 def search_env() -> dict:
     env = dict(
         os.environ,
-        PYTHONPATH=str(REPO),
+        # The repo first; what was already there stays (a GPU machine's bundle: bench/gpu_install.sh).
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         HF_HUB_OFFLINE="1",
         TRANSFORMERS_OFFLINE="1",
         RAY_USAGE_STATS_ENABLED="0",

@@ -2,14 +2,16 @@
 
 `pytest -m gpu` (skips without CUDA). A random-init model of Qwen2.5-Coder-0.5B's exact shape (a
 GPU machine may have no hub access; weights do not change the cost of a step) with the bundled
-model's tokenizer, a real local Ray, `python -m search.run` as a user runs it. Asserts that all
-four trials ran at once (Ray packed them onto the one GPU) and that each one's peak GPU memory,
-which every trial reports per epoch, fits its quarter of the device.
+model's tokenizer (or $BUNDLED_TOKENIZER_DIR's), a real local Ray, `python -m search.run` as a
+user runs it. Asserts that all four trials ran at once (Ray packed them onto the one GPU) and
+that each one's peak GPU memory, which every trial reports per epoch, fits its quarter of the
+device.
 """
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -43,7 +45,9 @@ def random_qwen_05b(tmp_path_factory):
     out = tmp_path_factory.mktemp("random-qwen-0.5b")
     torch.manual_seed(0)
     Qwen2ForCausalLM(Qwen2Config(**QWEN_05B_SHAPE)).to(torch.bfloat16).save_pretrained(out)
-    AutoTokenizer.from_pretrained(bundled_checkpoint_dir()).save_pretrained(out)
+    # A GPU machine gets the bundled model's tokenizer files alone (bench/gpu_install.sh names them).
+    tokenizer_dir = os.environ.get("BUNDLED_TOKENIZER_DIR") or bundled_checkpoint_dir()
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
     return out
 
 
