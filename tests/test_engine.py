@@ -57,7 +57,8 @@ def examples(tiny_loaded):
     return build_examples(tiny_loaded, problems_for("train", DataSplit(12, 4, 4)), 96)
 
 
-def test_fused_losses_and_gradients_equal_each_request_alone(tiny_loaded, examples):
+@pytest.mark.parametrize("rows_per_forward", [None, 1, 64], ids=["largest-batch", "row-by-row", "one-forward"])
+def test_fused_losses_and_gradients_equal_each_request_alone(tiny_loaded, examples, rows_per_forward):
     hidden = tiny_loaded.model.config.hidden_size
     g = torch.Generator().manual_seed(0)
     requests = [
@@ -67,7 +68,7 @@ def test_fused_losses_and_gradients_equal_each_request_alone(tiny_loaded, exampl
         LossRequest(None, examples[6:8]),  # the frozen model itself
         LossRequest(_random_prefix(tiny_loaded, 5, 2), examples[8:12]),  # prefix of 5
     ]
-    fused = train_step(tiny_loaded, requests)
+    fused = train_step(tiny_loaded, requests, rows_per_forward)
     for request, result in zip(requests, fused):
         leaf = None if request.soft is None else _leafed(request.soft)
         alone = _reference_loss(tiny_loaded, leaf, request.examples)

@@ -55,14 +55,25 @@ class StepResult:
 def fused_completion_loss(loaded: LoadedModel, requests: Sequence[LossRequest]) -> list[tuple[torch.Tensor, int]]:
     """Each request's mean cross-entropy over its completion tokens (differentiable w.r.t. its
     soft inputs) and the positions it processed, from one forward of the frozen model."""
+    rows = [(index, example) for index, request in enumerate(requests) for example in request.examples]
+    per_token, owner, tokens_per_row = _rows_forward(loaded, requests, rows)
+    out = []
+    for index in range(len(requests)):
+        tokens = sum(t for t, (i, _) in zip(tokens_per_row, rows) if i == index)
+        out.append((per_token[owner == index].mean(), int(tokens)))
+    return out
+
+
+def _rows_forward(loaded: LoadedModel, requests: Sequence[LossRequest], rows: list[tuple[int, "TrainExample"]]):
+    """One forward over `rows` ((request index, example) pairs): the cross-entropy of every
+    completion token, the request each belongs to, and the positions each row processed."""
     model = loaded.model
     embed = model.get_input_embeddings()
-    rows = [(index, example) for index, request in enumerate(requests) for example in request.examples]
     if not rows:
         raise ValueError("a training step needs at least one example")
-    soft_len = [0 if not isinstance(r.soft, torch.Tensor) else r.soft.shape[0] for r in requests]
+    soft_len = [_soft_len(r.soft) for r in requests]
     prefix_len = [len(r.soft) if isinstance(r.soft, Prefix) else 0 for r in requests]
-    n_prefix = max(prefix_len)
+    n_prefix = max(prefix_len[i] for i, _ in rows)
     width = max(soft_len[i] + len(ex.tokens) for i, ex in rows)
     pad_id = loaded.tokenizer.pad_token_id
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long, device=embed.weight.device)
@@ -97,13 +108,16 @@ def fused_completion_loss(loaded: LoadedModel, requests: Sequence[LossRequest]) 
     logits = model.get_output_embeddings()(hidden[:, :-1][selected]).float()
     per_token = F.cross_entropy(logits, targets[selected], reduction="none")
     owner = torch.tensor([i for i, _ in rows], device=ids.device).unsqueeze(1).expand_as(targets)[selected]
-    tokens_per_row = full_mask.sum(1).tolist()
-    out = []
-    for index in range(len(requests)):
-        mine = owner == index
-        tokens = sum(t for t, (i, _) in zip(tokens_per_row, rows) if i == index)
-        out.append((per_token[mine].mean(), int(tokens)))
-    return out
+    return per_token, owner, full_mask.sum(1).tolist()
+
+
+def _soft_len(soft) -> int:
+    return soft.shape[0] if isinstance(soft, torch.Tensor) else 0
+
+
+def _targets(example: "TrainExample", n_soft: int) -> int:
+    """How many completion tokens of `example` carry loss (the first column predicts nothing)."""
+    return (n_soft + len(example.tokens)) - max(n_soft + example.n_prompt, 1)
 
 
 def _fused_prefix_cache(requests, owners, n_prefix, dtype, loaded) -> DynamicCache:
@@ -128,15 +142,39 @@ def _fused_prefix_cache(requests, owners, n_prefix, dtype, loaded) -> DynamicCac
     return DynamicCache(per_layer)
 
 
-def train_step(loaded: LoadedModel, requests: Sequence[LossRequest]) -> list[StepResult]:
-    """One forward and one backward for every request's rows; each result holds its request's
-    loss and the gradient of that loss with respect to the request's soft inputs."""
+def train_step(
+    loaded: LoadedModel, requests: Sequence[LossRequest], rows_per_forward: int | None = None
+) -> list[StepResult]:
+    """Every request's rows through the frozen model, forward and backward, in forwards of at
+    most `rows_per_forward` rows (default: the largest request's batch, so a step of many trials
+    holds about one trial's activations), rows of similar length together (little padding);
+    each result holds its request's loss and the gradient of that loss w.r.t. its soft inputs."""
     leaves = [_leaf(r.soft) for r in requests]
-    losses = fused_completion_loss(loaded, [LossRequest(leaf, r.examples) for leaf, r in zip(leaves, requests)])
-    differentiable = [loss for (loss, _), leaf in zip(losses, leaves) if leaf is not None]
-    if differentiable:
-        torch.autograd.backward(torch.stack(differentiable).sum())
-    return [StepResult(loss.item(), tokens, _grad(leaf)) for (loss, tokens), leaf in zip(losses, leaves)]
+    leafed = [LossRequest(leaf, r.examples) for leaf, r in zip(leaves, requests)]
+    rows = [(index, example) for index, request in enumerate(leafed) for example in request.examples]
+    if not rows:
+        raise ValueError("a training step needs at least one example")
+    width = lambda row: _soft_len(leafed[row[0]].soft) + len(row[1].tokens)  # noqa: E731
+    rows.sort(key=width)
+    size = rows_per_forward or max(len(r.examples) for r in requests)
+    counts = [sum(_targets(ex, _soft_len(r.soft)) for ex in r.examples) for r in leafed]
+    sums, tokens = [0.0] * len(requests), [0] * len(requests)
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        per_token, owner, tokens_per_row = _rows_forward(loaded, leafed, chunk)
+        total = per_token.new_zeros(())
+        for index in sorted({i for i, _ in chunk}):
+            part = per_token[owner == index].sum()
+            sums[index] += part.item()
+            total = total + part / counts[index]
+        if total.requires_grad:
+            total.backward()  # each request's own rows only reach its own leaves
+        for (index, _), n in zip(chunk, tokens_per_row):
+            tokens[index] += int(n)
+    return [
+        StepResult(total_loss / count if count else float("nan"), n, _grad(leaf))
+        for total_loss, count, n, leaf in zip(sums, counts, tokens, leaves)
+    ]
 
 
 def _leaf(soft):
