@@ -70,7 +70,12 @@ def _limit_resources(config):
 
 
 def _private_shm(ctypes, libc, size):
-    """A fresh tmpfs on /dev/shm, seen only in this mount namespace (multiprocessing's locks)."""
+    """A fresh tmpfs on /dev/shm, seen only in this mount namespace (multiprocessing's locks).
+    Without a /dev/shm (some containers) there is none to replace, and none to reach."""
+    import os
+
+    if not os.path.isdir("/dev/shm"):
+        return
     options = f"size={size},mode=1777".encode()
     if libc.mount(b"tmpfs", b"/dev/shm", b"tmpfs", 2 | 4 | 8, options) != 0:  # nosuid nodev noexec
         raise OSError(ctypes.get_errno(), "mount of a private /dev/shm failed")
