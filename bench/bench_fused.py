@@ -56,11 +56,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--repeat", type=int, default=2, help="best of N steps per layout")
+    parser.add_argument("--rows-per-forward", type=int, help="rows per forward (default: one trial's batch)")
+    parser.add_argument("--tokenizer", help="tokenizer dir for --model random-0.5b (default: the bundled model's)")
     args = parser.parse_args()
     if min(args.trials) < 1 or args.batch < 1 or args.repeat < 1:
         parser.error("--trials, --batch and --repeat take integers >= 1")
     dtype = getattr(torch, args.dtype)
-    loaded = load_bench_model(args.model, dtype, args.device)
+    loaded = load_bench_model(args.model, dtype, args.device, args.tokenizer)
     device = str(loaded.device)
     limits = ceilings(device)
     print(machine())
@@ -82,7 +84,7 @@ def main() -> None:
                 step_together([(trainer, batch)])
 
         def fused():
-            step_together(list(zip(trainers, batches)))
+            step_together(list(zip(trainers, batches)), args.rows_per_forward)
 
         for name, fn in (("separate", separate), ("fused", fused)):
             with peak_rss() as memory:

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # The one prepared run on a lent GPU machine: install the bundle, the `gpu` tests, a search of the
-# default space's shape under Ray Tune, then bench_gpu.py. Every figure lands in OUTDIR (at most
-# 8 files: what the device tool brings back); each step has its own time limit, so one slow step
+# default space's shape under Ray Tune, then bench_gpu.py and bench_fused.py. Every figure lands
+# in OUTDIR (8 files, the most the device tool brings back: summary.md, six logs, the runs); each step has its own time limit, so one slow step
 # cannot eat the others' time.
 #
 #   bench/gpu_check.sh OUTDIR [ARCHIVE]        # ARCHIVE: build/gpu-bundle/sps-gpu-bundle.tar.xz
 #
 # GPU_CHECK_DEVICE=cpu tries the same plumbing on a CPU machine (a tiny model, tiny sizes; the
 # gpu tests and bench_gpu.py skip themselves without CUDA). GPU_CHECK_LIMITS="install pytest
-# search bench" overrides the per-step seconds.
+# search bench fused" overrides the per-step seconds.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -16,7 +16,7 @@ archive=${2:-$repo/build/gpu-bundle/sps-gpu-bundle.tar.xz}
 device=${GPU_CHECK_DEVICE:-cuda}
 export PYTHON=${PYTHON:-python3}  # the image's interpreter (gpu_install.sh reads it too)
 # Seconds per step; together under the device tool's 10-minute command, with room for start-up.
-read -r t_install t_pytest t_search t_bench <<<"${GPU_CHECK_LIMITS:-45 130 240 120}"
+read -r t_install t_pytest t_search t_bench t_fused <<<"${GPU_CHECK_LIMITS:-45 130 200 100 60}"
 work=$(mktemp -d /tmp/sps-gpu-check.XXXXXX)
 summary=$out/summary.md
 echo "| step | exit | seconds | limit s |" >"$summary"
@@ -89,6 +89,10 @@ fi
 # 4. Training and decoding throughput against the GPU's own ceilings.
 step bench "$t_bench" bench_gpu.log bash -c '"$PYTHON" bench/bench_gpu.py --problems 64 --decode-batch 64 \
   --tokenizer "$BUNDLED_TOKENIZER_DIR"'
+
+# 5. K trials on one model: the engine's fused steps against each trial's own (bench_fused.py).
+step fused "$t_fused" bench_fused.log "$PYTHON" bench/bench_fused.py --model random-0.5b --device cuda \
+  --dtype bfloat16 --trials 1 4 16 --batch 8 --repeat 2 --rows-per-forward 128 --tokenizer "$BUNDLED_TOKENIZER_DIR"
 
 cat "$summary"
 exit "$failed"

@@ -153,14 +153,17 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
 
 
-def step_together(work: list[tuple[Trainer, list[TrainExample]]]) -> list[StepResult]:
-    """One optimizer step for each (trainer, batch), from one forward/backward of the shared
-    frozen model over every batch's rows (all trainers hold the same `loaded`)."""
+def step_together(
+    work: list[tuple[Trainer, list[TrainExample]]], rows_per_forward: int | None = None
+) -> list[StepResult]:
+    """One optimizer step for each (trainer, batch), from the shared frozen model's forwards and
+    backwards over every batch's rows (all trainers hold the same `loaded`; `rows_per_forward`:
+    `trainable.engine.train_step`)."""
     loaded = work[0][0].loaded
     if any(trainer.loaded is not loaded for trainer, _ in work):
         raise ValueError("trainers stepped together must share one loaded model")
     inputs = [trainer.request(batch) for trainer, batch in work]
-    results = train_step(loaded, [request for _, request in inputs])
+    results = train_step(loaded, [request for _, request in inputs], rows_per_forward)
     for (trainer, _), (soft, _), result in zip(work, inputs, results):
         trainer.apply(soft, result)
     return results
