@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The one prepared run on a lent GPU machine: install the bundle, the `gpu` tests, a search of the
 # default space's shape under Ray Tune, then bench_gpu.py and bench_fused.py. Every figure lands
-# in OUTDIR (8 files, the most the device tool brings back: summary.md, six logs, the runs); each step has its own time limit, so one slow step
-# cannot eat the others' time.
+# in OUTDIR (8 files, the most the device tool brings back: summary.md, six logs, the runs);
+# each step has its own time limit, so one slow step cannot eat the others' time.
 #
 #   bench/gpu_check.sh OUTDIR [ARCHIVE]        # ARCHIVE: build/gpu-bundle/sps-gpu-bundle.tar.xz
 #
