@@ -53,7 +53,17 @@ print("trials", len(results), "errors", results.num_errors)
 
 
 def python312() -> str | None:
-    return os.environ.get("PYTHON312") or shutil.which("python3.12")
+    """A Python 3.12 that runs: $PYTHON312, else `python3.12` on PATH (a pyenv shim for a version
+    that is installed but not selected is on PATH and fails when run)."""
+    candidate = os.environ.get("PYTHON312") or shutil.which("python3.12")
+    if candidate is None:
+        return None
+    try:
+        version = "import sys; print(sys.version_info[:2])"
+        probe = subprocess.run([candidate, "-c", version], capture_output=True, text=True)
+    except OSError:
+        return None
+    return candidate if probe.returncode == 0 and probe.stdout.strip() == "(3, 12)" else None
 
 
 def run(*cmd, **kw) -> subprocess.CompletedProcess:
@@ -62,7 +72,7 @@ def run(*cmd, **kw) -> subprocess.CompletedProcess:
     return proc
 
 
-@pytest.mark.skipif(python312() is None, reason="needs a Python 3.12 ($PYTHON312 or python3.12)")
+@pytest.mark.skipif(python312() is None, reason="needs a Python 3.12 that runs ($PYTHON312 or python3.12)")
 def test_bundle_builds_fits_and_runs_a_tune_search_in_a_bare_312(tmp_path):
     out = tmp_path / "bundle"
     run(REPO / "bench" / "gpu_bundle.sh", out, env=dict(os.environ, PYTHON=sys.executable), timeout=1800)
