@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -345,8 +346,14 @@ def _warn_if_queued(plan: SearchPlan, ledger: MlflowLedger, send: bool = True) -
         )
 
 
+_SAID = threading.Lock()  # the interruption is recorded and said once per process
+
+
 def _interrupted(plan: SearchPlan, record, ledger, why: str, exit_code: int) -> int:
-    """`why`: the signal's name, or what happened to Ray."""
+    """`why`: the signal's name, or what happened to Ray. Once per process: the watchdog thread
+    and the main thread may both find Ray gone."""
+    if not _SAID.acquire(blocking=False):
+        return exit_code
     with CURRENT.during(Phase.CLEANUP):
         print(
             f"== search {plan.name} interrupted by {why}: state saved, no final report "

@@ -140,6 +140,7 @@ def _name_taken(name: str, where: str):
 
 def _resumable(plan: SearchPlan) -> SearchRecord:
     """The record of the search --resume names, if this run may continue it."""
+    SearchLock(plan.state_dir).wait_for_watcher()  # a dead driver's watcher may be recording it
     record = SearchRecord.load(plan.state_dir)
     if record is None:
         if plan.state_dir.exists() or _can_restore(plan.experiment_path):

@@ -224,6 +224,13 @@ class SearchLock:
             return False
         return not self.path.read_text(errors="replace").startswith("watcher")
 
+    def wait_for_watcher(self) -> None:
+        """Return once no watcher holds the lock (it records a dead driver's search in seconds;
+        search.watcher), or after WATCHER_WAIT_S."""
+        deadline = time.monotonic() + WATCHER_WAIT_S
+        while self.held_elsewhere() and not self.held_by_driver() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
     def held_elsewhere(self) -> bool:
         """True if another driver holds the lock (checked without taking it for long)."""
         if not self.path.exists():

@@ -57,11 +57,11 @@ def stop(write_end: int) -> None:
 
 
 def _watch(read_end: int, driver_pid: int, plan) -> int:
+    from search.state import SearchLock, SearchRecord  # now: ready the moment the driver goes
+
     with os.fdopen(read_end, "rb") as pipe:
         if pipe.read(1) == NORMAL_END:
             return 0
-    from search.state import SearchLock, SearchRecord
-
     lock = SearchLock(plan.state_dir, holder=f"watcher {os.getpid()}")
     deadline = time.monotonic() + LOCK_WAIT_S
     while True:

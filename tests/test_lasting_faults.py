@@ -69,10 +69,17 @@ def test_a_corrupt_model_fails_each_trial_once(tiny_model_dir, tmp_path):
 
     from fault_helpers import SearchProcess, mlflow_summary, write_fault_space
 
+    from safetensors.torch import load_file, save_file
+
     model = tmp_path / "corrupt-model"
     shutil.copytree(tiny_model_dir, model)
     weights = model / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])  # header cut short: loads nowhere
+    # A file whose header is whole (the checks before Ray read headers and sizes) but one of
+    # whose tensors does not fit the config: it loads nowhere, on every try.
+    tensors = load_file(weights)
+    name = next(k for k in sorted(tensors) if k.endswith("mlp.down_proj.weight"))
+    tensors[name] = tensors[name][:-1].contiguous()
+    save_file(tensors, weights, metadata={"format": "pt"})
     space = write_fault_space(tmp_path, samples=4, epochs=1, grace=1, tokens=(4, 8), slow=False)
     started = time.monotonic()
     with SearchProcess(tmp_path, space, model, "corrupt") as search:
