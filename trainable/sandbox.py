@@ -80,7 +80,7 @@ from trainable.sandbox_filters import seccomp_program
 
 MODES = ("bwrap", "rlimits+netns", "rlimits")
 MODE_ENV = "SOFTPROMPT_SANDBOX"
-MEMORY_BYTES = 2 * 1024**3  # address space per program (numpy imports fine; bombs stop)
+MEMORY_BYTES = 2 * 1024**3  # address space per program (any stdlib import fits; bombs stop)
 FILE_BYTES = 10 * 1024**2  # largest file a program may write
 TMPFS_BYTES = 64 * 1024**2  # bwrap: total disk a program may fill
 SHM_BYTES = 16 * 1024**2  # its private /dev/shm (semaphores)
