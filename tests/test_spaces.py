@@ -69,8 +69,10 @@ def test_default_trains_on_mbpp_and_keeps_humaneval_for_val_and_test():
 
 
 def test_smoke_keeps_its_distillation_tiny():
+    """Small, but not so small that the bundled model may solve none of its training problems
+    (in bf16 it solves none of the first 4): 12 problems, two candidates each, about 2 min once."""
     data = load_space("smoke").data
-    assert data.train.source == "mbpp" and data.train.n <= 8 and data.distill.samples <= 2
+    assert data.train.source == "mbpp" and 8 <= data.train.n <= 16 and data.distill.samples <= 2
 
 
 def test_cpu_is_a_real_search_for_two_cores():
