@@ -274,13 +274,13 @@ def _bwrap_prefix() -> tuple[str, ...]:
         "/dev/shm",
     ]
     # Only what Python needs, read-only: no home dirs, no repo, no venv, no secrets, no /proc.
-    for path in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+    for path in sandbox_paths.SYSTEM_DIRS:
         if os.path.islink(path):
             args += ["--symlink", os.readlink(path), path]
         elif os.path.isdir(path):
             args += ["--ro-bind", path, path]
     args += ["--ro-bind-try", "/etc/ld.so.cache", "/etc/ld.so.cache"]
-    bound = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc")  # above, or not at all
+    bound = (*sandbox_paths.SYSTEM_DIRS, "/etc")  # above, or not at all
     for root in sandbox_paths.interpreter_roots():  # binds under /tmp sit inside its tmpfs
         if root not in ("/", "/tmp") and not any(sandbox_paths.under(root, top) for top in bound):
             args += ["--ro-bind", root, root]
@@ -297,15 +297,28 @@ def _bwrap_prefix() -> tuple[str, ...]:
 
 
 @functools.lru_cache(maxsize=1)
-def _seccomp_config() -> tuple[str, list[int]]:
+def _fixed_config() -> dict:
+    """What every program's launcher and harness are told alike: limits, the interpreter, the
+    seccomp program, the trees it may read and the modules it must not load (built once)."""
     program = seccomp_program()
     if program is None:
         log.warning(
             "sandbox: no seccomp table for this CPU architecture; processes are bounded "
             "only by RLIMIT_NPROC (not for root)"
         )
-        return "", []
-    return program.code.hex(), list(program.exec_slots)
+    return {
+        "memory_bytes": MEMORY_BYTES,
+        "file_bytes": FILE_BYTES,
+        "shm_bytes": SHM_BYTES,
+        "python": sandbox_paths.interpreter(),
+        "seccomp": program.code.hex() if program else "",
+        "exec_slots": list(program.exec_slots) if program else [],
+        "readable": list(sandbox_paths.readable_paths()),
+        "listable": list(sandbox_paths.listable_dirs()),
+        "denied_paths": list(sandbox_paths.denied_paths()),
+        "denied_names": sorted(sandbox_paths.DENIED_MODULES),
+        "denied_prefixes": list(sandbox_paths.DENIED_PREFIXES),
+    }
 
 
 def _command(mode: str, config: dict) -> list[str]:
@@ -342,7 +355,6 @@ def _run_one(program: Program, timeout_s: float, mode: str, guard: bool, kernel_
     if workdir is not None and os.geteuid() == 0 and _unprivileged_can_run():
         drop_to = UNPRIVILEGED_ID
         os.chown(workdir, drop_to, drop_to)
-    seccomp, exec_slots = _seccomp_config()
     fds: list[int] = []
     try:
         tok_r, tok_w = _pipe(fds)
@@ -353,23 +365,13 @@ def _run_one(program: Program, timeout_s: float, mode: str, guard: bool, kernel_
             "token_fd": tok_r,
             "result_fd": res_w,
             "cpu_s": int(timeout_s) + 2,
-            "memory_bytes": MEMORY_BYTES,
-            "file_bytes": FILE_BYTES,
             "root": root,
             "tmpdir": root + "/tmp",
             "shm": mode != "rlimits",  # a private /dev/shm: bwrap's, or the launcher mounts one
-            "shm_bytes": SHM_BYTES,
-            "python": sandbox_paths.interpreter(),
             "drop_to": drop_to,
             "guard": guard,
             "kernel_filters": kernel_filters,
-            "seccomp": seccomp,
-            "exec_slots": exec_slots,
-            "readable": list(sandbox_paths.readable_paths()),
-            "listable": list(sandbox_paths.listable_dirs()),
-            "denied_paths": list(sandbox_paths.denied_paths()),
-            "denied_names": sorted(sandbox_paths.DENIED_MODULES),
-            "denied_prefixes": list(sandbox_paths.DENIED_PREFIXES),
+            **_fixed_config(),
         }
         payload = {"source": program.source, "test": program.test, "entry_point": program.entry_point}
         with tempfile.TemporaryFile() as stdin:

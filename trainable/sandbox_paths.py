@@ -43,7 +43,8 @@ DENIED_MODULES = frozenset(
 )
 DENIED_PREFIXES = ("_test", "_xx", "_ctypes", "_interp", "_cffi")
 PACKAGE_DIRS = ("site-packages", "dist-packages")
-SYSTEM_ROOTS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache")
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+SYSTEM_ROOTS = (*SYSTEM_DIRS, "/etc/ld.so.cache")
 
 
 def denied_module(name: str) -> bool:
@@ -81,18 +82,12 @@ def denied_paths() -> tuple[str, ...]:
         for entry in os.listdir(directory):
             if denied_module(entry.split(".")[0]) or entry in PACKAGE_DIRS:
                 denied.add(os.path.join(directory, entry))
-    for root in {install_root(), *interpreter_path()}:
-        for lib in ("lib", "lib64"):
-            base = os.path.join(root, lib)
-            for version in _listdir(base):
-                for package_dir in PACKAGE_DIRS:
-                    path = os.path.join(base, version, package_dir)
-                    if version.startswith("python") and os.path.isdir(path):
-                        denied.add(path)
-    for version in _listdir("/usr/lib") + _listdir("/usr/local/lib"):
-        if version.startswith("python"):
-            for prefix in ("/usr/lib", "/usr/local/lib"):
-                paths = (os.path.join(prefix, version, d) for d in PACKAGE_DIRS)
+    # Where installs keep third-party packages: <root>/lib*/python*/{site,dist}-packages.
+    libs = {os.path.join(root, lib) for root in (install_root(), *interpreter_path()) for lib in ("lib", "lib64")}
+    for base in sorted(libs | {"/usr/lib", "/usr/local/lib"}):
+        for version in _listdir(base):
+            if version.startswith("python"):
+                paths = (os.path.join(base, version, d) for d in PACKAGE_DIRS)
                 denied |= {path for path in paths if os.path.isdir(path)}
     return tuple(sorted(os.path.realpath(p) for p in denied))
 
@@ -105,7 +100,7 @@ def launcher_needs() -> tuple[str, ...]:
 
 @functools.lru_cache(maxsize=1)
 def readable_paths() -> tuple[str, ...]:
-    return tuple(sorted(carve(interpreter_roots(), denied_paths())))
+    return tuple(sorted(_carved()[0]))
 
 
 def interpreter_roots() -> list[str]:
@@ -118,31 +113,31 @@ def interpreter_roots() -> list[str]:
 def listable_dirs() -> tuple[str, ...]:
     """The dirs that `readable_paths` replaced by their entries: they may be listed (an import
     lists a dir on sys.path), not read beneath."""
-    return tuple(sorted(set(_split_dirs(interpreter_roots(), denied_paths()))))
+    return tuple(sorted(set(_carved()[1])))
 
 
-def carve(roots, denied) -> list[str]:
+@functools.lru_cache(maxsize=1)
+def _carved() -> tuple[list[str], list[str]]:
+    return carve(interpreter_roots(), denied_paths())
+
+
+def carve(roots, denied) -> tuple[list[str], list[str]]:
     """`roots` with every path in `denied` left out: a root holding a denied path is replaced
     by its entries, recursively (symbolic links are kept as they are: Landlock and bwrap follow
-    them to where they point, which must be granted on its own)."""
-    kept = []
+    them to where they point, which must be granted on its own). Returns the trees kept and the
+    dirs split on the way."""
+    kept, split = [], []
     for root in roots:
         if any(under(root, d) for d in denied):
             continue
         if not any(under(d, root) for d in denied):
             kept.append(root)
         elif os.path.isdir(root) and not os.path.islink(root):
-            kept += carve([os.path.join(root, entry) for entry in _listdir(root)], denied)
-    return kept
-
-
-def _split_dirs(roots, denied) -> list[str]:
-    split = []
-    for root in roots:
-        if any(under(d, root) and d != root for d in denied) and os.path.isdir(root) and not os.path.islink(root):
             split.append(root)
-            split += _split_dirs([os.path.join(root, entry) for entry in _listdir(root)], denied)
-    return split
+            below_kept, below_split = carve([os.path.join(root, entry) for entry in _listdir(root)], denied)
+            kept += below_kept
+            split += below_split
+    return kept, split
 
 
 def under(path: str, tree: str) -> bool:
