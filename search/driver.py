@@ -346,6 +346,13 @@ def _warn_if_queued(plan: SearchPlan, ledger: MlflowLedger, send: bool = True) -
         )
 
 
+def _ledger(plan: SearchPlan, record: SearchRecord) -> MlflowLedger:
+    """The search's MLflow writes (its runs found by the record's search id)."""
+    return MlflowLedger(
+        plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
+    )
+
+
 _SAID = threading.Lock()  # the interruption is recorded and said once per process
 
 
@@ -371,9 +378,7 @@ def record_driver_death(plan: SearchPlan, record: SearchRecord, pid: int) -> Non
     With the search still running: what `_interrupted` would have done, said on the driver's
     console. Already recorded (the driver's watchdog saw Ray go and left MLflow to this): every
     run still RUNNING becomes KILLED, quietly."""
-    ledger = MlflowLedger(
-        plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
-    )
+    ledger = _ledger(plan, record)
     if record.state == RUNNING:
         why = f"the driver's death (pid {pid}: killed, or ended by Ray when its local node died)"
         _interrupted(plan, record, ledger, why, 1)
@@ -415,9 +420,7 @@ def run_search(plan: SearchPlan) -> int:
     try:
         with CURRENT.during(Phase.DEFER):
             record = _open_record(plan, lock)
-            ledger = MlflowLedger(
-                plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
-            )
+            ledger = _ledger(plan, record)
             watching = watcher.start(plan)  # records the search if this process dies unsaved
         return _drive(plan, record, ledger, started)
     except SearchInterrupted as stop:
@@ -462,9 +465,7 @@ def already_finished(plan: SearchPlan) -> int:
     lock = SearchLock(plan.state_dir)
     lock.acquire()
     try:
-        ledger = MlflowLedger(
-            plan.mlflow_uri, EXPERIMENT, plan.name, record.search_id, plan.state_dir, plan.artifact_location
-        )
+        ledger = _ledger(plan, record)
         waiting = ledger.flush() if ledger.queued() else 0
     finally:
         lock.release()

@@ -218,17 +218,22 @@ class SearchLock:
         os.pwrite(fd, self.holder.encode(), 0)
         self.fd = fd
 
+    def _holder(self) -> str | None:
+        """Who holds the lock now (a driver's pid, or "watcher PID"), or None."""
+        return (self.path.read_text(errors="replace").strip() or "?") if self.held_elsewhere() else None
+
     def held_by_driver(self) -> bool:
         """True if a driver (not a watcher) holds the lock now."""
-        if not self.held_elsewhere():
-            return False
-        return not self.path.read_text(errors="replace").startswith("watcher")
+        holder = self._holder()
+        return holder is not None and not holder.startswith("watcher")
 
     def wait_for_watcher(self) -> None:
         """Return once no watcher holds the lock (it records a dead driver's search in seconds;
         search.watcher), or after WATCHER_WAIT_S."""
         deadline = time.monotonic() + WATCHER_WAIT_S
-        while self.held_elsewhere() and not self.held_by_driver() and time.monotonic() < deadline:
+        while (holder := self._holder()) is not None and holder.startswith("watcher"):
+            if time.monotonic() > deadline:
+                return
             time.sleep(0.2)
 
     def held_elsewhere(self) -> bool:

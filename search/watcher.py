@@ -20,10 +20,8 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 
 NORMAL_END = b"."
-LOCK_WAIT_S = 30.0
 
 
 WATCHER_PID: int | None = None  # this driver's watcher, which its clean-up must spare
@@ -63,15 +61,10 @@ def _watch(read_end: int, driver_pid: int, plan) -> int:
         if pipe.read(1) == NORMAL_END:
             return 0
     lock = SearchLock(plan.state_dir, holder=f"watcher {os.getpid()}")
-    deadline = time.monotonic() + LOCK_WAIT_S
-    while True:
-        try:
-            lock.acquire()
-            break
-        except Exception:  # noqa: BLE001 - a resumed driver may hold it: then it is its search
-            if time.monotonic() > deadline or lock.held_by_driver():
-                return 0
-            time.sleep(0.2)
+    try:
+        lock.acquire()
+    except Exception:  # noqa: BLE001 - a resumed driver took it first: the search is its own again
+        return 0
     try:
         record = SearchRecord.load(plan.state_dir)
         if record is None:
