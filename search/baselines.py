@@ -1,11 +1,16 @@
 """Hard-prompt baselines: what a user would try before tuning a soft prompt.
 
 Each TEXT init of the space is a hand-written prompt, used two ways:
-  tokens   the text's own token embeddings in the soft prompt's place: exactly the TEXT-init soft
-           prompt before any training (with as many virtual tokens as the text has tokens)
-  comment  the text as a Python comment line before the problem's prompt
-Every candidate is scored on val; the best one (ties: the earlier in the space's order, tokens
-before comment) is then scored on test. Test never takes part in the choice.
+  tokens    the text's own token embeddings in the soft prompt's place: exactly the TEXT-init soft
+            prompt before any training (with as many virtual tokens as the text has tokens)
+  comment   the text as a Python comment line before the problem's prompt
+and one more candidate needs no text from the space:
+  one_shot  one worked problem and its solution from the train split (the first in the split's
+            order with a canonical solution or a self-verified target) before the problem
+Every candidate is scored on val; the best one (ties: the earlier in this order: the space's
+texts, tokens before comment, then one-shot) is then scored on test. Test never takes part in
+the choice. The frozen model is scored on val as well: the reference a trial's val pass@1 is
+read against.
 """
 
 from __future__ import annotations
@@ -19,19 +24,23 @@ from trainable.config import InitKind, TrainConfig, init_kind
 from trainable.generate_and_score import evaluate_problems
 from trainable.model import LoadedModel
 
-FORMS = ("tokens", "comment")
+FORMS = ("tokens", "comment")  # the forms of a space's text; `one_shot` is a candidate of its own
+ONE_SHOT = "one_shot"
 
 
 @dataclass(frozen=True)
 class HardPrompt:
     text: str
     form: str
+    example_id: str | None = None  # one_shot: the train problem whose solution `text` shows
 
     @property
     def label(self) -> str:
         return f"{self.form}-{text_param_hash(self.text)}"
 
     def describe(self) -> str:
+        if self.form == ONE_SHOT:
+            return f"one worked example ({self.example_id} and its solution) before the problem"
         shown = self.text if len(self.text) <= 60 else self.text[:57] + "..."
         how = "as tokens in the soft prompt's place" if self.form == "tokens" else "as a comment line"
         return f"{shown!r} {how}"
@@ -42,6 +51,7 @@ class HardBaseline:
     chosen: HardPrompt
     val_pass_at_1: dict[str, float]  # label -> val pass@1, every candidate
     test_samples: list[dict] = field(default_factory=list)
+    descriptions: dict[str, str] = field(default_factory=dict)  # label -> describe(), every candidate
 
 
 def texts_of(search: dict, fixed: dict) -> list[str]:
@@ -56,8 +66,19 @@ def texts_of(search: dict, fixed: dict) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
-def candidates(texts: list[str]) -> list[HardPrompt]:
-    return [HardPrompt(text, form) for text in texts for form in FORMS]
+def one_shot(train_problems: list[dict], targets: dict[str, list[str]] | None) -> HardPrompt | None:
+    """The worked example: the first train problem (split order) with a canonical solution or a
+    self-verified target, as its prompt and that solution; None when no problem has one."""
+    for problem in train_problems:
+        solutions = [problem["canonical_solution"]] if "canonical_solution" in problem else []
+        solution = next(iter(solutions or (targets or {}).get(problem["task_id"], [])), None)
+        if solution is not None:
+            return HardPrompt(problem["prompt"] + solution.rstrip() + "\n", ONE_SHOT, problem["task_id"])
+    return None
+
+
+def candidates(texts: list[str], example: HardPrompt | None = None) -> list[HardPrompt]:
+    return [HardPrompt(text, form) for text in texts for form in FORMS] + ([example] if example else [])
 
 
 def as_comment(text: str) -> str:
@@ -68,14 +89,17 @@ def arm_inputs(loaded: LoadedModel, hard: HardPrompt, problems: list[dict]):
     """(problems, soft prompt) that put `hard` in front of every problem."""
     if hard.form == "comment":
         return [{**p, "prompt": as_comment(hard.text) + p["prompt"]} for p in problems], None
+    if hard.form == ONE_SHOT:  # the example, a blank line, then the problem: two functions in one file
+        return [{**p, "prompt": hard.text + "\n\n" + p["prompt"]} for p in problems], None
     ids = loaded.tokenizer(hard.text)["input_ids"]  # as PEFT's TEXT init tokenizes it
     with torch.no_grad():
         weight = loaded.model.get_input_embeddings().weight[ids].detach().float().clone()
     return problems, weight
 
 
-def score_hard(loaded: LoadedModel, hard: HardPrompt, problems: list[dict], config: TrainConfig) -> list[dict]:
-    inputs, weight = arm_inputs(loaded, hard, problems)
+def score_hard(loaded: LoadedModel, hard: HardPrompt | None, problems: list[dict], config: TrainConfig) -> list[dict]:
+    """Samples of `problems` behind `hard`; None: the frozen model, no prompt at all."""
+    inputs, weight = arm_inputs(loaded, hard, problems) if hard is not None else (problems, None)
     return evaluate_problems(
         loaded, inputs, weight, config.max_new_tokens, config.eval_batch_size, config.sandbox_timeout_s
     ).samples
@@ -106,4 +130,5 @@ def select_and_test(
         chosen,
         {hard.label: rate(samples) for hard, samples in val.items()},
         score_hard(loaded, chosen, test_problems, config),
+        {hard.label: hard.describe() for hard in hard_prompts},
     )

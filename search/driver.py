@@ -26,6 +26,7 @@ from dataclasses import asdict
 
 import ray
 
+from search.baselines import one_shot
 from search.callbacks import mlflow_params, state_of
 from search import ray_health, watcher
 from search.faults import storage_fault, unwritable
@@ -59,6 +60,7 @@ from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
 from search.tuner import build_tuner, can_restore, snapshot_problem
 from spaces import SpaceSpec
 from softprompt_cli.errors import UsageError, field_error
+from trainable.data import problems_for
 from trainable.trial import OBJECTIVE
 
 
@@ -175,18 +177,22 @@ def _best(results):
     return best, checkpoint, metrics
 
 
-def _compute_report(plan: SearchPlan, results, started: float, distill: dict | None) -> tuple[FinalReport, object]:
+def _compute_report(
+    plan: SearchPlan, results, started: float, distill: dict | None, targets: dict | None
+) -> tuple[FinalReport, object]:
     """Score the three arms (best soft prompt, frozen model, best hard prompt) on test, write the
-    report files. Stoppable at any point: nothing of it is in MLflow yet."""
+    report files. Stoppable at any point: nothing of it is in MLflow yet. `targets`: the training
+    targets (the one-shot hard prompt's worked example may be one)."""
     spec: SpaceSpec = plan.spec
     best, checkpoint, best_metrics = _best(results)
     print(
         f"final report: scoring trial {best.metrics['trial_id']} (epoch {best_metrics['training_iteration']}) "
-        f"and the baselines on {spec.data.test.n} test problems",
+        f"and the baselines on {spec.data.test_n} test problems",
         flush=True,
     )
     with checkpoint.as_directory() as checkpoint_dir:
-        test_best, test_base, hard = score_arms(spec, best.config, checkpoint_dir)
+        example = one_shot(problems_for("train", spec.data), targets)
+        test_best, test_base, hard, frozen_val = score_arms(spec, best.config, checkpoint_dir, example)
         adapter = copy_adapter(checkpoint_dir, plan.state_dir / "best_adapter")
     report = FinalReport(
         best.metrics["trial_id"],
@@ -197,6 +203,7 @@ def _compute_report(plan: SearchPlan, results, started: float, distill: dict | N
         test_base,
         hard,
         best_by_method(results, spec.trial_params),
+        frozen_val,
     )
     out = plan.state_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -276,7 +283,7 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
         return 1
     with CURRENT.during(Phase.RAISE):
-        report, adapter = _compute_report(plan, results, started, distill)
+        report, adapter = _compute_report(plan, results, started, distill, targets)
     with CURRENT.during(Phase.DEFER):
         _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)

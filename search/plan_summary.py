@@ -70,7 +70,11 @@ def plan_lines(
             f"epochs each (ASHA: grace {budget.grace_period}, reduction factor {budget.reduction_factor}); "
             f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial",
         ),
-        ("data", f"train {_part(data.train)}, val {_part(data.val)}, test {_part(data.test)} (seed {data.seed})"),
+        (
+            "data",
+            f"train {_part(data.train)}, val {_part(data.val)}, "
+            f"test {' + '.join(map(_part, data.test))} (seed {data.seed})",
+        ),
         ("results", f"{results} (the full resolved space: space/space.json there and in MLflow)"),
         ("mlflow", mlflow_uri),
         ("ray", address or "local (in-process)"),

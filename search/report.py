@@ -1,9 +1,12 @@
 """The end of a search: three arms on the test split - the best soft prompt, the frozen model
 (no prompt) and the best hard prompt (chosen on val, `search.baselines`).
 
-Test is read here only, after the search has chosen on val. Each lift of the soft prompt comes
-with a 95% paired bootstrap confidence interval over test problems (the same problems for every
-arm) and the counts of problems one arm solves and the other does not.
+Test is read here only, after the search has chosen on val. Test may hold several benchmarks
+(`data.test` as a list: e.g. HumanEval and MBPP). Each benchmark gets its own rows: pass@1 per
+arm, each lift of the soft prompt with a 95% paired bootstrap confidence interval over its
+problems (the same problems for every arm) and the counts of problems one arm solves and the other
+does not; the pooled lift over every test problem has a bootstrap stratified by benchmark (each
+resample keeps every benchmark's size), which is the plain paired bootstrap for one benchmark.
 """
 
 from __future__ import annotations
@@ -17,23 +20,32 @@ import ray
 import torch
 
 from search.interrupt import wait_for
-from search.baselines import HardBaseline, candidates, rate, select_and_test, texts_of
+from search.baselines import HardBaseline, HardPrompt, candidates, rate, score_hard, select_and_test, texts_of
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
-from trainable.data import problems_for
+from trainable.data import problems_for, source_of
 from softprompt_cli.errors import shown
 from trainable.checkpoint import adapter_dir
 
 
 def paired_bootstrap_ci(
-    treated: list[bool], baseline: list[bool], resamples: int = 10_000, level: float = 0.95, seed: int = 0
+    treated: list[bool],
+    baseline: list[bool],
+    resamples: int = 10_000,
+    level: float = 0.95,
+    seed: int = 0,
+    strata: list[str] | None = None,
 ) -> tuple[float, float, float]:
-    """Lift in pass@1 (treated - baseline) and its percentile bootstrap interval."""
+    """Lift in pass@1 (treated - baseline) over all problems and its percentile bootstrap
+    interval; with `strata` (a label per problem) each resample draws every stratum's own
+    problems, as many as it has."""
     a, b = np.asarray(treated, dtype=float), np.asarray(baseline, dtype=float)
-    if len(a) != len(b) or len(a) == 0:
-        raise ValueError("paired samples must be non-empty and of equal length")
+    if len(a) != len(b) or len(a) == 0 or (strata is not None and len(strata) != len(a)):
+        raise ValueError("paired samples (and strata) must be non-empty and of equal length")
     rng = np.random.default_rng(seed)
-    index = rng.integers(0, len(a), size=(resamples, len(a)))
+    labels = np.asarray(strata if strata is not None else [""] * len(a))
+    groups = [np.flatnonzero(labels == label) for label in dict.fromkeys(labels.tolist())]
+    index = np.concatenate([g[rng.integers(0, len(g), size=(resamples, len(g)))] for g in groups], axis=1)
     lifts = a[index].mean(1) - b[index].mean(1)
     tail = (1 - level) / 2 * 100
     return float(a.mean() - b.mean()), float(np.percentile(lifts, tail)), float(np.percentile(lifts, 100 - tail))
@@ -69,10 +81,13 @@ def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.
 
 
 @ray.remote
-def _hard_baseline(spec: SpaceSpec, params: dict) -> HardBaseline | None:
+def _hard_baseline(spec: SpaceSpec, params: dict, example: HardPrompt | None) -> tuple[HardBaseline | None, list[dict]]:
+    """The best hard prompt (chosen on val, scored on test) and the frozen model's val samples."""
     config, loaded = _loaded(spec, params)
-    hard = candidates(texts_of(spec.search, spec.fixed))
-    return select_and_test(loaded, hard, problems_for("val", spec.data), problems_for("test", spec.data), config)
+    hard = candidates(texts_of(spec.search, spec.fixed), example)
+    val = problems_for("val", spec.data)
+    chosen = select_and_test(loaded, hard, val, problems_for("test", spec.data), config)
+    return chosen, score_hard(loaded, None, val, config)
 
 
 def best_by_method(results, params_of) -> dict[str, tuple[float, int]]:
@@ -100,11 +115,13 @@ class Comparison:
     only_other: int
 
     @classmethod
-    def of(cls, other: str, soft: list[dict], samples: list[dict]) -> "Comparison":
+    def of(cls, other: str, soft: list[dict], samples: list[dict], stratified: bool = False) -> "Comparison":
+        """`stratified`: resample within each benchmark (the pooled lift over several)."""
         by_task = {s["task_id"]: bool(s["passed"]) for s in samples}
         treated = [bool(s["passed"]) for s in soft]
         paired = [by_task[s["task_id"]] for s in soft]
-        lift, low, high = paired_bootstrap_ci(treated, paired)
+        strata = [source_of(s["task_id"]) for s in soft] if stratified else None
+        lift, low, high = paired_bootstrap_ci(treated, paired, strata=strata)
         return cls(
             other,
             lift,
@@ -123,21 +140,31 @@ class FinalReport:
     best_epoch: int
     test_best: list[dict] = field(default_factory=list)
     test_baseline: list[dict] = field(default_factory=list)
-    hard: HardBaseline | None = None  # None: the space has no text init to use as a hard prompt
+    hard: HardBaseline | None = None  # None: no text init in the space and no worked example
     by_method: dict[str, tuple[float, int]] = field(default_factory=dict)  # best_by_method()
+    frozen_val: list[dict] = field(default_factory=list)  # the frozen model on val: the trials' reference
 
     rate = staticmethod(rate)
 
-    def arms(self) -> dict[str, list[dict]]:
+    def arms(self, benchmark: str | None = None) -> dict[str, list[dict]]:
+        """Each arm's test samples: every benchmark's, or one benchmark's."""
         arms = {"soft_prompt": self.test_best, "frozen": self.test_baseline}
         if self.hard is not None:
             arms["hard_prompt"] = self.hard.test_samples
-        return arms
+        if benchmark is None:
+            return arms
+        return {name: [s for s in samples if source_of(s["task_id"]) == benchmark] for name, samples in arms.items()}
 
-    def comparisons(self) -> list[Comparison]:
+    def benchmarks(self) -> list[str]:
+        """The test benchmarks (sources), in the order the test split lists them."""
+        return list(dict.fromkeys(source_of(s["task_id"]) for s in self.test_best))
+
+    def comparisons(self, benchmark: str | None = None) -> list[Comparison]:
+        """The soft prompt against each other arm: pooled over every benchmark (stratified), or one's."""
+        arms = self.arms(benchmark)
         return [
-            Comparison.of(name, self.test_best, samples)
-            for name, samples in self.arms().items()
+            Comparison.of(name, arms["soft_prompt"], samples, stratified=benchmark is None)
+            for name, samples in arms.items()
             if name != "soft_prompt"
         ]
 
@@ -158,6 +185,20 @@ class FinalReport:
             "test_n": len(self.test_best),
         }
         out.update({f"best_val_pass_at_1.{method}": best for method, (best, _) in self.by_method.items()})
+        if self.frozen_val:
+            out["val_pass_at_1_frozen"] = self.rate(self.frozen_val)
+        if len(self.benchmarks()) > 1:
+            for benchmark in self.benchmarks():
+                arms = self.arms(benchmark)
+                out.update({f"test_pass_at_1.{name}.{benchmark}": self.rate(s) for name, s in arms.items()})
+                for c in self.comparisons(benchmark):
+                    out.update(
+                        {
+                            f"lift_vs_{c.other}.{benchmark}": c.lift,
+                            f"lift_vs_{c.other}_ci95_low.{benchmark}": c.ci95_low,
+                            f"lift_vs_{c.other}_ci95_high.{benchmark}": c.ci95_high,
+                        }
+                    )
         for c in self.comparisons():
             out[f"solved_only_by_soft_prompt_vs_{c.other}"] = c.only_soft
             out[f"solved_only_by_{c.other}"] = c.only_other
@@ -183,18 +224,33 @@ class FinalReport:
                 "text": self.hard.chosen.text,
                 "form": self.hard.chosen.form,
                 "label": self.hard.chosen.label,
+                "example_id": self.hard.chosen.example_id,
+                "described": self.hard.chosen.describe(),
                 "val_pass_at_1": self.hard.val_pass_at_1,
+                "candidates": self.hard.descriptions,
             }
+
+        def tally(arms: dict[str, list[dict]]) -> dict:
+            return {
+                name: {"pass_at_1": self.rate(samples), "passed": sum(s["passed"] for s in samples), "n": len(samples)}
+                for name, samples in arms.items()
+            }
+
         return {
             "best_trial_id": self.best_trial_id,
             "best_params": self.best_params,
             "best_val_pass_at_1": self.best_val_pass_at_1,
             "best_epoch": self.best_epoch,
-            "test": {
-                name: {"pass_at_1": self.rate(samples), "passed": sum(s["passed"] for s in samples), "n": len(samples)}
-                for name, samples in self.arms().items()
-            },
+            "frozen_val_pass_at_1": self.rate(self.frozen_val) if self.frozen_val else None,
+            "test": tally(self.arms()),  # pooled over every benchmark
             "comparisons": [asdict(c) for c in self.comparisons()],
+            "benchmarks": {
+                benchmark: {
+                    "test": tally(self.arms(benchmark)),
+                    "comparisons": [asdict(c) for c in self.comparisons(benchmark)],
+                }
+                for benchmark in self.benchmarks()
+            },
             "hard_prompt": hard,
             "by_method": {
                 method: {"best_val_pass_at_1": best, "trials": count}
@@ -204,8 +260,11 @@ class FinalReport:
         }
 
 
-def score_arms(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple[list, list, HardBaseline | None]:
-    """Test samples of the soft prompt and the frozen model, and the hard-prompt baseline, as
+def score_arms(
+    spec: SpaceSpec, best_params: dict, checkpoint_dir: str, example: HardPrompt | None
+) -> tuple[list, list, HardBaseline | None, list]:
+    """Test samples of the soft prompt and the frozen model, the hard-prompt baseline (`example`:
+    the one-shot candidate, `search.baselines.one_shot`) and the frozen model's val samples, as
     Ray tasks with the trials' resources (they run side by side where the cluster has room)."""
     from trainable.softprompt import load_prompt
 
@@ -213,8 +272,9 @@ def score_arms(spec: SpaceSpec, best_params: dict, checkpoint_dir: str) -> tuple
     prompt = load_prompt(adapter_dir(checkpoint_dir), "best_adapter")
     best = _score_test.options(**resources).remote(spec, best_params, prompt)
     baseline = _score_test.options(**resources).remote(spec, best_params, None)
-    hard = _hard_baseline.options(**resources).remote(spec, best_params)
-    return tuple(wait_for([best, baseline, hard]))  # a signal cancels them (search.interrupt)
+    hard = _hard_baseline.options(**resources).remote(spec, best_params, example)
+    test_best, test_baseline, (chosen, frozen_val) = wait_for([best, baseline, hard])  # a signal cancels them
+    return test_best, test_baseline, chosen, frozen_val
 
 
 def copy_adapter(checkpoint_dir: str, out_dir: Path) -> Path:
@@ -236,26 +296,42 @@ def _comparison_line(label: str, c: Comparison, other: str) -> str:
     )
 
 
-def arm_lines(report: FinalReport) -> list[str]:
-    """The three arms on test and the lifts: the console summary's middle (and the README's)."""
-    n = len(report.test_best)
+def _benchmark_arm_lines(report: FinalReport, benchmark: str | None) -> list[str]:
+    arms = report.arms(benchmark)
     lines = [
-        f"test pass@1   {_passed(report.test_best)}  with the soft prompt",
-        f"baseline      {_passed(report.test_baseline)}  frozen model, no soft prompt",
+        f"test pass@1   {_passed(arms['soft_prompt'])}  with the soft prompt",
+        f"baseline      {_passed(arms['frozen'])}  frozen model, no soft prompt",
     ]
     if report.hard is not None:
         chosen = report.hard.chosen
         lines.append(
-            f"hard prompt   {_passed(report.hard.test_samples)}  {chosen.describe()} "
+            f"hard prompt   {_passed(arms['hard_prompt'])}  {chosen.describe()} "
             f"(best of {len(report.hard.val_pass_at_1)} on val: "
             f"{report.hard.val_pass_at_1[chosen.label]:.3f})"
         )
     else:
-        lines.append("hard prompt   none: the space has no text init to try as a hand-written prompt")
+        lines.append("hard prompt   none: no text init in the space and no worked example in train")
     names = {"frozen": "the frozen model", "hard_prompt": "the hard prompt"}
+    for c in report.comparisons(benchmark):
+        lines.append(_comparison_line("lift" if c.other == "frozen" else "lift vs hard", c, names[c.other]))
+    return lines
+
+
+def arm_lines(report: FinalReport) -> list[str]:
+    """The three arms on test and the lifts, per benchmark and pooled: the console summary's
+    middle (and the README's)."""
+    benchmarks = report.benchmarks()
+    if len(benchmarks) == 1:
+        n = len(report.test_best)
+        return _benchmark_arm_lines(report, None) + [f"              (paired bootstrap over {n} test problems)"]
+    lines = []
+    for benchmark in benchmarks:
+        n = len(report.arms(benchmark)["soft_prompt"])
+        lines += [f"-- {benchmark} ({n} test problems, paired bootstrap)", *_benchmark_arm_lines(report, benchmark)]
+    names = {"frozen": "the frozen model", "hard_prompt": "the hard prompt"}
+    lines.append(f"-- pooled ({len(report.test_best)} test problems, bootstrap stratified by benchmark)")
     for c in report.comparisons():
         lines.append(_comparison_line("lift" if c.other == "frozen" else "lift vs hard", c, names[c.other]))
-    lines.append(f"              (paired bootstrap over {n} test problems)")
     return lines
 
 
@@ -275,7 +351,8 @@ def summary_lines(
         f"({counts.get('COMPLETED', 0)} completed, {counts.get('PRUNED', 0)} stopped early by ASHA, "
         f"{counts.get('FAILED', 0)} failed)",
         f"best trial    {report.best_trial_id} (epoch {report.best_epoch}): {params}",
-        f"val pass@1    {m['best_val_pass_at_1']:.3f}",
+        f"val pass@1    {m['best_val_pass_at_1']:.3f}"
+        + (f"  (frozen model on val: {m['val_pass_at_1_frozen']:.3f})" if "val_pass_at_1_frozen" in m else ""),
         *methods,
         *arm_lines(report),
         f"adapter       {adapter}",

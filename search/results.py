@@ -4,9 +4,11 @@
 
 Reads what the driver wrote under `runs/<search>/report/` (`final_report.json`, `trials.json`,
 `run_info.json`) and writes the markdown plus a learning-curves PNG beside it: the command, the
-date, the machine (with the CPU flags the dtype rule reads), the wall time, one row per trial
-(parameters, epochs reached, state, val pass@1 per epoch), the three arms on test with paired
-bootstrap intervals, and a conclusion that claims only what those intervals allow.
+date, the machine (with its CPU flags), the wall time, one row per trial (parameters, epochs
+reached, state, val pass@1 per epoch) beside the frozen model's val pass@1, the three arms on
+each test benchmark with paired bootstrap intervals and the pooled lift, and a conclusion that
+claims only what those intervals allow: with the smallest lift each interval could detect, and
+what a second search seed would cost on the machine that ran this one.
 """
 
 from __future__ import annotations
@@ -166,18 +168,44 @@ def verdict(c: dict, n: int) -> str:
     )
 
 
-def headline(final: dict) -> str:
-    test, comparisons = final["test"], {c["other"]: c for c in final["comparisons"]}
-    n = test["soft_prompt"]["n"]
-    parts = [f"On {n} held-out problems the best soft prompt scores {test['soft_prompt']['pass_at_1']:.3f} pass@1"]
-    for arm in ("frozen", "hard_prompt"):
-        if arm in comparisons:
-            c = comparisons[arm]
-            parts.append(
-                f"{NAMES[arm]} {test[arm]['pass_at_1']:.3f} (lift {_pct(c['lift'])} points, "
-                f"95% CI [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}])"
-            )
-    return "; ".join(parts) + "."
+def benchmarks(final: dict, space: dict | None = None) -> dict[str, dict]:
+    """Per test benchmark: {"test": arms, "comparisons": [...]}; a report written before test
+    could hold several benchmarks has one, named by the space's test source."""
+    if final.get("benchmarks"):
+        return final["benchmarks"]
+    test = (space or {}).get("data", {}).get("test", {})
+    name = test.get("source", "humaneval") if isinstance(test, dict) else "test"
+    return {name: {"test": final["test"], "comparisons": final["comparisons"]}}
+
+
+def _arm_phrases(test: dict, comparisons: list[dict]) -> list[str]:
+    by_other = {c["other"]: c for c in comparisons}
+    return [
+        f"{NAMES[arm]} {test[arm]['pass_at_1']:.3f} (lift {_pct(c['lift'])} points, "
+        f"95% CI [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}])"
+        for arm, c in by_other.items()
+    ]
+
+
+def headline(final: dict, space: dict | None = None) -> str:
+    """One sentence per benchmark, then the pooled lifts when there are several."""
+    per = benchmarks(final, space)
+    sentences = []
+    for name, b in per.items():
+        test = b["test"]
+        parts = [
+            f"On {test['soft_prompt']['n']} held-out {name} problems the best soft prompt scores "
+            f"{test['soft_prompt']['pass_at_1']:.3f} pass@1",
+            *_arm_phrases(test, b["comparisons"]),
+        ]
+        sentences.append("; ".join(parts) + ".")
+    if len(per) > 1:
+        pooled = "; ".join(
+            f"vs {NAMES[c['other']]} {_pct(c['lift'])} points (95% CI [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}])"
+            for c in final["comparisons"]
+        )
+        sentences.append(f"Pooled over all {final['test']['soft_prompt']['n']} test problems: {pooled}.")
+    return " ".join(sentences)
 
 
 def _machine_line(m: dict) -> str:
@@ -188,10 +216,12 @@ def _machine_line(m: dict) -> str:
 
 def _data_line(space: dict, distill: dict | None) -> str:
     data = space["data"]
-    parts = [
-        f"{name}: {part['source']} {part.get('n', len(part.get('ids', [])))}"
-        for name, part in ((k, data[k]) for k in ("train", "val", "test"))
-    ]
+
+    def size(part: dict) -> str:
+        return f"{part['source']} {part.get('n', len(part.get('ids', [])))}"
+
+    tests = data["test"] if isinstance(data["test"], list) else [data["test"]]
+    parts = [f"train: {size(data['train'])}", f"val: {size(data['val'])}", "test: " + " + ".join(map(size, tests))]
     line = "; ".join(parts) + f" (seed {data['seed']})"
     if distill:
         line += (
@@ -242,31 +272,52 @@ def trials_table(trials: list[dict], best_id: str) -> list[str]:
     return rows
 
 
-def test_tables(final: dict) -> list[str]:
-    test = final["test"]
+def _hard_label(hard: dict) -> str:
+    if hard.get("described"):
+        return f"hard prompt: {hard['described']}"
+    return f"hard prompt {hard['text']!r} as {'tokens' if hard['form'] == 'tokens' else 'a comment'}"
+
+
+def _lift_rows(comparisons: list[dict], interval: str) -> list[str]:
+    rows = [
+        f"| soft prompt vs | lift (points) | 95% CI ({interval}) | smallest detectable lift | "
+        "solved only by soft | only by the other |",
+        "|---|---|---|---|---|---|",
+    ]
+    return rows + [
+        f"| {NAMES[c['other']]} | {_pct(c['lift'])} | [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}] | "
+        f"{detectable(c):.0f} points | {c['only_soft']} | {c['only_other']} |"
+        for c in comparisons
+    ]
+
+
+def test_tables(final: dict, space: dict | None = None) -> list[str]:
+    """Per benchmark: the arms and the lifts; then the pooled lifts when there are several."""
     hard = final.get("hard_prompt")
     labels = {
         "soft_prompt": f"soft prompt (trial {final['best_trial_id']}, epoch {final['best_epoch']})",
         "frozen": "frozen model, no prompt",
     }
     if hard:
-        labels["hard_prompt"] = (
-            f"hard prompt {hard['text']!r} as {'tokens' if hard['form'] == 'tokens' else 'a comment'} "
-            f"(chosen on val: {hard['val_pass_at_1'][hard['label']]:.3f})"
-        )
-    rows = ["| arm | test pass@1 | solved |", "|---|---|---|"]
-    rows += [f"| {labels[arm]} | {t['pass_at_1']:.3f} | {t['passed']}/{t['n']} |" for arm, t in test.items()]
-    rows += [
-        "",
-        "| soft prompt vs | lift (points) | 95% CI (paired bootstrap) | solved only by soft | only by the other |",
-        "|---|---|---|---|---|",
-    ]
-    rows += [
-        f"| {NAMES[c['other']]} | {_pct(c['lift'])} | [{_pct(c['ci95_low'])}, {_pct(c['ci95_high'])}] | "
-        f"{c['only_soft']} | {c['only_other']} |"
-        for c in final["comparisons"]
-    ]
-    return rows
+        labels["hard_prompt"] = f"{_hard_label(hard)} (chosen on val: {hard['val_pass_at_1'][hard['label']]:.3f})"
+    per = benchmarks(final, space)
+    rows: list[str] = []
+    for name, b in per.items():
+        if len(per) > 1:
+            rows += [f"### {name} ({b['test']['soft_prompt']['n']} problems)", ""]
+        rows += ["| arm | test pass@1 | solved |", "|---|---|---|"]
+        rows += [f"| {labels[arm]} | {t['pass_at_1']:.3f} | {t['passed']}/{t['n']} |" for arm, t in b["test"].items()]
+        rows += ["", *_lift_rows(b["comparisons"], "paired bootstrap"), ""]
+    if len(per) > 1:
+        rows += [f"### Pooled ({final['test']['soft_prompt']['n']} problems)", ""]
+        rows += [*_lift_rows(final["comparisons"], "paired bootstrap stratified by benchmark"), ""]
+    return rows[:-1]
+
+
+def detectable(c: dict) -> float:
+    """The smallest lift (points) this comparison would detect 80% of the time at the 5% level:
+    2.8 standard errors, the standard error read off the 95% interval (its width / 3.92)."""
+    return 100 * 2.8 * (c["ci95_high"] - c["ci95_low"]) / 3.92
 
 
 def method_lines(final: dict) -> list[str]:
@@ -281,33 +332,69 @@ def method_lines(final: dict) -> list[str]:
     return [f"Best val pass@1 per method: {shown}. (Test scored only the overall best.)", ""]
 
 
-def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
-    n = final["test"]["soft_prompt"]["n"]
+def _hard_candidates(final: dict) -> list[str]:
+    """Every hard prompt tried on val, with its val pass@1 (the choice in the open)."""
     hard = final.get("hard_prompt")
-    val = info["space"]["data"]["val"]
-    conclusion = [verdict(c, n) for c in final["comparisons"]]
-    if not hard:
-        conclusion.append("The space had no text init, so no hand-written prompt was compared.")
-    conclusion.append(
-        f"These are one search (one seed) on {n} test problems with `{info['space']['model']}`; "
-        "the configuration and the hard prompt were chosen on val, and test was scored once."
+    if not hard or not hard.get("candidates"):
+        return []
+    rows = ["| hard prompt candidate | val pass@1 |", "|---|---|"]
+    rows += [
+        f"| {'**' + text + '** (chosen)' if label == hard['label'] else text} | {hard['val_pass_at_1'][label]:.3f} |"
+        for label, text in hard["candidates"].items()
+    ]
+    return ["The hard prompts tried on val (the best one went to test):", "", *rows, ""]
+
+
+def conclusion_lines(final: dict, info: dict) -> list[str]:
+    per = benchmarks(final, info["space"])
+    lines = []
+    for name, b in per.items():
+        n = b["test"]["soft_prompt"]["n"]
+        lines += [f"{name}: {verdict(c, n)}" if len(per) > 1 else verdict(c, n) for c in b["comparisons"]]
+    if len(per) > 1:
+        n = final["test"]["soft_prompt"]["n"]
+        lines += [f"Pooled: {verdict(c, n)}" for c in final["comparisons"]]
+    if not final.get("hard_prompt"):
+        lines.append("No hand-written prompt was compared: the space has no text init and train no worked example.")
+    smallest = ", ".join(f"{NAMES[c['other']]} {detectable(c):.0f}" for c in final["comparisons"])
+    lines.append(
+        f"What these numbers can support: a lift smaller than about {smallest} points (vs each arm, "
+        f"{'pooled' if len(per) > 1 else 'on test'}) would be missed more often than found (80% power at the "
+        "5% level); a lift whose interval includes zero is not a finding either way."
     )
+    minutes = info["wall_s"] / 60
+    lines.append(
+        f"These are one search (one seed) with `{info['space']['model']}`; the configuration and the hard "
+        "prompt were chosen on val, and test was scored once. A second search seed would show how much "
+        f"the chosen configuration itself varies (trial-to-trial noise is not in these intervals); "
+        f"it costs another {minutes:.0f} min on this machine."
+    )
+    return lines
+
+
+def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
+    val = info["space"]["data"]["val"]
+    per = benchmarks(final, info["space"])
+    names = " and ".join(f"{b['test']['soft_prompt']['n']} {name}" for name, b in per.items())
+    frozen_val = final.get("frozen_val_pass_at_1")
+    reference = f" (the frozen model, no prompt: {frozen_val:.3f})" if frozen_val is not None else ""
     return "\n".join(
         [
             "# Results: does the searched soft prompt beat the frozen model and a hand-written prompt?",
             "",
-            f"**{headline(final)}**",
+            f"**{headline(final, info['space'])}**",
             "",
             *run_table(info, trials),
             "",
-            f"## Trials (val pass@1 on {val.get('n')} {val['source']} problems)",
+            f"## Trials (val pass@1 on {val.get('n')} {val['source']} problems{reference})",
             "",
             *trials_table(trials, final["best_trial_id"]),
             "",
             *method_lines(final),
-            f"## Test ({n} {info['space']['data']['test']['source']} problems, greedy pass@1)",
+            *_hard_candidates(final),
+            f"## Test ({names} problems, greedy pass@1)",
             "",
-            *test_tables(final),
+            *test_tables(final, info["space"]),
             "",
             "## Learning curves",
             "",
@@ -315,7 +402,7 @@ def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
             "",
             "## Conclusion",
             "",
-            *[f"- {line}" for line in conclusion],
+            *[f"- {line}" for line in conclusion_lines(final, info)],
             "",
             f"_Written by `python -m search.results` from runs/{info['search']}/report/._",
             "",

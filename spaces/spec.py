@@ -154,8 +154,9 @@ class SpaceSpec:
                 )
         if self.data.train.n < 1:
             raise field_error("data.train", self.data.train.n, "at least 1 problem (trials train on them)")
-        if self.data.test.n < 1:
-            raise field_error("data.test", self.data.test.n, "at least 1 problem (the final report scores on them)")
+        for name, part in self.data.parts().items():
+            if name.startswith("test") and part.n < 1:
+                raise field_error(f"data.{name}", part.n, "at least 1 problem (the final report scores on them)")
         _check_int("data.seed", self.data.seed, 0)
         self._check_method_dimension()
         check_methods_can_use(self.search, self.fixed, self.methods)

@@ -14,11 +14,13 @@ from __future__ import annotations
 import torch
 
 from search.baselines import (
+    ONE_SHOT,
     HardPrompt,
     arm_inputs,
     as_comment,
     candidates,
     choose_on_val,
+    one_shot,
     rate,
     score_hard,
     select_and_test,
@@ -26,6 +28,7 @@ from search.baselines import (
 )
 from spaces import load_space
 from trainable.config import TrainConfig
+from trainable.generate_and_score import evaluate_problems
 from trainable.softprompt import SoftPrompt
 
 CONFIG = TrainConfig(max_new_tokens=6, eval_batch_size=8, sandbox_timeout_s=5, dtype="float32")
@@ -98,3 +101,27 @@ def test_candidates_are_the_space_s_text_inits():
     assert [h.form for h in candidates(texts)] == ["tokens", "comment"] * len(texts)
     assert texts_of({}, {"init": "A fixed instruction."}) == ["A fixed instruction."]
     assert texts_of({}, {"init": "random"}) == [] and select_and_test(None, [], [], [], CONFIG) is None
+
+
+def test_one_shot_is_the_first_train_problem_with_a_solution_before_the_problem(tiny_loaded):
+    train = [
+        {"task_id": "mbpp_3_a", "prompt": "def a():\n"},
+        {"task_id": "mbpp_12_b", "prompt": "def b():\n"},
+        {"task_id": "HumanEval/9", "prompt": "def c():\n", "canonical_solution": "    return 3\n\n"},
+    ]
+    assert one_shot(train[:2], None) is None and one_shot(train[:2], {"mbpp_3_a": []}) is None
+    example = one_shot(train, {"mbpp_12_b": ["    return 2\n", "    return 22\n"]})
+    assert (example.form, example.example_id, example.text) == (ONE_SHOT, "mbpp_12_b", "def b():\n    return 2\n")
+    assert one_shot(train[2:], None).text == "def c():\n    return 3\n"  # a canonical solution counts
+    assert "mbpp_12_b" in example.describe() and example.label.startswith("one_shot-")
+    problems, weight = arm_inputs(tiny_loaded, example, VAL[:1])
+    assert weight is None and problems[0]["prompt"] == example.text + "\n\n" + VAL[0]["prompt"]
+    assert candidates(["t"], example) == [HardPrompt("t", "tokens"), HardPrompt("t", "comment"), example]
+    assert candidates([], example) == [example]
+
+
+def test_the_frozen_model_is_a_prompt_of_nothing(tiny_loaded):
+    frozen = score_hard(tiny_loaded, None, VAL, CONFIG)
+    assert [s["task_id"] for s in frozen] == [p["task_id"] for p in VAL]
+    direct = evaluate_problems(tiny_loaded, VAL, None, CONFIG.max_new_tokens, CONFIG.eval_batch_size, 5).samples
+    assert [s["completion"] for s in frozen] == [s["completion"] for s in direct]

@@ -4,7 +4,17 @@ import pytest
 
 from spaces import SHIPPED_SPACES, load_space
 from trainable import mbpp
-from trainable.data import SOURCES, DataSplit, allocate, drawn, load_problems, problems_for, split_task_ids
+from trainable.data import (
+    SOURCES,
+    DataSplit,
+    allocate,
+    drawn,
+    load_problems,
+    problems_for,
+    source_of,
+    split_task_ids,
+    benchmark_problems,
+)
 from softprompt_cli.errors import UsageError
 
 needs_mbpp = pytest.mark.skipif(not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
@@ -36,7 +46,7 @@ def test_smaller_splits_are_prefixes_of_the_same_order():
 
 def test_a_bare_number_is_humaneval_and_a_mapping_names_its_source():
     split = DataSplit(train={"source": "mbpp", "n": 300}, val=64, test={"n": 100})
-    assert (split.train.source, split.val.source, split.test.source) == ("mbpp", "humaneval", "humaneval")
+    assert (split.train.source, split.val.source, split.test[0].source) == ("mbpp", "humaneval", "humaneval")
     assert split.to_dict()["val"] == {"source": "humaneval", "n": 64}
     assert DataSplit.from_dict(split.to_dict()) == split
     assert split.needs_targets() and not DataSplit(4, 4, 4).needs_targets()
@@ -124,6 +134,11 @@ def test_mbpp_splits_and_the_distill_command_draw_the_same_problems():
         ),
         ({"val": {"source": "humaneval", "ids": "HumanEval/1"}}, "data.val.ids"),
         ({"seed": -1}, "data.seed"),
+        ({"test": []}, "data.test"),
+        ({"test": [{"source": "humaneval", "n": 5}, {"source": "humaneval", "n": 5}]}, "data.test[1].source"),
+        ({"test": [{"source": "humaneval", "n": 5}, {"source": "mbpp", "n": 398}]}, "data.test[1].n"),
+        ({"test": [{"source": "humaneval", "n": 5}, {"source": "nope", "n": 3}]}, "data.test[1].source"),
+        ({"test": [{"source": "humaneval", "n": 5}, {"source": "mbpp", "n": -2}]}, "data.test[1].n"),
         ({"distill": {"samples": -1}}, "data.distill.samples"),
         ({"distill": {"temperature": 0}}, "data.distill.temperature"),
         ({"distill": {"top_p": 1.5}}, "data.distill.top_p"),
@@ -147,3 +162,25 @@ def test_an_unknown_explicit_id_names_its_position():
 def test_unknown_split_is_a_usage_error():
     with pytest.raises(UsageError, match="^split: got 'dev'"):
         problems_for("dev")
+
+
+def test_test_may_list_one_split_per_benchmark_each_disjoint_from_train_and_val():
+    split = DataSplit(
+        train={"source": "mbpp", "n": 30},
+        val=24,
+        test=[{"source": "humaneval", "n": 140}, {"source": "mbpp", "n": 200}],
+    )
+    assert [(p.source, p.n) for p in split.test] == [("humaneval", 140), ("mbpp", 200)] and split.test_n == 340
+    sets = benchmark_problems(split)
+    assert list(sets) == ["humaneval", "mbpp"] and [len(v) for v in sets.values()] == [140, 200]
+    ids = {name: set(v) for name, v in split_task_ids(split).items()}
+    assert set(ids) == {"train", "val", "test[0]", "test[1]"}
+    assert not ids["train"] & ids["test[1]"] and not ids["val"] & ids["test[0]"]
+    assert [p["task_id"] for p in problems_for("test", split)] == [p["task_id"] for v in sets.values() for p in v]
+    assert {source_of(p["task_id"]) for p in sets["mbpp"]} == {"mbpp"}
+    # a list round-trips; one benchmark keeps the mapping form spaces write
+    assert DataSplit.from_dict(split.to_dict()) == split
+    assert DataSplit(test={"n": 100}).to_dict()["test"] == {"source": "humaneval", "n": 100}
+    # the humaneval draws are those of a space whose test is humaneval alone
+    alone = DataSplit(train={"source": "mbpp", "n": 30}, val=24, test=140)
+    assert sets["humaneval"] == problems_for("test", alone)

@@ -79,7 +79,7 @@ def test_console_summary_names_every_arm():
         assert any(s.startswith(label) for s in starts), label
     hard_line = next(line for line in lines if line.startswith("hard prompt"))
     assert "0.625 (5/8)" in hard_line and "as a comment line" in hard_line and "best of 2 on val: 0.500" in hard_line
-    assert any("none: the space has no text init" in line for line in arm_lines(_report(hard=False)))
+    assert any("none: no text init in the space" in line for line in arm_lines(_report(hard=False)))
     assert len(_report(hard=False).comparisons()) == 1
 
 
@@ -189,7 +189,7 @@ def test_results_markdown_has_every_part(tmp_path):
     ):
         assert part in text, part
     final = json.loads((tmp_path / "s1" / "report" / "final_report.json").read_text())
-    assert headline(final) in text and "On 8 held-out problems" in headline(final)
+    assert headline(final) in text and "On 8 held-out humaneval problems" in headline(final)
     assert render(final, [], json.loads((tmp_path / "s1" / "report" / "run_info.json").read_text()), "p.png")
 
 
@@ -216,3 +216,83 @@ def test_a_search_over_methods_reports_each_method_s_best_val_everywhere():
     )
     report.by_method = {"prompt_tuning": (0.4, 3)}  # one method: nothing to compare, no line
     assert method_lines(report.to_dict()) == []
+
+
+def _mbpp(prefix: str, passed: list[bool]) -> list[dict]:
+    return [{"task_id": f"mbpp_{i}_f", "completion": prefix, "passed": p} for i, p in enumerate(passed)]
+
+
+MBPP_SOFT = [True, False, True, True, False, True]
+MBPP_FROZEN = [False, False, True, False, False, True]
+MBPP_HARD = [True, False, False, True, False, True]
+
+
+def _two_benchmarks() -> FinalReport:
+    report = _report()
+    report.test_best += _mbpp("s", MBPP_SOFT)
+    report.test_baseline += _mbpp("f", MBPP_FROZEN)
+    report.hard.test_samples += _mbpp("h", MBPP_HARD)
+    report.frozen_val = _samples("v", [True, False, False, False])
+    return report
+
+
+def test_each_benchmark_has_its_own_rows_and_the_pooled_lift_is_stratified():
+    report = _two_benchmarks()
+    assert report.benchmarks() == ["humaneval", "mbpp"]
+    (he_frozen, _), (mbpp_frozen, _) = report.comparisons("humaneval"), report.comparisons("mbpp")
+    assert (he_frozen.lift, he_frozen.ci95_low) == pytest.approx(paired_bootstrap_ci(SOFT, FROZEN)[:2])
+    assert mbpp_frozen.lift == pytest.approx(paired_bootstrap_ci(MBPP_SOFT, MBPP_FROZEN)[0])
+    pooled = report.comparisons()[0]
+    strata = ["humaneval"] * len(SOFT) + ["mbpp"] * len(MBPP_SOFT)
+    expected = paired_bootstrap_ci(SOFT + MBPP_SOFT, FROZEN + MBPP_FROZEN, strata=strata)
+    assert (pooled.lift, pooled.ci95_low, pooled.ci95_high) == pytest.approx(expected)
+    assert pooled.only_soft == he_frozen.only_soft + mbpp_frozen.only_soft
+    m = report.metrics()
+    assert m["test_pass_at_1.soft_prompt.mbpp"] == pytest.approx(4 / 6) and m["val_pass_at_1_frozen"] == 0.25
+    assert m["lift_vs_frozen.humaneval"] == pytest.approx(he_frozen.lift) and m["test_n"] == 14
+    final = json.loads(json.dumps(report.to_dict()))
+    assert final["benchmarks"]["mbpp"]["test"]["frozen"] == {"pass_at_1": 2 / 6, "passed": 2, "n": 6}
+    assert final["test"]["soft_prompt"]["n"] == 14 and final["frozen_val_pass_at_1"] == 0.25
+    lines = arm_lines(report)
+    assert "-- humaneval (8 test problems, paired bootstrap)" in lines and any(
+        line.startswith("-- pooled (14 test problems, bootstrap stratified") for line in lines
+    )
+
+
+def test_a_stratified_resample_keeps_each_benchmark_s_size():
+    """One benchmark always +1, the other always 0: resampling within each, every resample's
+    pooled lift is the same (6/10), so the interval is a point; resampling the pool moves it."""
+    treated, baseline = [True] * 6 + [False] * 4, [False] * 6 + [False] * 4
+    strata = ["a"] * 6 + ["b"] * 4
+    lift, low, high = paired_bootstrap_ci(treated, baseline, strata=strata)
+    assert lift == low == high == pytest.approx(0.6)
+    _, low, high = paired_bootstrap_ci(treated, baseline)
+    assert high - low > 0.3
+    assert paired_bootstrap_ci(SOFT, FROZEN, strata=["x"] * len(SOFT)) == paired_bootstrap_ci(SOFT, FROZEN)
+
+
+def test_results_markdown_for_two_benchmarks(tmp_path):
+    _write_report(tmp_path / "s1")
+    report_dir = tmp_path / "s1" / "report"
+    (report_dir / "final_report.json").write_text(json.dumps(_two_benchmarks().to_dict()))
+    info = json.loads((report_dir / "run_info.json").read_text())
+    info["space"]["data"]["test"] = [{"source": "humaneval", "n": 8}, {"source": "mbpp", "n": 6}]
+    (report_dir / "run_info.json").write_text(json.dumps(info))
+    text = write_results(tmp_path / "s1", tmp_path / "RESULTS.md").read_text()
+    for part in (
+        "On 8 held-out humaneval problems",
+        "On 6 held-out mbpp problems",
+        "Pooled over all 14 test problems",
+        "test: humaneval 8 + mbpp 6",
+        "### humaneval (8 problems)",
+        "### mbpp (6 problems)",
+        "### Pooled (14 problems)",
+        "stratified by benchmark",
+        "smallest detectable lift",
+        "(the frozen model, no prompt: 0.250)",
+        "mbpp: ",
+        "Pooled: ",
+        "A second search seed",
+        "another 60 min on this machine",
+    ):
+        assert part in text, part

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 
 import pytest
 
@@ -28,7 +29,7 @@ fixed: {{batch_size: 2, max_length: 128, max_new_tokens: 8, eval_batch_size: 4, 
 data:
   train: {{source: mbpp, ids: {train}}}
   val: {{source: humaneval, n: 3}}
-  test: {{source: humaneval, n: 3}}
+  test: [{{source: humaneval, n: 3}}, {{source: mbpp, n: 2}}]
   distill: {{samples: 1{pinned}}}
 budget: {{num_samples: 2, max_epochs: 2, grace_period: 1, reduction_factor: 2, max_concurrent: 1}}
 resources: {{cpu: 1, gpu: 0}}
@@ -98,6 +99,41 @@ def test_a_search_trains_on_cached_targets_and_reports_humaneval_val(tmp_path, t
     trained_with = json.loads((tmp_path / "runs" / "mbpp" / "best_adapter" / "trained_with.json").read_text())
     assert trained_with["data"]["train"] == {"source": "mbpp", "ids": TRAIN}
     assert trained_with["data"]["val"] == {"source": "humaneval", "n": 3}
+    _the_report_scores_two_benchmarks_as_evaluate_does(tmp_path, env)
+
+
+def _the_report_scores_two_benchmarks_as_evaluate_does(tmp_path, env):
+    """Two test benchmarks, each with its rows; the one-shot hard prompt's example is the first
+    train problem with a target; rescoring the best adapter with `trainable.evaluate --split test`
+    gives the report's completions and figures exactly."""
+    report_dir = tmp_path / "runs" / "mbpp" / "report"
+    final = json.loads((report_dir / "final_report.json").read_text())
+    assert list(final["benchmarks"]) == ["humaneval", "mbpp"] and final["test"]["soft_prompt"]["n"] == 5
+    assert [len(final["benchmarks"][b]["comparisons"]) for b in ("humaneval", "mbpp")] == [2, 2]
+    candidates = final["hard_prompt"]["candidates"].values()
+    assert any(c.startswith("one worked example (mbpp_12_sort_matrix and its solution)") for c in candidates)
+    assert len(candidates) == 3 and final["frozen_val_pass_at_1"] is not None
+    out = tmp_path / "rescored.jsonl"
+    adapter = tmp_path / "runs" / "mbpp" / "best_adapter"
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainable.evaluate", "--prompt", str(adapter), "--split", "test", "--out", str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for benchmark in ("humaneval", "mbpp"):
+        reported = final["benchmarks"][benchmark]["test"]["soft_prompt"]
+        expected = {"pass@1": reported["pass_at_1"], "n": reported["n"], "passed": reported["passed"]}
+        assert summary["by_source"][benchmark] == expected
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    reported = [json.loads(line) for line in (report_dir / "test_completions_best.jsonl").read_text().splitlines()]
+    assert [(r["task_id"], r["completion"], r["passed"]) for r in rows] == [
+        (r["task_id"], r["completion"], r["passed"]) for r in reported
+    ]
 
 
 def test_without_a_cache_a_ray_task_distils_and_an_empty_yield_ends_the_search(tmp_path, tiny_model_dir):

@@ -64,7 +64,7 @@ def test_default_is_the_real_search():
 def test_default_trains_on_mbpp_and_keeps_humaneval_for_val_and_test():
     data = load_space("default").data
     assert (data.train.source, data.train.n) == ("mbpp", 397)
-    assert (data.val.source, data.val.n, data.test.source, data.test.n) == ("humaneval", 64, "humaneval", 100)
+    assert (data.val.source, data.val.n, data.test[0].source, data.test[0].n) == ("humaneval", 64, "humaneval", 100)
     assert load_space("default").fixed["dtype"] == "auto"
 
 
@@ -79,8 +79,8 @@ def test_cpu_is_a_real_search_for_two_cores():
     spec = load_space("cpu")
     assert spec.model == "bundled" and spec.resources.gpu == 0 and spec.resources.cpu <= 2
     assert spec.data.train.source == "mbpp" and spec.data.needs_targets()
-    assert (spec.data.val.source, spec.data.test.source) == ("humaneval", "humaneval")
-    assert spec.data.test.n >= 100 and spec.data.val.n >= 20
+    assert (spec.data.val.source, spec.data.test[0].source) == ("humaneval", "humaneval")
+    assert spec.data.test_n >= 100 and spec.data.val.n >= 20
     budget = spec.budget
     assert budget.grace_period < budget.max_epochs and budget.num_samples > budget.reduction_factor, (
         "ASHA must be able to stop trials early"

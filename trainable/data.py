@@ -1,11 +1,12 @@
 """Problem sources (HumanEval, MBPP) and the train / val / test split, drawn deterministically.
 
 Each split names its source and size, e.g. ``{source: mbpp, n: 397}``; a bare number means
-HumanEval (the short form). Within a source, splits take consecutive runs of one order (task ids
-sorted by a seeded hash), train then val then test, after any split that lists its task `ids`
-explicitly: so no problem is ever in two splits, and every trial, the driver, a resumed search
-and `trainable.evaluate` see the same problems. Task ids never collide across sources
-(`HumanEval/0`, `mbpp_2_similar_elements`).
+HumanEval (the short form). Test may be a list of such parts, one per source (the benchmarks the
+final report scores each arm on, e.g. HumanEval and MBPP). Within a source, splits take
+consecutive runs of one order (task ids sorted by a seeded hash), train then val then test, after
+any split that lists its task `ids` explicitly: so no problem is ever in two splits, and every
+trial, the driver, a resumed search and `trainable.evaluate` see the same problems. Task ids
+never collide across sources (`HumanEval/0`, `mbpp_2_similar_elements`).
 
 Train uses HumanEval's canonical solutions, or for a source without solutions (MBPP) the frozen
 model's self-verified completions (`trainable.distill`); val is the search objective; test is
@@ -26,7 +27,6 @@ from trainable import mbpp
 from softprompt_cli.errors import field_error
 
 SPLITS = ("train", "val", "test", "all")
-PARTS = ("train", "val", "test")
 
 
 @lru_cache(maxsize=1)
@@ -42,12 +42,21 @@ class Source:
     has_solutions: bool  # False: training targets are distilled (trainable.distill)
     license: str
     load: Callable[[], dict[str, dict]]
+    id_prefix: str  # every task id of the source starts with it (ids never collide across sources)
 
 
 SOURCES = {
-    "humaneval": Source("humaneval", 164, True, "MIT (openai/human-eval)", lambda: load_problems()),
-    "mbpp": Source(mbpp.SOURCE, mbpp.SIZE, False, mbpp.LICENSE, lambda: mbpp.load_problems()),
+    "humaneval": Source("humaneval", 164, True, "MIT (openai/human-eval)", lambda: load_problems(), "HumanEval/"),
+    "mbpp": Source(mbpp.SOURCE, mbpp.SIZE, False, mbpp.LICENSE, lambda: mbpp.load_problems(), "mbpp_"),
 }
+
+
+def source_of(task_id: str) -> str:
+    """The source a task id belongs to (the benchmark a test sample counts for)."""
+    found = next((s.name for s in SOURCES.values() if task_id.startswith(s.id_prefix)), None)
+    if found is None:
+        raise ValueError(f"task id {task_id!r} belongs to no known source")
+    return found
 
 
 def source(name: str, where: str = "source") -> Source:
@@ -141,20 +150,35 @@ class DistillSettings:
 _DISTILL_KEYS = tuple(f.name for f in fields(DistillSettings))
 
 
+def _test_parts(value) -> tuple[Part, ...]:
+    """Test: one part (a count, a mapping, a Part) or a list of them, each from another source."""
+    if not isinstance(value, (list, tuple)):
+        return (Part.parse(value, "data.test"),)
+    if not value:
+        raise field_error("data.test", value, "a split or a non-empty list of splits, one per source")
+    parts = tuple(Part.parse(item, f"data.test[{k}]") for k, item in enumerate(value))
+    for k, part in enumerate(parts):
+        if any(other.source == part.source for other in parts[:k]):
+            raise field_error(f"data.test[{k}].source", part.source, "each source once in the test list")
+    return parts
+
+
 @dataclass(frozen=True)
 class DataSplit:
-    """The three disjoint splits. Defaults = spaces/default.yaml's data (tested to agree):
-    train on MBPP's self-verified targets, HumanEval 64 for val and the other 100 for test."""
+    """The disjoint splits. Defaults = spaces/default.yaml's data (tested to agree): train on
+    MBPP's self-verified targets, HumanEval 64 for val and the other 100 for test. `test` is
+    kept as a tuple of parts (one per benchmark)."""
 
     train: Part | int | dict = Part("mbpp", 397)
     val: Part | int | dict = Part("humaneval", 64)
-    test: Part | int | dict = Part("humaneval", 100)
+    test: Part | int | dict | list | tuple = (Part("humaneval", 100),)
     seed: int = 0
     distill: DistillSettings | dict = field(default_factory=DistillSettings)
 
     def __post_init__(self):
-        for name in PARTS:
+        for name in ("train", "val"):
             object.__setattr__(self, name, Part.parse(getattr(self, name), f"data.{name}"))
+        object.__setattr__(self, "test", _test_parts(self.test))
         object.__setattr__(self, "distill", DistillSettings.parse(self.distill))
         _count(self.seed, "data.seed")
         if self.val.n < 1:
@@ -163,17 +187,24 @@ class DataSplit:
         self._check_explicit_overlaps()
 
     def parts(self) -> dict[str, Part]:
-        return {name: getattr(self, name) for name in PARTS}
+        """Every split by its name in the space: `test` alone, or `test[0]`, `test[1]`, ... for a list."""
+        tests = {"test": self.test[0]} if len(self.test) == 1 else {f"test[{k}]": p for k, p in enumerate(self.test)}
+        return {"train": self.train, "val": self.val, **tests}
+
+    @property
+    def test_n(self) -> int:
+        """Test problems over every benchmark."""
+        return sum(part.n for part in self.test)
 
     def _check_sizes(self) -> None:
         """Per source, the splits drawing from it fit in it; blame the first that does not."""
         taken: dict[str, list[str]] = {}
         for name, part in self.parts().items():
             size, before = SOURCES[part.source].size, taken.setdefault(part.source, [])
-            used = sum(getattr(self, other).n for other in before)
+            used = sum(self.parts()[other].n for other in before)
             if used + part.n > size:
                 key = "ids" if part.ids is not None else "n"
-                others = "".join(f"; data.{o} takes {getattr(self, o).n}" for o in before)
+                others = "".join(f"; data.{o} takes {self.parts()[o].n}" for o in before)
                 raise field_error(
                     f"data.{name}.{key}",
                     part.n if part.ids is None else len(part.ids),
@@ -199,8 +230,16 @@ class DataSplit:
         return self.train.n > 0 and not SOURCES[self.train.source].has_solutions
 
     def to_dict(self) -> dict:
+        """The space's form: `test` a mapping for one benchmark (as spaces write it), else a list."""
         distill = {k: v for k, v in asdict(self.distill).items() if v is not None}
-        return {**{n: p.to_dict() for n, p in self.parts().items()}, "seed": self.seed, "distill": distill}
+        tests = [p.to_dict() for p in self.test]
+        return {
+            "train": self.train.to_dict(),
+            "val": self.val.to_dict(),
+            "test": tests[0] if len(tests) == 1 else tests,
+            "seed": self.seed,
+            "distill": distill,
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> "DataSplit":
@@ -267,12 +306,26 @@ def drawn(source_name: str, n: int, seed: int = 0) -> list[dict]:
 
 
 def problems_for(split_name: str, split: DataSplit | None = None) -> list[dict]:
-    """The problems of one split (`train`, `val`, `test`), or `all` of the val split's source."""
+    """The problems of one split (`train`, `val`, `test`: every benchmark's, in the space's
+    order), or `all` of the val split's source."""
     if split_name not in SPLITS:
         raise field_error("split", split_name, "one of " + ", ".join(SPLITS))
     split = split or DataSplit()
     if split_name == "all":
         return list(SOURCES[split.val.source].load().values())
+    if split_name == "test":
+        return [p for problems in benchmark_problems(split).values() for p in problems]
     part = getattr(split, split_name)
     problems = SOURCES[part.source].load()
     return [problems[task_id] for task_id in split_task_ids(split, {part.source})[split_name]]
+
+
+def benchmark_problems(split: DataSplit) -> dict[str, list[dict]]:
+    """The test problems per benchmark (source name), in the space's order."""
+    ids = split_task_ids(split, {part.source for part in split.test})
+    names = [name for name in split.parts() if name.startswith("test")]
+    out = {}
+    for name, part in zip(names, split.test):
+        problems = SOURCES[part.source].load()
+        out[part.source] = [problems[task_id] for task_id in ids[name]]
+    return out

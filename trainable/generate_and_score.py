@@ -27,7 +27,18 @@ class EvalResult:
     sandbox_seconds: float = 0.0
 
     def summary(self) -> dict:
-        return {"pass@1": self.pass_at_1, "n": self.n, "passed": self.passed}
+        """pass@1, n, passed over every problem; with problems of several sources (a test split
+        of several benchmarks) also `by_source`: the same three per source."""
+        from trainable.data import source_of
+
+        out = {"pass@1": self.pass_at_1, "n": self.n, "passed": self.passed}
+        sources = list(dict.fromkeys(source_of(s["task_id"]) for s in self.samples))
+        if len(sources) > 1:
+            out["by_source"] = {}
+            for name in sources:
+                passed = [bool(s["passed"]) for s in self.samples if source_of(s["task_id"]) == name]
+                out["by_source"][name] = {"pass@1": sum(passed) / len(passed), "n": len(passed), "passed": sum(passed)}
+        return out
 
 
 def evaluate_problems(
