@@ -8,9 +8,10 @@ space's batch size and token limit on HumanEval val and MBPP train prompts (new 
 problem, tokens/s: a batch runs until its longest row stops, so seconds per problem is what
 counts), and training steps at the space's batch size (tokens/s). The estimate then counts:
 distillation (train problems x (1 + samples) generations), each epoch (train tokens + a val
-generation), ASHA's rungs (epochs run), and the final report (three test arms + every hard prompt
-on val). Run it on a quiet machine: it prints the load average, and on a shared 2-core machine
-every rate drops several-fold (CPU time does not correct for it: a busy host slows the vCPUs too).
+generation), ASHA's rungs (epochs run), and the final report (three arms on every test benchmark,
+every hard prompt and the frozen model on val). Run it on a quiet machine: it prints the load
+average, and on a shared 2-core machine every rate drops several-fold (CPU time does not correct
+for it: a busy host slows the vCPUs too).
 """
 
 from __future__ import annotations
@@ -125,14 +126,18 @@ def estimate(
     epoch_train = examples * train["tokens_per_example"] / train[key]
     epoch_val = data.val.n * he_s
     epochs = asha_epochs(budget.num_samples, budget.grace_period, budget.reduction_factor, budget.max_epochs)
-    hard = len(candidates(texts_of(spec.search, spec.fixed)))
-    report = (2 + (1 if hard else 0)) * data.test.n * he_s + hard * data.val.n * he_s
+    # The space's texts in two forms, the one-shot example (train has one once targets exist).
+    hard = len(candidates(texts_of(spec.search, spec.fixed))) + 1
+    per_problem = {"humaneval": he_s, "mbpp": gen_mbpp["tokens_per_problem"] / gen_mbpp[key]}
+    arms = 3
+    tests = " + ".join(f"{p.n} {p.source}" for p in data.test)
+    report = arms * sum(p.n * per_problem[p.source] for p in data.test) + (hard + 1) * data.val.n * he_s
     return [
         ("distillation (cached: none)" if cached is not None else "distillation (once, then cached)", distill),
         (f"one epoch: train {examples:.0f} examples", epoch_train),
         (f"one epoch: val {data.val.n} problems", epoch_val),
         (f"ASHA: {epochs:.0f} epochs", epochs * (epoch_train + epoch_val)),
-        (f"report: {2 + bool(hard)} arms x {data.test.n} test + {hard} hard prompts x {data.val.n} val", report),
+        (f"report: {arms} arms x ({tests}) test + ({hard} hard prompts + frozen) x {data.val.n} val", report),
         ("start-up (Ray, model load, per-trial set-up ~10 s)", 60 + 10 * budget.num_samples),
     ]
 
