@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from trainable.mbpp import mbpp_file
 from trainable.config import TrainConfig
 from softprompt_cli.errors import UsageError
 
@@ -348,3 +349,27 @@ def test_odd_but_valid_samples_still_score(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1])["samples"] == 2
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]
     assert [r["passed"] for r in rows] == [False, False] and rows[1]["note"] == "\udc80"
+
+
+@pytest.mark.skipif(not mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
+def test_samples_of_an_mbpp_test_benchmark_are_scored(tmp_path):
+    """A report's test completions hold MBPP samples when test lists MBPP: they score as HumanEval's do."""
+    from test_mbpp import SOLUTIONS
+
+    samples = tmp_path / "samples.jsonl"
+    rows = [
+        {"task_id": "mbpp_17_square_perimeter", "completion": SOLUTIONS["mbpp_17_square_perimeter"]},
+        {"task_id": "mbpp_12_sort_matrix", "completion": "    return M\n"},
+    ]
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    proc = subprocess.run(
+        [sys.executable, "-m", "trainable.evaluate", "--completions", str(samples)],
+        cwd=tmp_path,
+        env=_evaluate_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (summary["problems"], summary["samples"], summary["samples_passed"]) == (2, 2, 1)

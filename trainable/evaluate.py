@@ -203,11 +203,14 @@ def _sigterm_as_interrupt():
 def _score_file(args) -> dict:
     """Stream the file: checked whole first (one line in memory at a time), then scored a chunk
     at a time, each chunk's rows written to --out as soon as they are scored."""
+    from trainable import mbpp
     from trainable.data import load_problems
     from trainable.progress import bar
     from trainable.score import Tally, iter_samples, score_in_chunks
 
     problems = load_problems()
+    if mbpp.mbpp_file().is_file():  # a report's samples of an MBPP test benchmark score too
+        problems = {**problems, **mbpp.load_problems()}
     total = sum(1 for _ in iter_samples(args.completions, problems))  # every line checked before anything runs
     if total == 0:
         raise field_error("samples file", args.completions, "at least one sample line")
