@@ -117,3 +117,27 @@ def retry_unless_lasting(lasting, storage_fault) -> None:
 
     classified_handle_error.classifies_errors = True
     Trial.handle_error, Trial.should_recover = classified_handle_error, classified_should_recover
+
+
+# -- ray/tune/experiment/trial.py: Trial.storage, Trial.on_checkpoint, Trial.update_last_result ----
+# -- ray/train/_internal/session.py: _TrainingResult -----------------------------------------------
+
+
+def trial_storage(trial):
+    """The filesystem and the directory in it where a trial's result.json and checkpoints are
+    (`Trial.storage`, a `StorageContext`: `storage_filesystem`, `trial_fs_path`)."""
+    return trial.storage.storage_filesystem, trial.storage.trial_fs_path
+
+
+def record_reported_checkpoint(trial, checkpoint_path: str, result: dict) -> None:
+    """Register with a restored trial a checkpoint and result that it reported after Tune's last
+    snapshot, as the controller does when a result with a checkpoint arrives (`_process_trial_save`
+    -> `Trial.on_checkpoint`, which also moves on the index of the trial's next checkpoint
+    directory; `_process_trial_result` -> `Trial.update_last_result`). Tune then restores the trial
+    from that checkpoint, its `training_iteration` from `result` (`Trainable.restore`)."""
+    from ray.train._internal.session import _TrainingResult
+    from ray.tune import Checkpoint
+
+    checkpoint = Checkpoint(checkpoint_path, filesystem=trial.storage.storage_filesystem)
+    trial.on_checkpoint(_TrainingResult(checkpoint=checkpoint, metrics=result))
+    trial.update_last_result(result)

@@ -16,12 +16,12 @@ from pathlib import Path
 import pyarrow.fs
 from ray import tune
 from ray.tune import ResumeConfig
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.execution.tune_controller import TuneController
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from search import private_apis
 from search.callbacks import ConsoleCallback, MlflowCallback
+from search.catch_up import CatchUpRestoredTrials, EndingASHA
 from search.faults import StorageFault, lasting, storage_fault
 from search.interrupt import TuneInterrupt
 from search.searcher import build_searcher, study_storage_url
@@ -104,7 +104,7 @@ def build_tuner(
     resume: bool = False,
 ) -> tuple[tune.Tuner, ExperimentEnd]:
     budget = spec.budget
-    scheduler = ASHAScheduler(
+    scheduler = EndingASHA(
         time_attr="training_iteration",
         max_t=budget.max_epochs,
         grace_period=budget.grace_period,
@@ -114,6 +114,7 @@ def build_tuner(
     searcher = build_searcher(spec, state_dir, name)
     callbacks = [
         AdoptRestoredTrials(searcher),
+        CatchUpRestoredTrials(searcher, scheduler),
         ConsoleCallback(budget.num_samples, budget.max_epochs, spec.trial_params),
         MlflowCallback(ledger, budget.max_epochs, name, study_storage_url(state_dir), spec.trial_params),
         TuneInterrupt(),
