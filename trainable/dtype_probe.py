@@ -9,10 +9,11 @@ work a trial does, in both dtypes, on the model at hand:
 - one decoding batch: `trainable.generate` at the run's eval batch size, a prefill and
   `DECODE_STEPS` greedy steps (timed per model call, so a row that stops early changes nothing).
 
-The two dtypes are timed interleaved (a busy neighbour slows both), after one warm-up each, and
-each figure is the faster of `ROUNDS` rounds. `decide` weighs them as the sum of one training step
-and one decoding batch, and picks bf16 only when that sum is at least `MARGIN` faster: fp32 is
-the dtype that changes no result, so a tie keeps it. One line prints both timings and the choice.
+The two dtypes are timed interleaved (a busy neighbour slows both), and each figure is the
+fastest of `ROUNDS` rounds (the first also warms each path up). `decide` weighs them as the sum
+of one training step and one decoding batch, and picks bf16 only when that sum is at least
+`MARGIN` faster: fp32 is the dtype that changes no result, so a tie keeps it. One line prints both
+timings and the choice.
 
 The result is cached per machine (CPU model, the flags that matter, cores, torch threads, torch
 version) and per model identity and batch sizes, in `<cache>/dtype-probe/<key>.json` (the cache
@@ -38,8 +39,8 @@ from pathlib import Path
 import torch
 
 FORMAT = 1
-PROBE_ROW_TOKENS = 96  # tokens per training row: prompt half, target half
-DECODE_STEPS = 16
+PROBE_ROW_TOKENS = 48  # tokens per training row: prompt half, target half
+DECODE_STEPS = 8
 ROUNDS = 2
 MARGIN = 0.05  # bf16 must be this much faster to be chosen
 MATTERING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_fp16")
@@ -170,23 +171,27 @@ def probe(ref, batch_size: int, eval_batch_size: int) -> tuple[str, str, dict]:
     fp32 = _Bench(load_model(ref, device="cpu", dtype=torch.float32), batch_size, eval_batch_size)
     try:
         bf16 = _Bench(load_model(ref, device="cpu", dtype=torch.bfloat16), batch_size, eval_batch_size)
-        bf16.train(), bf16.decode()  # warm-up; also where an unsupported bf16 fails
+        timings = _interleaved({"float32": fp32, "bfloat16": bf16})
     except (RuntimeError, NotImplementedError) as exc:  # an operator without a bf16 kernel here
-        fp32_timing = Timing(min(fp32.train() for _ in range(ROUNDS)), min(fp32.decode() for _ in range(ROUNDS)))
-        name, reason = decide(fp32_timing, None, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
-        return name, reason, {"float32": asdict(fp32_timing)}
-    fp32.train(), fp32.decode()
-    train = {"float32": [], "bfloat16": []}
-    decode = {"float32": [], "bfloat16": []}
-    for round_ in range(ROUNDS):  # interleaved, each round in the other order
-        order = [("float32", fp32), ("bfloat16", bf16)][:: 1 if round_ % 2 == 0 else -1]
+        alone = Timing(fp32.train(), fp32.decode())
+        name, reason = decide(alone, None, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+        return name, reason, {"float32": asdict(alone)}
+    name, reason = decide(timings["float32"], timings["bfloat16"])
+    return name, reason, {name: asdict(t) for name, t in timings.items()}
+
+
+def _interleaved(benches: dict) -> dict[str, Timing]:
+    """`ROUNDS` rounds, each dtype in turn, the order swapped every round; the fastest of each
+    dtype's rounds (the first round also warms each path up)."""
+    train: dict[str, list[float]] = {name: [] for name in benches}
+    decode: dict[str, list[float]] = {name: [] for name in benches}
+    for round_ in range(ROUNDS):
+        order = list(benches.items())[:: 1 if round_ % 2 == 0 else -1]
         for name, bench in order:
             train[name].append(bench.train())
         for name, bench in order:
             decode[name].append(bench.decode())
-    timings = {name: Timing(min(train[name]), min(decode[name])) for name in train}
-    name, reason = decide(timings["float32"], timings["bfloat16"])
-    return name, reason, {name: asdict(t) for name, t in timings.items()}
+    return {name: Timing(min(train[name]), min(decode[name])) for name in benches}
 
 
 class _Bench:
