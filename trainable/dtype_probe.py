@@ -39,8 +39,8 @@ from pathlib import Path
 import torch
 
 FORMAT = 1
-PROBE_ROW_TOKENS = 48  # tokens per training row: prompt half, target half
-DECODE_STEPS = 8
+PROBE_ROW_TOKENS = 32  # tokens per training row: prompt half, target half
+DECODE_STEPS = 6
 ROUNDS = 2
 MARGIN = 0.05  # bf16 must be this much faster to be chosen
 MATTERING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_tile", "amx_fp16")
