@@ -31,7 +31,7 @@ from spaces import load_space  # noqa: E402 - after the sys.path line above
 from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.distill import cached_targets, training_items  # noqa: E402 - after the sys.path line above
 from trainable.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
-from trainable.model import choose_dtype, load_model  # noqa: E402 - after the sys.path line above
+from trainable.model import config_dtype, load_model  # noqa: E402 - after the sys.path line above
 from trainable.train import build_examples, completion_loss  # noqa: E402 - after the sys.path line above
 
 # Distillation yield seen on the bundled model (100 MBPP problems, greedy + 1 sample, 192 tokens):
@@ -151,7 +151,7 @@ def main() -> None:
     spec = load_space(args.space)
     config = spec.train_config({k: d.candidates()[0][1] for k, d in spec.search.items()})
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    dtype, reason = choose_dtype(config.dtype)
+    dtype, reason = config_dtype(config, spec.model)
     loaded = load_model(spec.model, device="cpu", dtype=dtype)
     gen_he = generation_rate(loaded, problems_for("val", spec.data)[: args.problems], config)
     gen_mbpp = generation_rate(loaded, problems_for("train", spec.data)[: args.problems], config)

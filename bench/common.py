@@ -158,11 +158,12 @@ def peak_rss():
 
 
 def cpu_flags() -> str:
-    """The CPU features our dtype rule and every CPU figure depend on (bf16 is fast only with AMX)."""
-    from trainable.model import AMX_FLAGS, cpu_flags as flags_of_this_cpu
+    """The CPU features every CPU figure depends on (the dtype probe keys its cache on them too)."""
+    from trainable.dtype_probe import MATTERING_FLAGS
+    from trainable.model import cpu_flags as flags_of_this_cpu
 
     flags = flags_of_this_cpu()
-    return " ".join(f if f in flags else f"no {f}" for f in ("avx2", "avx512f", "avx512_bf16", *AMX_FLAGS))
+    return " ".join(f if f in flags else f"no {f}" for f in MATTERING_FLAGS)
 
 
 def machine() -> str:

@@ -22,13 +22,14 @@ import signal
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import ray
 
 from search.baselines import one_shot
 from search.callbacks import mlflow_params, state_of
 from search import ray_health, watcher
+from search.dtype_choice import search_dtype, with_dtype
 from search.faults import storage_fault, unwritable
 from search.interrupt import (
     CURRENT,
@@ -141,6 +142,8 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
                 "search_state": RUNNING,
                 "budget.num_samples": spec.budget.num_samples,
                 "budget.max_concurrent": spec.budget.max_concurrent,
+                "dtype": record.dtype,
+                "dtype_reason": record.dtype_reason,
             },
         ],
         ["view", PARENT, search_view(record.search_id, sorted(spec.search))],
@@ -164,7 +167,7 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
                 PARENT,
                 {**provenance(), **identity_tags, **licenses, "space": spec.name, "storage": plan.experiment_path},
             ],
-            ["params", PARENT, {"space": spec.name, "model": spec.model, **budget}],
+            ["params", PARENT, {"space": spec.name, "model": spec.model, "dtype": record.dtype, **budget}],
             ["artifacts", PARENT, str(space_file.parent), "space"],
         ]
     ledger.submit_all(ops)
@@ -246,6 +249,8 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         _start_ray(plan.address)
         ray_health.start_watchdog(lambda what: _ray_died(plan, record, ledger, what))
         _check_cluster_fits(spec)
+        plan = _resolve_dtype(plan, record)
+        spec = plan.spec
         ledger.connect()
         if resumed and ledger.queued():
             waiting = ledger.flush()  # what an earlier run could not send
@@ -294,6 +299,14 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         print(line, flush=True)
     _warn_if_queued(plan, ledger)
     return 0
+
+
+def _resolve_dtype(plan: SearchPlan, record: SearchRecord) -> SearchPlan:
+    """The plan with the search's one dtype in its space, recorded before any trial starts."""
+    record.dtype, record.dtype_reason = search_dtype(plan.spec, record)
+    record.save(plan.state_dir)
+    print(f"dtype {record.dtype} for every trial and the report ({record.dtype_reason})", flush=True)
+    return replace(plan, spec=with_dtype(plan.spec, record.dtype))
 
 
 def _tune_can_resume(plan: SearchPlan) -> bool:

@@ -15,6 +15,8 @@
 - `reports`: how many final reports were committed (a second one only after more trials).
 - `study`: the Optuna study the search must find on `--resume` (its name, the search id it is
   stamped with, how many trials it had when the record was last written); `search.study`.
+- `dtype`, `dtype_reason`: the one dtype of the search's trials and report (`auto` resolved before
+  the first trial, `search.dtype_choice`); `--resume` uses it as it is.
 
 The record is written before Ray starts and rewritten atomically; `search.lock` (flock) is held
 by the driver that runs the search, so a second driver cannot resume it at the same time.
@@ -53,6 +55,9 @@ class SearchRecord:
     reports: int = 0
     # The Optuna study it must find on --resume: name, search id, trials (search.study).
     study: dict | None = None
+    # The frozen model's dtype for every trial and the report, resolved once (search.dtype_choice).
+    dtype: str | None = None
+    dtype_reason: str | None = None
 
     def save(self, state_dir: Path) -> None:
         # A killed driver must leave the old record or the new one, never half of either.

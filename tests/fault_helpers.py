@@ -22,6 +22,7 @@ from search_helpers import metric_history, mlflow_runs, search_command, search_e
 # (max_new_tokens and data sizes: ~2.5-4 s per epoch at 256 new tokens, 24/16 problems, on
 # 2 busy cores; ~0.4 s at 8 new tokens, 4/4), and ASHA's grace period (grace = max_epochs
 # means ASHA stops nobody, so every trial must end COMPLETED unless a fault ends it).
+# fp32: these searches are compared across kills, resumes and runs; `auto` is measured in test_search_dtype.
 FAULT_SPACE = """\
 base: smoke
 search:
@@ -29,7 +30,8 @@ search:
   num_virtual_tokens: {{choice: {tokens}}}
   init: {{choice: [random, sample_vocab]}}
   learning_rate: {{loguniform: [1.0e-3, 3.0e-1]}}
-fixed: {{batch_size: 2, max_length: 128, max_new_tokens: {new_tokens}, eval_batch_size: 4, sandbox_timeout_s: 5}}
+fixed: {{batch_size: 2, max_length: 128, max_new_tokens: {new_tokens}, eval_batch_size: 4, sandbox_timeout_s: 5,
+        dtype: float32}}
 data: {{train: {train}, val: {val}, test: 4}}
 budget: {{num_samples: {samples}, max_epochs: {epochs}, grace_period: {grace}, reduction_factor: 2,
          max_concurrent: 2, seed: {seed}}}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from helpers import REPO
 
+# fp32: these searches are compared across kills, resumes and runs; `auto` is measured in test_search_dtype.
 TINY_SPACE = """\
 base: smoke
 search:
@@ -19,7 +20,7 @@ search:
   num_virtual_tokens: {{choice: [2, 4, 8]}}
   init: {{choice: [random, sample_vocab, "Write correct code."]}}
   learning_rate: {{loguniform: [1.0e-3, 3.0e-1]}}
-fixed: {{batch_size: 2, max_length: 128, max_new_tokens: 8, eval_batch_size: 4, sandbox_timeout_s: 5}}
+fixed: {{batch_size: 2, max_length: 128, max_new_tokens: 8, eval_batch_size: 4, sandbox_timeout_s: 5, dtype: float32}}
 data: {{train: 4, val: 4, test: 4}}
 budget: {{num_samples: {samples}, max_epochs: {epochs}, grace_period: 1, reduction_factor: 2, max_concurrent: 2}}
 resources: {{cpu: 1, gpu: 0}}

@@ -11,6 +11,7 @@ from search_helpers import metric_history, mlflow_runs, run_search
 
 # TPE's random start-up with budget seed 2 draws prefix_tuning (with projection) twice,
 # prompt_tuning and p_tuning once each, among 4 trials.
+# fp32: these searches are compared across kills, resumes and runs; `auto` is measured in test_search_dtype.
 METHOD_SPACE = """\
 base: smoke
 search:
@@ -19,7 +20,7 @@ search:
   init: {prompt_tuning: {choice: [random, sample_vocab]}}
   encoder_hidden_size: {choice: [16, 32]}
   prefix_projection: {choice: [0, 8]}
-fixed: {batch_size: 2, max_length: 128, max_new_tokens: 8, eval_batch_size: 4, sandbox_timeout_s: 5}
+fixed: {batch_size: 2, max_length: 128, max_new_tokens: 8, eval_batch_size: 4, sandbox_timeout_s: 5, dtype: float32}
 data: {train: 4, val: 4, test: 4}
 budget: {num_samples: 4, max_epochs: 2, grace_period: 2, reduction_factor: 2, max_concurrent: 2, seed: 2}
 resources: {cpu: 1, gpu: 0}

@@ -15,6 +15,7 @@ CONFIG = TrainConfig(
     eval_batch_size=2,
     sandbox_timeout_s=5,
     max_length=128,
+    dtype="float32",  # restored and fresh trials are compared; `auto` is measured in test_dtype_probe
 )
 
 

@@ -245,13 +245,13 @@ def ensure_targets(
     The model is loaded only when something is missing."""
     import torch
 
-    from trainable.model import cached_model, choose_dtype, resolve_model_ref
+    from trainable.model import cached_model, config_dtype, resolve_model_ref
 
     started = time.perf_counter()
     if settings.targets:
         return read_pinned(settings.targets, model_ref, problems, started)
     ref = loaded.ref if loaded else resolve_model_ref(model_ref)
-    dtype = _name(loaded.dtype if loaded else choose_dtype(config.dtype)[0])
+    dtype = _name(loaded.dtype if loaded else config_dtype(config, model_ref)[0])
     path = cache_file(model_sha256(ref), dtype, generation_settings(settings, config), cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:

@@ -68,24 +68,23 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-# AMX is what makes bf16 matmuls fast on a CPU. Without it (even with avx512_bf16) bf16 trained
-# slower than fp32 (bench/README.md, "fp32 vs bf16 without AMX").
-AMX_FLAGS = ("amx_bf16", "amx_tile")
+def dtype_rule(setting: str, device_type: str, cuda_bf16: bool) -> tuple[str, str] | None:
+    """The dtype (name) for `setting` (`auto` | `float32` | `bfloat16`) and why, where no
+    measurement is needed; None where `auto` must be measured (a CPU: `trainable.dtype_probe`).
 
-
-def dtype_rule(setting: str, device_type: str, cuda_bf16: bool, cpu_flags: set[str]) -> tuple[str, str]:
-    """The dtype (name) for `setting` (`auto` | `float32` | `bfloat16`) and why; a pure function
-    of what the machine reports, so that the rule is tested with flag sets, not this machine."""
+    Results that are compared must not mix dtypes (bf16 rounds differently, so equal settings give
+    other tokens): the trials of one search and its final report's arms use the one dtype the
+    search resolved before its trials (`search.driver`, recorded in `search.json`), and rescoring
+    a search's soft prompt should use the dtype recorded with it (`trained_with.json`)."""
     if setting != "auto":
         return setting, f"set: dtype {setting}"
     if device_type == "cuda":
         if cuda_bf16:
-            return "bfloat16", "auto: CUDA device with bf16 support"
+            return "bfloat16", "auto: CUDA device with bf16 support (no probe: bf16 is the GPU's fast path)"
         return "float32", "auto: CUDA device without bf16 support"
-    amx = [flag for flag in AMX_FLAGS if flag in cpu_flags]
-    if device_type == "cpu" and amx:
-        return "bfloat16", f"auto: CPU with AMX ({', '.join(amx)})"
-    return "float32", f"auto: {device_type.upper()} without AMX (no amx_bf16/amx_tile): bf16 is slower than fp32 there"
+    if device_type != "cpu":
+        return "float32", f"auto: {device_type} device: fp32 (only CPUs are probed)"
+    return None
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
@@ -100,15 +99,36 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
-def choose_dtype(setting: str = "auto", device: torch.device | None = None) -> tuple[torch.dtype, str]:
-    """`dtype_rule` applied to this process's device and CPU."""
+def choose_dtype(
+    setting: str = "auto",
+    device: torch.device | None = None,
+    model_ref: str | None = None,
+    batch_size: int = 8,
+    eval_batch_size: int = 16,
+) -> tuple[torch.dtype, str]:
+    """`dtype_rule` on this process's device; on a CPU, `auto` is measured on `model_ref` at
+    these batch sizes (`trainable.dtype_probe`, cached per machine and model). Without a model to
+    measure, `auto` on a CPU is fp32: the dtype that changes no result."""
     device = device or default_device()
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    name, reason = dtype_rule(setting, device.type, cuda_bf16, cpu_flags() if device.type == "cpu" else set())
+    rule = dtype_rule(setting, device.type, cuda_bf16)
+    if rule is None and model_ref is None:
+        rule = "float32", "auto: no model given to measure on this CPU, so fp32"
+    if rule is None:
+        from trainable.dtype_probe import probed_dtype
+
+        rule = probed_dtype(model_ref, batch_size, eval_batch_size)
+    name, reason = rule
     return getattr(torch, name), reason
 
 
+def config_dtype(config, model_ref: str, device: torch.device | None = None) -> tuple[torch.dtype, str]:
+    """`choose_dtype` for a run's settings (a `TrainConfig`): measured at its batch sizes."""
+    return choose_dtype(config.dtype, device, model_ref, config.batch_size, config.eval_batch_size)
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on a CPU (nothing to measure on here), bf16 on a CUDA device that has it."""
     return choose_dtype("auto", device)[0]
 
 

@@ -17,7 +17,7 @@ from trainable.config import TrainConfig
 from trainable.data import DataSplit, problems_for
 from trainable.distill import ensure_targets, training_items
 from trainable.generate_and_score import EvalResult, evaluate_problems
-from trainable.model import LoadedModel, cached_model, choose_dtype
+from trainable.model import LoadedModel, cached_model, config_dtype
 from trainable.softprompt import SoftPrompt
 from trainable.train import Trainer, build_examples, completion_loss
 
@@ -80,7 +80,7 @@ class Trial:
         """`targets`: self-verified targets of the train problems (a search distils them once,
         before its trials); without them a train source that needs them is distilled here."""
         self.config, self.model_ref, self.data = config, model_ref, data
-        dtype, self.dtype_reason = choose_dtype(config.dtype)
+        dtype, self.dtype_reason = config_dtype(config, model_ref)
         self.loaded = loaded or cached_model(model_ref, dtype=dtype)
         if loaded is not None:
             self.dtype_reason = "given: the caller's loaded model"
