@@ -260,7 +260,7 @@ def _generate_and_score(args) -> dict:
     problems = problems_for(args.split, args.data)[: args.limit]
     if not problems:
         raise field_error("--split", args.split, "a split with at least 1 problem (see --data-sizes)")
-    dtype, reason = choose_dtype(args.dtype)
+    dtype, reason = choose_dtype(args.dtype, model_ref=args.model, eval_batch_size=args.batch_size)
     loaded = load_model(ref, dtype=dtype)
     soft = None
     if args.prompt:
