@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ray import tune
 
+from search import mlflow_ops as ops
 from search.searcher import optuna_number_of
 from search.tracking import MlflowLedger
 from trainable.checkpoint import adapter_dir
@@ -103,7 +104,7 @@ class MlflowCallback(tune.Callback):
         if key.startswith("optuna-"):
             tags["optuna_trial_number"] = key.removeprefix("optuna-")
         # "start": RUNNING again if an interruption had KILLED it.
-        self.ledger.submit_all([["start", key], ["params", key, params], ["tags", key, tags]])
+        self.ledger.submit(ops.Start(key), ops.Params(key, params), ops.Tags(key, tags))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = self._key(trial)
@@ -111,7 +112,7 @@ class MlflowCallback(tune.Callback):
         self.ledger.log_epoch(key, values, int(result["training_iteration"]))
         # Where it ran, how generated code was isolated (bwrap, or a weaker fallback), the dtype
         # the trial chose and why, and the val source (HumanEval: the mission's metric).
-        self.ledger.submit("tags", key, {tag: result.get(tag) for tag in TAGS if tag in result})
+        self.ledger.submit(ops.Tags(key, {tag: result.get(tag) for tag in TAGS if tag in result}))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Copy the KB-sized checkpoint into the state dir first: if MLflow is down, the queued
@@ -125,21 +126,21 @@ class MlflowCallback(tune.Callback):
                 f"warning: trial {trial.trial_id}: checkpoint not copied for MLflow ({exc.strerror or exc})", flush=True
             )
             return
-        self.ledger.submit("artifacts", self._key(trial), str(adapter_dir(local)), "soft_prompt")
-        self.ledger.submit("artifacts", self._key(trial), str(local), "checkpoint")
+        self.ledger.submit(ops.Artifacts(self._key(trial), str(adapter_dir(local)), "soft_prompt"))
+        self.ledger.submit(ops.Artifacts(self._key(trial), str(local), "checkpoint"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         state, epoch = final_state(trial, self.max_epochs)
         key = self._key(trial)
-        self.ledger.submit_all(
-            [["tags", key, {"state": state, "stopped_at_epoch": epoch}], ["end", key, self.ledger.end_status(state)]]
+        self.ledger.submit(
+            ops.Tags(key, {"state": state, "stopped_at_epoch": epoch}), ops.End(key, self.ledger.end_status(state))
         )
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _, epoch = final_state(trial, self.max_epochs)
         key = self._key(trial)
         tags = {"state": "FAILED", "stopped_at_epoch": epoch, "error": error_reason(trial)}
-        self.ledger.submit_all([["tags", key, tags], ["end", key, self.ledger.end_status("FAILED")]])
+        self.ledger.submit(ops.Tags(key, tags), ops.End(key, self.ledger.end_status("FAILED")))
 
 
 class ConsoleCallback(tune.Callback):

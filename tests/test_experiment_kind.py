@@ -16,10 +16,10 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from search.mlflow_ops import View
 from search.tracking import (
     EXPERIMENT,
     EXPERIMENT_TAGS,
-    PARENT,
     SHARED_VIEW_PREFIX,
     UI_VIEW_QUERY,
     MlflowLedger,
@@ -75,7 +75,7 @@ def test_each_search_has_a_shared_view_of_its_own_trials(tmp_path):
     first, with metric and parameter columns (neither view of MLflow 3.17 shows them unasked)."""
     search_id = uuid.uuid4().hex
     ledger = _ledger(tmp_path, search_id)
-    assert ledger.submit("view", PARENT, search_view(search_id, ["learning_rate", "num_virtual_tokens"]))
+    assert ledger.submit(View(search_view(search_id, ["learning_rate", "num_virtual_tokens"])))
     experiment = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name(EXPERIMENT)
     view = json.loads(experiment.tags[SHARED_VIEW_PREFIX + search_id])
     assert view["searchFilter"] == f"tags.search_id = '{search_id}'"
