@@ -74,6 +74,7 @@ def _record(model_dir, targets: dict) -> dict:
     }
 
 
+@pytest.mark.integration  # a whole search
 def test_a_search_trains_on_cached_targets_and_reports_humaneval_val(tmp_path, tiny_model_dir):
     space, env, cache = _setup(tmp_path)
     record = _record(tiny_model_dir, {t: [SOLUTIONS[t]] for t in TRAIN[:2]})
@@ -100,6 +101,7 @@ def test_a_search_trains_on_cached_targets_and_reports_humaneval_val(tmp_path, t
     assert trained_with["data"]["val"] == {"source": "humaneval", "n": 3}
 
 
+@pytest.mark.integration  # a whole search
 def test_without_a_cache_a_ray_task_distils_and_an_empty_yield_ends_the_search(tmp_path, tiny_model_dir):
     """The tiny random model solves no MBPP problem: distillation runs (and is cached), finds no
     target, and the search stops with exit 1 and a line that says why, before any trial."""
