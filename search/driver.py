@@ -26,7 +26,7 @@ from dataclasses import asdict
 
 import ray
 
-from search.callbacks import mlflow_params, state_of
+from search.callbacks import DESCRIPTION_TAG, mlflow_params, state_of
 from search import mlflow_ops as ops
 from search import ray_health, watcher
 from search.faults import storage_fault, unwritable
@@ -139,6 +139,8 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
                 "search_state": RUNNING,
                 "budget.num_samples": spec.budget.num_samples,
                 "budget.max_concurrent": spec.budget.max_concurrent,
+                DESCRIPTION_TAG: f"search {plan.name} (space {spec.name}, model {spec.model}): running; its "
+                "final summary replaces this line when it finishes",
             },
         ),
         ops.View(search_view(record.search_id, sorted(spec.search))),
@@ -208,9 +210,12 @@ def _compute_report(plan: SearchPlan, results, started: float, distill: dict | N
     return report, adapter
 
 
-def _commit_report(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, report: FinalReport, adapter) -> None:
+def _commit_report(
+    plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, report: FinalReport, adapter, summary: list[str]
+) -> None:
     """The report into MLflow and the record, in one write ahead of sending: a report is logged
-    once (a later one, after more trials, at the next step)."""
+    once (a later one, after more trials, at the next step). `summary`, the console's final
+    summary, becomes the parent run's description (a code block: its columns stay aligned)."""
     params, tags = mlflow_params(report.best_params)
     best = {**{f"best.{k}": v for k, v in {**params, **tags}.items()}, "best_trial_id": report.best_trial_id}
     if report.hard is not None:
@@ -220,7 +225,7 @@ def _commit_report(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger,
         ops.Metrics(PARENT, report.metrics(), record.reports),
         ops.Artifacts(PARENT, str(plan.state_dir / "report"), "report"),
         ops.Artifacts(PARENT, str(adapter), "best_soft_prompt"),
-        ops.Tags(PARENT, {"search_state": FINISHED}),
+        ops.Tags(PARENT, {"search_state": FINISHED, DESCRIPTION_TAG: "```\n" + "\n".join(summary) + "\n```"}),
         ops.End(PARENT, "FINISHED"),
     )
     record.reports += 1
@@ -274,13 +279,14 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         return 1
     with CURRENT.during(Phase.RAISE):
         report, adapter = _compute_report(plan, results, started, distill)
-    with CURRENT.during(Phase.DEFER):
-        _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
-    for line in summary_lines(
+    summary = summary_lines(
         report, counts, time.time() - started, adapter, ledger.parent_url(), ledger.ui_link(plan.default_mlflow)
-    ):
+    )
+    with CURRENT.during(Phase.DEFER):
+        _commit_report(plan, record, ledger, report, adapter, summary)
+    for line in summary:
         print(line, flush=True)
     _warn_if_queued(plan, ledger)
     return 0

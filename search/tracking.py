@@ -390,8 +390,11 @@ class MlflowLedger:
 
 def search_view(search_id: str, params: list[str]) -> dict:
     """The runs page as this search's shared view: its trials (and parent), best val pass@1
-    first, with the per-epoch metrics, the searched parameters and each trial's end state."""
-    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{p}`" for p in params] + ["tags.`state`"]
+    first, with the per-epoch metrics, the searched parameters and each trial's end state. The
+    init column is its readable form (the `init_label` tag: a text's first words), not the param's
+    hash."""
+    shown = ["tags.`init_label`" if p == "init" else f"params.`{p}`" for p in params]
+    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + shown + ["tags.`state`"]
     return {
         "searchFilter": f"tags.search_id = '{search_id}'",
         "orderByKey": f"metrics.`{VIEW_METRICS[0]}`",
