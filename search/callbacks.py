@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ray import tune
 
+from search import mlflow_ops as ops
 from search.searcher import optuna_number_of
 from search.tracking import MlflowLedger
 from trainable.checkpoint import adapter_dir
@@ -45,9 +46,29 @@ def text_param_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
+# MLflow renders this tag as a run's description (the run page's "Description").
+DESCRIPTION_TAG = "mlflow.note.content"
+# How much of an init text the runs table shows (`init_label`).
+LABEL_CHARS = 40
+
+
+def init_label(init: str) -> str:
+    """The init as a reader recognises it in the runs table: a text's first words in quotes and,
+    when cut, the hash its `init` param carries (two texts that share a prefix stay apart, and the
+    label leads to the param); any other init (random, sample_vocab, adapter:PATH) as it is."""
+    if init_kind(init) is not InitKind.TEXT:
+        return init
+    if len(init) <= LABEL_CHARS:
+        return repr(init)
+    return f"{init[:LABEL_CHARS]!r}... (text:{text_param_hash(init)})"
+
+
 def mlflow_params(params: dict) -> tuple[dict, dict]:
-    """Params for MLflow plus tags: a long init text goes in a tag, a short hash in the param."""
+    """Params for MLflow plus tags: a long init text goes in a tag, a short hash in the param (the
+    key a resumed search logs again, so it never changes), its readable form in `init_label`."""
     out, tags = dict(params), {}
+    if "init" in params:
+        tags["init_label"] = init_label(params["init"])
     if "init" in params and init_kind(params["init"]) is InitKind.TEXT:
         out["init"] = f"text:{text_param_hash(params['init'])}"
         text = params["init"]
@@ -100,10 +121,11 @@ class MlflowCallback(tune.Callback):
         params, tags = mlflow_params(self.params_of(trial.config))
         key = self._key(trial)
         tags.update(ray_trial_id=trial.trial_id, state="RUNNING")
+        tags[DESCRIPTION_TAG] = trial_description(self.params_of(trial.config), "RUNNING")
         if key.startswith("optuna-"):
             tags["optuna_trial_number"] = key.removeprefix("optuna-")
         # "start": RUNNING again if an interruption had KILLED it.
-        self.ledger.submit_all([["start", key], ["params", key, params], ["tags", key, tags]])
+        self.ledger.submit(ops.Start(key), ops.Params(key, params), ops.Tags(key, tags))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         key = self._key(trial)
@@ -111,7 +133,7 @@ class MlflowCallback(tune.Callback):
         self.ledger.log_epoch(key, values, int(result["training_iteration"]))
         # Where it ran, how generated code was isolated (bwrap, or a weaker fallback), the dtype
         # the trial chose and why, and the val source (HumanEval: the mission's metric).
-        self.ledger.submit("tags", key, {tag: result.get(tag) for tag in TAGS if tag in result})
+        self.ledger.submit(ops.Tags(key, {tag: result.get(tag) for tag in TAGS if tag in result}))
 
     def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
         # Copy the KB-sized checkpoint into the state dir first: if MLflow is down, the queued
@@ -125,21 +147,23 @@ class MlflowCallback(tune.Callback):
                 f"warning: trial {trial.trial_id}: checkpoint not copied for MLflow ({exc.strerror or exc})", flush=True
             )
             return
-        self.ledger.submit("artifacts", self._key(trial), str(adapter_dir(local)), "soft_prompt")
-        self.ledger.submit("artifacts", self._key(trial), str(local), "checkpoint")
+        self.ledger.submit(ops.Artifacts(self._key(trial), str(adapter_dir(local)), "soft_prompt"))
+        self.ledger.submit(ops.Artifacts(self._key(trial), str(local), "checkpoint"))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         state, epoch = final_state(trial, self.max_epochs)
         key = self._key(trial)
-        self.ledger.submit_all(
-            [["tags", key, {"state": state, "stopped_at_epoch": epoch}], ["end", key, self.ledger.end_status(state)]]
-        )
+        described = trial_description(self.params_of(trial.config), f"{state} at epoch {epoch}/{self.max_epochs}")
+        tags = {"state": state, "stopped_at_epoch": epoch, DESCRIPTION_TAG: described}
+        self.ledger.submit(ops.Tags(key, tags), ops.End(key, self.ledger.end_status(state)))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         _, epoch = final_state(trial, self.max_epochs)
         key = self._key(trial)
-        tags = {"state": "FAILED", "stopped_at_epoch": epoch, "error": error_reason(trial)}
-        self.ledger.submit_all([["tags", key, tags], ["end", key, self.ledger.end_status("FAILED")]])
+        reason = error_reason(trial)
+        described = trial_description(self.params_of(trial.config), f"FAILED at epoch {epoch}: {reason[:200]}")
+        tags = {"state": "FAILED", "stopped_at_epoch": epoch, "error": reason, DESCRIPTION_TAG: described}
+        self.ledger.submit(ops.Tags(key, tags), ops.End(key, self.ledger.end_status("FAILED")))
 
 
 class ConsoleCallback(tune.Callback):
@@ -192,5 +216,10 @@ class ConsoleCallback(tune.Callback):
 
 
 def _short(params: dict) -> str:
-    shown, _ = mlflow_params(params)
+    shown = {**params, "init": init_label(params["init"])} if "init" in params else params
     return " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+
+
+def trial_description(params: dict, state: str) -> str:
+    """A trial run's one-line description: its state, then its parameters as the console shows them."""
+    return f"{state}: {_short(params)}"

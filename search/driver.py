@@ -27,7 +27,8 @@ from dataclasses import asdict, replace
 import ray
 
 from search.baselines import one_shot
-from search.callbacks import mlflow_params, state_of
+from search.callbacks import DESCRIPTION_TAG, mlflow_params, state_of
+from search import mlflow_ops as ops
 from search import ray_health, watcher
 from search.dtype_choice import search_dtype, with_dtype
 from search.faults import storage_fault, unwritable
@@ -134,9 +135,8 @@ def _model_identity(spec: SpaceSpec) -> dict:
 def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchRecord, resumed: bool) -> None:
     spec: SpaceSpec = plan.spec
     # The trial budget may grow on --resume: tags (params cannot change in MLflow).
-    ops = [
-        [
-            "tags",
+    writes = [
+        ops.Tags(
             PARENT,
             {
                 "search_state": RUNNING,
@@ -144,12 +144,14 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
                 "budget.max_concurrent": spec.budget.max_concurrent,
                 "dtype": record.dtype,
                 "dtype_reason": record.dtype_reason,
+                DESCRIPTION_TAG: f"search {plan.name} (space {spec.name}, model {spec.model}): running; its "
+                "final summary replaces this line when it finishes",
             },
-        ],
-        ["view", PARENT, search_view(record.search_id, sorted(spec.search))],
+        ),
+        ops.View(search_view(record.search_id, sorted(spec.search))),
     ]
     if resumed:
-        ops = [["start", PARENT], *ops, ["tags", PARENT, {"resume_command": plan.resume_command}]]
+        writes = [ops.Start(PARENT), *writes, ops.Tags(PARENT, {"resume_command": plan.resume_command})]
     else:
         space_file = plan.state_dir / "space" / "space.json"
         space_file.parent.mkdir(parents=True, exist_ok=True)
@@ -161,16 +163,15 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
         from trainable.data import SOURCES  # each data source used, with its license (MBPP: CC-BY-4.0)
 
         licenses = {f"data.{name}.license": SOURCES[name].license for name in sorted(spec.data.sources())}
-        ops += [
-            [
-                "tags",
+        writes += [
+            ops.Tags(
                 PARENT,
                 {**provenance(), **identity_tags, **licenses, "space": spec.name, "storage": plan.experiment_path},
-            ],
-            ["params", PARENT, {"space": spec.name, "model": spec.model, "dtype": record.dtype, **budget}],
-            ["artifacts", PARENT, str(space_file.parent), "space"],
+            ),
+            ops.Params(PARENT, {"space": spec.name, "model": spec.model, "dtype": record.dtype, **budget}),
+            ops.Artifacts(PARENT, str(space_file.parent), "space"),
         ]
-    ledger.submit_all(ops)
+    ledger.submit(*writes)
 
 
 def _best(results):
@@ -219,22 +220,23 @@ def _compute_report(
     return report, adapter
 
 
-def _commit_report(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, report: FinalReport, adapter) -> None:
+def _commit_report(
+    plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, report: FinalReport, adapter, summary: list[str]
+) -> None:
     """The report into MLflow and the record, in one write ahead of sending: a report is logged
-    once (a later one, after more trials, at the next step)."""
+    once (a later one, after more trials, at the next step). `summary`, the console's final
+    summary, becomes the parent run's description (a code block: its columns stay aligned)."""
     params, tags = mlflow_params(report.best_params)
     best = {**{f"best.{k}": v for k, v in {**params, **tags}.items()}, "best_trial_id": report.best_trial_id}
     if report.hard is not None:
         best.update({"hard_prompt.text": report.hard.chosen.text, "hard_prompt.form": report.hard.chosen.form})
-    ledger.submit_all(
-        [
-            ["tags", PARENT, {**best, "report_round": record.reports}],  # tags: a later round may change them
-            ["metrics", PARENT, report.metrics(), record.reports],
-            ["artifacts", PARENT, str(plan.state_dir / "report"), "report"],
-            ["artifacts", PARENT, str(adapter), "best_soft_prompt"],
-            ["tags", PARENT, {"search_state": FINISHED}],
-            ["end", PARENT, "FINISHED"],
-        ]
+    ledger.submit(
+        ops.Tags(PARENT, {**best, "report_round": record.reports}),  # tags: a later round may change them
+        ops.Metrics(PARENT, report.metrics(), record.reports),
+        ops.Artifacts(PARENT, str(plan.state_dir / "report"), "report"),
+        ops.Artifacts(PARENT, str(adapter), "best_soft_prompt"),
+        ops.Tags(PARENT, {"search_state": FINISHED, DESCRIPTION_TAG: "```\n" + "\n".join(summary) + "\n```"}),
+        ops.End(PARENT, "FINISHED"),
     )
     record.reports += 1
     record.state = FINISHED
@@ -289,13 +291,14 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         return 1
     with CURRENT.during(Phase.RAISE):
         report, adapter = _compute_report(plan, results, started, distill, targets)
-    with CURRENT.during(Phase.DEFER):
-        _commit_report(plan, record, ledger, report, adapter)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
-    for line in summary_lines(
+    summary = summary_lines(
         report, counts, time.time() - started, adapter, ledger.parent_url(), ledger.ui_link(plan.default_mlflow)
-    ):
+    )
+    with CURRENT.during(Phase.DEFER):
+        _commit_report(plan, record, ledger, report, adapter, summary)
+    for line in summary:
         print(line, flush=True)
     _warn_if_queued(plan, ledger)
     return 0
@@ -347,12 +350,10 @@ def _end(
         if not quiet:  # (`quiet`: the caller's line says that the storage refuses writes)
             print(f"warning: cannot write {plan.state_dir}/search.json ({exc.strerror or exc})", flush=True)
     if ledger is not None:
-        ledger.submit_all(
-            [
-                ["interrupted", PARENT, reason],
-                ["tags", PARENT, {"search_state": state, **tags}],
-                ["end", PARENT, "KILLED" if state == INTERRUPTED else "FAILED"],
-            ]
+        ledger.submit(
+            ops.Interrupted(reason),
+            ops.Tags(PARENT, {"search_state": state, **tags}),
+            ops.End(PARENT, "KILLED" if state == INTERRUPTED else "FAILED"),
         )
 
 
@@ -403,7 +404,7 @@ def record_driver_death(plan: SearchPlan, record: SearchRecord, pid: int) -> Non
         why = f"the driver's death (pid {pid}: killed, or ended by Ray when its local node died)"
         _interrupted(plan, record, ledger, why, 1)
     else:
-        ledger.submit_all([["interrupted", PARENT, record.interrupted_by or "the driver's death"]])
+        ledger.submit(ops.Interrupted(record.interrupted_by or "the driver's death"))
 
 
 def _ray_died(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, what: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ray
 import torch
 
+from search import mlflow_ops as ops
 from search.interrupt import wait_for
 from search.tracking import PARENT, MlflowLedger
 from spaces import SpaceSpec
@@ -45,19 +46,19 @@ def prepare_targets(spec: SpaceSpec, ledger: MlflowLedger) -> tuple[dict | None,
     [(targets, report)] = wait_for([_distill.options(**resources).remote(spec)])
     print(report.line(), flush=True)
     settings = {f"distill.{k}": v for k, v in spec.data.distill.sampling().items()}
-    ledger.submit("params", PARENT, settings)
-    ledger.submit("tags", PARENT, {"distill.cache": report.cache, "distill.dtype": report.dtype})
+    ledger.submit(ops.Params(PARENT, settings))
+    ledger.submit(ops.Tags(PARENT, {"distill.cache": report.cache, "distill.dtype": report.dtype}))
     ledger.submit(
-        "metrics",
-        PARENT,
-        {
-            "distill_problems": report.problems,
-            "distill_with_target": report.with_target,
-            "distill_targets": report.targets,
-            "distill_skipped": report.skipped,
-            "distill_seconds": report.seconds,
-        },
-        0,
+        ops.Metrics(
+            PARENT,
+            {
+                "distill_problems": report.problems,
+                "distill_with_target": report.with_target,
+                "distill_targets": report.targets,
+                "distill_skipped": report.skipped,
+                "distill_seconds": report.seconds,
+            },
+        )
     )
     if not report.with_target:
         raise NoTargets(

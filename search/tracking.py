@@ -29,7 +29,9 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, RunStatus
 from mlflow.exceptions import MlflowException
 
+from search import mlflow_ops as ops
 from search.checks import is_no_space, sqlite_path
+from search.mlflow_ops import PARENT, Op
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "softprompt-search"  # the MLflow experiment every search logs to
@@ -49,7 +51,6 @@ UI_DEFAULT_URL = "http://127.0.0.1:5000"  # where `python -m mlflow_server` serv
 # its own trials by val pass@1 with the searched parameters.
 SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
 VIEW_METRICS = ("val_pass_at_1", "val_loss", "train_loss")
-PARENT = "parent"
 BACKLOG_FILE = "mlflow_backlog.jsonl"
 STEPS_FILE = "mlflow_steps.json"
 REFUSED_FILE = "mlflow_refused.jsonl"
@@ -143,7 +144,7 @@ class MlflowLedger:
         self._experiment_id = None
         self._run_ids: dict[str, str] = {}
         self._retry_at = 0.0
-        self._memory: list[list] | None = None  # the queue, while the disk refuses to hold it
+        self._memory: list[Op] | None = None  # the queue, while the disk refuses to hold it
         self._steps: dict[str, int] | None = None
         self._unwritable: set[str] = set()  # files a write of failed (said once each)
         self.refused = 0
@@ -155,18 +156,28 @@ class MlflowLedger:
     def _backlog(self) -> Path:
         return self.state_dir / BACKLOG_FILE
 
-    def _pending(self) -> list[list]:
+    def _pending(self) -> list[Op]:
         if self._memory is not None:
             return list(self._memory)
         path = self._backlog()
-        return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+        lines = [line for line in path.read_text().splitlines() if line] if path.exists() else []
+        pending, unreadable = [], 0
+        for line in lines:
+            try:
+                pending.append(ops.from_list(json.loads(line)))
+            except ValueError as exc:  # (JSONDecodeError too) it would fail the same way on every try
+                unreadable += 1
+                self._refused(line, exc)
+        if unreadable:
+            self._save_pending(pending)
+        return pending
 
-    def _save_pending(self, ops: list[list]) -> None:
-        text = "".join(json.dumps(op) + "\n" for op in ops)
-        if self._write_atomically(self._backlog(), text, f"{len(ops)} queued MLflow operation(s)"):
+    def _save_pending(self, queue: list[Op]) -> None:
+        text = "".join(json.dumps(op.to_list()) + "\n" for op in queue)
+        if self._write_atomically(self._backlog(), text, f"{len(queue)} queued MLflow operation(s)"):
             self._memory = None
         else:
-            self._memory = list(ops)
+            self._memory = list(queue)
 
     def _write_atomically(self, path: Path, text: str, what: str) -> bool:
         """False (and one clear line) if the disk refuses: the caller keeps it in memory."""
@@ -189,13 +200,13 @@ class MlflowLedger:
                 )
             return False
 
-    def submit(self, *op) -> bool:
-        """Queue one operation and send everything queued; False if something stays queued."""
-        return self.submit_all([list(op)])
-
-    def submit_all(self, ops: list[list]) -> bool:
-        """Queue operations together (one write) and send; False if something stays queued."""
-        queue = self._pending() + [list(op) for op in ops]
+    def submit(self, *queued: Op) -> bool:
+        """Queue operations together (one write) and send everything queued; False if something
+        stays queued."""
+        for op in queued:
+            if not isinstance(op, tuple(ops.KINDS.values())):
+                raise TypeError(f"operation: got {op!r:.80}, expected one of search.mlflow_ops' operations")
+        queue = self._pending() + list(queued)
         self._save_pending(queue)  # written ahead: a driver killed while sending resends them
         if time.monotonic() < self._retry_at:
             return False
@@ -212,22 +223,22 @@ class MlflowLedger:
             return
         self._steps[key] = step
         self._write_atomically(path, json.dumps(self._steps), "the last epoch logged per run")
-        self.submit("metrics", key, values, step)
+        self.submit(ops.Metrics(key, values, step))
 
     def flush(self) -> int:
         """Send what is queued (e.g. after an outage); returns how many operations still wait."""
-        ops = self._pending()
-        return 0 if not ops or self._send(ops) else len(self._pending())
+        queue = self._pending()
+        return 0 if not queue or self._send(queue) else len(self._pending())
 
     def queued(self) -> int:
         return len(self._pending())
 
-    def _send(self, ops: list[list]) -> bool:
-        for done, op in enumerate(ops):
+    def _send(self, queue: list[Op]) -> bool:
+        for done, op in enumerate(queue):
             if done and done % SAVE_EVERY == 0:
-                self._save_pending(ops[done:])
+                self._save_pending(queue[done:])
             try:
-                self._apply(*op)
+                self._apply(op)
             except Exception as exc:  # noqa: BLE001 - classified: an outage waits, a refusal is reported
                 if classify(exc) is REFUSAL:
                     self._refused(op, exc)
@@ -236,21 +247,23 @@ class MlflowLedger:
                     "MLflow at %s unreachable (%s); %d operation(s) queued in %s",
                     self.tracking_uri,
                     _first_line(exc),
-                    len(ops) - done,
+                    len(queue) - done,
                     self._backlog(),
                 )
                 self._client = None  # reconnect next time
                 self._retry_at = time.monotonic() + RETRY_AFTER_S
-                self._save_pending(ops[done:])
+                self._save_pending(queue[done:])
                 return False
         self._save_pending([])
         return True
 
-    def _refused(self, op: list, exc: Exception) -> None:
+    def _refused(self, op: Op | str, exc: Exception) -> None:
+        """`op`: an operation MLflow refused, or a backlog line that is no operation."""
         self.refused += 1
-        kind, key = op[0], op[1]
-        print(f"warning: MLflow refused {kind} of run {key!r} ({_first_line(exc)}); not retried", flush=True)
-        line = json.dumps({"op": op, "error": f"{type(exc).__name__}: {_first_line(exc)}"}, default=str)
+        raw = op.to_list() if not isinstance(op, str) else op
+        what = f"{op.kind} of run {op.key!r}" if not isinstance(op, str) else f"queued line {op[:80]!r}"
+        print(f"warning: MLflow refused {what} ({_first_line(exc)}); not retried", flush=True)
+        line = json.dumps({"op": raw, "error": f"{type(exc).__name__}: {_first_line(exc)}"}, default=str)
         with contextlib.suppress(OSError):
             with open(self.state_dir / REFUSED_FILE, "a") as out:
                 out.write(line + "\n")
@@ -311,40 +324,38 @@ class MlflowLedger:
             self._run_ids[key] = self.client().create_run(self._experiment(), tags=tags, run_name=name).info.run_id
         return self._run_ids[key]
 
-    def _apply(self, kind: str, key: str, *args) -> None:
+    def _apply(self, op: Op) -> None:
         client = self.client()
-        if kind == "interrupted":  # every run of this search still RUNNING: KILLED, and why
-            self._end_running(args[0])
+        if isinstance(op, ops.Interrupted):  # every run of this search still RUNNING: KILLED, and why
+            self._end_running(op.reason)
             return
-        if kind == "view":  # the search's shared view of the runs page (an experiment tag)
-            client.set_experiment_tag(self._experiment(), SHARED_VIEW_PREFIX + self.search_id, json.dumps(args[0]))
+        if isinstance(op, ops.View):  # the search's shared view of the runs page (an experiment tag)
+            client.set_experiment_tag(self._experiment(), SHARED_VIEW_PREFIX + self.search_id, json.dumps(op.view))
             return
-        run_id = self.run_id(key)
-        if kind == "params":  # one call per param: a refused one does not take the others along
-            for name, value in args[0].items():
+        run_id = self.run_id(op.key)
+        if isinstance(op, ops.Params):  # one call per param: a refused one does not take the others along
+            for name, value in op.values.items():
                 client.log_param(run_id, name, value)
-        elif kind == "metrics":  # one batch: all of an epoch's metrics or none (no duplicate rows)
-            values, step = args
+        elif isinstance(op, ops.Metrics):  # one batch: all of an epoch's metrics or none (no duplicate rows)
             now = int(time.time() * 1000)
-            client.log_batch(run_id, metrics=[Metric(name, float(value), now, step) for name, value in values.items()])
-        elif kind == "tags":
-            for name, value in args[0].items():
+            client.log_batch(run_id, metrics=[Metric(name, value, now, op.step) for name, value in op.values.items()])
+        elif isinstance(op, ops.Tags):
+            for name, value in op.values.items():
                 client.set_tag(run_id, name, str(value))
-        elif kind == "artifacts":
-            local_dir, artifact_path = args
-            if Path(local_dir).exists():
-                client.log_artifacts(run_id, local_dir, artifact_path)
-        elif kind == "start":  # a run that was KILLED (interrupted) or FAILED runs again
+        elif isinstance(op, ops.Artifacts):
+            if Path(op.local_dir).exists():
+                client.log_artifacts(run_id, op.local_dir, op.artifact_path)
+        elif isinstance(op, ops.Start):  # a run that was KILLED (interrupted) or FAILED runs again
             run = client.get_run(run_id)
             if run.info.status != "RUNNING":
                 client.update_run(run_id, status="RUNNING")
             for stale in ("interrupted_by", "error"):  # why it stopped last time
                 if stale in run.data.tags:
                     client.delete_tag(run_id, stale)
-        elif kind == "end":
-            client.set_terminated(run_id, status=args[0])
+        elif isinstance(op, ops.End):
+            client.set_terminated(run_id, status=op.status)
         else:
-            raise ValueError(f"unknown MLflow operation {kind!r}")
+            raise TypeError(f"unknown MLflow operation {op!r:.80}")
 
     def _end_running(self, reason: str) -> None:
         client = self.client()
@@ -379,8 +390,11 @@ class MlflowLedger:
 
 def search_view(search_id: str, params: list[str]) -> dict:
     """The runs page as this search's shared view: its trials (and parent), best val pass@1
-    first, with the per-epoch metrics, the searched parameters and each trial's end state."""
-    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + [f"params.`{p}`" for p in params] + ["tags.`state`"]
+    first, with the per-epoch metrics, the searched parameters and each trial's end state. The
+    init column is its readable form (the `init_label` tag: a text's first words), not the param's
+    hash."""
+    shown = ["tags.`init_label`" if p == "init" else f"params.`{p}`" for p in params]
+    columns = [f"metrics.`{m}`" for m in VIEW_METRICS] + shown + ["tags.`state`"]
     return {
         "searchFilter": f"tags.search_id = '{search_id}'",
         "orderByKey": f"metrics.`{VIEW_METRICS[0]}`",

@@ -16,10 +16,11 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
+from search.callbacks import init_label, mlflow_params
+from search.mlflow_ops import View
 from search.tracking import (
     EXPERIMENT,
     EXPERIMENT_TAGS,
-    PARENT,
     SHARED_VIEW_PREFIX,
     UI_VIEW_QUERY,
     MlflowLedger,
@@ -75,7 +76,7 @@ def test_each_search_has_a_shared_view_of_its_own_trials(tmp_path):
     first, with metric and parameter columns (neither view of MLflow 3.17 shows them unasked)."""
     search_id = uuid.uuid4().hex
     ledger = _ledger(tmp_path, search_id)
-    assert ledger.submit("view", PARENT, search_view(search_id, ["learning_rate", "num_virtual_tokens"]))
+    assert ledger.submit(View(search_view(search_id, ["learning_rate", "num_virtual_tokens"])))
     experiment = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name(EXPERIMENT)
     view = json.loads(experiment.tags[SHARED_VIEW_PREFIX + search_id])
     assert view["searchFilter"] == f"tags.search_id = '{search_id}'"
@@ -102,3 +103,18 @@ def test_the_installed_mlflow_ui_reads_these_names():
     key, view = UI_VIEW_QUERY.split("=")
     assert f'e.get("{key}")' in bundle and f'MACHINE_LEARNING="{view}"' in bundle, UI_VIEW_QUERY
     assert f'"viewStateShareKey",$="{SHARED_VIEW_PREFIX}"' in bundle, SHARED_VIEW_PREFIX
+
+
+def test_a_text_init_reads_as_its_words_and_two_with_one_prefix_stay_apart():
+    """The runs table showed a text init as `text:<hash>`; its label is the text's start in
+    quotes, and where cut, the hash its param keeps (resumed searches log the same param)."""
+    shared = "Write a correct Python function for the task below, "
+    a, b = shared + "then stop.", shared + "with a docstring."
+    assert init_label(a).startswith("'Write a correct Python function for the")
+    assert init_label(a) != init_label(b)
+    for text in (a, b):
+        params, tags = mlflow_params({"init": text, "method": "prompt_tuning"})
+        assert tags["init_label"] == init_label(text) and params["init"] in tags["init_label"]
+    assert init_label("Be brief.") == "'Be brief.'" and init_label("random") == "random"
+    view = search_view("s", ["init", "learning_rate"])
+    assert "tags.`init_label`" in view["selectedColumns"] and "params.`init`" not in view["selectedColumns"]

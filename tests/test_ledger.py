@@ -26,6 +26,7 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
+from search.mlflow_ops import Artifacts, End, Interrupted, Metrics, Params, Start, Tags, View
 from search.tracking import BACKLOG_FILE, EXPERIMENT, OUTAGE, PARENT, REFUSAL, MlflowLedger, classify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,9 +48,9 @@ def test_a_refusal_is_reported_and_dropped_and_the_queue_goes_on(tmp_path, capsy
     """MLflow refuses a changed param: before, the ledger filed it as an outage and it and every
     later operation stayed in the backlog forever."""
     ledger = _ledger(tmp_path)
-    assert ledger.submit("params", PARENT, {"best.lr": 0.1})
-    assert ledger.submit("params", PARENT, {"best.lr": 0.2}) is True  # refused: nothing waits
-    assert ledger.submit("tags", PARENT, {"after": "yes"})
+    assert ledger.submit(Params(PARENT, {"best.lr": 0.1}))
+    assert ledger.submit(Params(PARENT, {"best.lr": 0.2})) is True  # refused: nothing waits
+    assert ledger.submit(Tags(PARENT, {"after": "yes"}))
     assert ledger.queued() == 0 and not (ledger.state_dir / BACKLOG_FILE).read_text()
     out = capsys.readouterr().out
     assert "MLflow refused params of run 'parent'" in out and "not retried" in out
@@ -64,15 +65,15 @@ def test_an_outage_waits_and_a_new_ledger_sends_it(tmp_path):
     operation waits in the backlog; the ledger of a resumed driver sends it."""
     search_id = uuid.uuid4().hex
     first = _ledger(tmp_path, search_id=search_id)
-    assert first.connect() and first.submit("params", PARENT, {"a": 1})
+    assert first.connect() and first.submit(Params(PARENT, {"a": 1}))
     lock = sqlite3.connect(tmp_path / "mlflow.db", timeout=0.1, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")
     try:
-        assert first.submit("metrics", PARENT, {"m": 1.0}, 0) is False
-        assert first.submit("tags", PARENT, {"t": "x"}) is False  # queued without trying again
+        assert first.submit(Metrics(PARENT, {"m": 1.0}, 0)) is False
+        assert first.submit(Tags(PARENT, {"t": "x"})) is False  # queued without trying again
     finally:
         lock.execute("COMMIT")
-    assert [op[0] for op in first._pending()] == ["metrics", "tags"]
+    assert [op.kind for op in first._pending()] == ["metrics", "tags"]
     resumed = _ledger(tmp_path, search_id=search_id)  # as --resume builds it: same state dir and id
     assert resumed.flush() == 0 and resumed.queued() == 0
     (run,) = _runs(tmp_path)
@@ -83,8 +84,8 @@ def test_runs_are_found_by_search_id_not_by_name(tmp_path):
     """Two searches called `same` (say from two --storage dirs on one MLflow) never merge."""
     a, b = _ledger(tmp_path, "same", state="a"), _ledger(tmp_path, "same", state="b")
     for ledger, value in ((a, 1.0), (b, 2.0)):
-        ledger.submit("metrics", PARENT, {"lift": value}, 0)
-        ledger.submit("metrics", "optuna-0", {"val_pass_at_1": value}, 1)
+        ledger.submit(Metrics(PARENT, {"lift": value}, 0))
+        ledger.submit(Metrics("optuna-0", {"val_pass_at_1": value}, 1))
     runs = _runs(tmp_path)
     assert len(runs) == 4
     for ledger, value in ((a, 1.0), (b, 2.0)):
@@ -98,10 +99,10 @@ def test_runs_are_found_by_search_id_not_by_name(tmp_path):
 def test_an_interruption_kills_every_running_run_of_its_search_only(tmp_path):
     mine, other = _ledger(tmp_path, state="a"), _ledger(tmp_path, state="b")
     for key in (PARENT, "optuna-0", "optuna-1"):
-        mine.submit("tags", key, {"x": 1})
-    other.submit("tags", PARENT, {"x": 1})
-    mine.submit("end", "optuna-1", "FINISHED")
-    mine.submit("interrupted", PARENT, "SIGTERM")
+        mine.submit(Tags(key, {"x": 1}))
+    other.submit(Tags(PARENT, {"x": 1}))
+    mine.submit(End("optuna-1", "FINISHED"))
+    mine.submit(Interrupted("SIGTERM"))
     by_key = {r.data.tags["search_key"]: r for r in _runs(tmp_path)}
     parent, running, done = (by_key[f"{mine.search_id}/{k}"] for k in (PARENT, "optuna-0", "optuna-1"))
     assert (parent.info.status, parent.data.tags["search_state"], parent.data.tags["interrupted_by"]) == (
@@ -112,7 +113,7 @@ def test_an_interruption_kills_every_running_run_of_its_search_only(tmp_path):
     assert (running.info.status, running.data.tags["state"]) == ("KILLED", "INTERRUPTED")
     assert done.info.status == "FINISHED" and "interrupted_by" not in done.data.tags
     assert by_key[f"{other.search_id}/{PARENT}"].info.status == "RUNNING"
-    mine.submit("start", "optuna-0")  # a resumed trial runs again
+    mine.submit(Start("optuna-0"))  # a resumed trial runs again
     again = next(r for r in _runs(tmp_path) if r.info.run_id == running.info.run_id)
     assert again.info.status == "RUNNING" and "interrupted_by" not in again.data.tags
 
@@ -130,7 +131,7 @@ def test_a_full_disk_keeps_the_queue_in_memory_with_one_line(tmp_path, capsys):
     lock.execute("BEGIN EXCLUSIVE")
     try:
         for step in (1, 2, 3):
-            ledger.submit("metrics", PARENT, {"m": float(step)}, step)
+            ledger.submit(Metrics(PARENT, {"m": float(step)}, step))
     finally:
         lock.execute("COMMIT")
     out = capsys.readouterr().out
@@ -174,9 +175,10 @@ def test_a_refusal_raised_while_handling_a_database_error_is_a_refusal():
 
 FRESH_STORE_WRITER = """
 import sys, uuid
+from search.mlflow_ops import Tags
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger
 ledger = MlflowLedger(sys.argv[1], EXPERIMENT, sys.argv[2], uuid.uuid4().hex, sys.argv[3])
-ok = ledger.connect() and ledger.submit("tags", PARENT, {"writer": sys.argv[2]})
+ok = ledger.connect() and ledger.submit(Tags(PARENT, {"writer": sys.argv[2]}))
 print("ok" if ok and ledger.queued() == 0 else "queued")
 """
 
@@ -205,3 +207,60 @@ def test_four_writers_on_a_fresh_sqlite_store(tmp_path):
         tables = {row[0] for row in conn.execute("select name from sqlite_master where type = 'table'")}
         writers = {row[0] for row in conn.execute("select value from tags where key = 'writer'")}
     assert not any(t.startswith("_alembic_tmp") for t in tables) and writers == {"w0", "w1", "w2", "w3"}
+
+
+# Malformed writes, each refused where it is built (before, a list like these was queued, written
+# to the backlog and only failed when MLflow was sent it).
+MALFORMED = {
+    "metric-not-a-number": (lambda: Metrics(PARENT, {"val_pass_at_1": "high"}, 1), "metrics.val_pass_at_1"),
+    "negative-step": (lambda: Metrics(PARENT, {"m": 1.0}, -1), "step"),
+    "unknown-end-status": (lambda: End("optuna-0", "DONE"), "status"),
+    "tag-value-a-list": (lambda: Tags(PARENT, {"t": [1, 2]}), "tags.t"),
+    "params-not-a-dict": (lambda: Params(PARENT, [("a", 1)]), "params"),
+    "empty-key": (lambda: Start(""), "key"),
+    "empty-reason": (lambda: Interrupted(""), "reason"),
+    "view-not-json": (lambda: View({"columns": {1, 2}}), "view"),
+    "artifacts-without-path": (lambda: Artifacts(PARENT, "/tmp/x", ""), "artifact_path"),
+}
+
+
+@pytest.mark.parametrize("build, field", MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_write_fails_where_it_is_built(build, field):
+    with pytest.raises(ValueError) as err:
+        build()
+    assert str(err.value).startswith(f"{field}: got "), err.value
+
+
+def test_the_ledger_takes_only_typed_operations(tmp_path):
+    ledger = _ledger(tmp_path)
+    with pytest.raises(TypeError, match="operation"):
+        ledger.submit(["tags", PARENT, {"t": "x"}])
+    assert ledger.queued() == 0
+
+
+def test_a_backlog_of_lists_from_a_saved_search_is_sent(tmp_path, capsys):
+    """The backlog keeps the JSON-list form (`[kind, key, *args]`) a saved search wrote; a
+    `--resume` reads it, sends every operation, and reports a line that is no operation instead
+    of stopping on it."""
+    ledger = _ledger(tmp_path)
+    lines = [
+        ["start", PARENT],
+        ["params", PARENT, {"space": "smoke"}],
+        ["tags", PARENT, {"search_state": "running"}],
+        ["metrics", "optuna-0", {"val_pass_at_1": 0.5}, 1],
+        ["end", "optuna-0", "FINISHED"],
+        ["frobnicate", PARENT],
+        ["interrupted", PARENT, "SIGTERM"],
+    ]
+    ledger.state_dir.mkdir()
+    (ledger.state_dir / BACKLOG_FILE).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [op.to_list() for op in ledger._pending()] == lines[:5] + lines[6:]
+    assert "MLflow refused queued line" in capsys.readouterr().out
+    assert ledger.flush() == 0
+    by_key = {r.data.tags["search_key"].split("/")[1]: r for r in _runs(tmp_path)}
+    parent, child = by_key[PARENT], by_key["optuna-0"]
+    assert parent.data.params == {"space": "smoke"} and parent.info.status == "KILLED"
+    assert parent.data.tags["interrupted_by"] == "SIGTERM"
+    assert child.data.metrics == {"val_pass_at_1": 0.5} and child.info.status == "FINISHED"
+    (refused,) = (ledger.state_dir / "mlflow_refused.jsonl").read_text().splitlines()  # reported once
+    assert "frobnicate" in json.loads(refused)["op"]

@@ -1,6 +1,7 @@
 """Progress bars (trainable.progress) go to stderr only when it is a terminal: generation and
 scoring of a real evaluation (tiny model, real sandbox) draw bars on a pseudo-terminal and print
-nothing into a pipe, a log file or a Ray worker's log.
+nothing into a pipe, a log file or a Ray worker's log; there a long step says where it is in a
+plain line every so often instead.
 
     .venv/bin/pytest tests/test_progress.py -q
 """
@@ -79,3 +80,42 @@ def test_bars_on_a_terminal(tmp_path, tiny_model_dir):
     text = b"".join(shown).decode(errors="replace")
     assert proc.returncode == 0, text[-2000:]
     assert "generating:" in text and "/3 [" in text and "scoring:" in text, text[-2000:]
+
+
+LONG_STEP = """
+import time
+from trainable.progress import bar
+
+with bar(6, "converting", "stage") as stages:
+    stages.set_postfix_str("joining the parts")
+    for _ in range(6):
+        time.sleep(0.5)
+        stages.update(1)
+print("done")
+"""
+
+
+def _long_step(stderr, every_s: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in search_env().items() if not k.startswith("TQDM_")}
+    env["SOFTPROMPT_PROGRESS_EVERY_S"] = every_s
+    return subprocess.run(
+        [sys.executable, "-c", LONG_STEP], env=env, stdout=subprocess.PIPE, stderr=stderr, text=True, timeout=120
+    )
+
+
+def test_a_long_step_in_a_pipe_says_where_it_is_in_plain_lines():
+    """3 s of work, a line every 1 s: about three lines plus the last, each with done/total and a
+    rate, none a redraw; before, a pipe got nothing until the step ended."""
+    proc = _long_step(subprocess.PIPE, "1")
+    assert proc.returncode == 0 and proc.stdout == "done\n", proc.stderr[-2000:]
+    lines = proc.stderr.splitlines()
+    assert 2 <= len(lines) <= 6 and "\r" not in proc.stderr and "\x1b" not in proc.stderr, proc.stderr
+    for line in lines:
+        assert line.startswith("converting: ") and "/6 stages (" in line and "joining the parts" in line, line
+        assert " stage/s, " in line or " s/stage, " in line, line
+    assert lines[-1].startswith("converting: 6/6 stages"), lines
+
+
+def test_a_step_shorter_than_the_interval_prints_nothing_into_a_pipe():
+    proc = _long_step(subprocess.PIPE, "60")
+    assert proc.returncode == 0 and proc.stdout == "done\n" and proc.stderr == "", proc.stderr[-2000:]

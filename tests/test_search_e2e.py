@@ -10,6 +10,8 @@ from optuna.trial import TrialState
 
 from search_helpers import metric_history, mlflow_runs, run_search, search_env, write_space
 
+pytestmark = pytest.mark.integration  # a whole search: `pytest -m integration`
+
 
 @pytest.fixture(scope="module")
 def finished_search(tiny_model_dir, tmp_path_factory):
@@ -134,3 +136,21 @@ def test_results_markdown_from_the_finished_search(finished_search):
     ):
         assert part in text, part
     assert (tmp_path / "RESULTS-learning-curves.png").stat().st_size > 1000
+
+
+def test_mlflow_describes_the_search_and_each_trial(finished_search):
+    """The parent run's description (MLflow's `mlflow.note.content`) is the printed summary, each
+    trial's is one line with its end state and parameters, and a text init reads as its words."""
+    tmp_path, proc = finished_search
+    runs = mlflow_runs(tmp_path / "runs" / "mlflow.db")
+    parent = next(r for r in runs if r["parent"] is None)
+    note = parent["tags"]["mlflow.note.content"]
+    assert note.startswith("```\n== search finished") and note.endswith("\n```"), note
+    body = note.removeprefix("```\n").removesuffix("\n```").splitlines()
+    lines = proc.stdout.splitlines()
+    start = lines.index(body[0])
+    assert lines[start : start + len(body)] == body and any(line.startswith("mlflow ui") for line in body)
+    for child in (r for r in runs if r["parent"] is not None):
+        description, label = child["tags"]["mlflow.note.content"], child["tags"]["init_label"]
+        assert "\n" not in description and description.startswith(f"{child['tags']['state']} at epoch ")
+        assert f"init={label}" in description and label in ("random", "sample_vocab", "'Write correct code.'")

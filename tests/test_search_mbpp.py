@@ -75,6 +75,7 @@ def _record(model_dir, targets: dict) -> dict:
     }
 
 
+@pytest.mark.integration  # a whole search
 def test_a_search_trains_on_cached_targets_and_reports_humaneval_val(tmp_path, tiny_model_dir):
     space, env, cache = _setup(tmp_path)
     record = _record(tiny_model_dir, {t: [SOLUTIONS[t]] for t in TRAIN[:2]})
@@ -136,6 +137,7 @@ def _the_report_scores_two_benchmarks_as_evaluate_does(tmp_path, env):
     ]
 
 
+@pytest.mark.integration  # a whole search
 def test_without_a_cache_a_ray_task_distils_and_an_empty_yield_ends_the_search(tmp_path, tiny_model_dir):
     """The tiny random model solves no MBPP problem: distillation runs (and is cached), finds no
     target, and the search stops with exit 1 and a line that says why, before any trial."""

@@ -9,6 +9,8 @@ import pytest
 
 from search_helpers import metric_history, mlflow_runs, run_search
 
+pytestmark = pytest.mark.integration  # a whole search: `pytest -m integration`
+
 # TPE's random start-up with budget seed 2 draws prefix_tuning (with projection) twice,
 # prompt_tuning and p_tuning once each, among 4 trials.
 # fp32: these searches are compared across kills, resumes and runs; `auto` is measured in test_search_dtype.

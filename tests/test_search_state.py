@@ -20,6 +20,8 @@ from fault_helpers import write_fault_space
 from search_helpers import mlflow_runs, run_search, search_command, search_env
 
 NAME = "guarded"
+# The tests of a finished search share one whole search (the `finished` fixture): integration tier.
+WHOLE_SEARCH = pytest.mark.integration
 
 
 def _snapshot(tmp_path: Path) -> dict:
@@ -66,6 +68,7 @@ def _one_line(proc, code: int = 2) -> str:
     return lines[0]
 
 
+@WHOLE_SEARCH
 def test_the_search_is_recorded_with_its_id_and_state(finished):
     tmp_path = finished[0]
     record = json.loads((tmp_path / "runs" / NAME / "search.json").read_text())
@@ -76,6 +79,7 @@ def test_the_search_is_recorded_with_its_id_and_state(finished):
     assert parent["status"] == "FINISHED" and parent["tags"]["search_state"] == "finished"
 
 
+@WHOLE_SEARCH
 def test_an_explicit_sqlite_store_keeps_its_artifacts_beside_it(finished):
     tmp_path = finished[0]
     assert not (tmp_path / "mlruns").exists(), "artifacts went to ./mlruns of the working directory"
@@ -87,6 +91,7 @@ def test_an_explicit_sqlite_store_keeps_its_artifacts_beside_it(finished):
     assert list((tmp_path / "store" / "mlartifacts").rglob("space.json"))
 
 
+@WHOLE_SEARCH
 def test_a_finished_search_resumed_says_so_and_changes_nothing(finished):
     before = _snapshot(finished[0])
     proc = _again(finished, "--resume")
@@ -105,6 +110,7 @@ def test_a_finished_search_resumed_says_so_and_changes_nothing(finished):
     ],
     ids=["another-model", "another-split", "another-budget"],
 )
+@WHOLE_SEARCH
 def test_resume_refuses_another_identity(finished, tiny_model_dir, tmp_path, change, named):
     """Before, the remaining trials (or, for a finished search, the test re-scoring) silently used
     the new model or split under the old search's name."""
@@ -129,11 +135,13 @@ def test_resume_refuses_another_identity(finished, tiny_model_dir, tmp_path, cha
     assert _snapshot(finished[0]) == before
 
 
+@WHOLE_SEARCH
 def test_resume_refuses_fewer_trials(finished):
     line = _one_line(_again(finished, "--resume", "--num-samples", "1"))
     assert line.startswith("error: --num-samples: got 1, expected at least 2")
 
 
+@WHOLE_SEARCH
 def test_an_existing_name_without_resume_is_refused_before_anything(finished):
     """Before: Ray started, then a 57-line Optuna traceback, after space.json and the parent's
     `command` tag had been overwritten."""
@@ -143,6 +151,7 @@ def test_an_existing_name_without_resume_is_refused_before_anything(finished):
     assert _snapshot(finished[0]) == before
 
 
+@WHOLE_SEARCH
 def test_a_name_taken_in_mlflow_is_refused_from_another_storage(finished):
     """Another --storage, the same MLflow (the README's cluster set-up): before, the two
     searches' runs were merged (metric steps 1, 2, 1, 2)."""
@@ -161,6 +170,7 @@ def test_a_name_taken_in_mlflow_is_refused_from_another_storage(finished):
     assert not (tmp_path / "elsewhere").exists() and _snapshot(tmp_path) == before
 
 
+@WHOLE_SEARCH
 def test_a_name_left_only_in_mlflow_is_refused(finished):
     """`runs/NAME` deleted, its runs still in MLflow."""
     tmp_path = finished[0]
@@ -174,6 +184,7 @@ def test_a_name_left_only_in_mlflow_is_refused(finished):
         shutil.move(moved, tmp_path / "runs" / NAME)
 
 
+@WHOLE_SEARCH
 def test_resume_of_a_name_that_never_ran_is_refused(finished):
     line = _one_line(_again(finished, "--resume", name="never-ran"))
     assert line.startswith("error: --name: got 'never-ran', expected a search to resume")
@@ -196,6 +207,7 @@ def test_a_warm_start_whose_files_changed_is_another_identity(tmp_path):
     assert changed.startswith(f"warm_starts.{adapter} '") and before != after
 
 
+@WHOLE_SEARCH
 def test_the_record_keeps_the_study_it_must_find(finished):
     tmp_path = finished[0]
     record = json.loads((tmp_path / "runs" / NAME / "search.json").read_text())
@@ -213,6 +225,7 @@ def _replace_study(db: Path, trials: int, search_id: str | None) -> None:
 
 
 @pytest.mark.parametrize("replaced", ["deleted", "another-search", "fewer-trials", "not-a-database"])
+@WHOLE_SEARCH
 def test_resume_refuses_a_study_that_is_not_the_searchs_own(finished, replaced):
     """Before, a deleted optuna.db let --resume start a fresh study whose trial 0 was mapped onto
     the finished trial 0's MLflow run (KILLED, another trial's id), then a KeyError traceback."""
@@ -240,6 +253,7 @@ def test_resume_refuses_a_study_that_is_not_the_searchs_own(finished, replaced):
         shutil.move(kept, db)
 
 
+@WHOLE_SEARCH
 def test_a_search_without_its_record_says_how_to_go_on(finished):
     """Before: resume said only that the record was missing, and a new search of the name was
     told to `add --resume`, which could never work: the name was stuck with no way out named."""
