@@ -112,7 +112,19 @@ def load_report(state_dir: Path) -> tuple[dict, list, dict]:
             f"a finished search's directory (no report/{missing[0]}; a search writes it when its final report ran)",
         )
     final, trials, info = (json.loads((folder / name).read_text()) for name in REPORT_FILES)
-    return final, trials, info
+    return final, trials, {**info, **_search_dtype(Path(state_dir))}
+
+
+def _search_dtype(state_dir: Path) -> dict:
+    """The search's one dtype and why, as the driver resolved it (`search.json`): the trials'
+    own records say only "set", since they were given the resolved dtype."""
+    try:
+        record = json.loads((state_dir / "search.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or not record.get("dtype") or not record.get("dtype_reason"):
+        return {}
+    return {"dtype": [record["dtype"]], "dtype_reason": [record["dtype_reason"]]}
 
 
 def plot_curves(trials: list[dict], hard_val: float | None, path: Path) -> Path:
@@ -377,7 +389,7 @@ def render(final: dict, trials: list[dict], info: dict, plot_name: str) -> str:
     per = benchmarks(final, info["space"])
     names = " and ".join(f"{b['test']['soft_prompt']['n']} {name}" for name, b in per.items())
     frozen_val = final.get("frozen_val_pass_at_1")
-    reference = f" (the frozen model, no prompt: {frozen_val:.3f})" if frozen_val is not None else ""
+    reference = f"; the frozen model, no prompt: {frozen_val:.3f}" if frozen_val is not None else ""
     return "\n".join(
         [
             "# Results: does the searched soft prompt beat the frozen model and a hand-written prompt?",

@@ -278,7 +278,10 @@ def test_results_markdown_for_two_benchmarks(tmp_path):
     info = json.loads((report_dir / "run_info.json").read_text())
     info["space"]["data"]["test"] = [{"source": "humaneval", "n": 8}, {"source": "mbpp", "n": 6}]
     (report_dir / "run_info.json").write_text(json.dumps(info))
+    measured = "auto: measured fp32 3.18 s, bf16 5.80 s: bf16 not 5% faster, so fp32"
+    (tmp_path / "s1" / "search.json").write_text(json.dumps({"dtype": "float32", "dtype_reason": measured}))
     text = write_results(tmp_path / "s1", tmp_path / "RESULTS.md").read_text()
+    assert f"| dtype | float32 ({measured}) |" in text  # the search's resolved dtype, not the trials' "set"
     for part in (
         "On 8 held-out humaneval problems",
         "On 6 held-out mbpp problems",
@@ -289,7 +292,7 @@ def test_results_markdown_for_two_benchmarks(tmp_path):
         "### Pooled (14 problems)",
         "stratified by benchmark",
         "smallest detectable lift",
-        "(the frozen model, no prompt: 0.250)",
+        "problems; the frozen model, no prompt: 0.250)",
         "mbpp: ",
         "Pooled: ",
         "A second search seed",
