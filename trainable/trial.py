@@ -80,10 +80,11 @@ class Trial:
         """`targets`: self-verified targets of the train problems (a search distils them once,
         before its trials); without them a train source that needs them is distilled here."""
         self.config, self.model_ref, self.data = config, model_ref, data
-        dtype, self.dtype_reason = config_dtype(config, model_ref)
-        self.loaded = loaded or cached_model(model_ref, dtype=dtype)
-        if loaded is not None:
-            self.dtype_reason = "given: the caller's loaded model"
+        if loaded is not None:  # the caller's model, in its dtype: nothing to choose or measure
+            self.loaded, self.dtype_reason = loaded, "given: the caller's loaded model"
+        else:
+            dtype, self.dtype_reason = config_dtype(config, model_ref)
+            self.loaded = cached_model(model_ref, dtype=dtype)
         self.prompt = SoftPrompt.create(self.loaded, config)
         train = problems_for("train", data)
         if targets is None and data.needs_targets():
