@@ -29,7 +29,7 @@ def test_dry_run_smoke_prints_the_plan(tmp_path):
         "num_virtual_tokens: 4 | 8",
         "learning_rate (prompt_tuning): log 0.001..0.3",
         "3 trials, 1 at a time, up to 2 epochs each",
-        "train 12 mbpp, val 4 humaneval, test 8 humaneval",
+        "train 12 mbpp, val 8 humaneval, test 8 humaneval",
         f"results   {tmp_path}/runs/smoke-",
         f"mlflow    sqlite:///{tmp_path}/runs/mlflow.db",
     ):
