@@ -296,6 +296,15 @@ def _comparison_line(label: str, c: Comparison, other: str) -> str:
     )
 
 
+ARM_NAMES = {"frozen": "the frozen model", "hard_prompt": "the hard prompt"}  # as the summary names them
+
+
+def _lift_lines(comparisons: list[Comparison]) -> list[str]:
+    return [
+        _comparison_line("lift" if c.other == "frozen" else "lift vs hard", c, ARM_NAMES[c.other]) for c in comparisons
+    ]
+
+
 def _benchmark_arm_lines(report: FinalReport, benchmark: str | None) -> list[str]:
     arms = report.arms(benchmark)
     lines = [
@@ -311,10 +320,7 @@ def _benchmark_arm_lines(report: FinalReport, benchmark: str | None) -> list[str
         )
     else:
         lines.append("hard prompt   none: no text init in the space and no worked example in train")
-    names = {"frozen": "the frozen model", "hard_prompt": "the hard prompt"}
-    for c in report.comparisons(benchmark):
-        lines.append(_comparison_line("lift" if c.other == "frozen" else "lift vs hard", c, names[c.other]))
-    return lines
+    return lines + _lift_lines(report.comparisons(benchmark))
 
 
 def arm_lines(report: FinalReport) -> list[str]:
@@ -328,11 +334,8 @@ def arm_lines(report: FinalReport) -> list[str]:
     for benchmark in benchmarks:
         n = len(report.arms(benchmark)["soft_prompt"])
         lines += [f"-- {benchmark} ({n} test problems, paired bootstrap)", *_benchmark_arm_lines(report, benchmark)]
-    names = {"frozen": "the frozen model", "hard_prompt": "the hard prompt"}
     lines.append(f"-- pooled ({len(report.test_best)} test problems, bootstrap stratified by benchmark)")
-    for c in report.comparisons():
-        lines.append(_comparison_line("lift" if c.other == "frozen" else "lift vs hard", c, names[c.other]))
-    return lines
+    return lines + _lift_lines(report.comparisons())
 
 
 def summary_lines(
