@@ -175,8 +175,11 @@ def test_the_printed_link_opens_the_model_training_view_with_metric_columns(serv
     link = line.split()[2]  # `mlflow ui     http://127.0.0.1:5000/#/...  (after: python -m mlflow_server)`
     page = url + link[link.index("/#/") :]
     assert f"viewStateShareKey={parent.data.tags['search_id']}" in page and "workflowType=machine_learning" in page
+    # The view's init column is the readable `init_label` tag, not the param's hash (search_view).
+    shown = ["init_label" if p == "init" else p for p in SEARCHED_PARAMS]
+    labels = {c.data.tags["init_label"] for c in children}
     needles = [_text(c.info.run_name) for c in children] + [
-        _text(n) for n in ("Metrics", "Parameters", METRIC, *SEARCHED_PARAMS)
+        _text(n) for n in ("Metrics", "Parameters", METRIC, *shown, *labels)
     ]
     dom = _dom_with(tmp, marker, page, needles)
     assert _text("Runs") in dom and "Evaluation" not in dom, "not the model-training view"

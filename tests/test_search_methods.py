@@ -96,6 +96,12 @@ def test_report_files_and_results_name_each_method(method_search):
         assert set(trial["params"]) == {"method", "num_virtual_tokens", "learning_rate"} | OWN[method], trial
     final = json.loads((report / "final_report.json").read_text())
     assert set(final["by_method"]) == {t["params"]["method"] for t in trials}
-    assert final["hard_prompt"] is None and list(final["test"]) == ["soft_prompt", "frozen"]
+    # No init text in this space: the one hard-prompt candidate is the one-shot worked example,
+    # a train problem (never one it is tested on).
+    hard = final["hard_prompt"]
+    assert hard["form"] == "one_shot" and list(hard["val_pass_at_1"]) == [hard["label"]]
+    tested = (report / "test_completions_hard_prompt.jsonl").read_text().splitlines()
+    assert len(tested) == 4 and hard["example_id"] not in {json.loads(s)["task_id"] for s in tested}
+    assert list(final["test"]) == ["soft_prompt", "frozen", "hard_prompt"]
     text = write_results(tmp_path / "runs" / "methods", tmp_path / "RESULTS.md").read_text()
     assert "Best val pass@1 per method: " in text and "| learning_rate | method |" in text
