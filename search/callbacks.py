@@ -14,6 +14,7 @@ from pathlib import Path
 from ray import tune
 
 from search import mlflow_ops as ops
+from search.mlflow_ops import DESCRIPTION_TAG
 from search.searcher import optuna_number_of
 from search.tracking import MlflowLedger
 from trainable.checkpoint import adapter_dir
@@ -46,8 +47,6 @@ def text_param_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:8]
 
 
-# MLflow renders this tag as a run's description (the run page's "Description").
-DESCRIPTION_TAG = "mlflow.note.content"
 # How much of an init text the runs table shows (`init_label`).
 LABEL_CHARS = 40
 

@@ -27,7 +27,7 @@ from dataclasses import asdict, replace
 import ray
 
 from search.baselines import one_shot
-from search.callbacks import DESCRIPTION_TAG, mlflow_params, state_of
+from search.callbacks import mlflow_params, state_of
 from search import mlflow_ops as ops
 from search import ray_health, watcher
 from search.dtype_choice import search_dtype, with_dtype
@@ -144,7 +144,7 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
                 "budget.max_concurrent": spec.budget.max_concurrent,
                 "dtype": record.dtype,
                 "dtype_reason": record.dtype_reason,
-                DESCRIPTION_TAG: f"search {plan.name} (space {spec.name}, model {spec.model}): running; its "
+                ops.DESCRIPTION_TAG: f"search {plan.name} (space {spec.name}, model {spec.model}): running; its "
                 "final summary replaces this line when it finishes",
             },
         ),
@@ -235,7 +235,7 @@ def _commit_report(
         ops.Metrics(PARENT, report.metrics(), record.reports),
         ops.Artifacts(PARENT, str(plan.state_dir / "report"), "report"),
         ops.Artifacts(PARENT, str(adapter), "best_soft_prompt"),
-        ops.Tags(PARENT, {"search_state": FINISHED, DESCRIPTION_TAG: "```\n" + "\n".join(summary) + "\n```"}),
+        ops.Tags(PARENT, {"search_state": FINISHED, ops.DESCRIPTION_TAG: "```\n" + "\n".join(summary) + "\n```"}),
         ops.End(PARENT, "FINISHED"),
     )
     record.reports += 1
@@ -350,11 +350,19 @@ def _end(
         if not quiet:  # (`quiet`: the caller's line says that the storage refuses writes)
             print(f"warning: cannot write {plan.state_dir}/search.json ({exc.strerror or exc})", flush=True)
     if ledger is not None:
+        described = {ops.DESCRIPTION_TAG: ended_description(plan, state, reason, tags.get("error"))}
         ledger.submit(
             ops.Interrupted(reason),
-            ops.Tags(PARENT, {"search_state": state, **tags}),
+            ops.Tags(PARENT, {"search_state": state, **tags, **described}),
             ops.End(PARENT, "KILLED" if state == INTERRUPTED else "FAILED"),
         )
+
+
+def ended_description(plan: SearchPlan, state: str, reason: str, error: str | None) -> str:
+    """The parent run's description once the search stopped short of its final report: how it
+    ended and the way on (it said "running" until now)."""
+    why = f"{reason}: {error}" if error and error != reason else reason
+    return f"search {plan.name}: {state} ({why[:300]}); finished trials are kept. Go on with: {plan.resume_command}"
 
 
 def _warn_if_queued(plan: SearchPlan, ledger: MlflowLedger, send: bool = True) -> None:

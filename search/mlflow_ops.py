@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 PARENT = "parent"  # the key of a search's parent run; a trial's run is keyed `optuna-<number>`
 END_STATUSES = ("FINISHED", "FAILED", "KILLED")
+# MLflow renders this tag as a run's description (the run page's "Description").
+DESCRIPTION_TAG = "mlflow.note.content"
 
 
 def _bad(name: str, value, allowed: str) -> ValueError:

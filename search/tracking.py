@@ -31,7 +31,7 @@ from mlflow.exceptions import MlflowException
 
 from search import mlflow_ops as ops
 from search.checks import is_no_space, sqlite_path
-from search.mlflow_ops import PARENT, Op
+from search.mlflow_ops import DESCRIPTION_TAG, PARENT, Op
 
 log = logging.getLogger(__name__)
 EXPERIMENT = "softprompt-search"  # the MLflow experiment every search logs to
@@ -365,6 +365,9 @@ class MlflowLedger:
                 continue
             parent = run.data.tags.get("search_key") == f"{self.search_id}/{PARENT}"
             tags = {"search_state": "interrupted"} if parent else {"state": "INTERRUPTED"}
+            if not parent:  # its description said RUNNING (search.callbacks.trial_description)
+                described = run.data.tags.get(DESCRIPTION_TAG, "RUNNING")
+                tags[DESCRIPTION_TAG] = "INTERRUPTED" + described.removeprefix("RUNNING")
             for name, value in {**tags, "interrupted_by": reason}.items():
                 client.set_tag(run.info.run_id, name, value)
             client.set_terminated(run.info.run_id, status="KILLED")

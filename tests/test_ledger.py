@@ -26,7 +26,7 @@ from mlflow.protos.databricks_pb2 import (
     TEMPORARILY_UNAVAILABLE,
 )
 
-from search.mlflow_ops import Artifacts, End, Interrupted, Metrics, Params, Start, Tags, View
+from search.mlflow_ops import DESCRIPTION_TAG, Artifacts, End, Interrupted, Metrics, Params, Start, Tags, View
 from search.tracking import BACKLOG_FILE, EXPERIMENT, OUTAGE, PARENT, REFUSAL, MlflowLedger, classify
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def test_runs_are_found_by_search_id_not_by_name(tmp_path):
 def test_an_interruption_kills_every_running_run_of_its_search_only(tmp_path):
     mine, other = _ledger(tmp_path, state="a"), _ledger(tmp_path, state="b")
     for key in (PARENT, "optuna-0", "optuna-1"):
-        mine.submit(Tags(key, {"x": 1}))
+        mine.submit(Tags(key, {"x": 1, DESCRIPTION_TAG: "RUNNING: method=prompt_tuning"}))
     other.submit(Tags(PARENT, {"x": 1}))
     mine.submit(End("optuna-1", "FINISHED"))
     mine.submit(Interrupted("SIGTERM"))
@@ -111,6 +111,7 @@ def test_an_interruption_kills_every_running_run_of_its_search_only(tmp_path):
         "SIGTERM",
     )
     assert (running.info.status, running.data.tags["state"]) == ("KILLED", "INTERRUPTED")
+    assert running.data.tags[DESCRIPTION_TAG] == "INTERRUPTED: method=prompt_tuning"  # no longer "RUNNING"
     assert done.info.status == "FINISHED" and "interrupted_by" not in done.data.tags
     assert by_key[f"{other.search_id}/{PARENT}"].info.status == "RUNNING"
     mine.submit(Start("optuna-0"))  # a resumed trial runs again

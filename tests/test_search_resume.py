@@ -161,6 +161,9 @@ def test_a_search_whose_trials_all_fail_ends_failed_and_resumes(tiny_model_dir, 
     assert record["state"] == "failed"
     (parent,) = mlflow_summary(tmp_path / "runs" / "mlflow.db")["parents"]
     assert (parent["status"], parent["tags"]["search_state"]) == ("FAILED", "failed")
+    described = parent["tags"]["mlflow.note.content"]  # it said "running" until the search failed
+    assert described.startswith("search allfail: failed (no trial succeeded: no trial finished without error)")
+    assert described.endswith("--resume --name allfail"), described
 
     resumed = run_search(tmp_path, space, tiny_model_dir, "allfail", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

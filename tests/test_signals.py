@@ -77,12 +77,16 @@ def _check_interrupted(tmp_path, name: str, rc: int, output: str, signum: int) -
         "interrupted",
         sig,
     )
+    # Its description said "running" until now: how it ended and the way on.
+    assert parent["tags"]["mlflow.note.content"].startswith(f"search {name}: interrupted ({sig}")
+    assert parent["tags"]["mlflow.note.content"].endswith(command)
     assert summary["parent_metric_keys"] == [], "an interrupted search ran the final report"
     statuses = {r["status"] for r in summary["children"]} | {parent["status"]}
     assert "RUNNING" not in statuses
     for child in summary["children"]:
         if child["status"] == "KILLED":
             assert child["tags"]["state"] == "INTERRUPTED" and child["tags"]["interrupted_by"] == sig
+            assert not child["tags"]["mlflow.note.content"].startswith("RUNNING"), child["tags"]
     record = json.loads((tmp_path / "runs" / name / "search.json").read_text())
     assert (record["state"], record["interrupted_by"], record["reports"]) == ("interrupted", sig, 0)
     assert backlog_ops(tmp_path / "runs" / name) == []
