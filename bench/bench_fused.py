@@ -34,7 +34,7 @@ from bench.common import (  # noqa: E402 - after the sys.path line above
     train_flop_per_token,
 )
 from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
-from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
 from trainable.train import Trainer, build_examples, step_together  # noqa: E402 - after the sys.path line above
 

@@ -40,8 +40,8 @@ from bench.common import (
     print_table,
     train_flop_per_token,
 )  # noqa: E402 - after the sys.path line above
-from trainable.data import load_problems  # noqa: E402 - after the sys.path line above
-from trainable.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import load_problems  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402 - after the sys.path line above
 from trainable.train import TrainExample, completion_loss  # noqa: E402 - after the sys.path line above
 
 

@@ -1,5 +1,5 @@
 """One linear layer at few rows: plain `nn.functional.linear` (MKL sgemm on a CPU), MKL's packed
-sgemm, and oneDNN's reordered weight (what trainable/packed_linear.py uses), on two of
+sgemm, and oneDNN's reordered weight (what trainable/decoding/packed_linear.py uses), on two of
 Qwen2.5-Coder-0.5B's weight shapes (an MLP matrix and the output layer), fp32.
 
     python bench/bench_linear.py [--rows 1 2 4 8 16 32 64] [--compile]

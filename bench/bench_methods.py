@@ -23,9 +23,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import load_bench_model, machine, print_table  # noqa: E402 - after the sys.path line above
 from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
 from bench.common import OLD_SPLIT  # noqa: E402 - after the sys.path line above
-from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
-import trainable.generate as gen_module  # noqa: E402 - after the sys.path line above
-from trainable.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
+import trainable.decoding.generate as gen_module  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
 from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
 from trainable.train import Trainer, build_examples  # noqa: E402 - after the sys.path line above
 

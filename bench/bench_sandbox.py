@@ -21,10 +21,10 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from trainable import sandbox  # noqa: E402 - after the sys.path line above
+from trainable.sandbox import runner as sandbox  # noqa: E402 - after the sys.path line above
 from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
-from trainable.data import load_problems  # noqa: E402 - after the sys.path line above
-from trainable.score import build_program  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import load_problems  # noqa: E402 - after the sys.path line above
+from trainable.sandbox.score import build_program  # noqa: E402 - after the sys.path line above
 
 TIMEOUT_S = TrainConfig.sandbox_timeout_s  # the searches' per-program limit
 

@@ -33,7 +33,7 @@ from bench.common import (
     print_table,
     train_flop_per_token,
 )
-from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.train import build_examples, completion_loss  # noqa: E402 - after the sys.path line above
 
 

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
-from trainable.data import DataSplit
+from trainable.data.splits import DataSplit
 
 # The HumanEval-only split (train/val/test 64/40/60) bench/README.md's train and eval figures were
 # measured on, before trials trained on MBPP: kept so those figures can be re-measured.
@@ -31,15 +31,15 @@ QWEN_05B_SHAPE = dict(
 
 def load_bench_model(which: str, dtype: torch.dtype, device: str | None = None, tokenizer_dir: str | None = None):
     """`bundled`, `random-0.5b` (Qwen2.5-Coder-0.5B's exact shape, random weights, the bundled
-    tokenizer or the one in `tokenizer_dir`), or any model reference trainable.model accepts."""
-    from trainable.model import LoadedModel, ModelRef, default_device, load_model
+    tokenizer or the one in `tokenizer_dir`), or any model reference trainable.model.loading accepts."""
+    from trainable.model.loading import LoadedModel, ModelRef, default_device, load_model
 
     device = device or str(default_device())
     if which != "random-0.5b":
         return load_model(which, device=device, dtype=dtype)
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from trainable.bundled import bundled_checkpoint_dir
+    from trainable.model.bundled import bundled_checkpoint_dir
 
     # A GPU machine without the bundled model's parts gets the tokenizer files alone (11 MB).
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or bundled_checkpoint_dir())
@@ -159,8 +159,8 @@ def peak_rss():
 
 def cpu_flags() -> str:
     """The CPU features every CPU figure depends on (the dtype probe keys its cache on them too)."""
-    from trainable.dtype_probe import MATTERING_FLAGS
-    from trainable.model import cpu_flags as flags_of_this_cpu
+    from trainable.model.dtype_probe import MATTERING_FLAGS
+    from trainable.model.loading import cpu_flags as flags_of_this_cpu
 
     flags = flags_of_this_cpu()
     return " ".join(f if f in flags else f"no {f}" for f in MATTERING_FLAGS)

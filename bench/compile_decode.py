@@ -20,9 +20,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import OLD_SPLIT, ceilings, describe_ceilings, load_bench_model, machine  # noqa: E402 - after the sys.path line above
-from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
-from trainable.generate import _prefill, _step  # noqa: E402 - after the sys.path line above
-from trainable.packed_linear import packed_linears  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import _prefill, _step  # noqa: E402 - after the sys.path line above
+from trainable.decoding.packed_linear import packed_linears  # noqa: E402 - after the sys.path line above
 
 
 def _steps(loaded, encoded: list[list[int]], n: int, in_place: bool) -> tuple[list[float], torch.Tensor]:

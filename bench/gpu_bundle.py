@@ -115,7 +115,7 @@ def tokenizer(dest: Path) -> Path:
     """The bundled model's tokenizer files (the GPU machine gets no weights): from the converted
     checkpoint if this machine has one, else read from the GGUF parts without converting."""
     sys.path.insert(0, str(HERE.parent))
-    from trainable import bundled
+    from trainable.model import bundled
 
     if (dest / "tokenizer.json").is_file():
         return dest

@@ -29,9 +29,9 @@ from bench.common import (  # noqa: E402 - after the sys.path line above
     machine,
     print_table,
 )
-from trainable.data import problems_for  # noqa: E402 - after the sys.path line above
-from trainable.generate import _prefill, _step  # noqa: E402 - after the sys.path line above
-from trainable.packed_linear import packed_linears  # noqa: E402 - after the sys.path line above
+from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import _prefill, _step  # noqa: E402 - after the sys.path line above
+from trainable.decoding.packed_linear import packed_linears  # noqa: E402 - after the sys.path line above
 
 
 @torch.no_grad()

@@ -21,8 +21,8 @@ import torch
 
 from search.callbacks import text_param_hash
 from trainable.config import InitKind, TrainConfig, init_kind
-from trainable.generate_and_score import evaluate_problems
-from trainable.model import LoadedModel
+from trainable.decoding.generate_and_score import evaluate_problems
+from trainable.model.loading import LoadedModel
 
 FORMS = ("tokens", "comment")  # the forms of a space's text; `one_shot` is a candidate of its own
 ONE_SHOT = "one_shot"

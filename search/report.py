@@ -23,7 +23,7 @@ from search.interrupt import wait_for
 from search.baselines import HardBaseline, HardPrompt, candidates, rate, score_hard, select_and_test, texts_of
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
-from trainable.data import problems_for, source_of
+from trainable.data.splits import problems_for, source_of
 from softprompt_cli.errors import shown
 from trainable.checkpoint import adapter_dir
 
@@ -52,7 +52,7 @@ def paired_bootstrap_ci(
 
 
 def _loaded(spec: SpaceSpec, params: dict):
-    from trainable.model import cached_model, choose_dtype
+    from trainable.model.loading import cached_model, choose_dtype
 
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     config = spec.train_config(params)  # evaluation settings (and dtype) are the trials' own
@@ -61,7 +61,7 @@ def _loaded(spec: SpaceSpec, params: dict):
 
 @ray.remote
 def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor] | None) -> list[dict]:
-    from trainable.generate_and_score import evaluate_problems
+    from trainable.decoding.generate_and_score import evaluate_problems
     from trainable.softprompt import prompt_input
 
     config, loaded = _loaded(spec, params)

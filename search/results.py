@@ -34,7 +34,7 @@ NAMES = {"soft_prompt": "soft prompt", "frozen": "frozen model", "hard_prompt": 
 
 # -- what the driver records at the end of a search ----------------------------------------------
 def machine_info() -> dict:
-    from trainable.model import cpu_flags
+    from trainable.model.loading import cpu_flags
 
     info = {"platform": platform.platform(), "cores": os.cpu_count(), "cpu": platform.processor()}
     try:

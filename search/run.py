@@ -39,7 +39,7 @@ from spaces import SHIPPED_SPACES, load_space
 from softprompt_cli.commands import OneLineParser, run_main
 from softprompt_cli.errors import UsageError, field_error
 from softprompt_cli.stores import artifacts_beside
-from trainable.model import resolve_model_ref
+from trainable.model.loading import resolve_model_ref
 
 DEFAULT_STORAGE = "./runs"
 # Options that a resume command repeats when they were given (--name and --resume are added).
@@ -264,7 +264,7 @@ def _main(argv: list[str] | None) -> int:
     unfit: list[str] = []
     if not args.address:  # on a cluster, the nodes that run trials check for themselves
         _here(lambda: check_local_resources(plan.spec.resources.cpu, plan.spec.resources.gpu), args.dry_run, unfit)
-        from trainable.sandbox import SandboxUnavailable  # (a bad $SOFTPROMPT_SANDBOX stays an error)
+        from trainable.sandbox.runner import SandboxUnavailable  # (a bad $SOFTPROMPT_SANDBOX stays an error)
 
         _here(check_sandbox, args.dry_run, unfit, SandboxUnavailable)
     check_mlflow_uri(plan.mlflow_uri, create_dir=plan.default_mlflow)

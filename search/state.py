@@ -79,11 +79,11 @@ class SearchRecord:
 
 def model_identity(ref: str) -> dict:
     """The model as the results depend on it; cheap (no weights are read)."""
-    from trainable.model import resolve_model_ref
+    from trainable.model.loading import resolve_model_ref
 
     model = resolve_model_ref(ref)
     if model.kind == "bundled":
-        from trainable.bundled import bundled_identity
+        from trainable.model.bundled import bundled_identity
 
         return {"kind": "bundled", "name": bundled_identity()["name"], "sha256": bundled_identity()["sha256"]}
     if model.kind == "hub":

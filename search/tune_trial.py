@@ -16,7 +16,7 @@ from ray import tune
 from search.faults import TrialSetupError, lasting
 from spaces import SpaceSpec
 from trainable.checkpoint import write_completions
-from trainable.sandbox import sandbox_mode
+from trainable.sandbox.runner import sandbox_mode
 from trainable.trial import Trial
 
 # Fault injection for the fault-tolerance tests, e.g. "num_virtual_tokens=8@2": a trial whose

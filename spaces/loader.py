@@ -22,7 +22,7 @@ from spaces.conditional import parse_searched
 from spaces.key_paths import check_mapping
 from spaces.spec import Budget, Resources, SpaceSpec, check_train_field
 from trainable.config import run_defaults
-from trainable.data import DataSplit
+from trainable.data.splits import DataSplit
 from softprompt_cli.errors import UsageError, field_error
 
 SPACES_DIR = Path(__file__).resolve().parent

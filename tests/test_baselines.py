@@ -28,7 +28,7 @@ from search.baselines import (
 )
 from spaces import load_space
 from trainable.config import TrainConfig
-from trainable.generate_and_score import evaluate_problems
+from trainable.decoding.generate_and_score import evaluate_problems
 from trainable.softprompt import SoftPrompt
 
 CONFIG = TrainConfig(max_new_tokens=6, eval_batch_size=8, sandbox_timeout_s=5, dtype="float32")

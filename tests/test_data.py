@@ -3,8 +3,8 @@ import hashlib
 import pytest
 
 from spaces import SHIPPED_SPACES, load_space
-from trainable import mbpp
-from trainable.data import (
+from trainable.data import mbpp
+from trainable.data.splits import (
     SOURCES,
     DataSplit,
     allocate,
@@ -17,7 +17,9 @@ from trainable.data import (
 )
 from softprompt_cli.errors import UsageError
 
-needs_mbpp = pytest.mark.skipif(not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
+needs_mbpp = pytest.mark.skipif(
+    not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.data.mbpp"
+)
 
 
 def test_splits_are_disjoint_deterministic_and_sized():

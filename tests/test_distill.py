@@ -18,12 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from trainable import data as data_module
-from trainable import mbpp, model as model_module
+from trainable.data import splits as data_module
+from trainable.data import mbpp
+from trainable.model import loading as model_module
 from trainable.config import TrainConfig
-from trainable.data import DataSplit, DistillSettings
+from trainable.data.splits import DataSplit, DistillSettings
 from softprompt_cli.errors import UsageError
-from trainable.distill import (
+from trainable.data.distill import (
     cache_file,
     cached_targets,
     distill,
@@ -33,7 +34,7 @@ from trainable.distill import (
     training_items,
     verified_targets,
 )
-from trainable.model import resolve_model_ref
+from trainable.model.loading import resolve_model_ref
 from trainable.trial import Trial
 
 CONFIG = TrainConfig(max_new_tokens=6, eval_batch_size=4, sandbox_timeout_s=5, dtype="float32", max_length=128)
@@ -91,7 +92,7 @@ def test_only_sandbox_passing_candidates_are_kept(tiny_loaded):
 
 
 def test_targets_are_cut_to_the_function_body():
-    from trainable.distill import body_only
+    from trainable.data.distill import body_only
 
     body = "    x = 1\n\n    return x\n"
     assert body_only(body + "\n\nprint(f())\nassert f() == 1\n") == body + "\n\n"
@@ -134,7 +135,7 @@ def test_cached_targets_reads_without_generating_and_only_when_complete(tiny_loa
 
 
 def test_the_cache_key_covers_model_dtype_and_sampling(tiny_model_dir, tmp_path):
-    from trainable.tiny import save_tiny
+    from trainable.model.tiny import save_tiny
 
     sha = model_sha256(resolve_model_ref(str(tiny_model_dir)))
     other = model_sha256(resolve_model_ref(str(save_tiny(tmp_path / "other", seed=1))))
@@ -148,7 +149,7 @@ def test_the_cache_key_covers_model_dtype_and_sampling(tiny_model_dir, tmp_path)
 
 
 def test_a_pinned_file_from_another_model_is_refused(tiny_loaded, tiny_model_dir, tmp_path):
-    from trainable.tiny import save_tiny
+    from trainable.model.tiny import save_tiny
 
     _, report = ensure_targets(str(tiny_model_dir), PROBLEMS, SETTINGS, CONFIG, tiny_loaded, tmp_path)
     pinned, again = read_pinned(report.cache, str(tiny_model_dir), PROBLEMS)
@@ -228,7 +229,7 @@ def _cli(tmp_path, *args):
         "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "cache"),
     }
     return subprocess.run(
-        [sys.executable, "-m", "trainable.distill", *args],
+        [sys.executable, "-m", "trainable.data.distill", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -255,7 +256,7 @@ def test_distill_command_bad_input_is_one_line(tmp_path, args, message):
     assert message in line and "Traceback" not in proc.stderr
 
 
-@pytest.mark.skipif(not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
+@pytest.mark.skipif(not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.data.mbpp")
 def test_distill_command_prints_the_yield_and_caches(tmp_path, tiny_model_dir):
     (tmp_path / "cache" / "mbpp").mkdir(parents=True)
     (tmp_path / "cache" / "mbpp" / mbpp.FILE_NAME).write_bytes(mbpp.mbpp_file().read_bytes())

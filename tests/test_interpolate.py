@@ -7,7 +7,9 @@ import json
 import pytest
 import torch
 
-from trainable import evaluate, interpolate
+from trainable import evaluate
+
+from trainable import interpolate
 from trainable.config import TrainConfig
 from softprompt_cli.errors import UsageError
 from trainable.softprompt import SoftPrompt

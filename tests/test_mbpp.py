@@ -16,15 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from trainable import mbpp
-from trainable.data import load_problems as humaneval_problems
+from trainable.data import mbpp
+from trainable.data.splits import load_problems as humaneval_problems
 from softprompt_cli.errors import UsageError
-from trainable.score import score_samples
+from trainable.sandbox.score import score_samples
 
 FIXTURE = Path(__file__).parent / "fixtures" / "mbpp_sample.json"
 FIXTURE_SHA = hashlib.sha256(FIXTURE.read_bytes()).hexdigest()
 REAL = mbpp.mbpp_file()
-needs_real = pytest.mark.skipif(not REAL.is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
+needs_real = pytest.mark.skipif(not REAL.is_file(), reason="MBPP not fetched: python -m trainable.data.mbpp")
 
 # Hand-written, correct bodies for the fixture's problems.
 SOLUTIONS = {
@@ -71,8 +71,8 @@ def test_a_wrong_hash_or_a_missing_file_names_the_set_up_step(tmp_path):
     with pytest.raises(UsageError) as caught:
         mbpp.load_problems(str(FIXTURE), "0" * 64)
     message = str(caught.value)
-    assert message.startswith("mbpp: got ") and "python -m trainable.mbpp" in message and "\n" not in message
-    with pytest.raises(UsageError, match=r"^mbpp: got .*missing.json'.*python -m trainable.mbpp"):
+    assert message.startswith("mbpp: got ") and "python -m trainable.data.mbpp" in message and "\n" not in message
+    with pytest.raises(UsageError, match=r"^mbpp: got .*missing.json'.*python -m trainable.data.mbpp"):
         mbpp.load_problems(str(tmp_path / "missing.json"))
 
 
@@ -190,7 +190,7 @@ def test_the_set_up_command_refuses_a_wrong_archive_with_one_line(tmp_path):
         "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "trainable.mbpp", "--sdist", str(sdist)],
+        [sys.executable, "-m", "trainable.data.mbpp", "--sdist", str(sdist)],
         env=env,
         capture_output=True,
         text=True,

@@ -15,11 +15,11 @@ from transformers import AutoModelForCausalLM
 
 from trainable.adapter import ENCODER_FILE, WEIGHTS_FILE, model_dims
 from trainable.config import TrainConfig
-from trainable.data import DataSplit, problems_for
+from trainable.data.splits import DataSplit, problems_for
 from softprompt_cli.errors import UsageError
 from trainable.inputs import Prefix, left_padded
 from trainable.softprompt import SoftPrompt, use_prompt
-from trainable.tiny import tiny_model
+from trainable.model.tiny import tiny_model
 from trainable.train import Trainer, build_examples
 
 # (settings, a learning rate at which the tiny model's loss visibly falls in 4 epochs)
@@ -201,7 +201,7 @@ def test_warm_start_mismatches_are_one_line_errors_naming_init(tiny_loaded, tmp_
 
 
 def test_warm_start_from_another_hidden_size_is_refused(tiny_loaded, tmp_path):
-    from trainable.model import LoadedModel, ModelRef
+    from trainable.model.loading import LoadedModel, ModelRef
 
     adapter = _adapter(tiny_loaded, tmp_path, "h48", method="prompt_tuning")
     other = LoadedModel(

@@ -1,13 +1,13 @@
-"""oneDNN-packed linears (trainable.packed_linear): same outputs as nn.Linear, only inside the
+"""oneDNN-packed linears (trainable.decoding.packed_linear): same outputs as nn.Linear, only inside the
 context, and only where they apply (fp32 on a CPU)."""
 
 import pytest
 import torch
 
-from trainable.generate import Decoding, generate_with_tokens
-from trainable.model import LoadedModel, ModelRef
-from trainable.packed_linear import packed_linears, packs
-from trainable.tiny import tiny_model, tiny_tokenizer
+from trainable.decoding.generate import Decoding, generate_with_tokens
+from trainable.model.loading import LoadedModel, ModelRef
+from trainable.decoding.packed_linear import packed_linears, packs
+from trainable.model.tiny import tiny_model, tiny_tokenizer
 
 needs_onednn = pytest.mark.skipif(not packs(torch.nn.Linear(2, 2)), reason="this torch has no oneDNN CPU build")
 
@@ -63,7 +63,7 @@ def test_nothing_is_packed_outside_fp32_on_a_cpu():
 def test_where_the_operators_do_not_work_nothing_is_packed(monkeypatch):
     """torch is a range in pyproject.toml: on a torch whose oneDNN operators are gone or differ
     (trainable/private_apis.py's probe says False) the plain linears run."""
-    import trainable.packed_linear as packed_linear
+    import trainable.decoding.packed_linear as packed_linear
 
     monkeypatch.setattr(packed_linear, "packed_linear_works", lambda: False)
     model = tiny_model(len(tiny_tokenizer()), seed=3)

@@ -21,9 +21,9 @@ from search_helpers import search_env
 
 SCRIPT = """
 import sys
-from trainable.data import load_problems
-from trainable.generate_and_score import evaluate_problems
-from trainable.model import load_model
+from trainable.data.splits import load_problems
+from trainable.decoding.generate_and_score import evaluate_problems
+from trainable.model.loading import load_model
 import torch
 
 loaded = load_model(sys.argv[1], device="cpu", dtype=torch.float32)

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import pytest
 
-from trainable import sandbox
-from trainable.data import load_problems
+from trainable.sandbox import runner as sandbox
+from trainable.data.splits import load_problems
 from softprompt_cli.errors import UsageError
-from trainable.sandbox import Program, SandboxUnavailable, run_programs, sandbox_mode
-from trainable.sandbox_filters import ARCHES, seccomp_program
-from trainable.score import build_program
+from trainable.sandbox.runner import Program, SandboxUnavailable, run_programs, sandbox_mode
+from trainable.sandbox.filters import ARCHES, seccomp_program
+from trainable.sandbox.score import build_program
 
 sys.path.insert(0, os.path.dirname(__file__))
 from hostile_corpus import HOSTILE, KERNEL_LAYER, KNOWN_LIMITS, OS_LAYER, TASK_ID, render  # noqa: E402 - after the sys.path line above
@@ -496,7 +496,7 @@ def test_works_when_python_lives_under_tmp(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     script = (
         "import sys; sys.path[:0] = [sys.argv[1], *sys.argv[2:]]\n"
-        "from trainable.sandbox import Program, run_programs, sandbox_mode\n"
+        "from trainable.sandbox.runner import Program, run_programs, sandbox_mode\n"
         "r = run_programs([Program('def f(x):\\n    return 2 * x\\n', "
         "'def check(f):\\n    assert f(2) == 4\\n', 'f')], timeout_s=10)\n"
         "print(sandbox_mode(), r[0].status, sys.prefix)"
@@ -515,7 +515,7 @@ def test_works_when_python_lives_under_tmp(tmp_path):
 
 
 def test_known_limits_pass_as_documented():
-    """Not defended, on purpose (see trainable.sandbox): `check` really returns normally."""
+    """Not defended, on purpose (see trainable.sandbox.runner): `check` really returns normally."""
     problems = load_problems()
     programs = [build_program(problems[task_id], completion) for task_id, completion in KNOWN_LIMITS.values()]
     results = run_programs(programs, timeout_s=5)
@@ -533,7 +533,7 @@ def test_a_working_dir_that_cannot_be_removed_is_named_in_one_line(tmp_path, cap
         pytest.skip("this file system has no inode flags")
     _set_fs_flags(stuck, flags | 0x10)  # FS_IMMUTABLE_FL
     try:
-        with caplog.at_level("WARNING", logger="trainable.sandbox"):
+        with caplog.at_level("WARNING", logger="trainable.sandbox.runner"):
             sandbox._remove_workdir(str(workdir))
     finally:
         _set_fs_flags(stuck, flags)

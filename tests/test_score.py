@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from trainable.data import load_problems
+from trainable.data.splits import load_problems
 from softprompt_cli.errors import UsageError
-from trainable.score import pass_at_k, read_samples, score_file, score_samples
+from trainable.sandbox.score import pass_at_k, read_samples, score_file, score_samples
 
 sys.path.insert(0, os.path.dirname(__file__))
 from honest_corpus import HONEST  # noqa: E402 - after the sys.path line above

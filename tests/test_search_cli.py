@@ -224,7 +224,7 @@ def test_a_missing_mbpp_file_names_the_set_up_step(tmp_path):
     proc = _run(tmp_path, "--space", "smoke", "--dry-run", env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith("error: mbpp: got ") and "run: python -m trainable.mbpp" in line
+    assert line.startswith("error: mbpp: got ") and "run: python -m trainable.data.mbpp" in line
 
 
 def test_zero_test_problems_is_refused_by_the_dry_run(tmp_path):

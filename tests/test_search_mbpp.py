@@ -13,12 +13,14 @@ import pytest
 
 from search_helpers import metric_history, mlflow_runs, search_env
 from test_mbpp import SOLUTIONS
-from trainable import mbpp
-from trainable.data import DistillSettings
-from trainable.distill import FORMAT, cache_file, model_sha256, problem_sha256
-from trainable.model import resolve_model_ref
+from trainable.data import mbpp
+from trainable.data.splits import DistillSettings
+from trainable.data.distill import FORMAT, cache_file, model_sha256, problem_sha256
+from trainable.model.loading import resolve_model_ref
 
-pytestmark = pytest.mark.skipif(not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.mbpp")
+pytestmark = pytest.mark.skipif(
+    not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.data.mbpp"
+)
 
 TRAIN = ["mbpp_17_square_perimeter", "mbpp_12_sort_matrix", "mbpp_3_is_not_prime"]
 SPACE = """\
@@ -56,7 +58,7 @@ def _search(tmp_path, space, model, name, env, *extra):
 
 
 def _record(model_dir, targets: dict) -> dict:
-    """A distillation record as `trainable.distill` writes it: two of three problems solved."""
+    """A distillation record as `trainable.data.distill` writes it: two of three problems solved."""
     problems = mbpp.load_problems()
     settings = {**DistillSettings(samples=1).sampling(), "max_new_tokens": 8}
     return {

@@ -170,10 +170,10 @@ def test_a_signal_while_the_driver_waits_on_a_ray_task_stops_in_seconds(tiny_mod
     on the tiny model), with no word on the console, and a second Ctrl-C did nothing more."""
     import time
 
-    from trainable import mbpp
+    from trainable.data import mbpp
 
     if not mbpp.mbpp_file().is_file():
-        pytest.skip("MBPP not fetched: python -m trainable.mbpp")
+        pytest.skip("MBPP not fetched: python -m trainable.data.mbpp")
     cache = tmp_path / "cache"
     (cache / "mbpp").mkdir(parents=True)
     (cache / "mbpp" / mbpp.FILE_NAME).write_bytes(mbpp.mbpp_file().read_bytes())

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from search_helpers import mlflow_runs, search_env
-from trainable.generate import generate
-from trainable.model import load_model
-from trainable.score import score_samples
+from trainable.decoding.generate import generate
+from trainable.model.loading import load_model
+from trainable.sandbox.score import score_samples
 
 pytestmark = pytest.mark.slow
 

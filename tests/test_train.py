@@ -5,7 +5,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 from trainable.config import TrainConfig
-from trainable.data import DataSplit, problems_for
+from trainable.data.splits import DataSplit, problems_for
 from trainable.softprompt import SoftPrompt, use_prompt
 from trainable.train import Trainer, build_examples, completion_loss
 

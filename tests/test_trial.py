@@ -3,7 +3,7 @@
 import torch
 
 from trainable.config import TrainConfig
-from trainable.data import DataSplit
+from trainable.data.splits import DataSplit
 from trainable.trial import OBJECTIVE, Trial, objective, run_trial
 
 SMALL = DataSplit(train=2, val=2, test=2)

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from trainable.inputs import Prefix, positions
-from trainable.model import LoadedModel
+from trainable.model.loading import LoadedModel
 
 if TYPE_CHECKING:  # the examples' type; trainable.train imports this module
     from trainable.train import TrainExample

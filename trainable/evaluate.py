@@ -17,7 +17,7 @@ For --completions, where a problem may have many samples: {"pass@1", "problems",
 samples. The file is read and
 scored in chunks (bounded memory, any size); --out gets each chunk's rows as they are scored,
 and Ctrl-C or SIGTERM stops with what was scored kept and counted (exit 130 / 143).
-Generated code runs only in the sandbox (`trainable.sandbox`).
+Generated code runs only in the sandbox (`trainable.sandbox.runner`).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from trainable.adapter import read_adapter_info
 from trainable.checkpoint import TRAINED_WITH, trained_with_file
 from softprompt_cli.commands import OneLineParser, run_main
 from trainable.config import DTYPES, TrainConfig
-from trainable.data import SPLITS, DataSplit, problems_for
+from trainable.data.splits import SPLITS, DataSplit, problems_for
 from softprompt_cli.errors import field_error
 
 # Flag defaults where neither the flag nor a soft prompt's record says otherwise: TrainConfig's.
@@ -203,10 +203,10 @@ def _sigterm_as_interrupt():
 def _score_file(args) -> dict:
     """Stream the file: checked whole first (one line in memory at a time), then scored a chunk
     at a time, each chunk's rows written to --out as soon as they are scored."""
-    from trainable import mbpp
-    from trainable.data import load_problems
+    from trainable.data import mbpp
+    from trainable.data.splits import load_problems
     from trainable.progress import bar
-    from trainable.score import Tally, iter_samples, score_in_chunks
+    from trainable.sandbox.score import Tally, iter_samples, score_in_chunks
 
     problems = load_problems()
     if mbpp.mbpp_file().is_file():  # a report's samples of an MBPP test benchmark score too
@@ -251,8 +251,8 @@ def _append(out, path: str, rows: list[dict]) -> None:
 
 
 def _generate_and_score(args) -> dict:
-    from trainable.generate_and_score import evaluate_problems
-    from trainable.model import choose_dtype, load_model, resolve_model_ref
+    from trainable.decoding.generate_and_score import evaluate_problems
+    from trainable.model.loading import choose_dtype, load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
     if args.prompt:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _apply_record(args)
     _check_args(args)
-    from trainable.sandbox import sandbox_mode
+    from trainable.sandbox.runner import sandbox_mode
 
     started = time.perf_counter()
     try:

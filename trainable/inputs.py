@@ -12,7 +12,7 @@ A prefix (prefix tuning) is not in the inputs: its learned key/values are the in
 [prefix][pad ... pad][prompt tokens] with the mask covering the prefix on every row, and the
 first real token again at position P (as PEFT places it for an unpadded sequence). Decoding puts
 prompt tuning's and P-tuning's virtual tokens there too, once their key/values are computed
-(`trainable.generate`): they attend only to each other, so every row would compute the same ones.
+(`trainable.decoding.generate`): they attend only to each other, so every row would compute the same ones.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 from trainable.adapter import AdapterInfo, read_adapter_info
 from softprompt_cli.commands import OneLineParser, run_main
 from trainable.config import TrainConfig
-from trainable.data import SPLITS, problems_for
+from trainable.data.splits import SPLITS, problems_for
 from softprompt_cli.errors import field_error
 from trainable.evaluate import _data_split  # the same --data-sizes as `trainable.evaluate`
 
@@ -96,8 +96,8 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     info, _ = check_args(args)
-    from trainable.generate_and_score import evaluate_problems
-    from trainable.model import load_model, resolve_model_ref
+    from trainable.decoding.generate_and_score import evaluate_problems
+    from trainable.model.loading import load_model, resolve_model_ref
     from trainable.softprompt import check_fits, load_prompt, prompt_input
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load

@@ -1,7 +1,7 @@
 """Every private name of torch that `trainable/` relies on, and nothing else (Ray's and Optuna's
 live in search/private_apis.py; tests/test_private_apis.py keeps both the only homes).
 
-oneDNN's linear with a weight reordered once (`trainable.packed_linear`) has no public API: it is
+oneDNN's linear with a weight reordered once (`trainable.decoding.packed_linear`) has no public API: it is
 what `torch.compile` emits for frozen CPU models, as two `torch.ops.mkldnn` operators. Read from
 the version in READ_FROM (aten/src/ATen/native/mkldnn/Linear.cpp: `mkldnn_reorder_linear_weight`,
 `mkldnn_linear_pointwise`). pyproject.toml pins torch only to a range (GPU users keep their CUDA

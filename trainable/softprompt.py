@@ -27,7 +27,7 @@ from trainable.config import TOKEN_INITS, InitKind, TrainConfig, adapter_path
 from softprompt_cli.errors import field_error
 from trainable.inputs import Prefix
 from trainable.methods import PEFT_TYPES, Method
-from trainable.model import LoadedModel
+from trainable.model.loading import LoadedModel
 
 _PEFT_INIT = {
     InitKind.RANDOM: "RANDOM",

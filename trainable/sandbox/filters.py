@@ -1,6 +1,6 @@
 """Kernel filters for sandboxed programs: the seccomp program (built here, in the scorer).
 
-The launcher (trainable/sandbox_launcher.py) installs this filter before it starts the
+The launcher (trainable/sandbox/launcher.py) installs this filter before it starts the
 interpreter that runs the program, in every sandbox mode; the filter survives that one
 `execve`, and the kernel then refuses the listed system calls with EPERM for the rest of the
 process's life, whatever the program does in Python or in native code:

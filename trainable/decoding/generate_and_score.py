@@ -9,11 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainable.generate import Decoding, GenerationStats, generate
+from trainable.decoding.generate import Decoding, GenerationStats, generate
 from trainable.inputs import Prefix
-from trainable.model import LoadedModel
+from trainable.model.loading import LoadedModel
 from trainable.progress import bar
-from trainable.score import pass_at_k, score_samples
+from trainable.sandbox.score import pass_at_k, score_samples
 
 
 @dataclass
@@ -29,7 +29,7 @@ class EvalResult:
     def summary(self) -> dict:
         """pass@1, n, passed over every problem; with problems of several sources (a test split
         of several benchmarks) also `by_source`: the same three per source."""
-        from trainable.data import source_of
+        from trainable.data.splits import source_of
 
         out = {"pass@1": self.pass_at_1, "n": self.n, "passed": self.passed}
         sources = list(dict.fromkeys(source_of(s["task_id"]) for s in self.samples))
@@ -52,7 +52,7 @@ def evaluate_problems(
     decoding: Decoding = Decoding(),
 ) -> EvalResult:
     """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags
-    (`decoding`: left at its default but to measure it, see `trainable.generate.Decoding`)."""
+    (`decoding`: left at its default but to measure it, see `trainable.decoding.generate.Decoding`)."""
     stats = GenerationStats()
     with bar(len(problems), "generating", "problem") as done:
         completions = generate(

@@ -21,8 +21,8 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from trainable.inputs import Prefix, left_padded
-from trainable.model import LoadedModel
-from trainable.packed_linear import packed_linears
+from trainable.model.loading import LoadedModel
+from trainable.decoding.packed_linear import packed_linears
 
 PREFILL_ROWS = 8  # prompts per prefill forward (see _decode)
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
@@ -66,7 +66,7 @@ class Decoding:
     absence in one process."""
 
     refill: bool = True  # continuous batching: a finished row's place goes to the next prompt
-    pack_weights: bool = True  # on a CPU in fp32, oneDNN-packed linears (trainable.packed_linear)
+    pack_weights: bool = True  # on a CPU in fp32, oneDNN-packed linears (trainable.decoding.packed_linear)
     soft_prompt_once: bool = True  # virtual tokens' key/values computed once per call, not per row
     cache_in_place: bool = True  # a step writes its key/values into room in the cache (_RoomyLayer)
 

