@@ -29,9 +29,10 @@ from bench.common import machine  # noqa: E402 - after the sys.path line above
 from search.baselines import candidates, texts_of  # noqa: E402 - after the sys.path line above
 from spaces import load_space  # noqa: E402 - after the sys.path line above
 from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
-from trainable.data.distill import cached_targets, training_items  # noqa: E402 - after the sys.path line above
+from trainable.distill import cached_targets, training_items  # noqa: E402 - after the sys.path line above
 from trainable.decoding.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
-from trainable.model.loading import config_dtype, load_model  # noqa: E402 - after the sys.path line above
+from trainable.model.loading import load_model  # noqa: E402 - after the sys.path line above
+from trainable.dtype_probe import config_dtype  # noqa: E402 - after the sys.path line above
 from trainable.train import build_examples, completion_loss  # noqa: E402 - after the sys.path line above
 
 # Distillation yield seen on the bundled model (100 MBPP problems, greedy + 1 sample, 192 tokens):

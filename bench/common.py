@@ -159,7 +159,7 @@ def peak_rss():
 
 def cpu_flags() -> str:
     """The CPU features every CPU figure depends on (the dtype probe keys its cache on them too)."""
-    from trainable.model.dtype_probe import MATTERING_FLAGS
+    from trainable.dtype_probe import MATTERING_FLAGS
     from trainable.model.loading import cpu_flags as flags_of_this_cpu
 
     flags = flags_of_this_cpu()

@@ -55,7 +55,7 @@ step pytest "$t_pytest" pytest.log "$PYTHON" -m pytest -m gpu tests/test_gpu.py 
 #    GPU, sqlite MLflow. Random weights distil no training targets, so it trains on HumanEval's
 #    canonical solutions; its pass@1 figures mean nothing, its times and memory do.
 if [[ $device == cpu ]]; then
-  model_cmd=("$PYTHON" -m trainable.model.tiny "$work/model")
+  model_cmd=("$PYTHON" -m trainable.tiny "$work/model")
   space='base: default
 search: {method: {choice: [prompt_tuning, prefix_tuning]}, encoder_hidden_size: null, num_virtual_tokens: {choice: [2, 4]}}
 fixed: {batch_size: 2, max_length: 128, max_new_tokens: 8, eval_batch_size: 4, sandbox_timeout_s: 5}

@@ -221,7 +221,7 @@ def check_data(spec) -> None:
 
     check_split(spec.data)
     if spec.data.needs_targets() and spec.data.distill.targets:
-        from trainable.data.distill import read_pinned
+        from trainable.distill import read_pinned
 
         read_pinned(spec.data.distill.targets, spec.model, problems_for("train", spec.data))
 

@@ -7,8 +7,8 @@ dtype. The driver resolves `auto` here, before trials start:
 - an explicit `dtype: float32 | bfloat16` in the space is used as is;
 - a resumed search uses the dtype its record holds (`search.json`), never measured again;
 - otherwise one Ray task with the trials' resources (CPUs, GPUs, torch threads) asks
-  `trainable.model.loading.config_dtype` on the kind of node trials run on: bf16 on a CUDA device that has
-  it, a measurement on a CPU (`trainable.model.dtype_probe`, cached per machine and model). A task
+  `trainable.dtype_probe.config_dtype` on the kind of node trials run on: bf16 on a CUDA device that has
+  it, a measurement on a CPU (`trainable.dtype_probe`, cached per machine and model). A task
   rather than the driver's own process: on a cluster the driver's node is not the trials' kind,
   and locally the task runs with the trials' thread count, which is what the timing depends on.
 
@@ -30,7 +30,7 @@ from spaces import SpaceSpec
 
 @ray.remote
 def _measure(spec: SpaceSpec) -> tuple[str, str]:
-    from trainable.model.loading import config_dtype
+    from trainable.dtype_probe import config_dtype
 
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     dtype, reason = config_dtype(generation_config(spec), spec.model)

@@ -52,7 +52,8 @@ def paired_bootstrap_ci(
 
 
 def _loaded(spec: SpaceSpec, params: dict):
-    from trainable.model.loading import cached_model, choose_dtype
+    from trainable.model.loading import cached_model
+    from trainable.dtype_probe import choose_dtype
 
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     config = spec.train_config(params)  # evaluation settings (and dtype) are the trials' own

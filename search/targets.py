@@ -1,5 +1,5 @@
 """Training targets before the first trial: for a train source without solutions (MBPP), the
-frozen model's self-verified completions (`trainable.data.distill`), made once per search by a Ray
+frozen model's self-verified completions (`trainable.distill`), made once per search by a Ray
 task with a trial's resources, or found in the cache (or the space's pinned file). Trials get
 them as a parameter, so a trial on any node trains on the same targets.
 """
@@ -14,7 +14,7 @@ from search.interrupt import wait_for
 from search.tracking import PARENT, MlflowLedger
 from spaces import SpaceSpec
 from trainable.config import TrainConfig
-from trainable.data.distill import DistillReport
+from trainable.distill import DistillReport
 
 
 def generation_config(spec: SpaceSpec) -> TrainConfig:
@@ -25,7 +25,7 @@ def generation_config(spec: SpaceSpec) -> TrainConfig:
 @ray.remote
 def _distill(spec: SpaceSpec) -> tuple[dict, DistillReport]:
     from trainable.data.splits import problems_for
-    from trainable.data.distill import ensure_targets
+    from trainable.distill import ensure_targets
 
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     problems = problems_for("train", spec.data)

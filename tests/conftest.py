@@ -16,7 +16,7 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     """A saved tiny checkpoint: usable wherever a user would pass `--model PATH`."""
-    from trainable.model.tiny import save_tiny
+    from trainable.tiny import save_tiny
 
     return save_tiny(tmp_path_factory.mktemp("tiny-model"))
 

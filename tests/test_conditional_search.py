@@ -245,7 +245,7 @@ def cli_adapters(tmp_path_factory, tiny_model_dir):
     """An adapter saved on the tiny model (hidden 48), and a second tiny model of hidden size 32."""
     from trainable.model.loading import load_model
     from trainable.softprompt import SoftPrompt
-    from trainable.model.tiny import tiny_model, tiny_tokenizer
+    from trainable.tiny import tiny_model, tiny_tokenizer
 
     tmp = tmp_path_factory.mktemp("cli-adapters")
     loaded = load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32)

@@ -24,7 +24,7 @@ from trainable.model import loading as model_module
 from trainable.config import TrainConfig
 from trainable.data.splits import DataSplit, DistillSettings
 from softprompt_cli.errors import UsageError
-from trainable.data.distill import (
+from trainable.distill import (
     cache_file,
     cached_targets,
     distill,
@@ -92,7 +92,7 @@ def test_only_sandbox_passing_candidates_are_kept(tiny_loaded):
 
 
 def test_targets_are_cut_to_the_function_body():
-    from trainable.data.distill import body_only
+    from trainable.distill import body_only
 
     body = "    x = 1\n\n    return x\n"
     assert body_only(body + "\n\nprint(f())\nassert f() == 1\n") == body + "\n\n"
@@ -135,7 +135,7 @@ def test_cached_targets_reads_without_generating_and_only_when_complete(tiny_loa
 
 
 def test_the_cache_key_covers_model_dtype_and_sampling(tiny_model_dir, tmp_path):
-    from trainable.model.tiny import save_tiny
+    from trainable.tiny import save_tiny
 
     sha = model_sha256(resolve_model_ref(str(tiny_model_dir)))
     other = model_sha256(resolve_model_ref(str(save_tiny(tmp_path / "other", seed=1))))
@@ -149,7 +149,7 @@ def test_the_cache_key_covers_model_dtype_and_sampling(tiny_model_dir, tmp_path)
 
 
 def test_a_pinned_file_from_another_model_is_refused(tiny_loaded, tiny_model_dir, tmp_path):
-    from trainable.model.tiny import save_tiny
+    from trainable.tiny import save_tiny
 
     _, report = ensure_targets(str(tiny_model_dir), PROBLEMS, SETTINGS, CONFIG, tiny_loaded, tmp_path)
     pinned, again = read_pinned(report.cache, str(tiny_model_dir), PROBLEMS)
@@ -229,7 +229,7 @@ def _cli(tmp_path, *args):
         "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "cache"),
     }
     return subprocess.run(
-        [sys.executable, "-m", "trainable.data.distill", *args],
+        [sys.executable, "-m", "trainable.distill", *args],
         cwd=tmp_path,
         env=env,
         capture_output=True,

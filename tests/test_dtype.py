@@ -6,14 +6,15 @@ import torch
 
 from trainable.config import TrainConfig
 from softprompt_cli.errors import UsageError
-from trainable.model.dtype_probe import Timing, decide
-from trainable.model.loading import choose_dtype, cpu_flags, dtype_rule
+from trainable.dtype_probe import Timing, decide
+from trainable.model.loading import cpu_flags, dtype_rule
+from trainable.dtype_probe import choose_dtype
 
 
 @pytest.mark.parametrize(
     "setting, device, cuda_bf16, want",
     [
-        ("auto", "cpu", False, None),  # measured: trainable.model.dtype_probe
+        ("auto", "cpu", False, None),  # measured: trainable.dtype_probe
         ("auto", "cuda", True, "bfloat16"),
         ("auto", "cuda", False, "float32"),
         ("auto", "mps", False, "float32"),

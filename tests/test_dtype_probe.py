@@ -6,9 +6,9 @@ import fcntl
 import json
 import threading
 
-from trainable.model.dtype_probe import cache_path, probe_key, probed_dtype
+from trainable.dtype_probe import cache_path, probe_key, probed_dtype
 from trainable.model.loading import resolve_model_ref
-from trainable.model.tiny import save_tiny
+from trainable.tiny import save_tiny
 
 
 def _files(cache):

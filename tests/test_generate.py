@@ -16,7 +16,7 @@ from trainable.decoding.generate import (
 )
 from trainable.inputs import Prefix, left_padded
 from trainable.model.loading import LoadedModel, ModelRef
-from trainable.model.tiny import tiny_model, tiny_tokenizer
+from trainable.tiny import tiny_model, tiny_tokenizer
 
 
 def _scaled_tiny() -> LoadedModel:

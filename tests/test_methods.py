@@ -19,7 +19,7 @@ from trainable.data.splits import DataSplit, problems_for
 from softprompt_cli.errors import UsageError
 from trainable.inputs import Prefix, left_padded
 from trainable.softprompt import SoftPrompt, use_prompt
-from trainable.model.tiny import tiny_model
+from trainable.tiny import tiny_model
 from trainable.train import Trainer, build_examples
 
 # (settings, a learning rate at which the tiny model's loss visibly falls in 4 epochs)

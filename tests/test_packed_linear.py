@@ -7,7 +7,7 @@ import torch
 from trainable.decoding.generate import Decoding, generate_with_tokens
 from trainable.model.loading import LoadedModel, ModelRef
 from trainable.decoding.packed_linear import packed_linears, packs
-from trainable.model.tiny import tiny_model, tiny_tokenizer
+from trainable.tiny import tiny_model, tiny_tokenizer
 
 needs_onednn = pytest.mark.skipif(not packs(torch.nn.Linear(2, 2)), reason="this torch has no oneDNN CPU build")
 

@@ -15,7 +15,7 @@ from search_helpers import metric_history, mlflow_runs, search_env
 from test_mbpp import SOLUTIONS
 from trainable.data import mbpp
 from trainable.data.splits import DistillSettings
-from trainable.data.distill import FORMAT, cache_file, model_sha256, problem_sha256
+from trainable.distill import FORMAT, cache_file, model_sha256, problem_sha256
 from trainable.model.loading import resolve_model_ref
 
 pytestmark = pytest.mark.skipif(
@@ -58,7 +58,7 @@ def _search(tmp_path, space, model, name, env, *extra):
 
 
 def _record(model_dir, targets: dict) -> dict:
-    """A distillation record as `trainable.data.distill` writes it: two of three problems solved."""
+    """A distillation record as `trainable.distill` writes it: two of three problems solved."""
     problems = mbpp.load_problems()
     settings = {**DistillSettings(samples=1).sampling(), "max_new_tokens": 8}
     return {

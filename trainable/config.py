@@ -14,7 +14,7 @@ from softprompt_cli.errors import field_error
 from trainable.methods import DEFAULT_METHOD, METHOD_ONLY, METHODS, Method, method_list
 
 
-DTYPES = ("auto", "float32", "bfloat16")  # `auto`: trainable.model.loading.choose_dtype (measured on a CPU)
+DTYPES = ("auto", "float32", "bfloat16")  # `auto`: trainable.dtype_probe.choose_dtype (measured on a CPU)
 
 
 class InitKind(str, Enum):

@@ -252,7 +252,8 @@ def _append(out, path: str, rows: list[dict]) -> None:
 
 def _generate_and_score(args) -> dict:
     from trainable.decoding.generate_and_score import evaluate_problems
-    from trainable.model.loading import choose_dtype, load_model, resolve_model_ref
+    from trainable.model.loading import load_model, resolve_model_ref
+    from trainable.dtype_probe import choose_dtype
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
     if args.prompt:

@@ -1,7 +1,7 @@
 """Train the soft prompt: AdamW on the method's own parameters only, the model frozen.
 
 The loss covers only the completion tokens (the target + end of text): a HumanEval canonical
-solution, or a self-verified completion (`trainable.data.distill`) for a source without solutions. Only the
+solution, or a self-verified completion (`trainable.distill`) for a source without solutions. Only the
 hidden states of those positions go through the output layer: with a 152k vocabulary the
 full logits would dominate time and memory on CPU (see bench/bench_train.py).
 """

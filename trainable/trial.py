@@ -15,9 +15,10 @@ import torch
 from trainable.checkpoint import adapter_dir, state_file, write_trial_files
 from trainable.config import TrainConfig
 from trainable.data.splits import DataSplit, problems_for
-from trainable.data.distill import ensure_targets, training_items
+from trainable.distill import ensure_targets, training_items
 from trainable.decoding.generate_and_score import EvalResult, evaluate_problems
-from trainable.model.loading import LoadedModel, cached_model, config_dtype
+from trainable.model.loading import LoadedModel, cached_model
+from trainable.dtype_probe import config_dtype
 from trainable.softprompt import SoftPrompt
 from trainable.train import Trainer, build_examples, completion_loss
 

@@ -1,12 +1,11 @@
-"""The problems a search trains, validates and tests on, and the targets it trains toward.
+"""The problems a search trains, validates and tests on: HumanEval, MBPP, the seeded split.
 
 Public surface (re-exported from splits.py: sources and the seeded train / val / test split):
 `DataSplit`, `DistillSettings`, `problems_for`, `load_problems`, `source_of`, `SOURCES`, `SPLITS`.
 
-Modules with their own command line: mbpp.py (`python -m trainable.data.mbpp`: the pinned MBPP
-file, fetched and checked), distill.py (`python -m trainable.data.distill`: the frozen model's
-self-verified targets for problems without solutions). Not re-exported here: distill.py needs the
-decoding and sandbox packages, which need this one.
+Internal: mbpp.py (the pinned MBPP file, fetched and checked: `python -m trainable.data.mbpp`).
+The frozen model's self-verified targets for problems without solutions are built above this
+package (`trainable.distill`): they need decoding and the sandbox, which read these problems.
 """
 
 __all__ = ["SOURCES", "SPLITS", "DataSplit", "DistillSettings", "load_problems", "problems_for", "source_of"]

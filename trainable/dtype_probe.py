@@ -21,7 +21,7 @@ dir of `trainable.model.bundled.cache_root`, `$SOFTPROMPT_SEARCH_CACHE`), writte
 file beside it keeps two processes from probing at once, and an unreadable file is probed again.
 A probe that fails (bf16 unsupported, say) chooses fp32 and says why.
 
-    python -m trainable.model.dtype_probe --model bundled --batch-size 4
+    python -m trainable.dtype_probe --model bundled --batch-size 4
 """
 
 from __future__ import annotations
@@ -37,6 +37,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+from trainable.model.loading import default_device, dtype_rule
 
 FORMAT = 1
 PROBE_ROW_TOKENS = 32  # tokens per training row: prompt half, target half
@@ -103,9 +105,9 @@ def machine_key() -> dict:
 
 
 def probe_key(ref, batch_size: int, eval_batch_size: int) -> dict:
-    """The cache key: this machine, the model's identity (`trainable.data.distill.model_sha256`: the
+    """The cache key: this machine, the model's identity (`trainable.distill.model_sha256`: the
     bundled model's pinned hash, a directory's files) and the batch sizes timed."""
-    from trainable.data.distill import model_sha256
+    from trainable.distill import model_sha256
 
     machine = machine_key()
     return {
@@ -233,6 +235,32 @@ class _Bench:
         )
         per_call = (time.perf_counter() - started) / max(1, stats.forwards)
         return per_call * (1 + DECODE_STEPS)  # a prefill and DECODE_STEPS steps, however many ran
+
+
+def choose_dtype(
+    setting: str = "auto",
+    device: torch.device | None = None,
+    model_ref: str | None = None,
+    batch_size: int = 8,
+    eval_batch_size: int = 16,
+) -> tuple[torch.dtype, str]:
+    """`dtype_rule` on this process's device; on a CPU, `auto` is measured on `model_ref` at
+    these batch sizes (`probed_dtype`, cached per machine and model). Without a model to
+    measure, `auto` on a CPU is fp32: the dtype that changes no result."""
+    device = device or default_device()
+    cuda_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    rule = dtype_rule(setting, device.type, cuda_bf16)
+    if rule is None and model_ref is None:
+        rule = "float32", "auto: no model given to measure on this CPU, so fp32"
+    if rule is None:
+        rule = probed_dtype(model_ref, batch_size, eval_batch_size)
+    name, reason = rule
+    return getattr(torch, name), reason
+
+
+def config_dtype(config, model_ref: str, device: torch.device | None = None) -> tuple[torch.dtype, str]:
+    """`choose_dtype` for a run's settings (a `TrainConfig`): measured at its batch sizes."""
+    return choose_dtype(config.dtype, device, model_ref, config.batch_size, config.eval_batch_size)
 
 
 def main(argv: list[str] | None = None) -> int:

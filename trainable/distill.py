@@ -1,6 +1,6 @@
 """Self-verified training targets for a source without solutions (MBPP).
 
-    python -m trainable.data.distill --model bundled --source mbpp --n 20 [--samples 4] [--temperature 0.8]
+    python -m trainable.distill --model bundled --source mbpp --n 20 [--samples 4] [--temperature 0.8]
 
 For each training problem the frozen model writes a greedy completion and `samples` sampled ones
 (temperature, top-p, a seeded generator per sample), each cut to the function body; each runs in
@@ -245,7 +245,9 @@ def ensure_targets(
     The model is loaded only when something is missing."""
     import torch
 
-    from trainable.model.loading import cached_model, config_dtype, resolve_model_ref
+    from trainable.model.loading import cached_model, resolve_model_ref
+
+    from trainable.dtype_probe import config_dtype
 
     started = time.perf_counter()
     if settings.targets:
@@ -313,9 +315,7 @@ def read_pinned(
 
     record = _read(Path(path).expanduser())
     if not record.get("problems"):
-        raise field_error(
-            PINNED, path, f"a distillation file (format {FORMAT}) written by python -m trainable.data.distill"
-        )
+        raise field_error(PINNED, path, f"a distillation file (format {FORMAT}) written by python -m trainable.distill")
     want = model_sha256(resolve_model_ref(model_ref))
     made_with = record.get("model", {})
     if made_with.get("sha256") != want:
@@ -357,7 +357,7 @@ def _parser():
     from softprompt_cli.commands import OneLineParser
 
     defaults = DistillSettings()
-    p = OneLineParser(prog="python -m trainable.data.distill", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m trainable.distill", description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="hub id, local model dir, or `bundled`")
     p.add_argument("--source", default="mbpp", help="problem source (default mbpp)")
     p.add_argument("--n", type=int, required=True, help="how many problems (the first N of the split order)")

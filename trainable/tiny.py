@@ -4,7 +4,7 @@ No downloads, under a second: a byte-level BPE is trained on HumanEval's own cod
 that every text encodes (no unknown tokens) and typical code takes few tokens. The model has the
 real architecture (`Qwen2ForCausalLM`: RoPE, GQA, RMSNorm) at toy width.
 
-    python -m trainable.model.tiny OUT_DIR      # save one, usable as `--model OUT_DIR`
+    python -m trainable.tiny OUT_DIR      # save one, usable as `--model OUT_DIR`
 """
 
 from __future__ import annotations
@@ -88,5 +88,5 @@ def save_tiny(out_dir: str | Path, seed: int = 0, weight_scale: float = 1.0) -> 
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m trainable.model.tiny OUT_DIR")
+        sys.exit("usage: python -m trainable.tiny OUT_DIR")
     print(save_tiny(sys.argv[1]))
