@@ -4,7 +4,7 @@ import torch
 
 from trainable.config import TrainConfig
 from trainable.data.splits import DataSplit
-from trainable.trial import OBJECTIVE, Trial, objective, run_trial
+from trainable.trial import OBJECTIVE, Trial, objective
 
 SMALL = DataSplit(train=2, val=2, test=2)
 CONFIG = TrainConfig(
@@ -19,8 +19,9 @@ CONFIG = TrainConfig(
 )
 
 
-def test_run_trial_reports_every_epoch(tiny_model_dir):
-    results = run_trial(CONFIG, str(tiny_model_dir), SMALL)
+def test_a_trial_reports_every_epoch(tiny_model_dir):
+    trial = Trial(CONFIG, str(tiny_model_dir), SMALL)
+    results = [trial.run_epoch() for _ in range(CONFIG.epochs)]
     assert [r.epoch for r in results] == [1, 2]
     metrics = results[-1].metrics()
     assert metrics["val_n"] == 2 and 0.0 <= metrics["pass@1"] <= 1.0

@@ -170,16 +170,3 @@ class Trial:
         self.prompt.load_state_dict(state["prompt"])
         self.trainer.load_state_dict(state["trainer"])
         self.epoch = state["epoch"]
-
-
-def run_trial(
-    config: TrainConfig, model_ref: str, data: DataSplit, on_epoch=None, targets: dict[str, list[str]] | None = None
-) -> list[EpochResult]:
-    """Train for `config.epochs` epochs; `on_epoch(result, trial)` runs after each."""
-    trial = Trial(config, model_ref, data, targets=targets)
-    results = []
-    while trial.epoch < config.epochs:
-        results.append(trial.run_epoch())
-        if on_epoch:
-            on_epoch(results[-1], trial)
-    return results
