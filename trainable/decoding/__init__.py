@@ -1,14 +1,15 @@
 """Decoding with soft prompts on the frozen model, and greedy pass@1 of a list of problems.
 
-Public surface (re-exported):
-- `generate`, `GenerationStats`, `Sampling`, `truncate_at_stop` (generate.py: continuous
-  batching behind a soft prompt, cut at stop sequences);
-- `evaluate_problems`, `EvalResult` (generate_and_score.py: generate, then score in the sandbox).
+Public surface:
+- generate.py: `generate` (continuous batching behind a soft prompt, cut at stop sequences),
+  `GenerationStats`, `Sampling`, `truncate_at_stop`; imported from the module itself, which
+  shares the function's name (re-exported here, the function would hide the module);
+- `evaluate_problems`, `EvalResult` (generate_and_score.py, re-exported: generate, then score in
+  the sandbox).
 
 Internal: packed_linear.py (oneDNN-packed linears for CPU decoding in fp32).
 """
 
-from trainable.decoding.generate import GenerationStats, Sampling, generate, truncate_at_stop
 from trainable.decoding.generate_and_score import EvalResult, evaluate_problems
 
-__all__ = ["EvalResult", "GenerationStats", "Sampling", "evaluate_problems", "generate", "truncate_at_stop"]
+__all__ = ["EvalResult", "evaluate_problems"]
