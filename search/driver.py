@@ -42,7 +42,7 @@ from search.interrupt import (
 )
 from search.plan import SearchPlan
 from search.private_apis import local_token_auth
-from search.provenance import provenance
+from search.provenance import code, provenance
 from search.report import FinalReport, best_by_method, copy_adapter, save_plots, score_arms, summary_lines
 from search.results import learning_curves, write_run_record
 from search.study import STUDY_FILE, open_study, study_storage_url, with_trials
@@ -120,6 +120,7 @@ def _open_record(plan: SearchPlan, lock: SearchLock) -> SearchRecord:
         record.study = open_study(plan.state_dir, plan.name, record.search_id)
     record.state, record.interrupted_by = RUNNING, None
     record.num_samples, record.max_concurrent = plan.spec.budget.num_samples, plan.spec.budget.max_concurrent
+    record.note_code(code())
     record.save(plan.state_dir)
     return record
 
@@ -182,7 +183,7 @@ def _best(results):
 
 
 def _compute_report(
-    plan: SearchPlan, results, started: float, distill: dict | None, targets: dict | None
+    plan: SearchPlan, record: SearchRecord, results, started: float, distill: dict | None, targets: dict | None
 ) -> tuple[FinalReport, object]:
     """Score the three arms (best soft prompt, frozen model, best hard prompt) on test, write the
     report files. Stoppable at any point: nothing of it is in MLflow yet. `targets`: the training
@@ -214,7 +215,7 @@ def _compute_report(
     names = {"soft_prompt": "best", "frozen": "baseline", "hard_prompt": "hard_prompt"}
     for arm, samples in report.arms().items():
         (out / f"test_completions_{names[arm]}.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
-    write_run_record(out, plan, report, results, time.time() - started, distill)
+    write_run_record(out, plan, record, report, results, time.time() - started, distill)
     save_plots(plan.name, study_storage_url(plan.state_dir), out / "plots")
     learning_curves(out)  # logged with the report: val pass@1 per epoch, ASHA's stops marked
     return report, adapter
@@ -290,7 +291,7 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
         return 1
     with CURRENT.during(Phase.RAISE):
-        report, adapter = _compute_report(plan, results, started, distill, targets)
+        report, adapter = _compute_report(plan, record, results, started, distill, targets)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
     summary = summary_lines(

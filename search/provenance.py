@@ -19,13 +19,17 @@ def _git(*args: str) -> str:
         return ""
 
 
-def provenance() -> dict:
-    info = {
+def code() -> dict:
+    """The code this process runs: its git commit, whether tracked files differ from it, the command."""
+    return {
         "command": " ".join(["python -m search.run", *sys.argv[1:]]),
         "git_sha": _git("rev-parse", "HEAD") or "unknown",
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
-        "python": sys.version.split()[0],
     }
+
+
+def provenance() -> dict:
+    info = {**code(), "python": sys.version.split()[0]}
     for name in PACKAGES:
         try:
             info[f"version.{name}"] = metadata.version(name)

@@ -76,17 +76,20 @@ def trial_record(result, max_epochs: int, params_of=dict) -> dict:
     }
 
 
-def write_run_record(out: Path, plan: SearchPlan, report, results, wall_s: float, distill: dict | None) -> None:
-    """report/final_report.json, trials.json, run_info.json: all RESULTS.md needs, on disk."""
-    from search.provenance import provenance
-
+def write_run_record(out: Path, plan: SearchPlan, record, report, results, wall_s: float, distill: dict | None) -> None:
+    """report/final_report.json, trials.json, run_info.json: all RESULTS.md needs, on disk. The
+    command and commit are the search's start's (`record.code`); a resume that ran other code is
+    listed after them."""
     spec = plan.spec
+    started_with, *resumed_with = record.code
     dtypes = sorted({(r.metrics or {}).get("dtype") for r in results} - {None})
     reasons = sorted({(r.metrics or {}).get("dtype_reason") for r in results} - {None})
     info = {
         "search": plan.name,
-        "command": provenance()["command"],
-        "git_sha": provenance()["git_sha"],
+        "command": started_with["command"],
+        "git_sha": started_with["git_sha"],
+        "git_dirty": started_with["git_dirty"],
+        "resumed_with": resumed_with,
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(time.time() - wall_s)),
         "wall_s": round(wall_s, 1),
         "machine": machine_info(),
@@ -243,6 +246,10 @@ def _data_line(space: dict, distill: dict | None) -> str:
     return line
 
 
+def _commit(code: dict) -> str:
+    return str(code.get("git_sha"))[:12] + (", with uncommitted changes" if code.get("git_dirty") else "")
+
+
 def run_table(info: dict, trials: list[dict]) -> list[str]:
     budget = info["space"]["budget"]
     states = {s: sum(t["state"] == s for t in trials) for s in ("COMPLETED", "PRUNED", "FAILED")}
@@ -250,7 +257,8 @@ def run_table(info: dict, trials: list[dict]) -> list[str]:
     return [
         "| | |",
         "|---|---|",
-        f"| command | `{info['command']}` (git {str(info.get('git_sha'))[:12]}) |",
+        f"| command | `{info['command']}` (git {_commit(info)}) |",
+        *(f"| resumed with | `{c['command']}` (git {_commit(c)}) |" for c in info.get("resumed_with", [])),
         f"| date | {info['started']} |",
         f"| machine | {_machine_line(info['machine'])} |",
         f"| dtype | {', '.join(info['dtype'])} ({'; '.join(info['dtype_reason'])}) |",

@@ -58,6 +58,15 @@ class SearchRecord:
     # The frozen model's dtype for every trial and the report, resolved once (search.dtype_choice).
     dtype: str | None = None
     dtype_reason: str | None = None
+    # The code it ran: at its start, then at each resume that ran other code (search.provenance.code).
+    code: list = field(default_factory=list)
+
+    def note_code(self, now: dict) -> None:
+        """Keep `now` (git sha, dirty flag, command) if it is the first or differs from the last."""
+        if not self.code or {k: v for k, v in self.code[-1].items() if k != "command"} != {
+            k: v for k, v in now.items() if k != "command"
+        }:
+            self.code.append(now)
 
     def save(self, state_dir: Path) -> None:
         # A killed driver must leave the old record or the new one, never half of either.

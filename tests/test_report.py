@@ -152,6 +152,8 @@ def _write_report(folder: Path) -> None:
         "search": "s1",
         "command": "python -m search.run --space cpu",
         "git_sha": "abc",
+        "git_dirty": False,
+        "resumed_with": [{"command": "python -m search.run --resume --name s1", "git_sha": "def", "git_dirty": True}],
         "started": "2026-11-30",
         "wall_s": 3600.0,
         "machine": {"cpu": "Xeon", "cores": 2, "cpu_flags": {"avx512_bf16": False, "amx_bf16": False}},
@@ -170,7 +172,8 @@ def test_results_markdown_has_every_part(tmp_path):
     text = out.read_text()
     assert (tmp_path / "RESULTS-learning-curves.png").stat().st_size > 1000
     for part in (
-        "python -m search.run --space cpu",
+        "`python -m search.run --space cpu` (git abc)",
+        "| resumed with | `python -m search.run --resume --name s1` (git def, with uncommitted changes) |",
         "2026-11-30",
         "Xeon, 2 cores",
         "avx512_bf16 no",

@@ -18,6 +18,7 @@ import pytest
 
 from fault_helpers import write_fault_space
 from search_helpers import mlflow_runs, run_search, search_command, search_env
+from search.state import SearchRecord
 
 NAME = "guarded"
 # The tests of a finished search share one whole search (the `finished` fixture): integration tier.
@@ -77,6 +78,23 @@ def test_the_search_is_recorded_with_its_id_and_state(finished):
     assert {r["tags"]["search_id"] for r in runs} == {record["search_id"]}
     parent = next(r for r in runs if r["parent"] is None)
     assert parent["status"] == "FINISHED" and parent["tags"]["search_state"] == "finished"
+    # The code it ran, read when it started; the report names that code.
+    (code,) = record["code"]
+    info = json.loads((tmp_path / "runs" / NAME / "report" / "run_info.json").read_text())
+    assert (info["git_sha"], info["command"], info["resumed_with"]) == (code["git_sha"], code["command"], [])
+    assert code["command"].startswith("python -m search.run ") and code["git_sha"] == parent["tags"]["git_sha"]
+
+
+def test_the_record_keeps_the_code_of_the_start_and_of_each_resume_that_ran_other_code():
+    record = SearchRecord("s", {}, 2, 1, "sqlite:///x.db")
+    start = {"command": "python -m search.run --space smoke", "git_sha": "a" * 40, "git_dirty": False}
+    record.note_code(start)
+    record.note_code({**start, "command": "python -m search.run --space smoke --resume"})  # same code
+    assert record.code == [start]
+    edited = {**start, "command": "python -m search.run --resume", "git_dirty": True}
+    record.note_code(edited)
+    record.note_code({**start, "git_sha": "b" * 40})
+    assert record.code == [start, edited, {**start, "git_sha": "b" * 40}]
 
 
 @WHOLE_SEARCH
