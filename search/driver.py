@@ -101,6 +101,7 @@ def _new_record(plan: SearchPlan) -> SearchRecord:
         num_samples=spec.budget.num_samples,
         max_concurrent=spec.budget.max_concurrent,
         mlflow_uri=plan.mlflow_uri,
+        parent_logged=False,
     )
 
 
@@ -261,7 +262,9 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
                 f"MLflow: sent the operations an earlier run queued{f'; {waiting} still wait' if waiting else ''}",
                 flush=True,
             )
-        _log_parent_start(ledger, plan, record, resumed)
+        _log_parent_start(ledger, plan, record, resumed=record.parent_logged)
+        record.parent_logged = True
+        record.save(plan.state_dir)
         CURRENT.check()
     with CURRENT.during(Phase.RAISE):  # distillation (or its cache): nothing to save if stopped
         try:
@@ -350,7 +353,7 @@ def _end(
     except OSError as exc:
         if not quiet:  # (`quiet`: the caller's line says that the storage refuses writes)
             print(f"warning: cannot write {plan.state_dir}/search.json ({exc.strerror or exc})", flush=True)
-    if ledger is not None:
+    if ledger is not None and record.parent_logged:  # else MLflow has no run of it yet
         described = {ops.DESCRIPTION_TAG: ended_description(plan, state, reason, tags.get("error"))}
         ledger.submit(
             ops.Interrupted(reason),

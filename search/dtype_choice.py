@@ -23,6 +23,7 @@ from dataclasses import replace
 import ray
 import torch
 
+from search.interrupt import wait_for
 from search.state import SearchRecord
 from search.targets import generation_config
 from spaces import SpaceSpec
@@ -45,7 +46,8 @@ def search_dtype(spec: SpaceSpec, record: SearchRecord) -> tuple[str, str]:
     if setting != "auto":
         return setting, f"set: dtype {setting}"
     task = _measure.options(num_cpus=spec.resources.cpu, num_gpus=spec.resources.gpu)
-    return ray.get(task.remote(spec))
+    (chosen,) = wait_for([task.remote(spec)])  # Ctrl-C cancels the probe at once (search.interrupt)
+    return chosen
 
 
 def with_dtype(spec: SpaceSpec, dtype: str) -> SpaceSpec:

@@ -7,7 +7,7 @@ first signal does:
              the final report): stop at once (raise `SearchInterrupted`).
     DEFER    writes in progress (the search record, the MLflow parent, the report's commit):
              note it; the driver stops at its next `check()`.
-    WAIT     the driver waits on Ray tasks (distillation, the final report's scoring): say so,
+    WAIT     the driver waits on Ray tasks (the dtype probe, distillation, the report's scoring): say so,
              note it; `wait_for` cancels the tasks within a fraction of a second and stops.
     TUNE     trials run: note it; `TuneInterrupt.on_step_begin` asks Tune to stop the way its
              own Ctrl-C does (trials stay unfinished and resumable, the experiment state is

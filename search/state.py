@@ -58,6 +58,9 @@ class SearchRecord:
     # The frozen model's dtype for every trial and the report, resolved once (search.dtype_choice).
     dtype: str | None = None
     dtype_reason: str | None = None
+    # Whether its MLflow parent run was started with its params (a search stopped before that,
+    # e.g. during the dtype probe, starts it on --resume); True for records older than the field.
+    parent_logged: bool = True
     # The code it ran: at its start, then at each resume that ran other code (search.provenance.code).
     code: list = field(default_factory=list)
 
