@@ -144,6 +144,8 @@ class FinalReport:
     hard: HardBaseline | None = None  # None: no text init in the space and no worked example
     by_method: dict[str, tuple[float, int]] = field(default_factory=dict)  # best_by_method()
     frozen_val: list[dict] = field(default_factory=list)  # the frozen model on val: the trials' reference
+    # Each benchmark's comparisons, bootstrapped once (10,000 resamples each; the arms never change).
+    _compared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     rate = staticmethod(rate)
 
@@ -162,12 +164,14 @@ class FinalReport:
 
     def comparisons(self, benchmark: str | None = None) -> list[Comparison]:
         """The soft prompt against each other arm: pooled over every benchmark (stratified), or one's."""
-        arms = self.arms(benchmark)
-        return [
-            Comparison.of(name, arms["soft_prompt"], samples, stratified=benchmark is None)
-            for name, samples in arms.items()
-            if name != "soft_prompt"
-        ]
+        if benchmark not in self._compared:
+            arms = self.arms(benchmark)
+            self._compared[benchmark] = [
+                Comparison.of(name, arms["soft_prompt"], samples, stratified=benchmark is None)
+                for name, samples in arms.items()
+                if name != "soft_prompt"
+            ]
+        return self._compared[benchmark]
 
     def lift(self) -> tuple[float, float, float]:
         c = self.comparisons()[0]
