@@ -1,5 +1,7 @@
 """Generate completions for a list of problems and score them in the sandbox: greedy pass@1.
 
+    result = evaluate_problems(loaded, problems, soft, max_new_tokens, batch_size, timeout_s)
+
 Each problem is generated with its own stop sequences when it has them (MBPP's `stop_tokens`)."""
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainable.generate import Decoding, GenerationStats, generate
+from trainable.generate import GenerationStats, generate
 from trainable.inputs import Prefix
 from trainable.model import LoadedModel
 from trainable.progress import bar
@@ -48,27 +50,26 @@ def evaluate_problems(
     max_new_tokens: int,
     batch_size: int,
     sandbox_timeout_s: float,
-    *,
-    decoding: Decoding = Decoding(),
 ) -> EvalResult:
-    """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags
-    (`decoding`: left at its default but to measure it, see `trainable.generate.Decoding`)."""
-    stats = GenerationStats()
+    """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
     with bar(len(problems), "generating", "problem") as done:
-        completions = generate(
+        out = generate(
             loaded,
             [p["prompt"] for p in problems],
             soft_prompt,
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
-            stats=stats,
             stops=[p.get("stop_tokens") for p in problems],
             progress=done.update,
-            decoding=decoding,
         )
+    return _scored(problems, out.texts, out.stats, sandbox_timeout_s)
+
+
+def _scored(problems: list[dict], completions: list[str], stats: GenerationStats, timeout_s: float) -> EvalResult:
+    """The completions of `problems` run against their tests in the sandbox: pass@1 and samples."""
     samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(problems, completions)]
     started = time.perf_counter()
-    results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=sandbox_timeout_s)
+    results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=timeout_s)
     sandbox_seconds = time.perf_counter() - started
     passed = sum(1 for r in results if r["passed"])
     score = pass_at_k(results, ks=(1,))["pass@1"] if results else 0.0
