@@ -431,3 +431,77 @@ def test_decoding_steps_write_their_key_values_in_place_and_keep_the_logits():
     assert addresses[3] != addresses[2], "the row that left took the old buffer with it"
     # From step 4 on (after the row left, whose freed tensor the allocator may hand out again).
     assert all(a != b for a, b in zip(plain_addresses[4:], plain_addresses[5:])), "the plain cache copies every step"
+
+
+def _three_arms(loaded) -> list:
+    """Soft prompts of three trials on one model: prompt tuning's embeddings (5 virtual tokens),
+    a prefix of another length (8), and none (the frozen model)."""
+    return [_method_prompt(loaded, METHODS["prompt_tuning"]), _method_prompt(loaded, METHODS["prefix_tuning"], 8), None]
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_one_fused_call_gives_every_soft_prompts_rows_their_own_tokens(sampled):
+    """Several trials' rows in one continuous batch, each row behind its own soft prompt (prefixes
+    of different lengths right-aligned in one cache, rows without one beside them): 12 rows
+    through 5, rows of different soft prompts joining and leaving at different steps. Every row
+    gets exactly the tokens of its soft prompt's own call, greedy and seeded sampling alike."""
+    loaded = _scaled_tiny()
+    arms, prompts = _three_arms(loaded), _prompts(4)
+    never = [("\x00never",)] * len(prompts)
+    seeds = [tuple(range(900 + 10 * k, 904 + 10 * k)) for k in range(len(arms))]
+    sampling = [Sampling(1.0, 0.95, s) if sampled else None for s in seeds]
+    stops = [
+        _staggered_stops(generate(loaded, prompts, arm, max_new_tokens=20, batch_size=4, stops=never).texts)
+        for arm in arms
+    ]
+    alone = [
+        generate(loaded, prompts, arm, max_new_tokens=20, batch_size=3, stops=stop, sampling=sample)
+        for arm, stop, sample in zip(arms, stops, sampling)
+    ]
+    fused = generate(
+        loaded,
+        prompts * len(arms),
+        [arm for arm in arms for _ in prompts],
+        max_new_tokens=20,
+        batch_size=5,
+        stops=[s for stop in stops for s in stop],
+        sampling=Sampling(1.0, 0.95, sum(seeds, ())) if sampled else None,
+    )
+    assert fused.tokens == [tokens for one in alone for tokens in one.tokens]
+    assert fused.texts == [text for one in alone for text in one.texts]
+    tokens = [one.tokens for one in alone]
+    assert tokens[0] != tokens[1] and tokens[1] != tokens[2] and tokens[0] != tokens[2], (
+        "each soft prompt makes the model write something else: rows given another's would differ"
+    )
+    assert len({len(t) for t in fused.tokens}) > 2, "rows end at different steps"
+    assert fused.stats.forwards < sum(one.stats.forwards for one in alone), "the trials' rows shared steps"
+
+
+def test_rows_behind_prefixes_of_different_widths_join_and_keep_their_logits():
+    """A prefill behind a long prefix joins a batch behind a short one and a row with none: the
+    joined cache pads the narrower side on the left, and every row's next logits are those of
+    the row decoded alone."""
+    from trainable.generate import _join, _prefill, _step
+
+    loaded = _scaled_tiny()
+    short, long = (_method_prompt(loaded, METHODS["prefix_tuning"], n) for n in (3, 8))
+    tok = loaded.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ("x = 1\n", *_prompts(2))]
+    softs = [short, None, long]
+    with torch.no_grad():
+        joined = _join(_prefill(loaded, ids[:2], softs[:2], [0, 1]), _prefill(loaded, ids[2:], softs[2:], [2]))
+        next_ids = joined.logits.argmax(-1)
+        _step(loaded, joined, next_ids)
+        for row in range(3):
+            alone = _prefill(loaded, [ids[row]], softs[row], [row])
+            _step(loaded, alone, next_ids[row : row + 1])
+            torch.testing.assert_close(joined.logits[row], alone.logits[0], rtol=1e-4, atol=1e-4)
+        wrong = _prefill(loaded, [ids[0]], long, [0])
+        _step(loaded, wrong, next_ids[:1])
+        assert (wrong.logits[0] - joined.logits[0]).abs().max() > 1e-2, "another prefix moves the logits"
+
+
+def test_a_soft_prompt_list_needs_one_entry_per_prompt():
+    loaded = _scaled_tiny()
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        generate(loaded, _prompts(3), [None, None], max_new_tokens=2, batch_size=2)

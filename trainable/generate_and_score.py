@@ -1,6 +1,7 @@
 """Generate completions for a list of problems and score them in the sandbox: greedy pass@1.
 
     result = evaluate_problems(loaded, problems, soft, max_new_tokens, batch_size, timeout_s)
+    results = evaluate_arms(loaded, problems, {"best": soft, "frozen": None}, ...)  # one decode
 
 Each problem is generated with its own stop sequences when it has them (MBPP's `stop_tokens`)."""
 
@@ -52,17 +53,38 @@ def evaluate_problems(
     sandbox_timeout_s: float,
 ) -> EvalResult:
     """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
-    with bar(len(problems), "generating", "problem") as done:
+    return evaluate_arms(loaded, problems, {"": soft_prompt}, max_new_tokens, batch_size, sandbox_timeout_s)[""]
+
+
+def evaluate_arms(
+    loaded: LoadedModel,
+    problems: list[dict],
+    arms: dict[str, torch.Tensor | Prefix | None],
+    max_new_tokens: int,
+    batch_size: int,
+    sandbox_timeout_s: float,
+) -> dict[str, EvalResult]:
+    """Greedy pass@1 of `problems` behind each arm's soft prompt (None: the frozen model), from
+    one decode of every arm's rows together: they share the frozen model, so a step serves rows
+    of every arm (`trainable.generate`), and each row's tokens are those of its arm alone. Each
+    arm's samples are scored as `evaluate_problems` scores them; every arm's `generation` holds
+    the one shared decode's stats."""
+    names = list(arms)
+    with bar(len(problems) * len(names), "generating", "problem") as done:
         out = generate(
             loaded,
-            [p["prompt"] for p in problems],
-            soft_prompt,
+            [p["prompt"] for _ in names for p in problems],
+            [arms[name] for name in names for _ in problems],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
-            stops=[p.get("stop_tokens") for p in problems],
+            stops=[p.get("stop_tokens") for _ in names for p in problems],
             progress=done.update,
         )
-    return _scored(problems, out.texts, out.stats, sandbox_timeout_s)
+    n = len(problems)
+    return {
+        name: _scored(problems, out.texts[k * n : (k + 1) * n], out.stats, sandbox_timeout_s)
+        for k, name in enumerate(names)
+    }
 
 
 def _scored(problems: list[dict], completions: list[str], stats: GenerationStats, timeout_s: float) -> EvalResult:
