@@ -128,6 +128,7 @@ def decode_rows(loaded, args) -> list[list]:
         tokens = {name: [t for g in run["out"] for t in g.tokens] for name, run in runs.items()}
         rows[-1].append("yes" if tokens["fused"] == tokens["separate"] else "NO")
         rows[-2] += ["1.00x", ""]
+        print(f"  K={k} measured: {rows[-2]} {rows[-1]}", file=sys.stderr, flush=True)  # the table waits for all K
     return rows
 
 
