@@ -30,7 +30,7 @@ from search.baselines import candidates, texts_of  # noqa: E402 - after the sys.
 from spaces import load_space  # noqa: E402 - after the sys.path line above
 from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.distill import cached_targets, training_items  # noqa: E402 - after the sys.path line above
-from trainable.decoding.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import generate  # noqa: E402 - after the sys.path line above
 from trainable.model.loading import load_model  # noqa: E402 - after the sys.path line above
 from trainable.dtype_probe import config_dtype  # noqa: E402 - after the sys.path line above
 from trainable.train import build_examples, completion_loss  # noqa: E402 - after the sys.path line above
@@ -48,18 +48,17 @@ def _timed(fn):
 
 
 def generation_rate(loaded, problems, config) -> dict:
-    stats = GenerationStats()
-    _, wall = _timed(
+    out, wall = _timed(
         lambda: generate(
             loaded,
             [p["prompt"] for p in problems],
             None,
             max_new_tokens=config.max_new_tokens,
             batch_size=config.eval_batch_size,
-            stats=stats,
             stops=[p.get("stop_tokens") for p in problems],
         )
     )
+    stats = out.stats
     return {"tokens_per_problem": stats.new_tokens / len(problems), "tps": stats.new_tokens / wall}
 
 

@@ -22,7 +22,8 @@ Ours runs batch by batch (a batch runs to its longest row), continuously (a fini
 goes to the next prompt at once), then adds oneDNN-packed weights (CPU fp32 only;
 trainable.decoding.packed_linear), then a KV cache that a step writes in place instead of copying it, and,
 with `--virtual-tokens`, the soft prompt's key/values computed once per call instead of in every
-row's prefill (trainable.decoding.generate); the last variant is the default. In fp32 every variant's
+row's prefill (trainable.decoding.generate); the last variant is the default, the others leave features
+out through bench/decoding_variants.py. In fp32 every variant's
 completions must equal the naive path's.
 """
 
@@ -36,8 +37,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
-
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -51,10 +50,11 @@ from bench.common import (
     machine,
     print_table,
 )
+from bench.decoding_variants import decoding_without  # noqa: E402 - after the sys.path line above
 from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
 from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.decoding.generate_and_score import evaluate_problems  # noqa: E402 - after the sys.path line above
-from trainable.decoding.generate import STOP_SEQUENCES, Decoding, truncate_at_stop  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import STOP_SEQUENCES, truncate_at_stop  # noqa: E402 - after the sys.path line above
 from trainable.decoding.packed_linear import packed_linears, packs  # noqa: E402 - after the sys.path line above
 from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
 
@@ -221,22 +221,23 @@ def main() -> None:
     speedups = []
     # Each variant adds one feature to the one before; the last is the default decoding (without a
     # soft prompt there is nothing to compute once, so the one before it is).
-    none = Decoding(refill=False, pack_weights=False, soft_prompt_once=False, cache_in_place=False)
+    # Each value: the features left out (bench/decoding_variants.py).
     variants = {
-        "batch by batch": none,
-        "continuous": replace(none, refill=True),
-        "+ packed weights": replace(none, refill=True, pack_weights=True),
-        "+ cache written in place": replace(none, refill=True, pack_weights=True, cache_in_place=True),
+        "batch by batch": ("refill", "pack_weights", "cache_in_place", "soft_prompt_once"),
+        "continuous": ("pack_weights", "cache_in_place", "soft_prompt_once"),
+        "+ packed weights": ("cache_in_place", "soft_prompt_once"),
+        "+ cache written in place": ("soft_prompt_once",),
     }
     if soft is not None:
-        variants["+ soft prompt once"] = Decoding()
+        variants["+ soft prompt once"] = ()
     if args.variants == "default":
-        variants = {"default decoding": Decoding()}
+        variants = {"default decoding": ()}
     packing = _time_packing(loaded.model)
     for batch in args.batch:
-        for how, decoding in variants.items():
+        for how, left_out in variants.items():
             started = time.perf_counter()
-            ours = evaluate_problems(loaded, problems, soft, args.max_new_tokens, batch, TIMEOUT_S, decoding=decoding)
+            with decoding_without(*left_out):
+                ours = evaluate_problems(loaded, problems, soft, args.max_new_tokens, batch, TIMEOUT_S)
             seconds = time.perf_counter() - started
             g = ours.generation
             path = f"ours (batch {batch}, {how})"

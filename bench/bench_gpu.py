@@ -41,7 +41,7 @@ from bench.common import (
     train_flop_per_token,
 )  # noqa: E402 - after the sys.path line above
 from trainable.data.splits import load_problems  # noqa: E402 - after the sys.path line above
-from trainable.decoding.generate import GenerationStats, _Rows, generate, truncate_at_stop  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import _Rows, generate, truncate_at_stop  # noqa: E402 - after the sys.path line above
 from trainable.train import TrainExample, completion_loss  # noqa: E402 - after the sys.path line above
 
 
@@ -80,9 +80,8 @@ def decode_rate(loaded, problems: int, new_tokens: int, batch: int) -> tuple[flo
     """Tokens/s and weight bytes read per second of greedy decoding over HumanEval prompts."""
     prompts = [p["prompt"] for p in list(load_problems().values())[:problems]]
     loaded.model.generation_config.eos_token_id = None  # random weights: never stop early
-    stats = GenerationStats()
     torch.cuda.synchronize()
-    generate(loaded, prompts, None, max_new_tokens=new_tokens, batch_size=batch, stats=stats)
+    stats = generate(loaded, prompts, None, max_new_tokens=new_tokens, batch_size=batch).stats
     torch.cuda.synchronize()
     return stats.tokens_per_s, decode_bytes_per_forward(loaded.model) * stats.forwards / stats.seconds
 

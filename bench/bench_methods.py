@@ -25,7 +25,7 @@ from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line
 from bench.common import OLD_SPLIT  # noqa: E402 - after the sys.path line above
 from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
 import trainable.decoding.generate as gen_module  # noqa: E402 - after the sys.path line above
-from trainable.decoding.generate import GenerationStats, generate  # noqa: E402 - after the sys.path line above
+from trainable.decoding.generate import generate  # noqa: E402 - after the sys.path line above
 from trainable.softprompt import SoftPrompt  # noqa: E402 - after the sys.path line above
 from trainable.train import Trainer, build_examples  # noqa: E402 - after the sys.path line above
 
@@ -44,9 +44,7 @@ def train_step(trainer, examples, step: int) -> tuple[float, int]:
 
 
 def generation_rate(loaded, prompts, soft, new_tokens: int) -> float:
-    stats = GenerationStats()
-    generate(loaded, prompts, soft, max_new_tokens=new_tokens, batch_size=len(prompts), stats=stats)
-    return stats.tokens_per_s
+    return generate(loaded, prompts, soft, max_new_tokens=new_tokens, batch_size=len(prompts)).stats.tokens_per_s
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import (
@@ -34,6 +35,8 @@ from bench.common import (
     train_flop_per_token,
 )
 from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
+from trainable.engine import IGNORE  # noqa: E402 - after the sys.path line above
+from trainable.inputs import right_padded  # noqa: E402 - after the sys.path line above
 from trainable.train import build_examples, completion_loss  # noqa: E402 - after the sys.path line above
 
 
@@ -55,7 +58,31 @@ def stock_peft_step(loaded, peft_model, examples) -> tuple[torch.Tensor, int]:
 
 
 def ours_step(loaded, soft, examples, full_logits: bool):
-    return completion_loss(loaded, soft, examples, full_logits=full_logits)
+    return full_logits_loss(loaded, soft, examples) if full_logits else completion_loss(loaded, soft, examples)
+
+
+def full_logits_loss(loaded, soft, examples) -> tuple[torch.Tensor, int]:
+    """Our layout with the stock loss: logits at every position, then the labels masked to the
+    completion tokens (what our output layer on target positions only is measured against)."""
+    model = loaded.model
+    batch = right_padded(
+        [ex.tokens for ex in examples], model.get_input_embeddings(), loaded.tokenizer.pad_token_id, soft
+    )
+    width = max(len(ex.tokens) for ex in examples)
+    n_soft = batch.inputs_embeds.shape[1] - width  # virtual tokens among the inputs (none for a prefix)
+    labels = torch.full((len(examples), n_soft + width), IGNORE, dtype=torch.long)
+    for row, ex in enumerate(examples):
+        labels[row, n_soft + ex.n_prompt : n_soft + len(ex.tokens)] = torch.tensor(ex.tokens[ex.n_prompt :])
+    hidden = model.get_decoder()(
+        inputs_embeds=batch.inputs_embeds,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        past_key_values=batch.past_key_values,
+    ).last_hidden_state
+    targets = labels[:, 1:].to(hidden.device)  # the hidden state at t predicts token t+1
+    logits = model.get_output_embeddings()(hidden[:, :-1]).float()
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
+    return loss, int(batch.attention_mask.sum())
 
 
 def measure(name, step, params, steps) -> list:

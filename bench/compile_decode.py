@@ -11,6 +11,7 @@ they are printed apart from the median of the rest. Slow: minutes of compiling o
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -20,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import OLD_SPLIT, ceilings, describe_ceilings, load_bench_model, machine  # noqa: E402 - after the sys.path line above
+from bench.decoding_variants import decoding_without  # noqa: E402 - after the sys.path line above
 from trainable.data.splits import problems_for  # noqa: E402 - after the sys.path line above
 from trainable.decoding.generate import _prefill, _step  # noqa: E402 - after the sys.path line above
 from trainable.decoding.packed_linear import packed_linears  # noqa: E402 - after the sys.path line above
@@ -29,10 +31,11 @@ def _steps(loaded, encoded: list[list[int]], n: int, in_place: bool) -> tuple[li
     live = _prefill(loaded, encoded, None, list(range(len(encoded))))
     next_ids = live.logits.argmax(-1)
     seconds = []
-    for _ in range(n):
-        started = time.perf_counter()
-        _step(loaded, live, next_ids, in_place)
-        seconds.append(time.perf_counter() - started)
+    with contextlib.nullcontext() if in_place else decoding_without("cache_in_place"):
+        for _ in range(n):
+            started = time.perf_counter()
+            _step(loaded, live, next_ids)
+            seconds.append(time.perf_counter() - started)
     return seconds, live.logits
 
 

@@ -1,19 +1,14 @@
 """Batched generation must give exactly the tokens of one-at-a-time generation."""
 
+import contextlib
+
 import pytest
 import torch
 
 from trainable.config import TrainConfig
 from trainable.data.splits import load_problems
-from trainable.decoding.generate import (
-    STOP_SEQUENCES,
-    Decoding,
-    GenerationStats,
-    Sampling,
-    generate,
-    generate_with_tokens,
-    truncate_at_stop,
-)
+from bench.decoding_variants import decoding_without
+from trainable.decoding.generate import STOP_SEQUENCES, GenerationStats, Sampling, generate, truncate_at_stop
 from trainable.inputs import Prefix, left_padded
 from trainable.model.loading import LoadedModel, ModelRef
 from trainable.tiny import tiny_model, tiny_tokenizer
@@ -40,19 +35,19 @@ def test_batched_equals_single_token_for_token():
     prompts = _prompts(8)
     lengths = {len(loaded.tokenizer(p)["input_ids"]) for p in prompts}
     assert len(lengths) > 4, "prompts of different lengths are what exercises the padding"
-    _, batched = generate_with_tokens(loaded, prompts, soft, max_new_tokens=24, batch_size=8)
+    batched = generate(loaded, prompts, soft, max_new_tokens=24, batch_size=8).tokens
     for prompt, tokens in zip(prompts, batched):
-        _, single = generate_with_tokens(loaded, [prompt], soft, max_new_tokens=24, batch_size=1)
+        single = generate(loaded, [prompt], soft, max_new_tokens=24, batch_size=1).tokens
         assert tokens == single[0]
     assert any(batched), "generation produced tokens"
 
 
-def _method_prompt(loaded, settings: dict):
+def _method_prompt(loaded, settings: dict, tokens: int = 5):
     """A soft prompt of one method, moved off its init so that it changes the output. (A prefix's
     keys must be as large as the scaled model's own, about 10 per element, to draw attention.)"""
     from trainable.softprompt import SoftPrompt
 
-    prompt = SoftPrompt.create(loaded, TrainConfig(num_virtual_tokens=5, **settings))
+    prompt = SoftPrompt.create(loaded, TrainConfig(num_virtual_tokens=tokens, **settings))
     scale = 20.0 if settings["method"] == "prefix_tuning" else 1.0
     torch.manual_seed(2)
     with torch.no_grad():
@@ -74,18 +69,18 @@ def test_batched_equals_single_for_every_method(settings):
     loaded = _scaled_tiny()
     soft = _method_prompt(loaded, settings)
     prompts = _prompts(6)
-    _, batched = generate_with_tokens(loaded, prompts, soft, max_new_tokens=16, batch_size=6)
-    singles = [generate_with_tokens(loaded, [p], soft, max_new_tokens=16, batch_size=1)[1][0] for p in prompts]
+    batched = generate(loaded, prompts, soft, max_new_tokens=16, batch_size=6).tokens
+    singles = [generate(loaded, [p], soft, max_new_tokens=16, batch_size=1).tokens[0] for p in prompts]
     assert batched == singles
-    plain = [generate_with_tokens(loaded, [p], None, max_new_tokens=16, batch_size=1)[1][0] for p in prompts]
+    plain = [generate(loaded, [p], None, max_new_tokens=16, batch_size=1).tokens[0] for p in prompts]
     assert batched != plain, "the soft prompt changes what the model writes"
 
 
 def test_batched_equals_single_without_soft_prompt():
     loaded = _scaled_tiny()
     prompts = _prompts(5)
-    _, batched = generate_with_tokens(loaded, prompts, None, max_new_tokens=16, batch_size=5)
-    singles = [generate_with_tokens(loaded, [p], None, max_new_tokens=16, batch_size=1)[1][0] for p in prompts]
+    batched = generate(loaded, prompts, None, max_new_tokens=16, batch_size=5).tokens
+    singles = [generate(loaded, [p], None, max_new_tokens=16, batch_size=1).tokens[0] for p in prompts]
     assert batched == singles
 
 
@@ -156,37 +151,37 @@ def test_sampling_is_seeded_per_prompt_and_not_by_its_batch():
     loaded = _scaled_tiny()
     prompts = _prompts(6)
     sampling = Sampling(1.0, 0.95, tuple(range(100, 106)))
-    _, batched = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=sampling)
-    _, again = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=sampling)
+    batched = generate(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=sampling).tokens
+    again = generate(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=sampling).tokens
     assert batched == again, "same seeds, same samples"
     for i, prompt in enumerate(prompts):
-        _, single = generate_with_tokens(
+        single = generate(
             loaded, [prompt], None, max_new_tokens=12, batch_size=1, sampling=Sampling(1.0, 0.95, (100 + i,))
-        )
+        ).tokens
         assert single[0] == batched[i], "a prompt's sample must not depend on its batch"
-    _, greedy = generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6)
+    greedy = generate(loaded, prompts, None, max_new_tokens=12, batch_size=6).tokens
     assert batched != greedy, "sampling at temperature 1 differs from greedy somewhere"
     other = Sampling(1.0, 0.95, tuple(range(200, 206)))
-    assert generate_with_tokens(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=other)[1] != batched
+    assert generate(loaded, prompts, None, max_new_tokens=12, batch_size=6, sampling=other).tokens != batched
 
 
 def test_a_vanishing_nucleus_is_greedy():
     loaded = _scaled_tiny()
     prompts = _prompts(4)
-    _, greedy = generate_with_tokens(loaded, prompts, None, max_new_tokens=10, batch_size=4)
-    _, top1 = generate_with_tokens(
+    greedy = generate(loaded, prompts, None, max_new_tokens=10, batch_size=4).tokens
+    top1 = generate(
         loaded, prompts, None, max_new_tokens=10, batch_size=4, sampling=Sampling(5.0, 1e-9, (1, 2, 3, 4))
-    )
+    ).tokens
     assert top1 == greedy
 
 
 def test_each_prompt_stops_at_its_own_stop_sequences():
     loaded = _scaled_tiny()
     prompts = _prompts(2)
-    full = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[("\x00never",)] * 2)
+    full = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[("\x00never",)] * 2).texts
     assert all(full), "noise long enough to cut"
     cut_at = full[0][len(full[0]) // 2 :][:1] or full[0][-1:]
-    cut = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[(cut_at,), ("\x00never",)])
+    cut = generate(loaded, prompts, None, max_new_tokens=16, batch_size=2, stops=[(cut_at,), ("\x00never",)]).texts
     assert cut[0] == truncate_at_stop(full[0], (cut_at,)) and len(cut[0]) < len(full[0])
     assert cut[1] == full[1]
 
@@ -197,10 +192,10 @@ def _one_at_a_time(loaded, prompts, soft, max_new_tokens, stops, seeds=None) -> 
     out = []
     for i, prompt in enumerate(prompts):
         sampling = Sampling(1.0, 0.95, (seeds[i],)) if seeds else None
-        texts, tokens = generate_with_tokens(
+        one = generate(
             loaded, [prompt], soft, max_new_tokens=max_new_tokens, batch_size=1, stops=[stops[i]], sampling=sampling
         )
-        out.append((texts[0], tokens[0]))
+        out.append((one.texts[0], one.tokens[0]))
     return out
 
 
@@ -221,13 +216,13 @@ def test_sampling_and_own_stops_with_every_method_are_batch_independent(settings
         batch_size=6,
         stops=[("\x00never",)] * 6,
         sampling=Sampling(1.0, 0.95, seeds),
-    )
+    ).texts
     stops = [
         ((text[len(text) // 2 :][:1] or "\x00never"),) if i % 2 == 0 else ("\x00never",) for i, text in enumerate(full)
     ]
     batched = generate(
         loaded, prompts, soft, max_new_tokens=14, batch_size=6, stops=stops, sampling=Sampling(1.0, 0.95, seeds)
-    )
+    ).texts
     singles = [text for text, _ in _one_at_a_time(loaded, prompts, soft, 14, stops, seeds)]
     assert batched == singles
     assert batched == [truncate_at_stop(text, stop) for text, stop in zip(full, stops)]
@@ -282,21 +277,12 @@ def _staggered_stops(full: list[str]) -> list[tuple[str, ...]]:
     return stops
 
 
-def _through_three_rows(loaded, prompts, soft, stops, sampling, decoding) -> tuple[list[list[int]], GenerationStats]:
-    """The prompts through a batch of 3 rows, each with its own stops: their tokens, and the stats."""
-    stats = GenerationStats()
-    _, tokens = generate_with_tokens(
-        loaded,
-        prompts,
-        soft,
-        max_new_tokens=20,
-        batch_size=3,
-        stops=stops,
-        sampling=sampling,
-        stats=stats,
-        decoding=decoding,
-    )
-    return tokens, stats
+def _through_three_rows(loaded, prompts, soft, stops, sampling, without=()) -> tuple[list[list[int]], GenerationStats]:
+    """The prompts through a batch of 3 rows, each with its own stops: their tokens, and the
+    stats; `without`: decoding features left out (bench/decoding_variants.py)."""
+    with decoding_without(*without):
+        out = generate(loaded, prompts, soft, max_new_tokens=20, batch_size=3, stops=stops, sampling=sampling)
+    return out.tokens, out.stats
 
 
 @pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
@@ -312,10 +298,10 @@ def test_rows_that_stop_are_refilled_and_every_prompt_keeps_its_tokens(settings,
     seeds = tuple(range(500, 508))
     sampling = Sampling(1.0, 0.95, seeds) if sampled else None
     never = [("\x00never",)] * 8
-    full = generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never, sampling=sampling)
+    full = generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never, sampling=sampling).texts
     stops = _staggered_stops(full)
     runs = {
-        refill: _through_three_rows(loaded, prompts, soft, stops, sampling, Decoding(refill=refill))
+        refill: _through_three_rows(loaded, prompts, soft, stops, sampling, () if refill else ("refill",))
         for refill in (True, False)
     }
     singles = [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 20, stops, seeds if sampled else None)]
@@ -360,17 +346,9 @@ def test_a_batch_filled_over_several_prefills_keeps_every_prompts_tokens(monkeyp
     prompts = _prompts(7)
     stops = [("\x00never",)] * 7
     monkeypatch.setattr(generate_module, "PREFILL_ROWS", 2)
-    stats = GenerationStats()
-    _, batched = generate_with_tokens(
-        loaded,
-        prompts,
-        soft,
-        max_new_tokens=9,
-        batch_size=7,
-        stops=stops,
-        stats=stats,
-        decoding=Decoding(refill=refill),
-    )
+    with decoding_without(*(() if refill else ("refill",))):
+        out = generate(loaded, prompts, soft, max_new_tokens=9, batch_size=7, stops=stops)
+    batched, stats = out.tokens, out.stats
     assert batched == [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 9, stops)]
     assert stats.forwards == 4 + 8, "4 prefills of at most 2 rows, then 8 steps for all 7 rows at once"
 
@@ -387,9 +365,9 @@ def test_a_soft_prompt_computed_once_gives_every_prompt_its_tokens(method, sampl
     seeds = tuple(range(700, 708))
     sampling = Sampling(1.0, 0.95, seeds) if sampled else None
     never = [("\x00never",)] * 8
-    stops = _staggered_stops(generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never))
+    stops = _staggered_stops(generate(loaded, prompts, soft, max_new_tokens=20, batch_size=8, stops=never).texts)
     runs = {
-        once: _through_three_rows(loaded, prompts, soft, stops, sampling, Decoding(soft_prompt_once=once))
+        once: _through_three_rows(loaded, prompts, soft, stops, sampling, () if once else ("soft_prompt_once",))
         for once in (True, False)
     }
     singles = [tokens for _, tokens in _one_at_a_time(loaded, prompts, soft, 20, stops, seeds if sampled else None)]
@@ -438,7 +416,8 @@ def test_decoding_steps_write_their_key_values_in_place_and_keep_the_logits():
             if i == 3:
                 live.keep([0, 2])
                 next_ids = next_ids[[0, 2]]
-            _step(loaded, live, next_ids, in_place)
+            with contextlib.nullcontext() if in_place else decoding_without("cache_in_place"):
+                _step(loaded, live, next_ids)
             logits.append(live.logits.clone())
             addresses.append(live.cache.layers[0].keys.data_ptr())
         return logits, addresses
@@ -452,3 +431,77 @@ def test_decoding_steps_write_their_key_values_in_place_and_keep_the_logits():
     assert addresses[3] != addresses[2], "the row that left took the old buffer with it"
     # From step 4 on (after the row left, whose freed tensor the allocator may hand out again).
     assert all(a != b for a, b in zip(plain_addresses[4:], plain_addresses[5:])), "the plain cache copies every step"
+
+
+def _three_arms(loaded) -> list:
+    """Soft prompts of three trials on one model: prompt tuning's embeddings (5 virtual tokens),
+    a prefix of another length (8), and none (the frozen model)."""
+    return [_method_prompt(loaded, METHODS["prompt_tuning"]), _method_prompt(loaded, METHODS["prefix_tuning"], 8), None]
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["greedy", "sampled"])
+def test_one_fused_call_gives_every_soft_prompts_rows_their_own_tokens(sampled):
+    """Several trials' rows in one continuous batch, each row behind its own soft prompt (prefixes
+    of different lengths right-aligned in one cache, rows without one beside them): 12 rows
+    through 5, rows of different soft prompts joining and leaving at different steps. Every row
+    gets exactly the tokens of its soft prompt's own call, greedy and seeded sampling alike."""
+    loaded = _scaled_tiny()
+    arms, prompts = _three_arms(loaded), _prompts(4)
+    never = [("\x00never",)] * len(prompts)
+    seeds = [tuple(range(900 + 10 * k, 904 + 10 * k)) for k in range(len(arms))]
+    sampling = [Sampling(1.0, 0.95, s) if sampled else None for s in seeds]
+    stops = [
+        _staggered_stops(generate(loaded, prompts, arm, max_new_tokens=20, batch_size=4, stops=never).texts)
+        for arm in arms
+    ]
+    alone = [
+        generate(loaded, prompts, arm, max_new_tokens=20, batch_size=3, stops=stop, sampling=sample)
+        for arm, stop, sample in zip(arms, stops, sampling)
+    ]
+    fused = generate(
+        loaded,
+        prompts * len(arms),
+        [arm for arm in arms for _ in prompts],
+        max_new_tokens=20,
+        batch_size=5,
+        stops=[s for stop in stops for s in stop],
+        sampling=Sampling(1.0, 0.95, sum(seeds, ())) if sampled else None,
+    )
+    assert fused.tokens == [tokens for one in alone for tokens in one.tokens]
+    assert fused.texts == [text for one in alone for text in one.texts]
+    tokens = [one.tokens for one in alone]
+    assert tokens[0] != tokens[1] and tokens[1] != tokens[2] and tokens[0] != tokens[2], (
+        "each soft prompt makes the model write something else: rows given another's would differ"
+    )
+    assert len({len(t) for t in fused.tokens}) > 2, "rows end at different steps"
+    assert fused.stats.forwards < sum(one.stats.forwards for one in alone), "the trials' rows shared steps"
+
+
+def test_rows_behind_prefixes_of_different_widths_join_and_keep_their_logits():
+    """A prefill behind a long prefix joins a batch behind a short one and a row with none: the
+    joined cache pads the narrower side on the left, and every row's next logits are those of
+    the row decoded alone."""
+    from trainable.decoding.generate import _join, _prefill, _step
+
+    loaded = _scaled_tiny()
+    short, long = (_method_prompt(loaded, METHODS["prefix_tuning"], n) for n in (3, 8))
+    tok = loaded.tokenizer
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in ("x = 1\n", *_prompts(2))]
+    softs = [short, None, long]
+    with torch.no_grad():
+        joined = _join(_prefill(loaded, ids[:2], softs[:2], [0, 1]), _prefill(loaded, ids[2:], softs[2:], [2]))
+        next_ids = joined.logits.argmax(-1)
+        _step(loaded, joined, next_ids)
+        for row in range(3):
+            alone = _prefill(loaded, [ids[row]], softs[row], [row])
+            _step(loaded, alone, next_ids[row : row + 1])
+            torch.testing.assert_close(joined.logits[row], alone.logits[0], rtol=1e-4, atol=1e-4)
+        wrong = _prefill(loaded, [ids[0]], long, [0])
+        _step(loaded, wrong, next_ids[:1])
+        assert (wrong.logits[0] - joined.logits[0]).abs().max() > 1e-2, "another prefix moves the logits"
+
+
+def test_a_soft_prompt_list_needs_one_entry_per_prompt():
+    loaded = _scaled_tiny()
+    with pytest.raises(ValueError, match="one entry per prompt"):
+        generate(loaded, _prompts(3), [None, None], max_new_tokens=2, batch_size=2)

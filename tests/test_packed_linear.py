@@ -1,10 +1,13 @@
 """oneDNN-packed linears (trainable.decoding.packed_linear): same outputs as nn.Linear, only inside the
 context, and only where they apply (fp32 on a CPU)."""
 
+import contextlib
+
 import pytest
 import torch
 
-from trainable.decoding.generate import Decoding, generate_with_tokens
+from bench.decoding_variants import decoding_without
+from trainable.decoding.generate import generate
 from trainable.model.loading import LoadedModel, ModelRef
 from trainable.decoding.packed_linear import packed_linears, packs
 from trainable.tiny import tiny_model, tiny_tokenizer
@@ -72,6 +75,26 @@ def test_where_the_operators_do_not_work_nothing_is_packed(monkeypatch):
         assert all("forward" not in m.__dict__ for m in model.modules())
 
 
+@contextlib.contextmanager
+def _counting_packs():
+    """Per `packed_linears` context `trainable.decoding.generate` opens: whether its linears were switched."""
+    import trainable.decoding.generate as generate_module
+
+    packed, original = [], generate_module.packed_linears
+
+    @contextlib.contextmanager
+    def counting(model):
+        with original(model):
+            packed.append(any("forward" in m.__dict__ for m in model.modules()))
+            yield
+
+    generate_module.packed_linears = counting
+    try:
+        yield packed
+    finally:
+        generate_module.packed_linears = original
+
+
 @needs_onednn
 def test_packing_changes_no_token():
     """Greedy decoding of 6 prompts, 3 rows at a time, with packed and plain linears: the same
@@ -82,17 +105,11 @@ def test_packing_changes_no_token():
     model.generation_config.eos_token_id = None
     loaded = LoadedModel(model, tokenizer, ModelRef("tiny", "local", "tiny"))
     prompts = ["def add(a, b):\n", "x = [", "import os\n\n", "class A:\n    def", "# sum\n", "return ("]
-    runs = [
-        generate_with_tokens(
-            loaded,
-            prompts,
-            None,
-            max_new_tokens=20,
-            batch_size=3,
-            stops=[("\x00never",)] * len(prompts),
-            decoding=Decoding(pack_weights=pack),
-        )[1]
-        for pack in (True, False)
-    ]
+    never = [("\x00never",)] * len(prompts)
+    runs = []
+    for without in ((), ("pack_weights",)):
+        with decoding_without(*without), _counting_packs() as packed:
+            runs.append(generate(loaded, prompts, None, max_new_tokens=20, batch_size=3, stops=never).tokens)
+        assert packed == [not without], "the packed side packs, the plain side does not"
     assert runs[0] == runs[1]
     assert sum(map(len, runs[0])) > 60, [len(t) for t in runs[0]]

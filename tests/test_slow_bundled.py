@@ -24,7 +24,7 @@ ADD = {
 
 def test_bundled_completes_add_through_our_generation_and_sandbox():
     loaded = load_model("bundled", device="cpu", dtype=torch.bfloat16)
-    (completion,) = generate(loaded, [ADD["prompt"]], max_new_tokens=48, batch_size=1)
+    (completion,) = generate(loaded, [ADD["prompt"]], max_new_tokens=48, batch_size=1).texts
     (result,) = score_samples([{"task_id": "add", "completion": completion}], {"add": ADD}, timeout_s=10)
     assert result["passed"], (completion, result["result"])
 

@@ -36,11 +36,13 @@ def test_loss_falls_and_frozen_weights_are_bit_identical(tiny_loaded):
 
 def test_selected_positions_loss_equals_full_logits_loss(tiny_loaded):
     """Our fast path (output layer on target positions only) computes the same loss as the
-    stock path (full logits, masked)."""
+    stock path (full logits, masked; bench/bench_train.py's baseline)."""
+    from bench.bench_train import full_logits_loss
+
     examples = build_examples(tiny_loaded, problems_for("train", DataSplit(4, 4, 4)), 256)
     soft = torch.randn(4, tiny_loaded.model.config.hidden_size)
     fast, tokens = completion_loss(tiny_loaded, soft, examples)
-    full, _ = completion_loss(tiny_loaded, soft, examples, full_logits=True)
+    full, _ = full_logits_loss(tiny_loaded, soft, examples)
     assert torch.allclose(fast, full, atol=1e-5)
     assert tokens == sum(len(e.tokens) + 4 for e in examples)
 

@@ -175,7 +175,7 @@ def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSetti
             batch_size=config.eval_batch_size,
             stops=stops,
             progress=done.update,
-        )
+        ).texts
         rows = [{"task_id": p["task_id"], "completion": body_only(c)} for p, c in zip(problems, greedy)]
         if settings.samples:
             repeated = [(p, j) for j in range(1, settings.samples + 1) for p in problems]
@@ -191,7 +191,7 @@ def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSetti
                 stops=[p.get("stop_tokens") for p, _ in repeated],
                 sampling=sampling,
                 progress=done.update,
-            )
+            ).texts
             rows += [{"task_id": p["task_id"], "completion": body_only(c)} for (p, _), c in zip(repeated, sampled)]
     return rows
 

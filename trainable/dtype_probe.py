@@ -221,18 +221,17 @@ class _Bench:
         return time.perf_counter() - started
 
     def decode(self) -> float:
-        from trainable.decoding.generate import GenerationStats, generate
+        from trainable.decoding.generate import generate
 
-        stats, started = GenerationStats(), time.perf_counter()
-        generate(
+        started = time.perf_counter()
+        stats = generate(
             self.loaded,
             self.prompts,
             self.soft.detach(),
             max_new_tokens=DECODE_STEPS,
             batch_size=self.eval_batch_size,
-            stats=stats,
             stops=[[]] * len(self.prompts),
-        )
+        ).stats
         per_call = (time.perf_counter() - started) / max(1, stats.forwards)
         return per_call * (1 + DECODE_STEPS)  # a prefill and DECODE_STEPS steps, however many ran
 

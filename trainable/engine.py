@@ -26,9 +26,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
-from transformers import DynamicCache
-
-from trainable.inputs import Prefix, positions
+from trainable.inputs import Prefix, positions, right_aligned_prefixes
 from trainable.model.loading import LoadedModel
 
 if TYPE_CHECKING:  # the examples' type; trainable.train imports this module
@@ -92,11 +90,9 @@ def _rows_forward(loaded: LoadedModel, requests: Sequence[LossRequest], rows: li
     full_mask = mask
     cache = None
     if n_prefix:
-        prefix_mask = mask.new_zeros(len(rows), n_prefix)
-        for row, (i, _) in enumerate(rows):
-            prefix_mask[row, n_prefix - prefix_len[i] :] = 1
-        full_mask = torch.cat([prefix_mask, mask], dim=1)
-        cache = _fused_prefix_cache(requests, [i for i, _ in rows], n_prefix, token_embeds.dtype, loaded)
+        prefixes = [requests[i].soft if prefix_len[i] else None for i, _ in rows]
+        cache, prefix_mask = right_aligned_prefixes(prefixes, token_embeds.dtype)
+        full_mask = torch.cat([prefix_mask.to(mask), mask], dim=1)
     hidden = model.get_decoder()(
         inputs_embeds=torch.stack(embeds),
         attention_mask=full_mask,
@@ -118,28 +114,6 @@ def _soft_len(soft) -> int:
 def _targets(example: "TrainExample", n_soft: int) -> int:
     """How many completion tokens of `example` carry loss (the first column predicts nothing)."""
     return (n_soft + len(example.tokens)) - max(n_soft + example.n_prompt, 1)
-
-
-def _fused_prefix_cache(requests, owners, n_prefix, dtype, loaded) -> DynamicCache:
-    """Per layer, each row's prefix right-aligned in `n_prefix` columns (zeros, masked, before it)."""
-    config = loaded.model.config
-    layers = config.num_hidden_layers
-    some = next(r.soft for r in requests if isinstance(r.soft, Prefix))
-    heads, head_dim = some.keys[0].shape[0], some.keys[0].shape[2]
-    zeros = torch.zeros(heads, n_prefix, head_dim, dtype=dtype, device=some.keys[0].device)
-
-    def column(request, part, layer):
-        if not isinstance(request.soft, Prefix):
-            return zeros
-        tensor = getattr(request.soft, part)[layer].to(dtype)
-        return torch.cat([zeros[:, : n_prefix - tensor.shape[1]], tensor], dim=1)
-
-    per_layer = []
-    for layer in range(layers):
-        keys = torch.stack([column(requests[i], "keys", layer) for i in owners])
-        values = torch.stack([column(requests[i], "values", layer) for i in owners])
-        per_layer.append((keys, values))
-    return DynamicCache(per_layer)
 
 
 def train_step(

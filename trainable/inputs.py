@@ -13,11 +13,14 @@ A prefix (prefix tuning) is not in the inputs: its learned key/values are the in
 first real token again at position P (as PEFT places it for an unpadded sequence). Decoding puts
 prompt tuning's and P-tuning's virtual tokens there too, once their key/values are computed
 (`trainable.decoding.generate`): they attend only to each other, so every row would compute the same ones.
+Rows behind different prefixes (several trials' soft prompts in one batch, training or decoding)
+share one cache, each prefix right-aligned behind masked zero columns (`right_aligned_prefixes`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from transformers import DynamicCache
@@ -85,6 +88,45 @@ def _with_prefix(batch: Batch, prefix: Prefix) -> Batch:
     rows, n = batch.attention_mask.shape[0], len(prefix)
     mask = torch.cat([batch.attention_mask.new_ones(rows, n), batch.attention_mask], dim=1)
     return Batch(batch.inputs_embeds, mask, positions(mask)[:, n:], prefix.cache(rows, batch.inputs_embeds.dtype))
+
+
+def behind_prefixes(batch: Batch, prefixes: Sequence[Prefix | None]) -> Batch:
+    """`batch` (built without a soft prompt) with row i behind `prefixes[i]` (None: no prefix),
+    each right-aligned in as many cache columns as the longest (`right_aligned_prefixes`)."""
+    if all(p is None for p in prefixes):
+        return batch
+    cache, prefix_mask = right_aligned_prefixes(prefixes, batch.inputs_embeds.dtype)
+    mask = torch.cat([prefix_mask.to(batch.attention_mask), batch.attention_mask], dim=1)
+    n = prefix_mask.shape[1]
+    return Batch(batch.inputs_embeds, mask, positions(mask)[:, n:], cache)
+
+
+def right_aligned_prefixes(prefixes: Sequence[Prefix | None], dtype: torch.dtype) -> tuple[DynamicCache, torch.Tensor]:
+    """One cache for rows behind different prefixes (several trials' soft prompts, or none), and
+    its mask [B, P_max]: per layer, row i holds `prefixes[i]` right-aligned in P_max columns with
+    masked zeros before it. A row attends to its own prefix's columns only, and positions taken
+    from the mask (`positions`) start at 0 on its first one, so it sees what it sees alone.
+    Differentiable w.r.t. the prefixes (the training engine's gradients flow through it)."""
+    some = next(p for p in prefixes if p is not None)
+    width = max(len(p) for p in prefixes if p is not None)
+    heads, head_dim, device = some.keys[0].shape[0], some.keys[0].shape[2], some.keys[0].device
+    zeros = torch.zeros(heads, width, head_dim, dtype=dtype, device=device)
+
+    def column(prefix: Prefix | None, part: str, layer: int) -> torch.Tensor:
+        if prefix is None:
+            return zeros
+        tensor = getattr(prefix, part)[layer].to(dtype)
+        return torch.cat([zeros[:, : width - tensor.shape[1]], tensor], dim=1)
+
+    layers = [
+        tuple(torch.stack([column(p, part, layer) for p in prefixes]) for part in ("keys", "values"))
+        for layer in range(len(some.keys))
+    ]
+    mask = torch.zeros(len(prefixes), width, dtype=torch.long, device=device)
+    for row, prefix in enumerate(prefixes):
+        if prefix is not None:
+            mask[row, width - len(prefix) :] = 1
+    return DynamicCache(layers), mask
 
 
 def left_padded(

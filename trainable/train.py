@@ -14,11 +14,10 @@ import time
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from trainable.config import TrainConfig
-from trainable.engine import IGNORE, LossRequest, StepResult, backward_into, fused_completion_loss, train_step
-from trainable.inputs import Prefix, right_padded
+from trainable.engine import LossRequest, StepResult, backward_into, fused_completion_loss, train_step
+from trainable.inputs import Prefix
 from trainable.model.loading import LoadedModel
 from trainable.softprompt import SoftPrompt
 
@@ -58,44 +57,13 @@ def build_examples(loaded: LoadedModel, problems: list[dict], max_length: int) -
     return examples
 
 
-def _labels(examples: list[TrainExample], n_soft: int, width: int, device) -> torch.Tensor:
-    labels = torch.full((len(examples), n_soft + width), IGNORE, dtype=torch.long)
-    for row, ex in enumerate(examples):
-        start = n_soft + ex.n_prompt
-        labels[row, start : n_soft + len(ex.tokens)] = torch.tensor(ex.tokens[ex.n_prompt :])
-    return labels.to(device)
-
-
 def completion_loss(
-    loaded: LoadedModel, soft: torch.Tensor | Prefix | None, examples: list[TrainExample], full_logits: bool = False
+    loaded: LoadedModel, soft: torch.Tensor | Prefix | None, examples: list[TrainExample]
 ) -> tuple[torch.Tensor, int]:
     """Mean cross-entropy over completion tokens, and the number of tokens processed (the soft
     prompt's positions included). `soft`: input embeddings or a prefix (`SoftPrompt.inputs()`).
-    The engine's step for one request (`trainable.engine`).
-
-    `full_logits=True` is the stock path (logits at every position, then masked): kept only so
-    the benchmark can compare against it.
-    """
-    if not full_logits:
-        return fused_completion_loss(loaded, [LossRequest(soft, examples)])[0]
-    model = loaded.model
-    batch = right_padded(
-        [ex.tokens for ex in examples], model.get_input_embeddings(), loaded.tokenizer.pad_token_id, soft
-    )
-    width = max(len(ex.tokens) for ex in examples)
-    n_soft = batch.inputs_embeds.shape[1] - width  # virtual tokens among the inputs (none for a prefix)
-    labels = _labels(examples, n_soft, width, batch.inputs_embeds.device)
-    hidden = model.get_decoder()(
-        inputs_embeds=batch.inputs_embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        past_key_values=batch.past_key_values,
-    ).last_hidden_state
-    head = model.get_output_embeddings()
-    targets = labels[:, 1:]  # the hidden state at t predicts token t+1
-    logits = head(hidden[:, :-1]).float()
-    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=IGNORE)
-    return loss, int(batch.attention_mask.sum())
+    The engine's step for one request (`trainable.engine`)."""
+    return fused_completion_loss(loaded, [LossRequest(soft, examples)])[0]
 
 
 class Trainer:

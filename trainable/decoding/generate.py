@@ -1,26 +1,34 @@
-"""Batched decoding with a soft prompt, cut at stop sequences: greedy, or seeded sampling.
+"""Batched decoding behind soft prompts, cut at stop sequences: greedy, or seeded sampling.
+
+    out = generate(loaded, prompts, soft_prompt, max_new_tokens=128, batch_size=16)
+    out.texts, out.tokens, out.stats   # per prompt; GenerationStats of the call
 
 A batch gives exactly the tokens of one-at-a-time generation (see `trainable.inputs`), so batch
 size is a speed setting, never a quality one. Batching is continuous: a row that stops leaves the
 batch (and the KV cache) at once, and the next prompt is prefilled and joins in its place, so
 every step serves a full batch until the prompts run out. A soft prompt's key/values are computed
-once per call and every row decodes behind them as behind a prefix. Stop sequences
-are HumanEval's unless a prompt brings its own (MBPP problems do). Sampling draws each row from
-its own seeded generator, so a prompt's sample does not depend on what else is in its batch.
+once per call and every row decodes behind them as behind a prefix. `soft_prompt` may also be a
+list with one entry per prompt: the rows of several trials (one frozen model, each trial its own
+soft prompt, or none) then decode in one continuous batch, each row behind its own prefix.
+On a CPU in fp32 the linears use oneDNN-packed weights while decoding (`trainable.decoding.packed_linear`),
+and a step writes its key/values into room in the cache (`_RoomyLayer`). bench/decoding_variants.py
+swaps each of these out to measure it (bench/bench_eval.py). Stop sequences are HumanEval's unless
+a prompt brings its own (MBPP problems do). Sampling draws each row from its own seeded generator,
+so a prompt's sample does not depend on what else is in its batch.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from trainable.inputs import Prefix, left_padded
+from trainable.inputs import Prefix, behind_prefixes, left_padded
 from trainable.model.loading import LoadedModel
 from trainable.decoding.packed_linear import packed_linears
 
@@ -54,21 +62,6 @@ def _sample(logits: torch.Tensor, temperature: float, top_p: float, generators: 
     picked = torch.searchsorted(cumulative, (draws * cumulative[:, -1]).unsqueeze(-1))
     picked = picked.clamp(max=order.shape[-1] - 1)
     return order.gather(-1, picked).squeeze(-1)
-
-
-@dataclass(frozen=True)
-class Decoding:
-    """How batches are run: four speed settings, all on by default, none meant to change a token.
-    `refill` and `soft_prompt_once` give the tokens of one prompt at a time, greedy and sampled,
-    and `cache_in_place` the same logits bit for bit (tests/test_generate.py); `pack_weights` gives
-    the same greedy tokens where logits are not near a tie (tests/test_packed_linear.py: fp32
-    rounding differs). Each is a switch so that bench/bench_eval.py can measure it against its
-    absence in one process."""
-
-    refill: bool = True  # continuous batching: a finished row's place goes to the next prompt
-    pack_weights: bool = True  # on a CPU in fp32, oneDNN-packed linears (trainable.decoding.packed_linear)
-    soft_prompt_once: bool = True  # virtual tokens' key/values computed once per call, not per row
-    cache_in_place: bool = True  # a step writes its key/values into room in the cache (_RoomyLayer)
 
 
 @dataclass
@@ -176,10 +169,15 @@ class _Live:
         self.mask = self.mask[:, first:]
 
 
-def _prefill(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt, rows: list[int]) -> _Live:
-    """The prompts of `rows`, left-padded behind the soft prompt, through the model once."""
-    embed = loaded.model.get_input_embeddings()
-    batch = left_padded(token_lists, embed, loaded.tokenizer.pad_token_id, soft_prompt)
+def _prefill(loaded: LoadedModel, token_lists: list[list[int]], soft, rows: list[int]) -> _Live:
+    """The prompts of `rows`, left-padded, through the model once. `soft`: one soft prompt for
+    every row (embeddings in the inputs, a prefix, or None), or a list with each row's prefix or
+    None (`trainable.inputs.behind_prefixes`)."""
+    embed, pad_id = loaded.model.get_input_embeddings(), loaded.tokenizer.pad_token_id
+    if isinstance(soft, list):
+        batch = behind_prefixes(left_padded(token_lists, embed, pad_id), soft)
+    else:
+        batch = left_padded(token_lists, embed, pad_id, soft)
     out = loaded.model(
         inputs_embeds=batch.inputs_embeds,
         attention_mask=batch.attention_mask,
@@ -191,10 +189,10 @@ def _prefill(loaded: LoadedModel, token_lists: list[list[int]], soft_prompt, row
     return _Live(out.past_key_values, batch.attention_mask, batch.position_ids[:, -1:] + 1, out.logits[:, -1], rows)
 
 
-def _step(loaded: LoadedModel, live: _Live, next_ids: torch.Tensor, in_place: bool = True) -> None:
-    """One token more for every live row (`in_place`: written into room in the cache)."""
+def _step(loaded: LoadedModel, live: _Live, next_ids: torch.Tensor) -> None:
+    """One token more for every live row, its key/values written into room in the cache."""
     live.mask = torch.cat([live.mask, live.mask.new_ones(len(live.rows), 1)], dim=1)
-    if in_place and _joinable(live.cache):
+    if _joinable(live.cache):
         _make_room(live.cache)
     out = loaded.model(
         inputs_embeds=loaded.model.get_input_embeddings()(next_ids).unsqueeze(1),
@@ -282,7 +280,9 @@ def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
 
 def _join(live: _Live, fresh: _Live) -> _Live:
     """One batch of both: the shorter side padded on the left (masked key/value columns), which
-    is what a row sees in any left-padded batch, so its tokens do not change."""
+    is what a row sees in any left-padded batch, so its tokens do not change. A row's prefix is
+    cache columns like its prompt's (positions come from the mask), so rows behind prefixes of
+    different widths, or none, join the same way."""
     length = max(live.mask.shape[1], fresh.mask.shape[1])
     pairs = [
         (
@@ -301,127 +301,163 @@ def _join(live: _Live, fresh: _Live) -> _Live:
     )
 
 
+@dataclass
+class _Call:
+    """One generate call: its prompts' token ids and soft prompts (`_shared_prefixes`), the rows'
+    state, the stats, and each admitted prompt's sampling generator."""
+
+    loaded: LoadedModel
+    encoded: list[list[int]]
+    softs: list  # per prompt: a Prefix, None, or embeddings kept in the inputs
+    rows: _Rows
+    stats: GenerationStats
+    sampling: Sampling | None
+    progress: Callable[[int], object] | None
+    generators: dict[int, torch.Generator] = field(default_factory=dict)
+
+
+def _prefill_softs(call: _Call, admitted: list[int]):
+    """What `_prefill` puts ahead of `admitted`: each row's prefix or None, or the one soft prompt
+    they share in their inputs (such rows are decoded in groups of one soft prompt: `_groups`)."""
+    softs = [call.softs[i] for i in admitted]
+    return softs[0] if isinstance(softs[0], torch.Tensor) else softs
+
+
+def _admit(call: _Call, pending: list[int], live: _Live | None, batch_size: int) -> _Live:
+    """Pending prompts (popped from the end) prefilled and joined into `live` up to `batch_size`
+    rows. A batch is filled PREFILL_ROWS prompts per prefill: each prefill pads its rows to the
+    longest of them, and a big one ran slower per token than several small ones (a CPU at 16 rows,
+    bench/README.md). A model whose cache rows cannot join keeps its first prefill."""
+    while pending and (live is None or (len(live.rows) < batch_size and _joinable(live.cache))):
+        room = batch_size - (len(live.rows) if live is not None else 0)
+        admitted = [pending.pop() for _ in range(min(room, len(pending), PREFILL_ROWS))]
+        fresh = _prefill(call.loaded, [call.encoded[i] for i in admitted], _prefill_softs(call, admitted), admitted)
+        call.stats.forwards += 1
+        call.stats.prompt_tokens += sum(len(call.encoded[i]) for i in admitted)
+        live = fresh if live is None else _join(live, fresh)
+        if call.sampling is not None:
+            call.generators.update({i: torch.Generator().manual_seed(call.sampling.seeds[i]) for i in admitted})
+    return live
+
+
+def _advance(call: _Call, live: _Live) -> _Live | None:
+    """Every live row's next token; rows that are done leave, the others take one step. None
+    when no row goes on."""
+    next_ids = _next_tokens(live.logits, call.sampling, [call.generators.get(i) for i in live.rows])
+    for row, token in zip(live.rows, next_ids.tolist()):
+        call.rows.add(row, token)
+    call.stats.new_tokens += len(live.rows)
+    going_on = [b for b, row in enumerate(live.rows) if not call.rows.done[row]]
+    if call.progress is not None and len(going_on) < len(live.rows):
+        call.progress(len(live.rows) - len(going_on))
+    if not going_on:
+        return None
+    live.keep(going_on)
+    _step(call.loaded, live, next_ids[going_on])
+    call.stats.forwards += 1
+    return live
+
+
 @torch.no_grad()
-def _decode(
-    loaded: LoadedModel,
-    encoded: list[list[int]],
-    order: list[int],
-    soft_prompt,
-    rows: _Rows,
-    batch_size: int,
-    stats: GenerationStats,
-    sampling: Sampling | None,
-    progress: Callable[[int], object] | None,
-    decoding: Decoding,
-) -> None:
-    """Decode the prompts of `order` (in that order of admission) into `rows`, `batch_size` at a
-    time. With `decoding.refill`, a row that stops is replaced by the next prompt at once (continuous
-    batching): on a bandwidth-bound device each step reads every weight, so the step should serve
-    a full batch, not the stragglers of one. Without it, a batch runs out before the next starts."""
+def _decode(call: _Call, order: list[int], batch_size: int) -> None:
+    """Decode the prompts of `order` (in that order of admission), `batch_size` rows at a time.
+    A row that stops is replaced by the next prompt at once (continuous batching): on a
+    bandwidth-bound device each step reads every weight, so the step should serve a full batch,
+    not the stragglers of one."""
     pending = list(reversed(order))  # popped from the end
-    generators = {}
     live: _Live | None = None
     while pending or live is not None:
-        room = batch_size - (len(live.rows) if live is not None else 0)
-        filling = live is None  # a new batch: batch by batch, it may only be filled now
-        # A batch is filled PREFILL_ROWS prompts per prefill: each prefill pads its rows to the
-        # longest of them, and a big one ran slower per token than several small ones (a CPU at
-        # 16 rows, bench/README.md). A model whose cache rows cannot join keeps its first prefill.
-        while pending and room and (live is None or ((decoding.refill or filling) and _joinable(live.cache))):
-            admitted = [pending.pop() for _ in range(min(room, len(pending), PREFILL_ROWS))]
-            fresh = _prefill(loaded, [encoded[i] for i in admitted], soft_prompt, admitted)
-            stats.forwards += 1
-            stats.prompt_tokens += sum(len(encoded[i]) for i in admitted)
-            live = fresh if live is None else _join(live, fresh)
-            room -= len(admitted)
-            if sampling is not None:
-                generators.update({i: torch.Generator().manual_seed(sampling.seeds[i]) for i in admitted})
-        next_ids = _next_tokens(live.logits, sampling, [generators.get(i) for i in live.rows])
-        for row, token in zip(live.rows, next_ids.tolist()):
-            rows.add(row, token)
-        stats.new_tokens += len(live.rows)
-        going_on = [b for b, row in enumerate(live.rows) if not rows.done[row]]
-        if progress is not None and len(going_on) < len(live.rows):
-            progress(len(live.rows) - len(going_on))
-        if not going_on:
-            live = None
-            continue
-        live.keep(going_on)
-        _step(loaded, live, next_ids[going_on], decoding.cache_in_place)
-        stats.forwards += 1
+        live = _advance(call, _admit(call, pending, live, batch_size))
+
+
+def _per_prompt(soft_prompt, n: int) -> list:
+    if not isinstance(soft_prompt, (list, tuple)):
+        return [soft_prompt] * n
+    if len(soft_prompt) != n:
+        raise ValueError(f"soft_prompt: got a list of {len(soft_prompt)}, expected one entry per prompt ({n})")
+    return list(soft_prompt)
+
+
+def _shared_prefixes(loaded: LoadedModel, softs: list, stats: GenerationStats) -> list:
+    """Each prompt's soft prompt as decoding uses it: a prefix or None. Virtual-token embeddings
+    become a prefix once per distinct soft prompt (`_soft_prompt_as_prefix`), not once per row;
+    a model whose cache is not plain key/value layers keeps them in the inputs."""
+    decoded: dict[int, Prefix | torch.Tensor | None] = {}  # by identity: `softs` holds them all
+    for soft in softs:
+        if id(soft) not in decoded:
+            decoded[id(soft)] = _as_prefix(loaded, soft, stats)
+    return [decoded[id(soft)] for soft in softs]
+
+
+def _as_prefix(loaded: LoadedModel, soft, stats: GenerationStats) -> Prefix | torch.Tensor | None:
+    if soft is None or (isinstance(soft, torch.Tensor) and len(soft) == 0):
+        return None  # no virtual tokens: nothing ahead of the prompt
+    if isinstance(soft, Prefix):
+        return soft.detach()
+    stats.forwards += 1
+    return _soft_prompt_as_prefix(loaded, soft.detach())
+
+
+def _groups(softs: list, order: list[int]) -> list[list[int]]:
+    """`order` split into the prompts that may share batches: all of them, unless some soft
+    prompt stays in the inputs (then one group per soft prompt, each decoded in turn: rows with
+    different virtual tokens in their inputs cannot share a prefill)."""
+    if not any(isinstance(s, torch.Tensor) for s in softs):
+        return [order]
+    keys = list(dict.fromkeys(id(softs[i]) for i in order))
+    return [[i for i in order if id(softs[i]) == key] for key in keys]
+
+
+@dataclass
+class Generation:
+    """A generate call's results, per prompt in the order given: the completion cut at its first
+    stop sequence, the generated token ids (up to the stop), and the call's stats."""
+
+    texts: list[str]
+    tokens: list[list[int]]
+    stats: GenerationStats
+
+
+SoftInput = torch.Tensor | Prefix | None  # one soft prompt, as decoding takes it
 
 
 def generate(
     loaded: LoadedModel,
     prompts: list[str],
-    soft_prompt: torch.Tensor | Prefix | None = None,
+    soft_prompt: SoftInput | Sequence[SoftInput] = None,
     *,
     max_new_tokens: int,
     batch_size: int,
-    stats: GenerationStats | None = None,
     stops: list[Sequence[str] | None] | None = None,
     sampling: Sampling | None = None,
     progress: Callable[[int], object] | None = None,
-    decoding: Decoding = Decoding(),
-) -> list[str]:
-    """Completions (greedy unless `sampling`), each cut at its first stop sequence (`stops[i]`,
-    default HumanEval's), in the order of `prompts`.
+) -> Generation:
+    """Completions of `prompts` (greedy unless `sampling`), each cut at its first stop sequence
+    (`stops[i]`, default HumanEval's), `batch_size` rows decoding at once; `progress(n)` is called
+    as n more prompts are done (a progress bar's `update`).
 
     `soft_prompt`: virtual-token input embeddings [P, H] (prompt tuning, P-tuning) or a `Prefix`
-    of key/values (prefix tuning), as `SoftPrompt.inputs()` gives them."""
-    return generate_with_tokens(
-        loaded,
-        prompts,
-        soft_prompt,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        stats=stats,
-        stops=stops,
-        sampling=sampling,
-        progress=progress,
-        decoding=decoding,
-    )[0]
-
-
-def generate_with_tokens(
-    loaded: LoadedModel,
-    prompts: list[str],
-    soft_prompt: torch.Tensor | Prefix | None = None,
-    *,
-    max_new_tokens: int,
-    batch_size: int,
-    stats: GenerationStats | None = None,
-    stops: list[Sequence[str] | None] | None = None,
-    sampling: Sampling | None = None,
-    progress: Callable[[int], object] | None = None,
-    decoding: Decoding = Decoding(),
-) -> tuple[list[str], list[list[int]]]:
-    """Completions and the generated token ids (up to the stop), both in the order of `prompts`;
-    `progress(n)` is called as n more prompts are done (a progress bar's `update`). `batch_size`
-    rows decode at once."""
-    stats = stats if stats is not None else GenerationStats()
+    of key/values (prefix tuning), as `SoftPrompt.inputs()` gives them, or None; or a list of
+    those with one entry per prompt (several trials' rows in one batch, each behind its own)."""
     stops = [s or STOP_SEQUENCES for s in (stops or [None] * len(prompts))]
+    softs = _per_prompt(soft_prompt, len(prompts))
     if sampling is not None and len(sampling.seeds) != len(prompts):
         raise ValueError("sampling needs one seed per prompt")
-    started = time.perf_counter()
+    stats, started = GenerationStats(), time.perf_counter()
     encoded = [loaded.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     # Longest first: a prefill pads its newcomers to the longest of them, and late, short prompts
     # fill the gaps the long ones leave at the end.
     order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]), reverse=True)
     rows = _Rows(loaded, stops, max_new_tokens)
-    if soft_prompt is not None:
-        soft_prompt = soft_prompt.detach()
     if prompts and max_new_tokens > 0:
-        if decoding.soft_prompt_once and isinstance(soft_prompt, torch.Tensor) and len(soft_prompt):
-            soft_prompt = _soft_prompt_as_prefix(loaded, soft_prompt)
-            stats.forwards += 1
+        call = _Call(loaded, encoded, _shared_prefixes(loaded, softs, stats), rows, stats, sampling, progress)
         # Packing pays when several rows share a weight read; one row at a time never uses it.
-        pack = decoding.pack_weights and min(batch_size, len(prompts)) > 1
-        with packed_linears(loaded.model) if pack else contextlib.nullcontext():
-            _decode(loaded, encoded, order, soft_prompt, rows, batch_size, stats, sampling, progress, decoding)
+        with packed_linears(loaded.model) if min(batch_size, len(prompts)) > 1 else contextlib.nullcontext():
+            for group in _groups(call.softs, order):
+                _decode(call, group, batch_size)
     elif progress is not None and prompts:
         progress(len(prompts))
-    completions = [truncate_at_stop(rows.text(i), stops[i]) for i in range(len(prompts))]
+    texts = [truncate_at_stop(rows.text(i), stops[i]) for i in range(len(prompts))]
     stats.sequences += len(prompts)
     stats.seconds += time.perf_counter() - started
-    return completions, rows.tokens
+    return Generation(texts, rows.tokens, stats)

@@ -1,5 +1,8 @@
 """Generate completions for a list of problems and score them in the sandbox: greedy pass@1.
 
+    result = evaluate_problems(loaded, problems, soft, max_new_tokens, batch_size, timeout_s)
+    results = evaluate_arms(loaded, problems, {"best": soft, "frozen": None}, ...)  # one decode
+
 Each problem is generated with its own stop sequences when it has them (MBPP's `stop_tokens`)."""
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from trainable.decoding.generate import Decoding, GenerationStats, generate
+from trainable.decoding.generate import GenerationStats, generate
 from trainable.inputs import Prefix
 from trainable.model.loading import LoadedModel
 from trainable.progress import bar
@@ -48,27 +51,47 @@ def evaluate_problems(
     max_new_tokens: int,
     batch_size: int,
     sandbox_timeout_s: float,
-    *,
-    decoding: Decoding = Decoding(),
 ) -> EvalResult:
-    """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags
-    (`decoding`: left at its default but to measure it, see `trainable.decoding.generate.Decoding`)."""
-    stats = GenerationStats()
-    with bar(len(problems), "generating", "problem") as done:
-        completions = generate(
+    """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
+    return evaluate_arms(loaded, problems, {"": soft_prompt}, max_new_tokens, batch_size, sandbox_timeout_s)[""]
+
+
+def evaluate_arms(
+    loaded: LoadedModel,
+    problems: list[dict],
+    arms: dict[str, torch.Tensor | Prefix | None],
+    max_new_tokens: int,
+    batch_size: int,
+    sandbox_timeout_s: float,
+) -> dict[str, EvalResult]:
+    """Greedy pass@1 of `problems` behind each arm's soft prompt (None: the frozen model), from
+    one decode of every arm's rows together: they share the frozen model, so a step serves rows
+    of every arm (`trainable.decoding.generate`), and each row's tokens are those of its arm alone. Each
+    arm's samples are scored as `evaluate_problems` scores them; every arm's `generation` holds
+    the one shared decode's stats."""
+    names = list(arms)
+    with bar(len(problems) * len(names), "generating", "problem") as done:
+        out = generate(
             loaded,
-            [p["prompt"] for p in problems],
-            soft_prompt,
+            [p["prompt"] for _ in names for p in problems],
+            [arms[name] for name in names for _ in problems],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
-            stats=stats,
-            stops=[p.get("stop_tokens") for p in problems],
+            stops=[p.get("stop_tokens") for _ in names for p in problems],
             progress=done.update,
-            decoding=decoding,
         )
+    n = len(problems)
+    return {
+        name: _scored(problems, out.texts[k * n : (k + 1) * n], out.stats, sandbox_timeout_s)
+        for k, name in enumerate(names)
+    }
+
+
+def _scored(problems: list[dict], completions: list[str], stats: GenerationStats, timeout_s: float) -> EvalResult:
+    """The completions of `problems` run against their tests in the sandbox: pass@1 and samples."""
     samples = [{"task_id": p["task_id"], "completion": c} for p, c in zip(problems, completions)]
     started = time.perf_counter()
-    results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=sandbox_timeout_s)
+    results = score_samples(samples, {p["task_id"]: p for p in problems}, timeout_s=timeout_s)
     sandbox_seconds = time.perf_counter() - started
     passed = sum(1 for r in results if r["passed"])
     score = pass_at_k(results, ks=(1,))["pass@1"] if results else 0.0
