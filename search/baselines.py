@@ -21,7 +21,7 @@ import torch
 
 from search.callbacks import text_param_hash
 from trainable.config import InitKind, TrainConfig, init_kind
-from trainable.decoding.generate_and_score import evaluate_problems
+from trainable.decoding.generate_and_score import Arm, evaluate_arms, evaluate_problems
 from trainable.model.loading import LoadedModel
 
 FORMS = ("tokens", "comment")  # the forms of a space's text; `one_shot` is a candidate of its own
@@ -114,6 +114,31 @@ def choose_on_val(val_results: dict[HardPrompt, list[dict]]) -> HardPrompt:
     return max(val_results, key=lambda hard: rate(val_results[hard]))
 
 
+def hard_arms(loaded: LoadedModel, hard_prompts: list[HardPrompt], problems: list[dict]) -> dict[str, Arm]:
+    """Each candidate in front of `problems`, keyed by its label: arms for `evaluate_arms`."""
+    return {hard.label: arm_inputs(loaded, hard, problems) for hard in hard_prompts}
+
+
+def choose_and_test(
+    loaded: LoadedModel,
+    hard_prompts: list[HardPrompt],
+    val_samples: dict[str, list[dict]],
+    test_problems: list[dict],
+    config: TrainConfig,
+) -> HardBaseline | None:
+    """Choose on val (`val_samples`: each candidate's, by label), then score only the chosen
+    candidate on test."""
+    if not hard_prompts:
+        return None
+    chosen = choose_on_val({hard: val_samples[hard.label] for hard in hard_prompts})
+    return HardBaseline(
+        chosen,
+        {hard.label: rate(val_samples[hard.label]) for hard in hard_prompts},
+        score_hard(loaded, chosen, test_problems, config),
+        {hard.label: hard.describe() for hard in hard_prompts},
+    )
+
+
 def select_and_test(
     loaded: LoadedModel,
     hard_prompts: list[HardPrompt],
@@ -121,14 +146,12 @@ def select_and_test(
     test_problems: list[dict],
     config: TrainConfig,
 ) -> HardBaseline | None:
-    """Score every candidate on val, choose, then score only the chosen one on test."""
+    """Score every candidate on val (one decode of them all), choose, then score only the chosen
+    one on test."""
     if not hard_prompts:
         return None
-    val = {hard: score_hard(loaded, hard, val_problems, config) for hard in hard_prompts}
-    chosen = choose_on_val(val)
-    return HardBaseline(
-        chosen,
-        {hard.label: rate(samples) for hard, samples in val.items()},
-        score_hard(loaded, chosen, test_problems, config),
-        {hard.label: hard.describe() for hard in hard_prompts},
+    c = config
+    scored = evaluate_arms(
+        loaded, hard_arms(loaded, hard_prompts, val_problems), c.max_new_tokens, c.eval_batch_size, c.sandbox_timeout_s
     )
+    return choose_and_test(loaded, hard_prompts, {label: r.samples for label, r in scored.items()}, test_problems, c)

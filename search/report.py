@@ -20,7 +20,7 @@ import ray
 import torch
 
 from search.interrupt import wait_for
-from search.baselines import HardBaseline, HardPrompt, candidates, rate, score_hard, select_and_test, texts_of
+from search.baselines import HardBaseline, HardPrompt, candidates, choose_and_test, hard_arms, rate, texts_of
 from spaces import SpaceSpec
 from trainable.adapter import AdapterInfo
 from trainable.data.splits import problems_for, source_of
@@ -61,34 +61,32 @@ def _loaded(spec: SpaceSpec, params: dict):
 
 
 @ray.remote
-def _score_test(spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor] | None) -> list[dict]:
-    from trainable.decoding.generate_and_score import evaluate_problems
+def _score_arms(
+    spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor], example: HardPrompt | None
+) -> tuple[list[dict], list[dict], HardBaseline | None, list[dict]]:
+    """The test samples of the soft prompt and of the frozen model, the hard-prompt baseline and
+    the frozen model's val samples, from one loaded model. One decode serves the soft prompt and
+    the frozen model on test, the frozen model on val and every hard-prompt candidate on val
+    (`evaluate_arms`: each row's tokens are those of its arm alone); a second scores the
+    candidate chosen on val on test."""
     from trainable.softprompt import prompt_input
+    from trainable.decoding.generate_and_score import evaluate_arms
 
     config, loaded = _loaded(spec, params)
-    soft = None
-    if prompt is not None:  # the saved adapter's output, as the trial used it (any method)
-        info, output = prompt
-        soft = prompt_input(info.method, output.to(loaded.device), info.num_layers, info.num_attention_heads)
-    result = evaluate_problems(
+    info, output = prompt  # the saved adapter's output, as the trial used it (any method)
+    soft = prompt_input(info.method, output.to(loaded.device), info.num_layers, info.num_attention_heads)
+    test, val = problems_for("test", spec.data), problems_for("val", spec.data)
+    hard = candidates(texts_of(spec.search, spec.fixed), example)
+    arms = {"soft_prompt": (test, soft), "frozen": (test, None), "frozen_val": (val, None)}
+    scored = evaluate_arms(
         loaded,
-        problems_for("test", spec.data),
-        soft,
+        {**arms, **hard_arms(loaded, hard, val)},
         config.max_new_tokens,
         config.eval_batch_size,
         config.sandbox_timeout_s,
     )
-    return result.samples
-
-
-@ray.remote
-def _hard_baseline(spec: SpaceSpec, params: dict, example: HardPrompt | None) -> tuple[HardBaseline | None, list[dict]]:
-    """The best hard prompt (chosen on val, scored on test) and the frozen model's val samples."""
-    config, loaded = _loaded(spec, params)
-    hard = candidates(texts_of(spec.search, spec.fixed), example)
-    val = problems_for("val", spec.data)
-    chosen = select_and_test(loaded, hard, val, problems_for("test", spec.data), config)
-    return chosen, score_hard(loaded, None, val, config)
+    chosen = choose_and_test(loaded, hard, {h.label: scored[h.label].samples for h in hard}, test, config)
+    return scored["soft_prompt"].samples, scored["frozen"].samples, chosen, scored["frozen_val"].samples
 
 
 def best_by_method(results, params_of) -> dict[str, tuple[float, int]]:
@@ -269,17 +267,15 @@ def score_arms(
     spec: SpaceSpec, best_params: dict, checkpoint_dir: str, example: HardPrompt | None
 ) -> tuple[list, list, HardBaseline | None, list]:
     """Test samples of the soft prompt and the frozen model, the hard-prompt baseline (`example`:
-    the one-shot candidate, `search.baselines.one_shot`) and the frozen model's val samples, as
-    Ray tasks with the trials' resources (they run side by side where the cluster has room)."""
+    the one-shot candidate, `search.baselines.one_shot`) and the frozen model's val samples: one
+    Ray task with a trial's resources, one copy of the model (`_score_arms`)."""
     from trainable.softprompt import load_prompt
 
     resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
     prompt = load_prompt(adapter_dir(checkpoint_dir), "best_adapter")
-    best = _score_test.options(**resources).remote(spec, best_params, prompt)
-    baseline = _score_test.options(**resources).remote(spec, best_params, None)
-    hard = _hard_baseline.options(**resources).remote(spec, best_params, example)
-    test_best, test_baseline, (chosen, frozen_val) = wait_for([best, baseline, hard])  # a signal cancels them
-    return test_best, test_baseline, chosen, frozen_val
+    task = _score_arms.options(**resources).remote(spec, best_params, prompt, example)
+    (scored,) = wait_for([task])  # a signal cancels it
+    return scored
 
 
 def copy_adapter(checkpoint_dir: str, out_dir: Path) -> Path:

@@ -43,7 +43,7 @@ def test_each_arm_of_one_fused_decode_scores_as_it_does_alone():
     loaded = _scaled_tiny()
     problems = [p for _, p in sorted(load_problems().items())][:3]
     arms = _arms(loaded)
-    together = evaluate_arms(loaded, problems, arms, **SETTINGS)
+    together = evaluate_arms(loaded, {name: (problems, soft) for name, soft in arms.items()}, **SETTINGS)
     assert list(together) == list(arms)
     completions = {}
     for name, soft in arms.items():
@@ -54,3 +54,24 @@ def test_each_arm_of_one_fused_decode_scores_as_it_does_alone():
     assert len({tuple(c) for c in completions.values()}) == len(arms), "arms write differently: routing shows"
     shared = together["frozen"].generation
     assert shared.sequences == len(problems) * len(arms) and all(r.generation is shared for r in together.values())
+
+
+def test_arms_with_their_own_problems_score_as_they_do_alone():
+    """The final report's arms: the soft prompt and the frozen model on test, the frozen model on
+    val, a hard prompt written before val's prompts: one decode, each as alone."""
+    loaded = _scaled_tiny()
+    ordered = [p for _, p in sorted(load_problems().items())]
+    test, val = ordered[:3], ordered[3:5]
+    hinted = [{**p, "prompt": "# Write correct code.\n" + p["prompt"]} for p in val]
+    arms = {
+        "soft": (test, _arms(loaded)["prompt tuning"]),
+        "frozen": (test, None),
+        "frozen val": (val, None),
+        "hard val": (hinted, None),
+    }
+    together = evaluate_arms(loaded, arms, **SETTINGS)
+    for name, (problems, soft) in arms.items():
+        alone = evaluate_problems(loaded, problems, soft, **SETTINGS)
+        assert together[name].samples == alone.samples, name
+    assert [s["task_id"] for s in together["hard val"].samples] == [p["task_id"] for p in val]
+    assert together["hard val"].samples != together["frozen val"].samples, "the hard prompt changes nothing"

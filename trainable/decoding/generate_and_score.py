@@ -1,7 +1,7 @@
 """Generate completions for a list of problems and score them in the sandbox: greedy pass@1.
 
     result = evaluate_problems(loaded, problems, soft, max_new_tokens, batch_size, timeout_s)
-    results = evaluate_arms(loaded, problems, {"best": soft, "frozen": None}, ...)  # one decode
+    results = evaluate_arms(loaded, {"best": (test, soft), "frozen": (test, None)}, ...)  # one decode
 
 Each problem is generated with its own stop sequences when it has them (MBPP's `stop_tokens`)."""
 
@@ -53,38 +53,38 @@ def evaluate_problems(
     sandbox_timeout_s: float,
 ) -> EvalResult:
     """Greedy pass@1 of `problems`; the settings come from the caller's TrainConfig or flags."""
-    return evaluate_arms(loaded, problems, {"": soft_prompt}, max_new_tokens, batch_size, sandbox_timeout_s)[""]
+    return evaluate_arms(loaded, {"": (problems, soft_prompt)}, max_new_tokens, batch_size, sandbox_timeout_s)[""]
+
+
+Arm = tuple[list[dict], torch.Tensor | Prefix | None]  # an arm's problems and its soft prompt
 
 
 def evaluate_arms(
-    loaded: LoadedModel,
-    problems: list[dict],
-    arms: dict[str, torch.Tensor | Prefix | None],
-    max_new_tokens: int,
-    batch_size: int,
-    sandbox_timeout_s: float,
+    loaded: LoadedModel, arms: dict[str, Arm], max_new_tokens: int, batch_size: int, sandbox_timeout_s: float
 ) -> dict[str, EvalResult]:
-    """Greedy pass@1 of `problems` behind each arm's soft prompt (None: the frozen model), from
+    """Greedy pass@1 of each arm's problems behind its soft prompt (None: the frozen model), from
     one decode of every arm's rows together: they share the frozen model, so a step serves rows
-    of every arm (`trainable.decoding.generate`), and each row's tokens are those of its arm alone. Each
-    arm's samples are scored as `evaluate_problems` scores them; every arm's `generation` holds
-    the one shared decode's stats."""
-    names = list(arms)
-    with bar(len(problems) * len(names), "generating", "problem") as done:
+    of every arm (`trainable.decoding.generate`), and each row's tokens are those of its arm
+    alone. Arms may differ in their problems too (another split, or prompts with a hard prompt
+    written before them). Each arm's samples are scored as `evaluate_problems` scores them;
+    every arm's `generation` holds the one shared decode's stats."""
+    rows = [(name, problem) for name, (problems, _) in arms.items() for problem in problems]
+    with bar(len(rows), "generating", "problem") as done:
         out = generate(
             loaded,
-            [p["prompt"] for _ in names for p in problems],
-            [arms[name] for name in names for _ in problems],
+            [problem["prompt"] for _, problem in rows],
+            [arms[name][1] for name, _ in rows],
             max_new_tokens=max_new_tokens,
             batch_size=batch_size,
-            stops=[p.get("stop_tokens") for _ in names for p in problems],
+            stops=[problem.get("stop_tokens") for _, problem in rows],
             progress=done.update,
         )
-    n = len(problems)
-    return {
-        name: _scored(problems, out.texts[k * n : (k + 1) * n], out.stats, sandbox_timeout_s)
-        for k, name in enumerate(names)
-    }
+    results, start = {}, 0
+    for name, (problems, _) in arms.items():
+        texts = out.texts[start : start + len(problems)]
+        results[name] = _scored(problems, texts, out.stats, sandbox_timeout_s)
+        start += len(problems)
+    return results
 
 
 def _scored(problems: list[dict], completions: list[str], stats: GenerationStats, timeout_s: float) -> EvalResult:
