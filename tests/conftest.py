@@ -27,3 +27,19 @@ def tiny_loaded(tiny_model_dir):
     from trainable.model import load_model
 
     return load_model(str(tiny_model_dir), device="cpu", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def search_cli(tmp_path_factory):
+    """`python -m search.run ARGS` for the many CLI tests that check what it prints and its exit
+    status: forked from one zygote that imported it once (tests/cli_zygote.py), not a fresh
+    interpreter spending ~7 s of CPU on imports per command."""
+    from search_helpers import CliZygote, search_env
+
+    zygote = CliZygote(tmp_path_factory.mktemp("search-cli"))
+
+    def run(*args: str, cwd, env: dict | None = None, timeout: float = 180):
+        return zygote.run("search.run", *args, cwd=cwd, env=env or search_env(), timeout=timeout)
+
+    yield run
+    zygote.close()

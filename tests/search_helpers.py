@@ -4,10 +4,14 @@ sqlite MLflow."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers import REPO
@@ -93,3 +97,57 @@ def metric_history(db: Path, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted(
             conn.execute("select step, value from metrics where run_uuid = ? and key = ?", (run_id, key)).fetchall()
         )
+
+
+class CliZygote:
+    """`python -m MODULE ARGS` as `subprocess.run` would give it, from a zygote that imported
+    MODULE once (tests/cli_zygote.py says what is and is not the same as a fresh interpreter).
+    One command at a time; each command's output goes through files under `workdir`. `close()`
+    ends the zygote, by its own PID if it does not leave."""
+
+    def __init__(self, workdir: Path, env: dict | None = None):
+        self.workdir, self.count, self.pending = workdir, 0, b""
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("cli_zygote.py"))],
+            cwd=workdir,
+            env=env or search_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def _answer(self, deadline: float) -> dict:
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"the CLI zygote exited ({self.proc.wait()})")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, module: str, *args: str, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        self.count += 1
+        out, err = (self.workdir / f"{self.count}.{name}" for name in ("stdout", "stderr"))
+        request = {"module": module, "args": list(args), "cwd": str(cwd), "env": env}
+        self.proc.stdin.write((json.dumps({**request, "stdout": str(out), "stderr": str(err)}) + "\n").encode())
+        self.proc.stdin.flush()
+        command = ["python", "-m", module, *args]
+        pid = self._answer(time.monotonic() + timeout + 300)["pid"]  # + the module's first import
+        try:
+            returncode = self._answer(time.monotonic() + timeout)["returncode"]
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self._answer(time.monotonic() + 30)
+            raise subprocess.TimeoutExpired(command, timeout) from None
+        return subprocess.CompletedProcess(command, returncode, out.read_text(), err.read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)
