@@ -43,3 +43,25 @@ def search_cli(tmp_path_factory):
 
     yield run
     zygote.close()
+
+
+@pytest.fixture(scope="session")
+def migrated_mlflow_db(tmp_path_factory):
+    """An empty MLflow sqlite store with all of MLflow's migrations applied: a new store spends
+    seconds of CPU in alembic, paid here once per session."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+@pytest.fixture()
+def mlflow_db(migrated_mlflow_db, tmp_path):
+    """tmp_path/mlflow.db: a new, empty MLflow store of this test's own (a copy of the session's
+    migrated one), for tests of what we write into a store, not of how MLflow creates one."""
+    import shutil
+
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(migrated_mlflow_db, db)
+    return db
