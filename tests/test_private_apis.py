@@ -170,6 +170,7 @@ def test_the_loggers_the_console_quiets_still_say_what_we_drop():
         assert not missing, f"{name} no longer says {missing}: search/run.py filters nothing"
 
 
+@pytest.mark.integration  # starts a real local Ray cluster (~20 s of the fast tier on 2 cores)
 def test_a_local_search_keeps_token_auth_without_rays_warning(tmp_path):
     """A local `search.run` starts Ray with token auth on, as `ray.init()` would by default, and the
     user sees no warning that it did: the driver and its cluster agree (a task runs). Its own HOME,
