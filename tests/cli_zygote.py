@@ -10,8 +10,10 @@ changes reaches the next one. The zygote itself never runs a command's code, onl
 What a child does not repeat is the interpreter's start and those imports: tests that are about the
 command's start (a warning printed on import, what gets imported) run the real `python -m`.
 
-Protocol, one JSON object per line: the caller writes {"module", "args", "cwd", "env", "stdout",
-"stderr"} (the last two: files that receive the command's output); the zygote answers {"pid": N}
+Protocol, one JSON object per line: the caller writes {"module" or "code", "args", "cwd", "env",
+"stdout", "stderr", "preload"} ("code": as `python -c CODE ARGS`; stdout and stderr: files, or a
+terminal, that receive the command's output; preload: modules the zygote imports for such code,
+once, before the fork); the zygote answers {"pid": N}
 once the child runs and then {"returncode": R} (negative: killed by that signal, as `subprocess`).
 The zygote exits when its stdin closes; what its imports print goes to its stderr.
 `CliZygote` in search_helpers.py is the caller's side; tests/test_cli_zygote.py compares the two.
@@ -42,10 +44,13 @@ def _child(request: dict) -> int:
         opened = os.open(path, flags, 0o600)
         os.dup2(opened, fd)
         os.close(opened)
-    sys.argv = [request["module"], *request["args"]]
-    sys.path[0] = os.getcwd()  # `python -m` puts the working dir first
     try:
-        runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
+        if "code" in request:  # as `python -c CODE ARGS`
+            sys.argv, sys.path[0] = ["-c", *request["args"]], ""
+            exec(compile(request["code"], "<string>", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+        else:  # as `python -m MODULE ARGS`, which puts the working dir first on the path
+            sys.argv, sys.path[0] = [request["module"], *request["args"]], os.getcwd()
+            runpy.run_module(request["module"], run_name="__main__", alter_sys=True)
     except SystemExit as stop:  # what the interpreter makes of sys.exit(code)
         if stop.code is None or isinstance(stop.code, int):
             return stop.code or 0
@@ -70,15 +75,17 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
-def _import_once(module: str) -> None:
-    """Import what MODULE imports, here, before the fork; MODULE itself is left out of
-    sys.modules, as `python -m` finds it (runpy warns otherwise)."""
+def _import_once(module: str, keep: bool = False) -> None:
+    """Import what MODULE imports, here, before the fork; unless `keep`, MODULE itself is left
+    out of sys.modules, as `python -m MODULE` finds it (runpy warns otherwise)."""
     if module not in _IMPORTED:
         _IMPORTED.add(module)
         try:
             importlib.import_module(module)
         except Exception:  # the child imports it again and fails as `python -m` would
             pass
+    if keep:
+        return
     sys.modules.pop(module, None)
     package, _, name = module.rpartition(".")
     if package in sys.modules and hasattr(sys.modules[package], name):
@@ -112,7 +119,10 @@ def main() -> None:
             pending += chunk
         line, pending = pending.split(b"\n", 1)
         request = json.loads(line)
-        _import_once(request["module"])
+        for module in request.get("preload", []):
+            _import_once(module, keep=True)
+        if "module" in request:
+            _import_once(request["module"])
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()

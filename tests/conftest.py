@@ -30,19 +30,29 @@ def tiny_loaded(tiny_model_dir):
 
 
 @pytest.fixture(scope="session")
-def search_cli(tmp_path_factory):
-    """`python -m search.run ARGS` for the many CLI tests that check what it prints and its exit
-    status: forked from one zygote that imported it once (tests/cli_zygote.py), not a fresh
-    interpreter spending ~7 s of CPU on imports per command."""
+def cli_zygote(tmp_path_factory):
+    """One interpreter that has imported the search stack (torch, transformers, Ray, MLflow) and
+    forks a fresh process per command (tests/cli_zygote.py): for tests that run our commands
+    many times, each a fresh interpreter spending ~7 s of CPU on imports. Started without TQDM_*
+    variables (tqdm reads them on import), as the tests that watch progress bars run."""
     from search_helpers import CliZygote, search_env
 
-    zygote = CliZygote(tmp_path_factory.mktemp("search-cli"))
+    env = {k: v for k, v in search_env().items() if not k.startswith("TQDM_")}
+    zygote = CliZygote(tmp_path_factory.mktemp("cli-zygote"), env=env)
+    yield zygote
+    zygote.close()
+
+
+@pytest.fixture(scope="session")
+def search_cli(cli_zygote):
+    """`python -m search.run ARGS` for the many CLI tests that check what it prints and its exit
+    status, forked from the session's zygote."""
+    from search_helpers import search_env
 
     def run(*args: str, cwd, env: dict | None = None, timeout: float = 180):
-        return zygote.run("search.run", *args, cwd=cwd, env=env or search_env(), timeout=timeout)
+        return cli_zygote.run("search.run", *args, cwd=cwd, env=env or search_env(), timeout=timeout)
 
-    yield run
-    zygote.close()
+    return run
 
 
 @pytest.fixture(scope="session")

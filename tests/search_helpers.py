@@ -129,12 +129,24 @@ class CliZygote:
         return json.loads(line)
 
     def run(self, module: str, *args: str, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        """As `subprocess.run([python, "-m", module, *args], capture_output=True, text=True, ...)`."""
+        return self._run({"module": module}, ["python", "-m", module, *args], args, cwd, env, timeout)
+
+    def run_code(
+        self, code: str, *args: str, cwd: Path, env: dict, timeout: float, preload=(), stderr: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """As `python -c CODE ARGS`, with the `preload` modules imported by the zygote; `stderr`: a
+        path (a terminal, say) that gets the command's stderr instead of the result (then None)."""
+        request = {"code": code, "preload": list(preload)}
+        return self._run(request, ["python", "-c", code, *args], args, cwd, env, timeout, stderr)
+
+    def _run(self, request, command, args, cwd, env, timeout, stderr=None) -> subprocess.CompletedProcess:
         self.count += 1
         out, err = (self.workdir / f"{self.count}.{name}" for name in ("stdout", "stderr"))
-        request = {"module": module, "args": list(args), "cwd": str(cwd), "env": env}
-        self.proc.stdin.write((json.dumps({**request, "stdout": str(out), "stderr": str(err)}) + "\n").encode())
+        request = {**request, "args": list(args), "cwd": str(cwd), "env": env, "stdout": str(out)}
+        request["stderr"] = stderr or str(err)
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
-        command = ["python", "-m", module, *args]
         pid = self._answer(time.monotonic() + timeout + 300)["pid"]  # + the module's first import
         try:
             returncode = self._answer(time.monotonic() + timeout)["returncode"]
@@ -142,7 +154,7 @@ class CliZygote:
             os.kill(pid, signal.SIGKILL)
             self._answer(time.monotonic() + 30)
             raise subprocess.TimeoutExpired(command, timeout) from None
-        return subprocess.CompletedProcess(command, returncode, out.read_text(), err.read_text())
+        return subprocess.CompletedProcess(command, returncode, out.read_text(), None if stderr else err.read_text())
 
     def close(self) -> None:
         self.proc.stdin.close()
