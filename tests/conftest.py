@@ -44,6 +44,21 @@ def cli_zygote(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def model_cli(tmp_path_factory):
+    """`python -m trainable.evaluate|trainable.distill ARGS` in those tests' bare environment
+    (PATH=/usr/bin:/bin, the repo, offline), for the commands that load a model:
+    forked from one zygote that imported torch and transformers in that same environment."""
+    from helpers import REPO
+    from search_helpers import CliZygote
+
+    env = {"PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    preload = ("trainable.generate", "trainable.generate_and_score", "trainable.model", "trainable.softprompt")
+    zygote = CliZygote(tmp_path_factory.mktemp("model-cli"), env=env, preload=preload)
+    yield zygote
+    zygote.close()
+
+
+@pytest.fixture(scope="session")
 def search_cli(cli_zygote):
     """`python -m search.run ARGS` for the many CLI tests that check what it prints and its exit
     status, forked from the session's zygote."""

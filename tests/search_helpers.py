@@ -105,8 +105,10 @@ class CliZygote:
     One command at a time; each command's output goes through files under `workdir`. `close()`
     ends the zygote, by its own PID if it does not leave."""
 
-    def __init__(self, workdir: Path, env: dict | None = None):
-        self.workdir, self.count, self.pending = workdir, 0, b""
+    def __init__(self, workdir: Path, env: dict | None = None, preload: tuple[str, ...] = ()):
+        """`preload`: modules the zygote imports before its first command (those a command
+        imports only once it runs, say), in addition to each command's module."""
+        self.workdir, self.count, self.pending, self.preload = workdir, 0, b"", list(preload)
         self.proc = subprocess.Popen(
             [sys.executable, str(Path(__file__).with_name("cli_zygote.py"))],
             cwd=workdir,
@@ -130,14 +132,15 @@ class CliZygote:
 
     def run(self, module: str, *args: str, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
         """As `subprocess.run([python, "-m", module, *args], capture_output=True, text=True, ...)`."""
-        return self._run({"module": module}, ["python", "-m", module, *args], args, cwd, env, timeout)
+        request = {"module": module, "preload": self.preload}
+        return self._run(request, ["python", "-m", module, *args], args, cwd, env, timeout)
 
     def run_code(
         self, code: str, *args: str, cwd: Path, env: dict, timeout: float, preload=(), stderr: str | None = None
     ) -> subprocess.CompletedProcess:
         """As `python -c CODE ARGS`, with the `preload` modules imported by the zygote; `stderr`: a
         path (a terminal, say) that gets the command's stderr instead of the result (then None)."""
-        request = {"code": code, "preload": list(preload)}
+        request = {"code": code, "preload": [*self.preload, *preload]}
         return self._run(request, ["python", "-c", code, *args], args, cwd, env, timeout, stderr)
 
     def _run(self, request, command, args, cwd, env, timeout, stderr=None) -> subprocess.CompletedProcess:
