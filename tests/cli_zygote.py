@@ -7,14 +7,16 @@ environment, argv and stdio, and runs the module as `__main__` (`runpy`, as `pyt
 each command still is its own process, with its own exit status, stdout and stderr, and nothing it
 changes reaches the next one. The zygote itself never runs a command's code, only the imports.
 
-What a child does not repeat is the interpreter's start and those imports: tests that are about the
-command's start (a warning printed on import, what gets imported) run the real `python -m`.
+What a child does not repeat is the interpreter's start and those imports (so what they read from
+the environment is the zygote's, not the command's), nor the interpreter's teardown of them at exit
+(atexit handlers and stdio flushes still run): tests that are about the command's start (a warning
+printed on import, what gets imported) run the real `python -m`.
 
 Protocol, one JSON object per line: the caller writes {"module" or "code", "args", "cwd", "env",
 "stdout", "stderr", "preload"} ("code": as `python -c CODE ARGS`; stdout and stderr: files, or a
 terminal, that receive the command's output; preload: modules the zygote imports for such code,
-once, before the fork); the zygote answers {"pid": N}
-once the child runs and then {"returncode": R} (negative: killed by that signal, as `subprocess`).
+once, before the fork); the zygote answers {"pid": N} once the child runs and then
+{"returncode": R} (negative: killed by that signal, as `subprocess`).
 The zygote exits when its stdin closes; what its imports print goes to its stderr.
 `CliZygote` in search_helpers.py is the caller's side; tests/test_cli_zygote.py compares the two.
 """
