@@ -4,10 +4,14 @@ sqlite MLflow."""
 
 from __future__ import annotations
 
+import json
 import os
+import select
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from helpers import REPO
@@ -93,3 +97,72 @@ def metric_history(db: Path, run_id: str, key: str) -> list[tuple[int, float]]:
         return sorted(
             conn.execute("select step, value from metrics where run_uuid = ? and key = ?", (run_id, key)).fetchall()
         )
+
+
+class CliZygote:
+    """`python -m MODULE ARGS` as `subprocess.run` would give it, from a zygote that imported
+    MODULE once (tests/cli_zygote.py says what is and is not the same as a fresh interpreter).
+    One command at a time; each command's output goes through files under `workdir`. `close()`
+    ends the zygote, by its own PID if it does not leave."""
+
+    def __init__(self, workdir: Path, env: dict | None = None, preload: tuple[str, ...] = ()):
+        """`preload`: modules the zygote imports before its first command (those a command
+        imports only once it runs, say), in addition to each command's module."""
+        self.workdir, self.count, self.pending, self.preload = workdir, 0, b"", list(preload)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).with_name("cli_zygote.py"))],
+            cwd=workdir,
+            env=env or search_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+
+    def _answer(self, deadline: float) -> dict:
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self.pending:
+            ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise TimeoutError
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                raise RuntimeError(f"the CLI zygote exited ({self.proc.wait()})")
+            self.pending += chunk
+        line, self.pending = self.pending.split(b"\n", 1)
+        return json.loads(line)
+
+    def run(self, module: str, *args: str, cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
+        """As `subprocess.run([python, "-m", module, *args], capture_output=True, text=True, ...)`."""
+        request = {"module": module, "preload": self.preload}
+        return self._run(request, ["python", "-m", module, *args], args, cwd, env, timeout)
+
+    def run_code(
+        self, code: str, *args: str, cwd: Path, env: dict, timeout: float, preload=(), stderr: str | None = None
+    ) -> subprocess.CompletedProcess:
+        """As `python -c CODE ARGS`, with the `preload` modules imported by the zygote; `stderr`: a
+        path (a terminal, say) that gets the command's stderr instead of the result (then None)."""
+        request = {"code": code, "preload": [*self.preload, *preload]}
+        return self._run(request, ["python", "-c", code, *args], args, cwd, env, timeout, stderr)
+
+    def _run(self, request, command, args, cwd, env, timeout, stderr=None) -> subprocess.CompletedProcess:
+        self.count += 1
+        out, err = (self.workdir / f"{self.count}.{name}" for name in ("stdout", "stderr"))
+        request = {**request, "args": list(args), "cwd": str(cwd), "env": env, "stdout": str(out)}
+        request["stderr"] = stderr or str(err)
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        pid = self._answer(time.monotonic() + timeout + 300)["pid"]  # + the module's first import
+        try:
+            returncode = self._answer(time.monotonic() + timeout)["returncode"]
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self._answer(time.monotonic() + 30)
+            raise subprocess.TimeoutExpired(command, timeout) from None
+        return subprocess.CompletedProcess(command, returncode, out.read_text(), None if stderr else err.read_text())
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(30)

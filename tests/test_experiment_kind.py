@@ -29,6 +29,8 @@ from search.tracking import (
 )
 
 KIND_TAG = "mlflow.experimentKind"
+# Each test's store is tmp_path/mlflow.db, new and empty, copied from one already migrated (conftest).
+pytestmark = pytest.mark.usefixtures("mlflow_db")
 
 
 def _ledger(tmp_path, search_id: str | None = None) -> MlflowLedger:

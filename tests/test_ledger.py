@@ -30,6 +30,8 @@ from search.mlflow_ops import DESCRIPTION_TAG, Artifacts, End, Interrupted, Metr
 from search.tracking import BACKLOG_FILE, EXPERIMENT, OUTAGE, PARENT, REFUSAL, MlflowLedger, classify
 
 REPO = Path(__file__).resolve().parents[1]
+# Each test's store is tmp_path/mlflow.db, new and empty, copied from one already migrated (conftest).
+pytestmark = pytest.mark.usefixtures("mlflow_db")
 
 
 def _ledger(tmp_path, name="s", search_id=None, state="state") -> MlflowLedger:

@@ -88,11 +88,20 @@ SEARCH = "/api/2.0/mlflow/experiments/search?max_results=1"
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def module_server(tmp_path_factory):
     srv = start(tmp_path_factory.mktemp("mlflow"))
     yield srv
     if srv.running():
         _stop(srv)
+
+
+@pytest.fixture()
+def server(module_server):
+    """The module's server, started again (same port and store) if a test stopped it: one
+    server start serves every test here, the SIGTERM test included, in any order."""
+    if not module_server.running():
+        module_server.start()
+    return module_server
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +148,8 @@ def test_client_roundtrip_with_proxied_artifact(server, tmp_path):
     assert len(stored) == 1, "the artifact must land in --artifacts-destination"
 
 
-def test_sigterm_stops_whole_tree(tmp_path):
-    srv = start(tmp_path)
+def test_sigterm_stops_whole_tree(server):
+    srv = server
     assert len(_tree(srv.proc.pid)) >= 2  # supervisor + mlflow server (+ uvicorn)
     assert _stop(srv, signal.SIGTERM) == 0  # _stop() also asserts no descendant survived
 

@@ -8,14 +8,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from search.checks import check_fits_model, check_model
-from search_helpers import search_env
 from softprompt_cli.errors import UsageError
 from spaces import load_space
 
@@ -97,26 +94,16 @@ def test_virtual_tokens_and_max_length_must_fit_the_models_positions(tiny_model_
         check_fits_model(_space(tmp_path, "fixed: {max_length: 4096}\n"), model)
 
 
-def _dry_run(tmp_path, *args):
-    return subprocess.run(
-        [sys.executable, "-m", "search.run", *args, "--dry-run"],
-        cwd=tmp_path,
-        env=search_env(),
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
-def test_the_dry_run_refuses_a_broken_model_and_an_oversized_prompt(model_copy, tmp_path):
+def test_the_dry_run_refuses_a_broken_model_and_an_oversized_prompt(model_copy, tmp_path, search_cli):
     space = tmp_path / "long.yaml"
     space.write_text("base: smoke\nsearch: {num_virtual_tokens: {choice: [4, 1000]}}\nfixed: {max_length: 1100}\n")
-    proc = _dry_run(tmp_path, "--space", str(space), "--model", str(model_copy))
+    # `python -m search.run ... --dry-run`, forked from an interpreter that imported it (conftest)
+    proc = search_cli("--space", str(space), "--model", str(model_copy), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: search.num_virtual_tokens.choice[1]: got 1000, expected at most 948")
     _truncate(next(model_copy.glob("*.safetensors")))
-    proc = _dry_run(tmp_path, "--space", "smoke", "--model", str(model_copy))
+    proc = search_cli("--space", "smoke", "--model", str(model_copy), "--dry-run", cwd=tmp_path)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "expected a model whose weight files are whole" in line and "Traceback" not in proc.stderr

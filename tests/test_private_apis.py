@@ -148,19 +148,20 @@ def test_tuner_resume_kwargs_reach_tunes_resume_config(tmp_path):
     assert not ray.is_initialized()  # built, not started
 
 
-def test_the_loggers_the_console_quiets_still_say_what_we_drop():
+def test_the_loggers_the_console_quiets_still_say_what_we_drop(cli_zygote):
     """search/run.py drops some of Tune's messages by logger name and prefix: each logger must
     still be a module of the installed ray, and each prefix still in its source."""
     import json
-    import subprocess
-    import sys
+
+    from search_helpers import search_env
 
     probe = (
         "import json, logging; from search.run import _DropMessages, _quiet_libraries; _quiet_libraries(); "
         "print(json.dumps({n: [list(f.prefixes) for f in l.filters if isinstance(f, _DropMessages)] "
         "for n, l in logging.Logger.manager.loggerDict.items() if isinstance(l, logging.Logger)}))"
     )
-    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    # `python -c PROBE` in a process of its own, forked from the session's zygote (conftest)
+    out = cli_zygote.run_code(probe, cwd=REPO, env=search_env(), timeout=300, preload=("search.run",))
     assert out.returncode == 0, out.stderr[-2000:]
     dropped = {name: filters[0] for name, filters in json.loads(out.stdout.splitlines()[-1]).items() if filters}
     assert any(name.startswith("ray.") for name in dropped), dropped
@@ -170,6 +171,7 @@ def test_the_loggers_the_console_quiets_still_say_what_we_drop():
         assert not missing, f"{name} no longer says {missing}: search/run.py filters nothing"
 
 
+@pytest.mark.integration  # starts a real local Ray cluster (~20 s of the fast tier on 2 cores)
 def test_a_local_search_keeps_token_auth_without_rays_warning(tmp_path):
     """A local `search.run` starts Ray with token auth on, as `ray.init()` would by default, and the
     user sees no warning that it did: the driver and its cluster agree (a task runs). Its own HOME,

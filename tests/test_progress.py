@@ -33,26 +33,21 @@ print("evaluated", result.n)
 """
 
 
-def _evaluate(tmp_path, model_dir, stderr) -> subprocess.CompletedProcess:
+def _evaluate(zygote, tmp_path, model_dir, stderr: str | None = None) -> subprocess.CompletedProcess:
+    """`python -c SCRIPT MODEL` with stderr captured (a file), or to `stderr` (a terminal's path);
+    forked from the session's zygote, which has imported what SCRIPT imports (conftest)."""
     env = {k: v for k, v in search_env().items() if not k.startswith("TQDM_")}
-    return subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(model_dir)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        text=True,
-        timeout=300,
-    )
+    preload = ("trainable.data.splits", "trainable.decoding.generate_and_score", "trainable.model.loading")
+    return zygote.run_code(SCRIPT, str(model_dir), cwd=tmp_path, env=env, timeout=300, preload=preload, stderr=stderr)
 
 
-def test_no_bar_when_stderr_is_not_a_terminal(tmp_path, tiny_model_dir):
-    proc = _evaluate(tmp_path, tiny_model_dir, subprocess.PIPE)
+def test_no_bar_when_stderr_is_not_a_terminal(tmp_path, tiny_model_dir, cli_zygote):
+    proc = _evaluate(cli_zygote, tmp_path, tiny_model_dir)
     assert proc.returncode == 0 and proc.stdout.strip() == "evaluated 3", proc.stderr[-2000:]
     assert "generating" not in proc.stderr and "scoring" not in proc.stderr and "\r" not in proc.stderr, proc.stderr
 
 
-def test_bars_on_a_terminal(tmp_path, tiny_model_dir):
+def test_bars_on_a_terminal(tmp_path, tiny_model_dir, cli_zygote):
     """The control: the same run with stderr on a pseudo-terminal draws both bars."""
     leader, follower = pty.openpty()
     # A fresh pseudo-terminal is 0 columns wide, where tqdm draws nothing: give it a real size.
@@ -72,7 +67,7 @@ def test_bars_on_a_terminal(tmp_path, tiny_model_dir):
     reader = threading.Thread(target=read_all, daemon=True)
     reader.start()
     try:
-        proc = _evaluate(tmp_path, tiny_model_dir, follower)
+        proc = _evaluate(cli_zygote, tmp_path, tiny_model_dir, stderr=os.ttyname(follower))
     finally:
         os.close(follower)
     reader.join(timeout=30)

@@ -10,6 +10,9 @@ from search_helpers import search_env
 
 
 def _run(tmp_path, *args, env=None):
+    """The real command in a fresh interpreter: for what its start may print (a warning on import
+    would break the one-line contract). The other tests use `run`: the same command, forked from
+    an interpreter that has imported it (tests/cli_zygote.py), seconds cheaper each."""
     return subprocess.run(
         [sys.executable, "-m", "search.run", *args],
         cwd=tmp_path,
@@ -18,6 +21,12 @@ def _run(tmp_path, *args, env=None):
         text=True,
         timeout=180,
     )
+
+
+@pytest.fixture()
+def run(search_cli, tmp_path):
+    """`python -m search.run ARGS` in tmp_path, as `subprocess.run` gives it (conftest's search_cli)."""
+    return lambda *args, env=None: search_cli(*args, cwd=tmp_path, env=env)
 
 
 def test_dry_run_smoke_prints_the_plan(tmp_path):
@@ -65,42 +74,41 @@ def test_dry_run_of_the_gpu_space_succeeds_on_any_machine(tmp_path):
     assert not proc.stderr.strip() and not (tmp_path / "runs").exists()
 
 
-def test_a_real_run_of_the_gpu_space_still_fails_fast(tmp_path):
-    dry = _run(tmp_path, "--space", "default", "--dry-run")
+def test_a_real_run_of_the_gpu_space_still_fails_fast(tmp_path, run):
+    dry = run("--space", "default", "--dry-run")
     if not _needs_what_this_machine_lacks(dry):
         pytest.skip("this machine has a GPU and reaches the hub: a real run would start")
-    proc = _run(tmp_path, "--space", "default")
+    proc = run("--space", "default")
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(("error: resources.gpu: got 0.25", "error: model: got 'Qwen/Qwen2.5-Coder-0.5B'"))
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
-def test_a_dry_run_still_refuses_a_bad_space_meant_for_a_cluster(tmp_path):
+def test_a_dry_run_still_refuses_a_bad_space_meant_for_a_cluster(tmp_path, run):
     space = tmp_path / "bad.yaml"
     space.write_text("base: default\ndata: {train: {source: apps, n: 4}}\n")
-    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    proc = run("--space", str(space), "--dry-run")
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert "data.train.source: got 'apps'" in line
 
 
-def test_unreachable_hub_model_says_how_to_run_offline(tmp_path):
-    proc = _run(tmp_path, "--space", "smoke", "--model", "Qwen/Qwen2.5-Coder-0.5B")  # HF_HUB_OFFLINE=1
+def test_unreachable_hub_model_says_how_to_run_offline(tmp_path, run):
+    proc = run("--space", "smoke", "--model", "Qwen/Qwen2.5-Coder-0.5B")  # HF_HUB_OFFLINE=1
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: model: got 'Qwen/Qwen2.5-Coder-0.5B'") and "--model bundled" in line
     assert not (tmp_path / "runs").exists()
-    dry = _run(tmp_path, "--space", "smoke", "--model", "Qwen/Qwen2.5-Coder-0.5B", "--dry-run")
+    dry = run("--space", "smoke", "--model", "Qwen/Qwen2.5-Coder-0.5B", "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert _needs_what_this_machine_lacks(dry) == [f"would not run here: {line.removeprefix('error: ')}"]
 
 
-def test_dry_run_default_on_cpu_with_a_local_model(tmp_path, tiny_model_dir):
+def test_dry_run_default_on_cpu_with_a_local_model(tmp_path, tiny_model_dir, run):
     space = tmp_path / "default-cpu.yaml"
     space.write_text("base: default\nresources: {cpu: 1, gpu: 0}\n")
-    proc = _run(
-        tmp_path,
+    proc = run(
         "--space",
         str(space),
         "--model",
@@ -163,18 +171,18 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(
     "args, message", BAD_INPUTS, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_INPUTS)]
 )
-def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message):
-    proc = _run(tmp_path, *args, "--dry-run")
+def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, run):
+    proc = run(*args, "--dry-run")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
 
 
-def test_more_gpu_than_the_machine_has_is_refused_before_ray(tmp_path):
+def test_more_gpu_than_the_machine_has_is_refused_before_ray(tmp_path, run):
     space = tmp_path / "gpu.yaml"
     space.write_text("base: smoke\nresources: {cpu: 1, gpu: 0.5}\n")
-    dry = _run(tmp_path, "--space", str(space), "--dry-run")
+    dry = run("--space", str(space), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     if not _needs_what_this_machine_lacks(dry):
         pytest.skip("this machine has a GPU")
@@ -182,14 +190,14 @@ def test_more_gpu_than_the_machine_has_is_refused_before_ray(tmp_path):
         "would not run here: resources.gpu: got 0.5, expected at most 0 (GPUs on this machine; "
         "or use --address to run on a Ray cluster)"
     ]
-    proc = _run(tmp_path, "--space", str(space))
+    proc = run("--space", str(space))
     assert proc.returncode == 2 and "resources.gpu: got 0.5, expected at most 0" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
-def test_storage_that_is_a_file_is_refused(tmp_path):
+def test_storage_that_is_a_file_is_refused(tmp_path, run):
     (tmp_path / "afile").write_text("x")
-    proc = _run(tmp_path, "--space", "smoke", "--storage", "afile", "--dry-run")
+    proc = run("--space", "smoke", "--storage", "afile", "--dry-run")
     assert proc.returncode == 2 and "--storage: got 'afile'" in proc.stderr
 
 
@@ -209,38 +217,38 @@ BAD_DATA = [
 @pytest.mark.parametrize(
     "delta, message", BAD_DATA, ids=[m.split(":")[0] + str(i) for i, (_, m) in enumerate(BAD_DATA)]
 )
-def test_bad_data_in_a_space_is_one_line_and_exit_2(tmp_path, delta, message):
+def test_bad_data_in_a_space_is_one_line_and_exit_2(tmp_path, delta, message, run):
     space = tmp_path / "bad.yaml"
     space.write_text(f"base: smoke\n{delta}\n")
-    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    proc = run("--space", str(space), "--dry-run")
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert message in line and "Traceback" not in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_missing_mbpp_file_names_the_set_up_step(tmp_path):
+def test_a_missing_mbpp_file_names_the_set_up_step(tmp_path, run):
     env = {**search_env(), "SOFTPROMPT_SEARCH_CACHE": str(tmp_path / "empty-cache")}
-    proc = _run(tmp_path, "--space", "smoke", "--dry-run", env=env)
+    proc = run("--space", "smoke", "--dry-run", env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("error: mbpp: got ") and "run: python -m trainable.data.mbpp" in line
 
 
-def test_zero_test_problems_is_refused_by_the_dry_run(tmp_path):
+def test_zero_test_problems_is_refused_by_the_dry_run(tmp_path, run):
     """Before, the whole search ran, then the report crashed with the parent left RUNNING."""
     space = tmp_path / "notest.yaml"
     space.write_text("base: smoke\ndata: {test: 0}\n")
-    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    proc = run("--space", str(space), "--dry-run")
     assert proc.returncode == 2 and proc.stderr.strip() == (
         "error: data.test: got 0, expected at least 1 problem (the final report scores on them)"
     )
 
 
-def test_a_long_init_text_is_abbreviated_in_the_printed_configuration(tmp_path):
+def test_a_long_init_text_is_abbreviated_in_the_printed_configuration(tmp_path, run):
     space = tmp_path / "long.yaml"
     space.write_text("base: smoke\nsearch: {init: {choice: [random, '" + "y" * 10_000 + "']}}\n")
-    proc = _run(tmp_path, "--space", str(space), "--dry-run")
+    proc = run("--space", str(space), "--dry-run")
     assert proc.returncode == 0, proc.stderr
     assert "y" * 1000 not in proc.stdout and "(10000 chars)" in proc.stdout
     assert max(len(line) for line in proc.stdout.splitlines()) < 200
@@ -275,28 +283,28 @@ def test_a_sqlite_store_on_a_read_only_mount_is_refused(tmp_path):
     assert "expected a writable directory" in line and "Read-only file system" in line
 
 
-def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny_model_dir):
+def test_a_local_search_without_a_usable_sandbox_stops_before_ray(tmp_path, tiny_model_dir, run):
     env = {k: v for k, v in search_env().items() if k != "SOFTPROMPT_SANDBOX"}
     env["PATH"] = str(tmp_path)  # no bwrap on it
-    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), env=env)
+    proc = run("--space", "smoke", "--model", str(tiny_model_dir), env=env)
     assert proc.returncode == 2, proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "bubblewrap cannot run here" in line and "SOFTPROMPT_SANDBOX=rlimits" in line
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_dry_run_without_a_usable_sandbox_says_so_and_succeeds(tmp_path, tiny_model_dir):
+def test_a_dry_run_without_a_usable_sandbox_says_so_and_succeeds(tmp_path, tiny_model_dir, run):
     env = {k: v for k, v in search_env().items() if k != "SOFTPROMPT_SANDBOX"}
     env["PATH"] = str(tmp_path)  # no bwrap on it
-    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), "--dry-run", env=env)
+    proc = run("--space", "smoke", "--model", str(tiny_model_dir), "--dry-run", env=env)
     assert proc.returncode == 0, proc.stderr
     (line,) = _needs_what_this_machine_lacks(proc)
     assert "bubblewrap cannot run here" in line and not (tmp_path / "runs").exists()
 
 
-def test_a_bad_sandbox_mode_is_bad_input_even_in_a_dry_run(tmp_path, tiny_model_dir):
+def test_a_bad_sandbox_mode_is_bad_input_even_in_a_dry_run(tiny_model_dir, run):
     env = {**search_env(), "SOFTPROMPT_SANDBOX": "nonesuch"}
-    proc = _run(tmp_path, "--space", "smoke", "--model", str(tiny_model_dir), "--dry-run", env=env)
+    proc = run("--space", "smoke", "--model", str(tiny_model_dir), "--dry-run", env=env)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     (line,) = proc.stderr.strip().splitlines()
     assert "got 'nonesuch'" in line

@@ -4,8 +4,12 @@ MLflow's parent run, every trial and the report carry the concrete dtype; a resu
 import json
 import subprocess
 
+import pytest
+
 from search_helpers import TINY_SPACE, mlflow_runs, search_command, search_env
 
+# Two whole searches (a run and its --resume), each with its own Ray: ~2 min of the fast tier.
+pytestmark = pytest.mark.integration
 AUTO_SPACE = TINY_SPACE.replace(", dtype: float32}}", "}}")
 
 

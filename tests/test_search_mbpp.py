@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from search_helpers import metric_history, mlflow_runs, search_env
+from search_helpers import metric_history, mlflow_runs, search_command, search_env
 from test_mbpp import SOLUTIONS
 from trainable.data import mbpp
 from trainable.data.splits import DistillSettings
@@ -50,8 +50,6 @@ def _setup(tmp_path, pinned: str = ""):
 
 
 def _search(tmp_path, space, model, name, env, *extra):
-    from search_helpers import search_command
-
     return subprocess.run(
         search_command(space, model, name, *extra), cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
     )
@@ -155,13 +153,15 @@ def test_without_a_cache_a_ray_task_distils_and_an_empty_yield_ends_the_search(t
     assert sorted(entries) == sorted(TRAIN) and {e["candidates"] for e in entries.values()} == {2}
 
 
-def test_a_pinned_file_from_another_model_is_refused_before_anything_starts(tmp_path, tiny_model_dir):
+def test_a_pinned_file_from_another_model_is_refused_before_anything_starts(tmp_path, tiny_model_dir, search_cli):
     pinned = tmp_path / "targets.json"
     record = _record(tiny_model_dir, {TRAIN[0]: [SOLUTIONS[TRAIN[0]]]})
     record["model"] = {"name": "someone else's model", "sha256": "ab" * 32}
     pinned.write_text(json.dumps(record))
     space, env, _ = _setup(tmp_path, pinned=f", targets: {pinned}")
-    proc = _search(tmp_path, space, tiny_model_dir, "pinned", env, "--dry-run")
+    # `python -m search.run ... --dry-run`, forked from an interpreter that imported it (conftest)
+    args = search_command(space, tiny_model_dir, "pinned", "--dry-run")[3:]
+    proc = search_cli(*args, cwd=tmp_path, env=env)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith(f"error: data.distill.targets: got '{pinned}', expected targets distilled from the model")
