@@ -142,10 +142,11 @@ class FinalReport:
     hard: HardBaseline | None = None  # None: no text init in the space and no worked example
     by_method: dict[str, tuple[float, int]] = field(default_factory=dict)  # best_by_method()
     frozen_val: list[dict] = field(default_factory=list)  # the frozen model on val: the trials' reference
-    # Each benchmark's comparisons, bootstrapped once (10,000 resamples each; the arms never change).
-    _compared: dict = field(default_factory=dict, init=False, repr=False, compare=False)
-
     rate = staticmethod(rate)
+
+    def __post_init__(self):
+        # Each benchmark's comparisons, bootstrapped once (10,000 resamples each; the arms never change).
+        self._compared: dict[str | None, list[Comparison]] = {}
 
     def arms(self, benchmark: str | None = None) -> dict[str, list[dict]]:
         """Each arm's test samples: every benchmark's, or one benchmark's."""
