@@ -21,7 +21,7 @@ import torch
 
 from search.callbacks import text_param_hash
 from trainable.config import InitKind, TrainConfig, init_kind
-from trainable.decoding.generate_and_score import Arm, evaluate_arms, evaluate_problems
+from trainable.decoding.generate_and_score import Arm, evaluate_problems
 from trainable.model.loading import LoadedModel
 
 FORMS = ("tokens", "comment")  # the forms of a space's text; `one_shot` is a candidate of its own
@@ -137,21 +137,3 @@ def choose_and_test(
         score_hard(loaded, chosen, test_problems, config),
         {hard.label: hard.describe() for hard in hard_prompts},
     )
-
-
-def select_and_test(
-    loaded: LoadedModel,
-    hard_prompts: list[HardPrompt],
-    val_problems: list[dict],
-    test_problems: list[dict],
-    config: TrainConfig,
-) -> HardBaseline | None:
-    """Score every candidate on val (one decode of them all), choose, then score only the chosen
-    one on test."""
-    if not hard_prompts:
-        return None
-    c = config
-    scored = evaluate_arms(
-        loaded, hard_arms(loaded, hard_prompts, val_problems), c.max_new_tokens, c.eval_batch_size, c.sandbox_timeout_s
-    )
-    return choose_and_test(loaded, hard_prompts, {label: r.samples for label, r in scored.items()}, test_problems, c)

@@ -19,16 +19,17 @@ from search.baselines import (
     arm_inputs,
     as_comment,
     candidates,
+    choose_and_test,
     choose_on_val,
+    hard_arms,
     one_shot,
     rate,
     score_hard,
-    select_and_test,
     texts_of,
 )
 from spaces import load_space
 from trainable.config import TrainConfig
-from trainable.decoding.generate_and_score import evaluate_problems
+from trainable.decoding.generate_and_score import evaluate_arms, evaluate_problems
 from trainable.softprompt import SoftPrompt
 
 CONFIG = TrainConfig(max_new_tokens=6, eval_batch_size=8, sandbox_timeout_s=5, dtype="float32")
@@ -56,7 +57,11 @@ TEST = [_problem(f"t{i}", lines, False) for i, lines in enumerate(VAL_LINES)]
 
 def test_the_hard_prompt_is_chosen_on_val_not_test(tiny_loaded):
     hard_prompts = candidates(TEXTS)
-    result = select_and_test(tiny_loaded, hard_prompts, VAL, TEST, CONFIG)
+    c = CONFIG  # every candidate on val in one decode, as the final report scores them
+    scored = evaluate_arms(
+        tiny_loaded, hard_arms(tiny_loaded, hard_prompts, VAL), c.max_new_tokens, c.eval_batch_size, c.sandbox_timeout_s
+    )
+    result = choose_and_test(tiny_loaded, hard_prompts, {k: r.samples for k, r in scored.items()}, TEST, CONFIG)
     val = {h: rate(score_hard(tiny_loaded, h, VAL, CONFIG)) for h in hard_prompts}
     test = {h: rate(score_hard(tiny_loaded, h, TEST, CONFIG)) for h in hard_prompts}
     assert len(set(val.values())) > 1, "the arms must differ on val for this check to have teeth"
@@ -100,7 +105,7 @@ def test_candidates_are_the_space_s_text_inits():
     assert len(texts) == 3, "per-method init lists share their texts: each is one hard prompt"
     assert [h.form for h in candidates(texts)] == ["tokens", "comment"] * len(texts)
     assert texts_of({}, {"init": "A fixed instruction."}) == ["A fixed instruction."]
-    assert texts_of({}, {"init": "random"}) == [] and select_and_test(None, [], [], [], CONFIG) is None
+    assert texts_of({}, {"init": "random"}) == [] and choose_and_test(None, [], {}, [], CONFIG) is None
 
 
 def test_one_shot_is_the_first_train_problem_with_a_solution_before_the_problem(tiny_loaded):

@@ -4,35 +4,20 @@ for mixed methods, numbers of virtual tokens, batch sizes, and trials joining an
 
 import pytest
 import torch
-import torch.nn.functional as F
 
+from bench.bench_train import full_logits_loss
 from trainable.config import TrainConfig
 from trainable.data.splits import DataSplit, problems_for
-from trainable.engine import IGNORE, LossRequest, fused_completion_loss, train_step
-from trainable.inputs import Prefix, right_padded
+from trainable.engine import LossRequest, fused_completion_loss, train_step
+from trainable.inputs import Prefix
 from trainable.softprompt import SoftPrompt
 from trainable.train import Trainer, build_examples, step_together
 
 
 def _reference_loss(loaded, soft, examples):
-    """One request alone, built with trainable.inputs' own layout (the path before the engine)."""
-    model = loaded.model
-    tokens = [ex.tokens for ex in examples]
-    batch = right_padded(tokens, model.get_input_embeddings(), loaded.tokenizer.pad_token_id, soft)
-    width = max(len(ex.tokens) for ex in examples)
-    n_soft = batch.inputs_embeds.shape[1] - width
-    labels = torch.full((len(examples), n_soft + width), IGNORE, dtype=torch.long)
-    for row, ex in enumerate(examples):
-        labels[row, n_soft + ex.n_prompt : n_soft + len(ex.tokens)] = torch.tensor(ex.tokens[ex.n_prompt :])
-    hidden = model.get_decoder()(
-        inputs_embeds=batch.inputs_embeds,
-        attention_mask=batch.attention_mask,
-        position_ids=batch.position_ids,
-        past_key_values=batch.past_key_values,
-    ).last_hidden_state
-    targets = labels[:, 1:]
-    selected = targets != IGNORE
-    return F.cross_entropy(model.get_output_embeddings()(hidden[:, :-1][selected]).float(), targets[selected])
+    """One request alone: trainable.inputs' own layout and the stock loss over every position's
+    logits (bench_train's baseline, the path before the engine)."""
+    return full_logits_loss(loaded, soft, examples)[0]
 
 
 def _random_prefix(loaded, n, seed):
