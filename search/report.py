@@ -142,6 +142,7 @@ class FinalReport:
     hard: HardBaseline | None = None  # None: no text init in the space and no worked example
     by_method: dict[str, tuple[float, int]] = field(default_factory=dict)  # best_by_method()
     frozen_val: list[dict] = field(default_factory=list)  # the frozen model on val: the trials' reference
+
     rate = staticmethod(rate)
 
     def __post_init__(self):
