@@ -290,7 +290,11 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
     if CURRENT.requested or watch.unfinished:  # Tune stopped early: partial results are no result
         raise SearchInterrupted(CURRENT.signum or signal.SIGUSR1)
     if all(r.error for r in results) or len(results) == 0:
-        print("no trial finished without error; see the FAILED lines above", flush=True)
+        print(
+            "no trial finished without error; see the FAILED lines above\n"
+            f"after fixing the cause: {plan.resume_command}",
+            flush=True,
+        )
         _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
         return 1
     with CURRENT.during(Phase.RAISE):

@@ -157,6 +157,7 @@ def test_a_search_whose_trials_all_fail_ends_failed_and_resumes(tiny_model_dir, 
     )
     assert failed.returncode == 1, failed.stdout[-3000:] + failed.stderr[-3000:]
     assert "no trial finished without error" in failed.stdout and "Traceback" not in failed.stdout + failed.stderr
+    assert re.search(r"^after fixing the cause: python -m search.run .* --resume --name allfail$", failed.stdout, re.M)
     record = json.loads((tmp_path / "runs" / "allfail" / "search.json").read_text())
     assert record["state"] == "failed"
     (parent,) = mlflow_summary(tmp_path / "runs" / "mlflow.db")["parents"]
