@@ -65,10 +65,10 @@ class SearchRecord:
     code: list = field(default_factory=list)
 
     def note_code(self, now: dict) -> None:
-        """Keep `now` (git sha, dirty flag, command) if it is the first or differs from the last."""
-        if not self.code or {k: v for k, v in self.code[-1].items() if k != "command"} != {
-            k: v for k, v in now.items() if k != "command"
-        }:
+        """Keep `now` (git sha, dirty flag, command) if it is the first or its code differs from
+        the last kept (a resume's other command alone is not other code)."""
+        commit = lambda code: (code["git_sha"], code["git_dirty"])  # noqa: E731 - named for reading
+        if not self.code or commit(self.code[-1]) != commit(now):
             self.code.append(now)
 
     def save(self, state_dir: Path) -> None:
