@@ -10,10 +10,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import torch
 
-from trainable.decoding.generate import GenerationStats, generate
-from trainable.inputs import Prefix
+from trainable.decoding.generate import GenerationStats, SoftInput, generate
 from trainable.model.loading import LoadedModel
 from trainable.progress import bar
 from trainable.sandbox.score import pass_at_k, score_samples
@@ -47,7 +45,7 @@ class EvalResult:
 def evaluate_problems(
     loaded: LoadedModel,
     problems: list[dict],
-    soft_prompt: torch.Tensor | Prefix | None,
+    soft_prompt: SoftInput,
     max_new_tokens: int,
     batch_size: int,
     sandbox_timeout_s: float,
@@ -56,7 +54,7 @@ def evaluate_problems(
     return evaluate_arms(loaded, {"": (problems, soft_prompt)}, max_new_tokens, batch_size, sandbox_timeout_s)[""]
 
 
-Arm = tuple[list[dict], torch.Tensor | Prefix | None]  # an arm's problems and its soft prompt
+Arm = tuple[list[dict], SoftInput]  # an arm's problems and its soft prompt
 
 
 def evaluate_arms(
