@@ -127,6 +127,13 @@ class TrainConfig:
     sandbox_timeout_s: float = 10.0
     # The frozen model's compute dtype; the soft prompt itself is always trained in fp32.
     dtype: str = "auto"
+    # The engine that serves every trial of a device (search.engine_service) fuses the requests
+    # that arrive within `engine_wait_ms` of the first, at most `engine_max_batch` of them (one per
+    # trial at a time). The wait is a small fraction of a step's compute (a training step of a
+    # trial's batch takes tens of milliseconds on a GPU, seconds on a CPU); the batch is the
+    # default space's concurrent trials, so each fused call can hold every trial's request.
+    engine_max_batch: int = 16
+    engine_wait_ms: float = 5.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -148,6 +155,8 @@ class TrainConfig:
         _check_positive("sandbox_timeout_s", self.sandbox_timeout_s)
         if self.dtype not in DTYPES:
             raise field_error("dtype", self.dtype, "one of " + ", ".join(DTYPES))
+        _check_int("engine_max_batch", self.engine_max_batch, 1)
+        _check_positive("engine_wait_ms", self.engine_wait_ms, allow_zero=True)
 
     def _check_method_only(self) -> None:
         for name, owner in METHOD_ONLY.items():
@@ -219,6 +228,8 @@ RUN_SETTINGS = (
     "eval_batch_size",
     "sandbox_timeout_s",
     "dtype",
+    "engine_max_batch",
+    "engine_wait_ms",
 )
 
 

@@ -21,13 +21,16 @@ positions (its first token at the number of virtual tokens or prefix columns bef
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
+
+from trainable.decoding.generate import GenerateRequest, Generation, generate_request
 from trainable.inputs import Prefix, positions, right_aligned_prefixes
-from trainable.model.loading import LoadedModel
+from trainable.model.loading import LoadedModel, ModelRef
 
 if TYPE_CHECKING:  # the examples' type; trainable.train imports this module
     from trainable.train import TrainExample
@@ -151,6 +154,28 @@ def train_step(
     ]
 
 
+@torch.no_grad()
+def losses(
+    loaded: LoadedModel, requests: Sequence[LossRequest], rows_per_forward: int | None = None
+) -> list[tuple[float, int]]:
+    """`train_step`'s losses and positions without its backward: rows in forwards of at most
+    `rows_per_forward` (default: the largest request's batch), similar lengths together."""
+    rows = [(index, example) for index, request in enumerate(requests) for example in request.examples]
+    rows.sort(key=lambda row: _soft_len(requests[row[0]].soft) + len(row[1].tokens))
+    size = rows_per_forward or max(1, max(len(r.examples) for r in requests))
+    sums, counts, tokens = [0.0] * len(requests), [0] * len(requests), [0] * len(requests)
+    for start in range(0, len(rows), size):
+        chunk = rows[start : start + size]
+        per_token, owner, tokens_per_row = _rows_forward(loaded, requests, chunk)
+        for index in {i for i, _ in chunk}:
+            mine = per_token[owner == index]
+            sums[index] += mine.sum().item()
+            counts[index] += mine.numel()
+        for (index, _), n in zip(chunk, tokens_per_row):
+            tokens[index] += int(n)
+    return [(s / c if c else float("nan"), n) for s, c, n in zip(sums, counts, tokens)]
+
+
 def _leaf(soft):
     if soft is None:
         return None
@@ -173,3 +198,92 @@ def backward_into(soft: torch.Tensor | Prefix, grad: torch.Tensor | Prefix) -> N
         torch.autograd.backward([*soft.keys, *soft.values], [*grad.keys, *grad.values])
     else:
         torch.autograd.backward(soft, grad)
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What a trial knows of the frozen model without holding its weights: enough to tokenize,
+    to shape and save its soft prompt, and to record what it ran on."""
+
+    ref: ModelRef
+    identity: dict
+    tokenizer: PreTrainedTokenizerBase
+    config: PretrainedConfig
+    dtype: torch.dtype  # the engine's compute dtype (soft prompts stay fp32)
+    device: torch.device  # where the client keeps its soft prompt
+
+
+class LocalEngine:
+    """The frozen model in this process, serving every request given to it.
+
+    A trial, `trainable.evaluate`, `interpolate` and the report's arms talk to an engine only;
+    under Ray Tune the same methods are served by one actor per device that fuses the requests of
+    every trial on it (`search.engine_service`). `rows_per_forward`: `train_step`'s; `max_rows`:
+    the most rows a fused decode holds at once (default: the sum of the requests' batch sizes);
+    `dtype_reason`: why the model runs in its dtype (recorded with every trial's metrics)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        rows_per_forward: int | None = None,
+        max_rows: int | None = None,
+        dtype_reason: str = "given: the caller's loaded model",
+    ):
+        self.loaded, self.rows_per_forward, self.max_rows = loaded, rows_per_forward, max_rows
+        self.dtype_reason = dtype_reason
+
+    @property
+    def facts(self) -> ModelFacts:
+        loaded = self.loaded
+        return ModelFacts(
+            loaded.ref, loaded.identity, loaded.tokenizer, loaded.model.config, loaded.dtype, loaded.device
+        )
+
+    @torch.no_grad()
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        """The input embeddings of `ids` [n, H], fp32 (token inits of prompt tuning)."""
+        table = self.loaded.model.get_input_embeddings()
+        return table(torch.tensor(ids, dtype=torch.long, device=table.weight.device)).float()
+
+    @torch.no_grad()
+    def prefix_from_tokens(self, ids: list[int]) -> torch.Tensor:
+        """The key/values the frozen model computes for `ids` at positions 0..P-1, in PEFT's flat
+        layout (fp32): as a prefix they make the model read what follows as if `ids` came first."""
+        out = self.loaded.model(input_ids=torch.tensor([ids], device=self.loaded.device), use_cache=True)
+        per_layer = [t[0] for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return torch.stack(per_layer).permute(2, 0, 1, 3).reshape(len(ids), -1).float()  # inverse of Prefix.from_flat
+
+    def train_step(self, requests: Sequence[LossRequest], rows_per_forward: int | None = None) -> list[StepResult]:
+        return train_step(self.loaded, requests, rows_per_forward or self.rows_per_forward)
+
+    def losses(self, requests: Sequence[LossRequest]) -> list[tuple[float, int]]:
+        """Each request's mean completion loss and processed positions, without gradients."""
+        return losses(self.loaded, requests, self.rows_per_forward)
+
+    def generate(self, request: GenerateRequest, progress=None) -> Generation:
+        return self.generate_together([request], progress)[0]
+
+    def generate_together(self, requests: Sequence[GenerateRequest], progress=None) -> list[Generation]:
+        """Every request's completions; requests that can share steps (equal `max_new_tokens` and
+        sampling settings) share one decode, each row behind its own soft prompt, so each gets
+        exactly the tokens of its own call. A shared decode holds the sum of its requests' batch
+        sizes, at most `max_rows`; each request's `stats` are the shared decode's."""
+        out: list[Generation | None] = [None] * len(requests)
+        groups: dict[tuple, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(request.fuses_with(), []).append(index)
+        for members in groups.values():
+            merged = GenerateRequest.merge([requests[i] for i in members])
+            rows = max(1, min(merged.batch_size, self.max_rows or merged.batch_size))
+            fused = generate_request(self.loaded, replace(merged, batch_size=rows), progress)
+            start = 0
+            for index in members:
+                n = len(requests[index].prompts)
+                out[index] = Generation(fused.texts[start : start + n], fused.tokens[start : start + n], fused.stats)
+                start += n
+        return out
+
+
+def as_engine(model: "LoadedModel | LocalEngine | object"):
+    """An engine for `model`: a loaded model gets an in-process one; an engine is itself."""
+    return LocalEngine(model) if isinstance(model, LoadedModel) else model

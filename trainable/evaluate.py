@@ -252,8 +252,9 @@ def _append(out, path: str, rows: list[dict]) -> None:
 
 def _generate_and_score(args) -> dict:
     from trainable.decoding.generate_and_score import evaluate_problems
-    from trainable.model.loading import load_model, resolve_model_ref
     from trainable.dtype_probe import choose_dtype
+    from trainable.engine import LocalEngine
+    from trainable.model.loading import load_model, resolve_model_ref
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
     if args.prompt:
@@ -263,12 +264,13 @@ def _generate_and_score(args) -> dict:
         raise field_error("--split", args.split, "a split with at least 1 problem (see --data-sizes)")
     dtype, reason = choose_dtype(args.dtype, model_ref=args.model, eval_batch_size=args.batch_size)
     loaded = load_model(ref, dtype=dtype)
+    engine = LocalEngine(loaded, dtype_reason=reason)
     soft = None
     if args.prompt:
         from trainable.softprompt import use_prompt
 
-        soft = use_prompt(loaded, args.prompt)
-    result = evaluate_problems(loaded, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
+        soft = use_prompt(engine, args.prompt)
+    result = evaluate_problems(engine, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
     if args.out:
         _write_jsonl(args.out, result.samples)
     return {

@@ -96,20 +96,23 @@ def plot(points: list[dict], path: Path, title: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     info, _ = check_args(args)
-    from trainable.decoding.generate_and_score import evaluate_problems
+    from trainable.decoding.generate_and_score import evaluate_arms
+    from trainable.engine import LocalEngine
     from trainable.model.loading import load_model, resolve_model_ref
     from trainable.softprompt import check_fits, load_prompt, prompt_input
 
     ref = resolve_model_ref(args.model)  # bad references fail before any weights load
     problems = problems_for(args.split, _data_split(args.data_sizes))[: args.limit]
-    loaded = load_model(ref)
+    engine = LocalEngine(load_model(ref))
     (_, a), (_, b) = load_prompt(args.a, "--a"), load_prompt(args.b, "--b")
-    check_fits(info, loaded, "--a", args.a, info.encoder_hidden_size)
+    check_fits(info, engine.facts.config, "--a", args.a, info.encoder_hidden_size)
+    arms = {}
+    for weight in weights(args.steps):  # every point's rows in one decode, each behind its own mix
+        mixed = mix(a, b, weight).to(engine.facts.device)
+        arms[weight] = (problems, prompt_input(info.method, mixed, info.num_layers, info.num_attention_heads))
+    scored = evaluate_arms(engine, arms, args.max_new_tokens, args.batch_size, args.timeout)
     points, rows = [], []
-    for weight in weights(args.steps):
-        mixed = mix(a, b, weight).to(loaded.device)
-        soft = prompt_input(info.method, mixed, info.num_layers, info.num_attention_heads)
-        result = evaluate_problems(loaded, problems, soft, args.max_new_tokens, args.batch_size, args.timeout)
+    for weight, result in scored.items():
         points.append({"weight": weight, **result.summary()})
         rows += [{"weight": weight, **sample} for sample in result.samples]
         print(json.dumps(points[-1]), flush=True)

@@ -1,5 +1,10 @@
-"""Every private name of torch that `trainable/` relies on, and nothing else (Ray's and Optuna's
-live in search/private_apis.py; tests/test_private_apis.py keeps both the only homes).
+"""Every private name of torch and PEFT that `trainable/` relies on, and nothing else (Ray's and
+Optuna's live in search/private_apis.py; tests/test_private_apis.py keeps both the only homes).
+
+PEFT fills a prompt-learning config's model dimensions (layers, token width, heads; for a prefix
+on a grouped-query model the key/value heads and their width) in a private function that
+`get_peft_model` calls; a soft prompt built without wrapping the model (`trainable.softprompt`)
+calls it too, so its shapes are PEFT's for every architecture PEFT knows.
 
 oneDNN's linear with a weight reordered once (`trainable.decoding.packed_linear`) has no public API: it is
 what `torch.compile` emits for frozen CPU models, as two `torch.ops.mkldnn` operators. Read from
@@ -15,7 +20,15 @@ import functools
 
 import torch
 
-READ_FROM = {"torch": "2.13.0"}  # .ci/setup's pin
+READ_FROM = {"torch": "2.13.0", "peft": "0.21.2"}  # .ci/setup's torch pin, pyproject.toml's peft pin
+
+
+def fill_prompt_learning_config(peft_config, model_config):
+    """`peft_config` with the model's dimensions filled as `get_peft_model` fills them
+    (peft/utils/other.py: `_prepare_prompt_learning_config`)."""
+    from peft.utils import _prepare_prompt_learning_config
+
+    return _prepare_prompt_learning_config(peft_config, model_config)
 
 
 def pack_linear_weight(weight: torch.Tensor) -> torch.Tensor:

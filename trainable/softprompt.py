@@ -1,12 +1,16 @@
-"""The soft prompt of each method, built by PEFT, trained in fp32, saved as a standard PEFT adapter.
+"""The soft prompt of each method, built with PEFT's encoders, trained in fp32, saved as a standard PEFT adapter.
 
-PEFT builds and initialises the method's encoder (`trainable.methods`): prompt tuning's embedding
-(`random`, `sample_vocab`, or TEXT init), P-tuning's embedding + MLP, prefix tuning's key/values
-(+ optional projection). A prefix can also start from the key/values of a text or of sampled
-tokens (`prefix_from_tokens`), which PEFT does not offer. It writes the adapter (`adapter_config.json` +
-`adapter_model.safetensors`, loadable with `PeftModel.from_pretrained`). We do not use PEFT's
-forward: it puts virtual tokens before left padding and drops position ids, which is wrong under
-RoPE for batched generation; `trainable.inputs` places them (or the prefix) itself.
+PEFT's own encoder module of each method (`trainable.methods`) holds the parameters: prompt
+tuning's embedding, P-tuning's embedding + MLP, prefix tuning's key/values (+ optional
+projection), its config filled with the model's dimensions as `get_peft_model` fills it. The soft
+prompt does not wrap the model: a trial may not hold the model at all (its engine does,
+`trainable.engine`), so the model's part of an init comes from the engine: the token embeddings of
+a TEXT or `sample_vocab` init (the tokens PEFT's init picks), and for a prefix the key/values the
+frozen model computes for those tokens (`prefix_from_tokens`), which PEFT does not offer. It writes
+the adapter PEFT writes (`adapter_config.json` + `adapter_model.safetensors`, loadable with
+`PeftModel.from_pretrained`). We do not use PEFT's forward: it puts virtual tokens before left
+padding and drops position ids, which is wrong under RoPE for batched generation;
+`trainable.inputs` places them (or the prefix) itself.
 
 PEFT's files hold the encoder's output only; for P-tuning and a projected prefix we also save the
 encoder's own weights (`ENCODER_FILE`), so that a warm start continues the same parameters.
@@ -14,20 +18,25 @@ encoder's own weights (`ENCODER_FILE`), so that a warm start continues the same 
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
 import torch
-from peft import PeftModel, PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType, get_peft_model
+from peft import PrefixTuningConfig, PromptEncoderConfig, PromptTuningConfig, TaskType
+from peft.tuners.p_tuning import PromptEncoder
+from peft.tuners.prefix_tuning import PrefixEncoder
+from peft.tuners.prompt_tuning import PromptEmbedding
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from trainable.adapter import ENCODER_FILE, WEIGHTS_FILE, AdapterInfo, model_mismatch, read_adapter_info
 from trainable.config import TOKEN_INITS, InitKind, TrainConfig, adapter_path
 from softprompt_cli.errors import field_error
+from trainable.engine import as_engine
 from trainable.inputs import Prefix
 from trainable.methods import PEFT_TYPES, Method
-from trainable.model.loading import LoadedModel
+from trainable.private_apis import fill_prompt_learning_config
 
 _PEFT_INIT = {
     InitKind.RANDOM: "RANDOM",
@@ -35,47 +44,65 @@ _PEFT_INIT = {
     InitKind.TEXT: "TEXT",
     InitKind.ADAPTER: "RANDOM",
 }  # an adapter init overwrites the random start
-ADAPTER_NAME = "default"
+_ENCODERS = {Method.PROMPT_TUNING.value: PromptEmbedding, Method.P_TUNING.value: PromptEncoder}
 
 
-def _peft_config(config: TrainConfig, loaded: LoadedModel, tokenizer_path: str | None):
-    common = {"task_type": TaskType.CAUSAL_LM, "num_virtual_tokens": config.num_virtual_tokens}
+def _peft_config(config: TrainConfig, facts, tokenizer_path: str | None):
+    common = {
+        "task_type": TaskType.CAUSAL_LM,
+        "num_virtual_tokens": config.num_virtual_tokens,
+        "base_model_name_or_path": facts.config.name_or_path or None,
+    }
     if config.method == Method.P_TUNING.value:
-        return PromptEncoderConfig(
+        peft_config = PromptEncoderConfig(
             **common, encoder_reparameterization_type="MLP", encoder_hidden_size=config.encoder_hidden_size
         )
-    if config.method == Method.PREFIX_TUNING.value:
-        return PrefixTuningConfig(
+    elif config.method == Method.PREFIX_TUNING.value:
+        peft_config = PrefixTuningConfig(
             **common,
             prefix_projection=bool(config.prefix_projection),
             encoder_hidden_size=config.prefix_projection or None,
         )
-    kind = config.init_kind
-    return PromptTuningConfig(
-        **common,
-        prompt_tuning_init=_PEFT_INIT[kind],
-        prompt_tuning_init_text=config.init if kind is InitKind.TEXT else None,
-        tokenizer_name_or_path=(tokenizer_path or loaded.model.name_or_path) if kind is InitKind.TEXT else None,
-    )
+    else:
+        kind = config.init_kind
+        peft_config = PromptTuningConfig(
+            **common,
+            prompt_tuning_init=_PEFT_INIT[kind],
+            prompt_tuning_init_text=config.init if kind is InitKind.TEXT else None,
+            tokenizer_name_or_path=(tokenizer_path or facts.config.name_or_path) if kind is InitKind.TEXT else None,
+        )
+    peft_config.num_transformer_submodules = 1  # a decoder-only model, as PEFT sets it
+    return fill_prompt_learning_config(peft_config, facts.config)
 
 
-def init_token_ids(loaded: LoadedModel, config: TrainConfig) -> list[int]:
+def _encoder(peft_config) -> torch.nn.Module:
+    """PEFT's encoder module for the method, randomly initialised (a token init is copied in after)."""
+    if peft_config.peft_type.value == "PREFIX_TUNING":
+        return PrefixEncoder(peft_config)
+    method = PEFT_TYPES[peft_config.peft_type.value]
+    if method == Method.P_TUNING.value:
+        return PromptEncoder(peft_config)
+    random_start = copy.copy(peft_config)
+    random_start.prompt_tuning_init = "RANDOM"  # PEFT's token inits read the model's embedding table
+    return PromptEmbedding(random_start, None)
+
+
+def init_token_ids(model, config: TrainConfig) -> list[int]:
     """The tokens a TEXT / sample_vocab init starts from, chosen as PEFT's prompt-tuning init chooses
-    them: the text's tokens cut or repeated to the prompt's length, or tokens drawn uniformly."""
+    them: the text's tokens cut or repeated to the prompt's length, or tokens drawn uniformly.
+    `model`: a loaded model or an engine."""
+    facts = as_engine(model).facts
     n = config.num_virtual_tokens
     if config.init_kind is InitKind.SAMPLE_VOCAB:
-        return torch.randint(0, loaded.model.get_input_embeddings().num_embeddings, (n,)).tolist()
-    ids = loaded.tokenizer(config.init)["input_ids"]
+        return torch.randint(0, facts.config.vocab_size, (n,)).tolist()
+    ids = facts.tokenizer(config.init)["input_ids"]
     return (ids * math.ceil(n / len(ids)))[:n]
 
 
-@torch.no_grad()
-def prefix_from_tokens(loaded: LoadedModel, ids: list[int]) -> torch.Tensor:
-    """The key/values the frozen model computes for `ids` at positions 0..P-1, in PEFT's flat
-    layout (fp32): as a prefix they make the model read what follows as if `ids` came first."""
-    out = loaded.model(input_ids=torch.tensor([ids], device=loaded.device), use_cache=True)
-    per_layer = [t[0] for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
-    return torch.stack(per_layer).permute(2, 0, 1, 3).reshape(len(ids), -1).float()  # inverse of Prefix.from_flat
+def prefix_from_tokens(model, ids: list[int]) -> torch.Tensor:
+    """The key/values the frozen model computes for `ids` (`LocalEngine.prefix_from_tokens`);
+    `model`: a loaded model or an engine."""
+    return as_engine(model).prefix_from_tokens(ids)
 
 
 def prompt_input(method: str, output: torch.Tensor, num_layers: int, num_heads: int) -> torch.Tensor | Prefix:
@@ -85,10 +112,9 @@ def prompt_input(method: str, output: torch.Tensor, num_layers: int, num_heads: 
     return output
 
 
-def check_fits(
-    info: AdapterInfo, loaded: LoadedModel, field: str, shown: str, encoder_hidden_size: int | None = None
-) -> None:
-    why = model_mismatch(info, loaded.model.config, encoder_hidden_size)
+def check_fits(info: AdapterInfo, model_config, field: str, shown: str, encoder_hidden_size: int | None = None) -> None:
+    """`info`'s adapter fits a model of `model_config` (its transformers config)."""
+    why = model_mismatch(info, model_config, encoder_hidden_size)
     if why:
         raise field_error(field, shown, why)
 
@@ -114,42 +140,42 @@ def load_prompt(adapter_dir: str | Path, field: str = "--prompt", shown=None) ->
     return info, output
 
 
-def use_prompt(loaded: LoadedModel, adapter_dir: str | Path, field: str = "--prompt") -> torch.Tensor | Prefix:
-    """A saved soft prompt of any method, ready for `generate` on this model (no PEFT wrapper)."""
+def use_prompt(model, adapter_dir: str | Path, field: str = "--prompt") -> torch.Tensor | Prefix:
+    """A saved soft prompt of any method, ready for `generate` on this model (a loaded model or an
+    engine)."""
+    facts = as_engine(model).facts
     info, output = load_prompt(adapter_dir, field)
-    check_fits(info, loaded, field, str(adapter_dir), info.encoder_hidden_size)
-    return prompt_input(info.method, output.to(loaded.device), info.num_layers, info.num_attention_heads)
+    check_fits(info, facts.config, field, str(adapter_dir), info.encoder_hidden_size)
+    return prompt_input(info.method, output.to(facts.device), info.num_layers, info.num_attention_heads)
 
 
 class SoftPrompt:
-    """Owns a PEFT prompt-learning wrapper around the (shared, frozen) base model."""
+    """One trial's soft prompt: PEFT's encoder for its method (fp32) and that encoder's config."""
 
-    def __init__(self, peft_model: PeftModel):
-        self.peft_model = peft_model
-        self.encoder.float()  # fp32 master copy even on a bf16 model
+    def __init__(self, peft_config, encoder: torch.nn.Module):
+        self.config, self.encoder = peft_config, encoder.float()  # fp32 master copy even on a bf16 model
 
     @classmethod
-    def create(cls, loaded: LoadedModel, config: TrainConfig, tokenizer_path: str | None = None) -> "SoftPrompt":
+    def create(cls, model, config: TrainConfig, tokenizer_path: str | None = None) -> "SoftPrompt":
+        """`model`: a loaded model or an engine (`trainable.engine`); the encoder lives on the
+        engine's client device."""
+        engine = as_engine(model)
+        facts = engine.facts
         torch.manual_seed(config.seed)  # random inits and encoder weights draw from torch's RNG
-        prompt = cls(get_peft_model(loaded.model, _peft_config(config, loaded, tokenizer_path)))
+        peft_config = _peft_config(config, facts, tokenizer_path)
+        prompt = cls(peft_config, _encoder(peft_config).to(facts.device))
         if config.init_kind is InitKind.ADAPTER:
-            prompt.warm_start(loaded, config)
-        elif config.method == Method.PREFIX_TUNING.value and config.init_kind in TOKEN_INITS:
-            with torch.no_grad():  # TrainConfig allows these only without a projection
-                prompt.encoder.embedding.weight.copy_(prefix_from_tokens(loaded, init_token_ids(loaded, config)))
+            prompt.warm_start(facts, config)
+        elif config.init_kind in TOKEN_INITS:  # TrainConfig allows these for prompt and prefix tuning only
+            ids = init_token_ids(engine, config)
+            start = engine.prefix_from_tokens(ids) if prompt.method == Method.PREFIX_TUNING.value else engine.embed(ids)
+            with torch.no_grad():  # a prefix's token init is allowed only without a projection
+                prompt.encoder.embedding.weight.copy_(start)
         return prompt
-
-    @property
-    def config(self):
-        return self.peft_model.peft_config[ADAPTER_NAME]
 
     @property
     def method(self) -> str:
         return PEFT_TYPES[self.config.peft_type.value]
-
-    @property
-    def encoder(self) -> torch.nn.Module:
-        return self.peft_model.prompt_encoder[ADAPTER_NAME]
 
     @property
     def num_virtual_tokens(self) -> int:
@@ -175,19 +201,27 @@ class SoftPrompt:
         return prompt_input(self.method, self.output(), self.config.num_layers, self.config.num_attention_heads)
 
     def save(self, out_dir: str | Path) -> Path:
+        """The adapter as `PeftModel.save_pretrained` writes it (its config in inference mode, the
+        encoder's output as `prompt_embeddings`), plus the MLP's weights where there is one."""
         out_dir = Path(out_dir)
-        self.peft_model.save_pretrained(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        with torch.no_grad():
+            output = self.output().detach().cpu().contiguous()
+        save_file({"prompt_embeddings": output}, out_dir / WEIGHTS_FILE, metadata={"format": "pt"})
+        saved = copy.copy(self.config)
+        saved.inference_mode = True
+        saved.save_pretrained(str(out_dir))
         if self.reparameterised:
             save_file(
                 {k: v.detach().cpu().contiguous() for k, v in self.encoder.state_dict().items()}, out_dir / ENCODER_FILE
             )
         return out_dir
 
-    def warm_start(self, loaded: LoadedModel, config: TrainConfig) -> None:
+    def warm_start(self, facts, config: TrainConfig) -> None:
         """Start from a saved soft prompt of the same method and shape (`init: adapter:PATH`);
         TrainConfig has checked method and shape, this checks the model's dimensions."""
         info, output = load_prompt(adapter_path(config.init), "init", config.init)
-        check_fits(info, loaded, "init", config.init, config.encoder_hidden_size)
+        check_fits(info, facts.config, "init", config.init, config.encoder_hidden_size)
         if not self.reparameterised:
             with torch.no_grad():
                 self.encoder.embedding.weight.copy_(output)

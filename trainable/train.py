@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from trainable.config import TrainConfig
-from trainable.engine import LossRequest, StepResult, backward_into, fused_completion_loss, train_step
+from trainable.engine import LossRequest, StepResult, as_engine, backward_into, fused_completion_loss
 from trainable.inputs import Prefix
 from trainable.model.loading import LoadedModel
 from trainable.softprompt import SoftPrompt
@@ -40,10 +40,11 @@ class EpochStats:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
-def build_examples(loaded: LoadedModel, problems: list[dict], max_length: int) -> list[TrainExample]:
+def build_examples(model, problems: list[dict], max_length: int) -> list[TrainExample]:
     """prompt -> `target` (default: the canonical solution) + eos; over-long examples lose prompt
-    tokens from the left."""
-    tok = loaded.tokenizer
+    tokens from the left. `model`: anything with the model's `tokenizer` (a loaded model, an
+    engine's `facts`)."""
+    tok = model.tokenizer
     examples = []
     for problem in problems:
         prompt = tok(problem["prompt"], add_special_tokens=False)["input_ids"]
@@ -68,11 +69,12 @@ def completion_loss(
 
 class Trainer:
     """Optimizer + schedule for one soft prompt; its state travels in trial checkpoints. The
-    model's forward/backward is the engine's (`trainable.engine`): alone (`train_epoch`) or
-    beside other trials' rows (`step_together`)."""
+    model's forward/backward is the engine's (`trainable.engine`; `model`: an engine or a loaded
+    model, served in-process): this trial's rows alone (`train_epoch`, which an engine serving
+    several trials fuses with theirs) or beside other trainers' rows (`step_together`)."""
 
-    def __init__(self, loaded: LoadedModel, prompt: SoftPrompt, config: TrainConfig, n_examples: int):
-        self.loaded, self.prompt, self.config = loaded, prompt, config
+    def __init__(self, model, prompt: SoftPrompt, config: TrainConfig, n_examples: int):
+        self.engine, self.prompt, self.config = as_engine(model), prompt, config
         self.optimizer = torch.optim.AdamW(
             prompt.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
         )
@@ -125,13 +127,20 @@ def step_together(
     work: list[tuple[Trainer, list[TrainExample]]], rows_per_forward: int | None = None
 ) -> list[StepResult]:
     """One optimizer step for each (trainer, batch), from the shared frozen model's forwards and
-    backwards over every batch's rows (all trainers hold the same `loaded`; `rows_per_forward`:
-    `trainable.engine.train_step`)."""
-    loaded = work[0][0].loaded
-    if any(trainer.loaded is not loaded for trainer, _ in work):
+    backwards over every batch's rows (all trainers hold the same engine, or in-process engines
+    of the same loaded model; `rows_per_forward`: `trainable.engine.train_step`'s, default the
+    engine's)."""
+    engine = work[0][0].engine
+    if any(_served_model(trainer.engine) is not _served_model(engine) for trainer, _ in work):
         raise ValueError("trainers stepped together must share one loaded model")
     inputs = [trainer.request(batch) for trainer, batch in work]
-    results = train_step(loaded, [request for _, request in inputs], rows_per_forward)
+    requests = [request for _, request in inputs]
+    results = engine.train_step(requests, rows_per_forward) if rows_per_forward else engine.train_step(requests)
     for (trainer, _), (soft, _), result in zip(work, inputs, results):
         trainer.apply(soft, result)
     return results
+
+
+def _served_model(engine):
+    """What an engine serves: its loaded model in-process, else the engine itself."""
+    return getattr(engine, "loaded", engine)

@@ -1,7 +1,9 @@
 """One trial without Ray: train a soft prompt epoch by epoch, scoring val pass@1 after each.
 
 `search.tune_trial` wraps `Trial` for Ray Tune (report + checkpoint per epoch); tests and the
-benchmarks call it directly.
+benchmarks call it directly. A trial holds its soft prompt, optimizer and data, never the model:
+an engine serves it (`trainable.engine`): in-process here unless one is given, under Ray Tune the
+one engine of its device that serves every trial there (`search.engine_service`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from trainable.config import TrainConfig
 from trainable.data.splits import DataSplit, problems_for
 from trainable.distill import ensure_targets, training_items
 from trainable.decoding.generate_and_score import EvalResult, evaluate_problems
-from trainable.model.loading import LoadedModel, cached_model
 from trainable.dtype_probe import config_dtype
+from trainable.engine import LocalEngine, LossRequest
+from trainable.model.loading import LoadedModel, cached_model
 from trainable.softprompt import SoftPrompt
-from trainable.train import Trainer, build_examples, completion_loss
+from trainable.train import Trainer, build_examples
 
 OBJECTIVE = "objective"
 # Val pass@1 moves in steps of 1/len(val); many trials tie (a tiny model ties at 0). Ties are
@@ -77,26 +80,33 @@ class Trial:
         data: DataSplit,
         loaded: LoadedModel | None = None,
         targets: dict[str, list[str]] | None = None,
+        engine=None,
     ):
         """`targets`: self-verified targets of the train problems (a search distils them once,
-        before its trials); without them a train source that needs them is distilled here."""
+        before its trials); without them a train source that needs them is distilled here (with
+        a loaded model in this process). `engine`: the engine that serves this trial, with the
+        reason for its dtype (`engine.dtype_reason`); else one in this process, on `loaded` or on
+        the model this process caches."""
         self.config, self.model_ref, self.data = config, model_ref, data
-        if loaded is not None:  # the caller's model, in its dtype: nothing to choose or measure
-            self.loaded, self.dtype_reason = loaded, "given: the caller's loaded model"
-        else:
-            dtype, self.dtype_reason = config_dtype(config, model_ref)
-            self.loaded = cached_model(model_ref, dtype=dtype)
-        self.prompt = SoftPrompt.create(self.loaded, config)
+        if engine is None and loaded is not None:  # the caller's model, in its dtype
+            engine = LocalEngine(loaded)
+        elif engine is None:
+            dtype, reason = config_dtype(config, model_ref)
+            engine = LocalEngine(cached_model(model_ref, dtype=dtype), dtype_reason=reason)
+        self.engine, self.dtype_reason = engine, engine.dtype_reason
+        self.model = self.engine.facts
+        self.prompt = SoftPrompt.create(self.engine, config)
         train = problems_for("train", data)
         if targets is None and data.needs_targets():
-            targets, _ = ensure_targets(model_ref, train, data.distill, config, self.loaded)
+            local = getattr(self.engine, "loaded", None)
+            targets, _ = ensure_targets(model_ref, train, data.distill, config, local)
         items, self.skipped = training_items(train, targets)
-        self.examples = build_examples(self.loaded, items, config.max_length)
+        self.examples = build_examples(self.model, items, config.max_length)
         self.val_problems = problems_for("val", data)
         # Val loss (the objective's tie-breaker) needs reference solutions: HumanEval has them.
         with_solutions = [p for p in self.val_problems if "canonical_solution" in p]
-        self.val_examples = build_examples(self.loaded, with_solutions, config.max_length)
-        self.trainer = Trainer(self.loaded, self.prompt, config, max(1, len(self.examples)))
+        self.val_examples = build_examples(self.model, with_solutions, config.max_length)
+        self.trainer = Trainer(self.engine, self.prompt, config, max(1, len(self.examples)))
         self.epoch = 0
         self.last_eval: EvalResult | None = None
 
@@ -119,35 +129,37 @@ class Trial:
             eval_seconds=eval_seconds,
             generation_tokens_per_s=self.last_eval.generation.tokens_per_s,
             sandbox_seconds=self.last_eval.sandbox_seconds,
-            peak_memory_gib=peak_memory_gib(self.loaded.device),
+            peak_memory_gib=peak_memory_gib(self.model.device),
         )
 
     def evaluate(self, problems: list[dict]) -> EvalResult:
         c = self.config
         with torch.no_grad():
             soft = self.prompt.inputs()
-        return evaluate_problems(self.loaded, problems, soft, c.max_new_tokens, c.eval_batch_size, c.sandbox_timeout_s)
+        return evaluate_problems(self.engine, problems, soft, c.max_new_tokens, c.eval_batch_size, c.sandbox_timeout_s)
 
     @torch.no_grad()
     def val_loss(self) -> float:
         """Teacher-forced loss of the val canonical solutions (the objective's tie-breaker)."""
-        size, total, count = self.config.batch_size, 0.0, 0
-        soft = self.prompt.inputs()
-        for start in range(0, len(self.val_examples), size):
-            batch = self.val_examples[start : start + size]
-            loss, _ = completion_loss(self.loaded, soft, batch)
+        size, soft = self.config.batch_size, self.prompt.inputs()
+        batches = [self.val_examples[start : start + size] for start in range(0, len(self.val_examples), size)]
+        if not batches:
+            return float("nan")
+        losses = self.engine.losses([LossRequest(soft, batch) for batch in batches])
+        total, count = 0.0, 0
+        for batch, (loss, _) in zip(batches, losses):
             n = sum(len(ex.tokens) - ex.n_prompt for ex in batch)
-            total, count = total + loss.item() * n, count + n
+            total, count = total + loss * n, count + n
         return total / count if count else float("nan")
 
     def trained_with(self) -> dict:
         """What `trainable.evaluate --prompt` needs to score as the search did."""
-        c, ref = self.config, self.loaded.ref
+        c, ref = self.config, self.model.ref
         return {
             "model": ref.location if ref.kind == "local" else ref.ref,
-            "model_identity": self.loaded.identity,
+            "model_identity": self.model.identity,
             "data": self.data.to_dict(),
-            "dtype": str(self.loaded.dtype).removeprefix("torch."),
+            "dtype": str(self.model.dtype).removeprefix("torch."),
             "max_new_tokens": c.max_new_tokens,
             "eval_batch_size": c.eval_batch_size,
             "sandbox_timeout_s": c.sandbox_timeout_s,

@@ -461,3 +461,63 @@ def generate(
     stats.sequences += len(prompts)
     stats.seconds += time.perf_counter() - started
     return Generation(texts, rows.tokens, stats)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One `generate` call as data: what an engine serves (`trainable.engine`), fused with other
+    requests that `fuses_with` the same settings (`merge`)."""
+
+    prompts: list[str]
+    soft: SoftInput | list[SoftInput] = None  # one soft prompt for every prompt, or one per prompt
+    max_new_tokens: int = 0
+    batch_size: int = 1
+    stops: list[Sequence[str] | None] | None = None
+    sampling: Sampling | None = None
+
+    def fuses_with(self) -> tuple:
+        """Requests with equal keys can decode in one call."""
+        s = self.sampling
+        return (self.max_new_tokens, None if s is None else (s.temperature, s.top_p))
+
+    def per_prompt_softs(self) -> list[SoftInput]:
+        return list(self.soft) if isinstance(self.soft, list) else [self.soft] * len(self.prompts)
+
+    @classmethod
+    def merge(cls, requests: Sequence["GenerateRequest"]) -> "GenerateRequest":
+        """One request holding every request's prompts in order (they must fuse), its batch the sum."""
+        first = requests[0]
+        if len(requests) == 1:
+            return first
+        if any(r.fuses_with() != first.fuses_with() for r in requests):
+            raise ValueError("requests with different decoding settings cannot be merged")
+        stops = [s for r in requests for s in (r.stops or [None] * len(r.prompts))]
+        sampling = None
+        if first.sampling is not None:
+            sampling = Sampling(
+                first.sampling.temperature, first.sampling.top_p, tuple(x for r in requests for x in r.sampling.seeds)
+            )
+        return cls(
+            [p for r in requests for p in r.prompts],
+            [s for r in requests for s in r.per_prompt_softs()],
+            first.max_new_tokens,
+            sum(r.batch_size for r in requests),
+            stops,
+            sampling,
+        )
+
+
+def generate_request(
+    loaded: LoadedModel, request: GenerateRequest, progress: Callable[[int], object] | None = None
+) -> Generation:
+    """`generate` for a request."""
+    return generate(
+        loaded,
+        request.prompts,
+        request.soft,
+        max_new_tokens=request.max_new_tokens,
+        batch_size=request.batch_size,
+        stops=request.stops,
+        sampling=request.sampling,
+        progress=progress,
+    )

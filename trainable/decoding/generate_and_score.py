@@ -3,6 +3,9 @@
     result = evaluate_problems(loaded, problems, soft, max_new_tokens, batch_size, timeout_s)
     results = evaluate_arms(loaded, {"best": (test, soft), "frozen": (test, None)}, ...)  # one decode
 
+`loaded`: the loaded model, or an engine serving it (`trainable.engine`: a trial's, which may fuse
+the decode with other trials'); either way the decode is one `GenerateRequest`.
+
 Each problem is generated with its own stop sequences when it has them (MBPP's `stop_tokens`)."""
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 
-from trainable.decoding.generate import GenerationStats, SoftInput, generate
+from trainable.decoding.generate import GenerateRequest, GenerationStats, SoftInput, generate_request
 from trainable.model.loading import LoadedModel
 from trainable.progress import bar
 from trainable.sandbox.score import pass_at_k, score_samples
@@ -43,7 +46,7 @@ class EvalResult:
 
 
 def evaluate_problems(
-    loaded: LoadedModel,
+    loaded,
     problems: list[dict],
     soft_prompt: SoftInput,
     max_new_tokens: int,
@@ -58,7 +61,7 @@ Arm = tuple[list[dict], SoftInput]  # an arm's problems and its soft prompt
 
 
 def evaluate_arms(
-    loaded: LoadedModel, arms: dict[str, Arm], max_new_tokens: int, batch_size: int, sandbox_timeout_s: float
+    loaded, arms: dict[str, Arm], max_new_tokens: int, batch_size: int, sandbox_timeout_s: float
 ) -> dict[str, EvalResult]:
     """Greedy pass@1 of each arm's problems behind its soft prompt (None: the frozen model), from
     one decode of every arm's rows together: they share the frozen model, so a step serves rows
@@ -68,15 +71,17 @@ def evaluate_arms(
     every arm's `generation` holds the one shared decode's stats."""
     rows = [(name, problem) for name, (problems, _) in arms.items() for problem in problems]
     with bar(len(rows), "generating", "problem") as done:
-        out = generate(
-            loaded,
+        request = GenerateRequest(
             [problem["prompt"] for _, problem in rows],
             [arms[name][1] for name, _ in rows],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            stops=[problem.get("stop_tokens") for _, problem in rows],
-            progress=done.update,
+            max_new_tokens,
+            batch_size,
+            [problem.get("stop_tokens") for _, problem in rows],
         )
+        if isinstance(loaded, LoadedModel):
+            out = generate_request(loaded, request, done.update)
+        else:
+            out = loaded.generate(request, progress=done.update)
     results, start = {}, 0
     for name, (problems, _) in arms.items():
         texts = out.texts[start : start + len(problems)]
