@@ -59,6 +59,7 @@ from search.state import (
     identity,
 )
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
+from search.engine_service import start_engines, stop_engines
 from search.tuner import build_tuner, can_restore, snapshot_problem
 from spaces import SpaceSpec
 from softprompt_cli.errors import UsageError, field_error
@@ -274,19 +275,25 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
             _end(plan, record, ledger, FAILED, {"error": str(err)[:500]}, "no training targets")
             return 1
     distill = asdict(distilled) if distilled else None  # for report/run_info.json
-    with CURRENT.during(Phase.DEFER):
-        tuner, watch = build_tuner(
-            spec,
-            plan.storage,
-            plan.name,
-            plan.state_dir,
-            ledger,
-            targets,
-            resume=resumed and _tune_can_resume(plan),
-        )
-    with CURRENT.during(Phase.TUNE):
-        CURRENT.check()
-        results = tuner.fit()
+    with CURRENT.during(Phase.RAISE):  # loading the model once per device: nothing to save if stopped
+        engines = start_engines(spec)
+    try:
+        with CURRENT.during(Phase.DEFER):
+            tuner, watch = build_tuner(
+                spec,
+                plan.storage,
+                plan.name,
+                plan.state_dir,
+                ledger,
+                targets,
+                resume=resumed and _tune_can_resume(plan),
+                engines=engines,
+            )
+        with CURRENT.during(Phase.TUNE):
+            CURRENT.check()
+            results = tuner.fit()
+    finally:
+        stop_engines(engines)  # the report loads the model once more: never two copies at a time
     if CURRENT.requested or watch.unfinished:  # Tune stopped early: partial results are no result
         raise SearchInterrupted(CURRENT.signum or signal.SIGUSR1)
     if all(r.error for r in results) or len(results) == 0:

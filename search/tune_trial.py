@@ -1,7 +1,9 @@
-"""The Ray Tune trial: a thin wrapper around `trainable.trial.Trial`.
+"""The Ray Tune trial: a thin wrapper around `trainable.trial.Trial`, served by its device's engine.
 
-One `tune.report` per epoch, always carrying `pass@1`, with a checkpoint (PEFT adapter +
-optimizer state + the epoch's val completions, a few KB); a restarted trial resumes from it.
+The trial holds no model: the engine on its node (`search.engine_service`) runs its forwards,
+backwards and decoding, fused with the other trials'. One `tune.report` per epoch, always
+carrying `pass@1`, with a checkpoint (PEFT adapter + optimizer state + the epoch's val
+completions, a few KB); a restarted trial resumes from it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import ray
 import torch
 from ray import tune
 
+from search.engine_service import RemoteEngine, pick
 from search.faults import TrialSetupError, lasting
 from spaces import SpaceSpec
 from trainable.checkpoint import write_completions
@@ -34,12 +37,12 @@ def _maybe_inject_fault(params: dict, epoch: int) -> None:
         raise RuntimeError(f"injected fault ({FAULT_ENV}={spec})")
 
 
-def _set_up(config, spec: SpaceSpec, targets: dict | None) -> Trial:
-    """The trial's model (cached per process), data and prompt. What fails here fails the same
-    way on every try (a corrupt model dir, a bad config), so it is marked as lasting and not
-    retried (search.faults); running out of memory or a connection may pass next time."""
+def _set_up(config, spec: SpaceSpec, targets: dict | None, engine) -> Trial:
+    """The trial's data and prompt, served by `engine`. What fails here fails the same way on
+    every try (a bad init adapter, a bad config), so it is marked as lasting and not retried
+    (search.faults); running out of memory or a connection may pass next time."""
     try:
-        return Trial(config, spec.model, spec.data, targets=targets)
+        return Trial(config, spec.model, spec.data, targets=targets, engine=engine)
     except (MemoryError, torch.OutOfMemoryError, ConnectionError, TimeoutError):
         raise
     except Exception as exc:  # noqa: BLE001 - re-raised, marked as lasting
@@ -49,16 +52,18 @@ def _set_up(config, spec: SpaceSpec, targets: dict | None) -> Trial:
         raise TrialSetupError(f"cannot set up the trial: {type(exc).__name__}: {text}") from exc
 
 
-def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None) -> None:
+def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None, engines: list | None = None) -> None:
+    """`engines`: `search.engine_service.start_engines`'s (handle, node) pairs."""
     # A trial gets the CPUs it asked for; more torch threads than that only contend.
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     config = spec.train_config(params)
-    trial = _set_up(config, spec, targets)
+    node_id = ray.get_runtime_context().get_node_id()  # which cluster node ran it (tests, MLflow)
+    engine = RemoteEngine(pick(engines, node_id, tune.get_context().get_trial_id())) if engines else None
+    trial = _set_up(config, spec, targets, engine)
     checkpoint = tune.get_checkpoint()
     if checkpoint:
         with checkpoint.as_directory() as checkpoint_dir:
             trial.restore(checkpoint_dir)
-    node_id = ray.get_runtime_context().get_node_id()  # which cluster node ran it (tests, MLflow)
     while trial.epoch < config.epochs:
         _maybe_inject_fault(params, trial.epoch + 1)
         result = trial.run_epoch()
@@ -69,7 +74,7 @@ def train_soft_prompt(params: dict, spec: SpaceSpec, targets: dict | None = None
                 **result.metrics(),
                 "node_id": node_id,
                 "sandbox_mode": sandbox_mode(),
-                "dtype": str(trial.loaded.dtype).removeprefix("torch."),
+                "dtype": str(trial.model.dtype).removeprefix("torch."),
                 "dtype_reason": trial.dtype_reason,
                 "val_source": spec.data.val.source,
                 "train_examples": len(trial.examples),

@@ -88,10 +88,13 @@ class StopOnStorageFault(tune.Callback):
             raise StorageFault(fault)
 
 
-def trainable_for(spec: SpaceSpec, targets: dict | None = None):
-    """`targets`: the distilled training targets (search.targets), shipped to every trial."""
-    resources = {"cpu": spec.resources.cpu, "gpu": spec.resources.gpu}
-    return tune.with_resources(tune.with_parameters(train_soft_prompt, spec=spec, targets=targets), resources)
+def trainable_for(spec: SpaceSpec, targets: dict | None = None, engines: list | None = None):
+    """`targets`: the distilled training targets (search.targets), shipped to every trial;
+    `engines`: the engines that serve them (search.engine_service). A trial asks for CPUs only:
+    the GPUs are its engine's."""
+    resources = {"cpu": spec.resources.cpu, "gpu": 0}
+    trainable = tune.with_parameters(train_soft_prompt, spec=spec, targets=targets, engines=engines)
+    return tune.with_resources(trainable, resources)
 
 
 def build_tuner(
@@ -102,6 +105,7 @@ def build_tuner(
     ledger: MlflowLedger,
     targets: dict | None = None,
     resume: bool = False,
+    engines: list | None = None,
 ) -> tuple[tune.Tuner, ExperimentEnd]:
     budget = spec.budget
     scheduler = EndingASHA(
@@ -125,7 +129,7 @@ def build_tuner(
     # With a searcher and no concurrency limit, Tune runs one trial at a time.
     search = BudgetedSearch(searcher, budget.num_samples, budget.max_concurrent)
     tuner = tune.Tuner(
-        trainable_for(spec, targets),
+        trainable_for(spec, targets, engines),
         tune_config=tune.TuneConfig(
             metric=OBJECTIVE,
             mode="max",

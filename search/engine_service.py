@@ -1,0 +1,267 @@
+"""One engine per device under Ray Tune: the frozen model loaded once, serving every trial there.
+
+    engines = start_engines(spec)                     # the driver, before the Tuner
+    engine = RemoteEngine(pick(engines, node_id, key))  # a trial: `trainable.engine`'s methods
+    stop_engines(engines)                             # the driver, after the trials
+
+Trials hold only their soft prompt, optimizer and data; the model lives in an `EngineActor`: one
+per GPU when the space asks for GPUs (`resources.gpu: 1`), else one per node, on that node. The
+actor gathers what trials ask within a short window (the pattern of Ray Serve's `@serve.batch`):
+requests that arrive within `engine_wait_ms` of the first, at most `engine_max_batch` of them,
+are served by one fused call (`LocalEngine.train_step` / `losses` / `generate_together`: each
+request gets exactly what it would get alone). One call computes at a time; requests that
+arrive meanwhile wait for the next.
+
+The engine holds no trial's state, so its death loses nothing: Ray restarts the actor (the model
+loads again), and a trial whose call failed with it sends the call again (`RemoteEngine`), for
+up to `RETRY_S`; a trial that cannot reach an engine that long fails as with a lost worker
+(Tune retries it from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+import torch
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from trainable.engine import LossRequest, StepResult
+
+RETRY_S = 600.0  # how long a trial keeps calling an engine that is down (a reload takes seconds to minutes)
+# Fault injection for the fault tests: a path; when the file exists, the engine deletes it and its
+# process exits at its next training step (once: the restarted engine finds no file). Unset in use.
+DEATH_ENV = "SOFTPROMPT_INJECT_ENGINE_DEATH"
+
+
+def _to(value, device):
+    """A soft input, a request or a result with its tensors on `device` (detached: what crosses
+    a process boundary carries no graph)."""
+    from trainable.inputs import Prefix
+
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device)
+    if isinstance(value, Prefix):
+        return Prefix(tuple(_to(k, device) for k in value.keys), tuple(_to(v, device) for v in value.values))
+    if isinstance(value, list):
+        return [_to(v, device) for v in value]
+    if isinstance(value, LossRequest):
+        return LossRequest(_to(value.soft, device), value.examples)
+    if isinstance(value, StepResult):
+        return replace(value, grad=_to(value.grad, device))
+    return replace(value, soft=_to(value.soft, device))  # a GenerateRequest
+
+
+class _Window:
+    """Requests of one kind, gathered for `wait_s` after the first (or until `max_batch` wait),
+    then served together by `serve(list) -> list` on the engine's one compute thread."""
+
+    def __init__(self, serve, max_batch: int, wait_s: float, pool: ThreadPoolExecutor):
+        self.serve, self.max_batch, self.wait_s, self.pool = serve, max_batch, wait_s, pool
+        self.pending: list[tuple[object, asyncio.Future]] = []
+        self.full = asyncio.Event()
+        self.draining: asyncio.Task | None = None
+
+    async def submit(self, item):
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((item, future))
+        if len(self.pending) >= self.max_batch:
+            self.full.set()
+        if self.draining is None or self.draining.done():
+            self.draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self.pending:
+            if len(self.pending) < self.max_batch:
+                try:
+                    await asyncio.wait_for(self.full.wait(), self.wait_s)
+                except asyncio.TimeoutError:
+                    pass
+            batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+            self.full.clear()
+            if len(self.pending) >= self.max_batch:
+                self.full.set()
+            try:
+                results = await loop.run_in_executor(self.pool, self.serve, [item for item, _ in batch])
+            except Exception as exc:  # noqa: BLE001 - every caller of the batch gets the error
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results):
+                if not future.done():
+                    future.set_result(result)
+
+
+@ray.remote(max_restarts=-1, max_task_retries=0)
+class EngineActor:
+    """The frozen model of one device (`trainable.engine.LocalEngine`) behind batching windows."""
+
+    def __init__(self, model_ref: str, config, max_batch: int, wait_s: float, threads: int):
+        from trainable.dtype_probe import config_dtype
+        from trainable.engine import LocalEngine
+        from trainable.model.loading import cached_model
+
+        torch.set_num_threads(max(1, threads))
+        dtype, reason = config_dtype(config, model_ref)
+        self.engine = LocalEngine(cached_model(model_ref, dtype=dtype), dtype_reason=reason)
+        self.device = self.engine.facts.device
+        self.pool = ThreadPoolExecutor(max_workers=1)  # one fused call computes at a time
+        self.windows = {
+            "train": _Window(self._train, max_batch, wait_s, self.pool),
+            "losses": _Window(self._losses, max_batch, wait_s, self.pool),
+            "generate": _Window(self._generate, max_batch, wait_s, self.pool),
+        }
+        self.served = {"train_calls": 0, "train_requests": 0, "generate_calls": 0, "generate_requests": 0}
+
+    async def describe(self) -> dict:
+        """What a client needs: the model's facts (its device: the client's CPU) and the dtype's reason."""
+        return {
+            "facts": replace(self.engine.facts, device=torch.device("cpu")),
+            "dtype_reason": self.engine.dtype_reason,
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(),
+        }
+
+    async def stats(self) -> dict:
+        """How many fused calls served how many requests (tests, benchmarks)."""
+        return dict(self.served)
+
+    async def embed(self, ids: list[int]) -> torch.Tensor:
+        return self.engine.embed(ids).cpu()
+
+    async def prefix_from_tokens(self, ids: list[int]) -> torch.Tensor:
+        return self.engine.prefix_from_tokens(ids).cpu()
+
+    async def train_step(self, requests: list[LossRequest]) -> list[StepResult]:
+        return await self.windows["train"].submit(requests)
+
+    async def losses(self, requests: list[LossRequest]) -> list[tuple[float, int]]:
+        return await self.windows["losses"].submit(requests)
+
+    async def generate(self, request):
+        return await self.windows["generate"].submit(request)
+
+    def _train(self, calls: list[list[LossRequest]]) -> list[list[StepResult]]:
+        _maybe_die()
+        flat = [_to(r, self.device) for call in calls for r in call]
+        results = [_to(r, "cpu") for r in self.engine.train_step(flat)]
+        self.served["train_calls"] += 1
+        self.served["train_requests"] += len(calls)
+        return _split(results, calls)
+
+    def _losses(self, calls: list[list[LossRequest]]) -> list[list[tuple[float, int]]]:
+        flat = [_to(r, self.device) for call in calls for r in call]
+        return _split(self.engine.losses(flat), calls)
+
+    def _generate(self, requests: list) -> list:
+        self.served["generate_calls"] += 1
+        self.served["generate_requests"] += len(requests)
+        return self.engine.generate_together([_to(r, self.device) for r in requests])
+
+
+def _split(flat: list, calls: list[list]) -> list[list]:
+    out, start = [], 0
+    for call in calls:
+        out.append(flat[start : start + len(call)])
+        start += len(call)
+    return out
+
+
+def _maybe_die() -> None:
+    marker = os.environ.get(DEATH_ENV)
+    if marker and Path(marker).exists():
+        Path(marker).unlink()
+        os._exit(1)
+
+
+class RemoteEngine:
+    """A trial's view of an `EngineActor`: `trainable.engine.LocalEngine`'s methods, each a call
+    that is sent again while the engine restarts (up to `retry_s`)."""
+
+    def __init__(self, handle, retry_s: float = RETRY_S):
+        self.handle, self.retry_s = handle, retry_s
+        described = self._call("describe")
+        self.facts, self.dtype_reason = described["facts"], described["dtype_reason"]
+
+    def _call(self, method: str, *args):
+        deadline = time.monotonic() + self.retry_s
+        while True:
+            try:
+                return ray.get(getattr(self.handle, method).remote(*args))
+            except (ActorDiedError, ActorUnavailableError, RayActorError):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        return self._call("embed", ids)
+
+    def prefix_from_tokens(self, ids: list[int]) -> torch.Tensor:
+        return self._call("prefix_from_tokens", ids)
+
+    def train_step(self, requests) -> list[StepResult]:
+        return self._call("train_step", [_to(r, "cpu") for r in requests])
+
+    def losses(self, requests) -> list[tuple[float, int]]:
+        return self._call("losses", [_to(r, "cpu") for r in requests])
+
+    def generate(self, request, progress=None):
+        out = self._call("generate", _to(request, "cpu"))
+        if progress is not None:
+            progress(len(request.prompts))
+        return out
+
+
+def start_engines(spec, model_ref: str | None = None) -> list:
+    """One engine per GPU of the cluster (`resources.gpu` > 0), else one per alive node, pinned to
+    it; each loads the space's model in the space's (resolved) dtype. Returns their handles once
+    every one has loaded (a model that cannot load fails here, before any trial)."""
+    from search.targets import generation_config
+
+    fixed = generation_config(spec)  # the settings every trial shares: dtype, the engine's window
+    options = {"max_concurrency": 1000}  # an async actor: calls wait in its windows, not in Ray's queue
+    threads = max(1, int(spec.resources.cpu))
+    handles = []
+    if spec.resources.gpu > 0:
+        for _ in range(int(ray.cluster_resources().get("GPU", 0))):
+            handles.append(
+                EngineActor.options(num_cpus=0, num_gpus=1, **options).remote(
+                    model_ref or spec.model, fixed, fixed.engine_max_batch, fixed.engine_wait_ms / 1000, threads
+                )
+            )
+    else:
+        for node in ray.nodes():
+            if not node.get("Alive") or node.get("Resources", {}).get("CPU", 0) <= 0:
+                continue
+            cpus = int(node["Resources"]["CPU"])
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
+            handles.append(
+                EngineActor.options(num_cpus=0, scheduling_strategy=strategy, **options).remote(
+                    model_ref or spec.model, fixed, fixed.engine_max_batch, fixed.engine_wait_ms / 1000, cpus
+                )
+            )
+    described = ray.get([h.describe.remote() for h in handles])
+    return [(h, d["node_id"]) for h, d in zip(handles, described)]
+
+
+def pick(engines: list, node_id: str, key: str):
+    """The engine for a trial on `node_id`: one on that node if there is one, spread by `key`
+    over them (several GPUs), else spread over all."""
+    here = [h for h, node in engines if node == node_id] or [h for h, _ in engines]
+    return here[sum(key.encode()) % len(here)]
+
+
+def stop_engines(engines: list) -> None:
+    for handle, _ in engines:
+        ray.kill(handle, no_restart=True)
