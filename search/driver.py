@@ -293,7 +293,8 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
             CURRENT.check()
             results = tuner.fit()
     finally:
-        stop_engines(engines)  # the report loads the model once more: never two copies at a time
+        for line in stop_engines(engines):  # the report loads the model once more: never two copies at once
+            print(line, flush=True)
     if CURRENT.requested or watch.unfinished:  # Tune stopped early: partial results are no result
         raise SearchInterrupted(CURRENT.signum or signal.SIGUSR1)
     if all(r.error for r in results) or len(results) == 0:

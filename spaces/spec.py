@@ -70,20 +70,26 @@ class Budget:
 
 @dataclass(frozen=True)
 class Resources:
-    """What one trial asks of Ray; fractions let several trials share a GPU."""
+    """What a search asks of Ray: `cpu` per trial (its optimizer, tokenizing, the sandbox's
+    scoring), and `gpu`: 0, the model runs on CPU (one engine per node), or 1, one engine per GPU
+    takes that GPU whole and serves every trial on its node (search.engine_service). Trials take
+    no GPU share: they share the engine's model instead."""
 
     cpu: float
-    gpu: float
+    gpu: int
 
     def __post_init__(self):
         if not is_number(self.cpu) or self.cpu <= 0:
             raise field_error("resources.cpu", self.cpu, "a number > 0 (fractions allowed)")
-        # Ray schedules a GPU share below 1 or whole GPUs; 1.5 GPUs is not a request it grants.
-        gpu_ok = is_number(self.gpu) and self.gpu >= 0
-        if not gpu_ok or (self.gpu > 1 and self.gpu != int(self.gpu)):
-            raise field_error("resources.gpu", self.gpu, "a fraction in [0, 1] or a whole number of GPUs")
+        if not is_number(self.gpu) or self.gpu not in (0, 1):
+            raise field_error(
+                "resources.gpu",
+                self.gpu,
+                "0 (the model runs on CPU) or 1 (one engine per GPU serves every trial there; "
+                "trials take no GPU share)",
+            )
         object.__setattr__(self, "cpu", float(self.cpu))
-        object.__setattr__(self, "gpu", float(self.gpu))
+        object.__setattr__(self, "gpu", int(self.gpu))
 
 
 def check_train_field(section: str, key, value) -> None:

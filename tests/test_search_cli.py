@@ -64,7 +64,7 @@ def test_dry_run_of_the_gpu_space_succeeds_on_any_machine(tmp_path):
         pytest.skip("this machine has a GPU and reaches the hub")
     assert all(
         line.startswith(
-            ("would not run here: resources.gpu: got 0.25", "would not run here: model: got 'Qwen/Qwen2.5-Coder-0.5B'")
+            ("would not run here: resources.gpu: got 1,", "would not run here: model: got 'Qwen/Qwen2.5-Coder-0.5B'")
         )
         for line in lacks
     )
@@ -81,7 +81,7 @@ def test_a_real_run_of_the_gpu_space_still_fails_fast(tmp_path, run):
     proc = run("--space", "default")
     assert proc.returncode == 2
     (line,) = proc.stderr.strip().splitlines()
-    assert line.startswith(("error: resources.gpu: got 0.25", "error: model: got 'Qwen/Qwen2.5-Coder-0.5B'"))
+    assert line.startswith(("error: resources.gpu: got 1,", "error: model: got 'Qwen/Qwen2.5-Coder-0.5B'"))
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
@@ -181,17 +181,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, args, message, run):
 
 def test_more_gpu_than_the_machine_has_is_refused_before_ray(tmp_path, run):
     space = tmp_path / "gpu.yaml"
-    space.write_text("base: smoke\nresources: {cpu: 1, gpu: 0.5}\n")
+    space.write_text("base: smoke\nresources: {cpu: 1, gpu: 1}\n")
     dry = run("--space", str(space), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     if not _needs_what_this_machine_lacks(dry):
         pytest.skip("this machine has a GPU")
     assert _needs_what_this_machine_lacks(dry) == [
-        "would not run here: resources.gpu: got 0.5, expected at most 0 (GPUs on this machine; "
+        "would not run here: resources.gpu: got 1, expected at most 0 (GPUs on this machine; "
         "or use --address to run on a Ray cluster)"
     ]
     proc = run("--space", str(space))
-    assert proc.returncode == 2 and "resources.gpu: got 0.5, expected at most 0" in proc.stderr
+    assert proc.returncode == 2 and "resources.gpu: got 1, expected at most 0" in proc.stderr
     assert not (tmp_path / "runs").exists()
 
 

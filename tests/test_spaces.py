@@ -179,6 +179,8 @@ MALFORMED = {
     "reduction_factor 1": ("base: default\nbudget: {reduction_factor: 1}\n", "budget.reduction_factor"),
     "negative gpu": ("base: default\nresources: {gpu: -1}\n", "resources.gpu"),
     "gpu 1.5": ("base: default\nresources: {gpu: 1.5}\n", "resources.gpu"),
+    "a GPU share per trial": ("base: default\nresources: {gpu: 0.25}\n", "resources.gpu"),
+    "two GPUs per engine": ("base: default\nresources: {gpu: 2}\n", "resources.gpu"),
     "cpu 0": ("base: default\nresources: {cpu: 0}\n", "resources.cpu"),
     "data sizes exceeding 164": ("base: default\ndata: {train: 100}\n", "data.test.n"),
     "unknown data source": ("base: default\ndata: {val: {source: apps}}\n", "data.val.source"),
