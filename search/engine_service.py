@@ -5,7 +5,8 @@
     stop_engines(engines)                             # the driver, after the trials
 
 Trials hold only their soft prompt, optimizer and data; the model lives in an `EngineActor`: one
-per GPU when the space asks for GPUs (`resources.gpu: 1`), else one per node, on that node. The
+per GPU when the space asks for GPUs (`resources.gpu: 1`; as many as `budget.max_concurrent`
+trials need at `engine_max_batch` per engine), else one per node, on that node. The
 actor gathers what trials ask within a short window (the pattern of Ray Serve's `@serve.batch`):
 requests that arrive within `engine_wait_ms` of the first, at most `engine_max_batch` of them,
 are served by one fused call (`LocalEngine.train_step` / `losses` / `generate_together`: each
@@ -21,6 +22,7 @@ up to `RETRY_S`; a trial that cannot reach an engine that long fails as with a l
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -134,8 +136,11 @@ class EngineActor:
         }
 
     async def stats(self) -> dict:
-        """How many fused calls served how many requests (tests, benchmarks)."""
-        return dict(self.served)
+        """How many fused calls served how many requests, and the engine's peak memory (GPU
+        memory allocated on a GPU, else this process's resident peak)."""
+        from trainable.trial import peak_memory_gib
+
+        return {**self.served, "peak_memory_gib": peak_memory_gib(self.device)}
 
     async def embed(self, ids: list[int]) -> torch.Tensor:
         return self.engine.embed(ids).cpu()
@@ -224,33 +229,27 @@ class RemoteEngine:
 
 
 def start_engines(spec, model_ref: str | None = None) -> list:
-    """One engine per GPU of the cluster (`resources.gpu` > 0), else one per alive node, pinned to
-    it; each loads the space's model in the space's (resolved) dtype. Returns their handles once
+    """The search's engines, each loading the space's model in the space's (resolved) dtype:
+    with `resources.gpu: 1` one per `engine_max_batch` concurrent trials, each taking a GPU (an
+    autoscaling cluster adds GPU nodes for them as for any actor); with `gpu: 0` one per alive
+    node, pinned to it, its torch threads the node's cores. Returns (handle, node id) pairs once
     every one has loaded (a model that cannot load fails here, before any trial)."""
     from search.targets import generation_config
 
     fixed = generation_config(spec)  # the settings every trial shares: dtype, the engine's window
+    args = (model_ref or spec.model, fixed, fixed.engine_max_batch, fixed.engine_wait_ms / 1000)
     options = {"max_concurrency": 1000}  # an async actor: calls wait in its windows, not in Ray's queue
-    threads = max(1, int(spec.resources.cpu))
     handles = []
-    if spec.resources.gpu > 0:
-        for _ in range(int(ray.cluster_resources().get("GPU", 0))):
-            handles.append(
-                EngineActor.options(num_cpus=0, num_gpus=1, **options).remote(
-                    model_ref or spec.model, fixed, fixed.engine_max_batch, fixed.engine_wait_ms / 1000, threads
-                )
-            )
+    if spec.resources.gpu:
+        count = math.ceil(spec.budget.max_concurrent / fixed.engine_max_batch)
+        threads = max(1, int(spec.resources.cpu))
+        handles = [EngineActor.options(num_cpus=0, num_gpus=1, **options).remote(*args, threads) for _ in range(count)]
     else:
         for node in ray.nodes():
-            if not node.get("Alive") or node.get("Resources", {}).get("CPU", 0) <= 0:
-                continue
-            cpus = int(node["Resources"]["CPU"])
-            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)
-            handles.append(
-                EngineActor.options(num_cpus=0, scheduling_strategy=strategy, **options).remote(
-                    model_ref or spec.model, fixed, fixed.engine_max_batch, fixed.engine_wait_ms / 1000, cpus
-                )
-            )
+            cpus = int(node.get("Resources", {}).get("CPU", 0))
+            if node.get("Alive") and cpus > 0:
+                pinned = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)}
+                handles.append(EngineActor.options(num_cpus=0, **pinned, **options).remote(*args, cpus))
     described = ray.get([h.describe.remote() for h in handles])
     return [(h, d["node_id"]) for h, d in zip(handles, described)]
 
@@ -271,7 +270,8 @@ def stop_engines(engines: list) -> list[str]:
             s = ray.get(handle.stats.remote(), timeout=10)
             lines.append(
                 f"engine {index}: {s['train_requests']} training steps of trials in {s['train_calls']} fused "
-                f"steps, {s['generate_requests']} decodes in {s['generate_calls']}"
+                f"steps, {s['generate_requests']} decodes in {s['generate_calls']}; "
+                f"peak memory {s['peak_memory_gib']:.2f} GiB"
             )
         except Exception:  # noqa: BLE001 - a dead or busy engine has nothing to say; it is stopped all the same
             pass

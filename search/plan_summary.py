@@ -68,7 +68,8 @@ def plan_lines(
             "budget",
             f"{budget.num_samples} trials, {budget.max_concurrent} at a time, up to {budget.max_epochs} "
             f"epochs each (ASHA: grace {budget.grace_period}, reduction factor {budget.reduction_factor}); "
-            f"{res.cpu:g} CPU + {res.gpu:g} GPU per trial",
+            f"{res.cpu:g} CPU per trial; the model: "
+            + ("one copy per GPU serving every trial there" if res.gpu else "one copy per node, on CPU"),
         ),
         (
             "data",
