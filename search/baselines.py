@@ -17,12 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 
 from search.callbacks import text_param_hash
 from trainable.config import InitKind, TrainConfig, init_kind
 from trainable.decoding.generate_and_score import Arm, evaluate_problems
-from trainable.model.loading import LoadedModel
+from trainable.engine import as_engine
 
 FORMS = ("tokens", "comment")  # the forms of a space's text; `one_shot` is a candidate of its own
 ONE_SHOT = "one_shot"
@@ -85,23 +84,23 @@ def as_comment(text: str) -> str:
     return "".join(f"# {line}".rstrip() + "\n" for line in text.splitlines() or [""])
 
 
-def arm_inputs(loaded: LoadedModel, hard: HardPrompt, problems: list[dict]):
-    """(problems, soft prompt) that put `hard` in front of every problem."""
+def arm_inputs(model, hard: HardPrompt, problems: list[dict]):
+    """(problems, soft prompt) that put `hard` in front of every problem; `model`: a loaded model
+    or an engine (`trainable.engine`)."""
     if hard.form == "comment":
         return [{**p, "prompt": as_comment(hard.text) + p["prompt"]} for p in problems], None
     if hard.form == ONE_SHOT:  # the example, a blank line, then the problem: two functions in one file
         return [{**p, "prompt": hard.text + "\n\n" + p["prompt"]} for p in problems], None
-    ids = loaded.tokenizer(hard.text)["input_ids"]  # as PEFT's TEXT init tokenizes it
-    with torch.no_grad():
-        weight = loaded.model.get_input_embeddings().weight[ids].detach().float().clone()
-    return problems, weight
+    engine = as_engine(model)
+    ids = engine.facts.tokenizer(hard.text)["input_ids"]  # as PEFT's TEXT init tokenizes it
+    return problems, engine.embed(ids)
 
 
-def score_hard(loaded: LoadedModel, hard: HardPrompt | None, problems: list[dict], config: TrainConfig) -> list[dict]:
+def score_hard(model, hard: HardPrompt | None, problems: list[dict], config: TrainConfig) -> list[dict]:
     """Samples of `problems` behind `hard`; None: the frozen model, no prompt at all."""
-    inputs, weight = arm_inputs(loaded, hard, problems) if hard is not None else (problems, None)
+    inputs, weight = arm_inputs(model, hard, problems) if hard is not None else (problems, None)
     return evaluate_problems(
-        loaded, inputs, weight, config.max_new_tokens, config.eval_batch_size, config.sandbox_timeout_s
+        as_engine(model), inputs, weight, config.max_new_tokens, config.eval_batch_size, config.sandbox_timeout_s
     ).samples
 
 
@@ -114,13 +113,13 @@ def choose_on_val(val_results: dict[HardPrompt, list[dict]]) -> HardPrompt:
     return max(val_results, key=lambda hard: rate(val_results[hard]))
 
 
-def hard_arms(loaded: LoadedModel, hard_prompts: list[HardPrompt], problems: list[dict]) -> dict[str, Arm]:
+def hard_arms(model, hard_prompts: list[HardPrompt], problems: list[dict]) -> dict[str, Arm]:
     """Each candidate in front of `problems`, keyed by its label: arms for `evaluate_arms`."""
-    return {hard.label: arm_inputs(loaded, hard, problems) for hard in hard_prompts}
+    return {hard.label: arm_inputs(model, hard, problems) for hard in hard_prompts}
 
 
 def choose_and_test(
-    loaded: LoadedModel,
+    model,
     hard_prompts: list[HardPrompt],
     val_samples: dict[str, list[dict]],
     test_problems: list[dict],
@@ -134,6 +133,6 @@ def choose_and_test(
     return HardBaseline(
         chosen,
         {hard.label: rate(val_samples[hard.label]) for hard in hard_prompts},
-        score_hard(loaded, chosen, test_problems, config),
+        score_hard(model, chosen, test_problems, config),
         {hard.label: hard.describe() for hard in hard_prompts},
     )

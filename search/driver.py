@@ -185,11 +185,18 @@ def _best(results):
 
 
 def _compute_report(
-    plan: SearchPlan, record: SearchRecord, results, started: float, distill: dict | None, targets: dict | None
+    plan: SearchPlan,
+    record: SearchRecord,
+    results,
+    started: float,
+    distill: dict | None,
+    targets: dict | None,
+    engines: list,
 ) -> tuple[FinalReport, object]:
     """Score the three arms (best soft prompt, frozen model, best hard prompt) on test, write the
     report files. Stoppable at any point: nothing of it is in MLflow yet. `targets`: the training
-    targets (the one-shot hard prompt's worked example may be one)."""
+    targets (the one-shot hard prompt's worked example may be one); `engines`: the search's,
+    whose model decodes the arms."""
     spec: SpaceSpec = plan.spec
     best, checkpoint, best_metrics = _best(results)
     print(
@@ -199,7 +206,7 @@ def _compute_report(
     )
     with checkpoint.as_directory() as checkpoint_dir:
         example = one_shot(problems_for("train", spec.data), targets)
-        test_best, test_base, hard, frozen_val = score_arms(spec, best.config, checkpoint_dir, example)
+        test_best, test_base, hard, frozen_val = score_arms(spec, best.config, checkpoint_dir, example, engines)
         adapter = copy_adapter(checkpoint_dir, plan.state_dir / "best_adapter")
     report = FinalReport(
         best.metrics["trial_id"],
@@ -267,17 +274,17 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         record.parent_logged = True
         record.save(plan.state_dir)
         CURRENT.check()
-    with CURRENT.during(Phase.RAISE):  # distillation (or its cache): nothing to save if stopped
-        try:
-            targets, distilled = prepare_targets(spec, ledger)
-        except NoTargets as err:
-            print(f"error: {err}", flush=True)
-            _end(plan, record, ledger, FAILED, {"error": str(err)[:500]}, "no training targets")
-            return 1
-    distill = asdict(distilled) if distilled else None  # for report/run_info.json
     with CURRENT.during(Phase.RAISE):  # loading the model once per device: nothing to save if stopped
         engines = start_engines(spec)
-    try:
+    try:  # the engines serve the distillation, the trials and the report, then stop
+        with CURRENT.during(Phase.RAISE):  # distillation (or its cache): nothing to save if stopped
+            try:
+                targets, distilled = prepare_targets(spec, ledger, engines)
+            except NoTargets as err:
+                print(f"error: {err}", flush=True)
+                _end(plan, record, ledger, FAILED, {"error": str(err)[:500]}, "no training targets")
+                return 1
+        distill = asdict(distilled) if distilled else None  # for report/run_info.json
         with CURRENT.during(Phase.DEFER):
             tuner, watch = build_tuner(
                 spec,
@@ -292,21 +299,21 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         with CURRENT.during(Phase.TUNE):
             CURRENT.check()
             results = tuner.fit()
+        if CURRENT.requested or watch.unfinished:  # Tune stopped early: partial results are no result
+            raise SearchInterrupted(CURRENT.signum or signal.SIGUSR1)
+        if all(r.error for r in results) or len(results) == 0:
+            print(
+                "no trial finished without error; see the FAILED lines above\n"
+                f"after fixing the cause: {plan.resume_command}",
+                flush=True,
+            )
+            _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
+            return 1
+        with CURRENT.during(Phase.RAISE):
+            report, adapter = _compute_report(plan, record, results, started, distill, targets, engines)
     finally:
-        for line in stop_engines(engines):  # the report loads the model once more: never two copies at once
+        for line in stop_engines(engines):
             print(line, flush=True)
-    if CURRENT.requested or watch.unfinished:  # Tune stopped early: partial results are no result
-        raise SearchInterrupted(CURRENT.signum or signal.SIGUSR1)
-    if all(r.error for r in results) or len(results) == 0:
-        print(
-            "no trial finished without error; see the FAILED lines above\n"
-            f"after fixing the cause: {plan.resume_command}",
-            flush=True,
-        )
-        _end(plan, record, ledger, FAILED, {"error": "no trial finished without error"}, "no trial succeeded")
-        return 1
-    with CURRENT.during(Phase.RAISE):
-        report, adapter = _compute_report(plan, record, results, started, distill, targets)
     counts = Counter(state_of(bool(r.error), r.metrics, spec.budget.max_epochs)[0] for r in results)
     counts["total"] = len(results)
     summary = summary_lines(

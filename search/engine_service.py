@@ -175,6 +175,18 @@ class EngineActor:
         return self.engine.generate_together([_to(r, self.device) for r in requests])
 
 
+def _part(request, start: int, end: int):
+    """Prompts start..end of a GenerateRequest, with their soft prompts, stops and seeds."""
+    from trainable.decoding.generate import Sampling
+
+    soft = request.soft[start:end] if isinstance(request.soft, list) else request.soft
+    stops = request.stops[start:end] if request.stops else None
+    sampling = request.sampling
+    if sampling is not None:
+        sampling = Sampling(sampling.temperature, sampling.top_p, sampling.seeds[start:end])
+    return replace(request, prompts=request.prompts[start:end], soft=soft, stops=stops, sampling=sampling)
+
+
 def _split(flat: list, calls: list[list]) -> list[list]:
     out, start = [], 0
     for call in calls:
@@ -222,10 +234,23 @@ class RemoteEngine:
         return self._call("losses", [_to(r, "cpu") for r in requests])
 
     def generate(self, request, progress=None):
-        out = self._call("generate", _to(request, "cpu"))
-        if progress is not None:
-            progress(len(request.prompts))
-        return out
+        """The request's completions. With `progress` (a bar's update) it is sent in parts of
+        four batches' prompts, so the bar moves; each prompt's tokens are the same either way."""
+        from trainable.decoding.generate import Generation, GenerationStats
+
+        if progress is None:
+            return self._call("generate", _to(request, "cpu"))
+        step = max(1, 4 * request.batch_size)
+        texts, tokens, stats = [], [], GenerationStats()
+        for start in range(0, len(request.prompts), step):
+            part = _part(request, start, start + step)
+            out = self._call("generate", _to(part, "cpu"))
+            texts += out.texts
+            tokens += out.tokens
+            for name in ("sequences", "new_tokens", "seconds", "forwards", "prompt_tokens"):
+                setattr(stats, name, getattr(stats, name) + getattr(out.stats, name))
+            progress(len(part.prompts))
+        return Generation(texts, tokens, stats)
 
 
 def start_engines(spec, model_ref: str | None = None) -> list:

@@ -51,41 +51,35 @@ def paired_bootstrap_ci(
     return float(a.mean() - b.mean()), float(np.percentile(lifts, tail)), float(np.percentile(lifts, 100 - tail))
 
 
-def _loaded(spec: SpaceSpec, params: dict):
-    from trainable.model.loading import cached_model
-    from trainable.dtype_probe import choose_dtype
-
-    torch.set_num_threads(max(1, int(spec.resources.cpu)))
-    config = spec.train_config(params)  # evaluation settings (and dtype) are the trials' own
-    return config, cached_model(spec.model, dtype=choose_dtype(config.dtype)[0])
-
-
 @ray.remote
 def _score_arms(
-    spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor], example: HardPrompt | None
+    spec: SpaceSpec, params: dict, prompt: tuple[AdapterInfo, torch.Tensor], example: HardPrompt | None, engine_handle
 ) -> tuple[list[dict], list[dict], HardBaseline | None, list[dict]]:
     """The test samples of the soft prompt and of the frozen model, the hard-prompt baseline and
-    the frozen model's val samples, from one loaded model. One decode serves the soft prompt and
+    the frozen model's val samples, from the search's engine. One decode serves the soft prompt and
     the frozen model on test, the frozen model on val and every hard-prompt candidate on val
     (`evaluate_arms`: each row's tokens are those of its arm alone); a second scores the
     candidate chosen on val on test."""
-    from trainable.softprompt import prompt_input
+    from search.engine_service import RemoteEngine
     from trainable.decoding.generate_and_score import evaluate_arms
+    from trainable.softprompt import prompt_input
 
-    config, loaded = _loaded(spec, params)
+    torch.set_num_threads(max(1, int(spec.resources.cpu)))
+    config = spec.train_config(params)  # evaluation settings are the trials' own
+    engine = RemoteEngine(engine_handle)
     info, output = prompt  # the saved adapter's output, as the trial used it (any method)
-    soft = prompt_input(info.method, output.to(loaded.device), info.num_layers, info.num_attention_heads)
+    soft = prompt_input(info.method, output, info.num_layers, info.num_attention_heads)
     test, val = problems_for("test", spec.data), problems_for("val", spec.data)
     hard = candidates(texts_of(spec.search, spec.fixed), example)
     arms = {"soft_prompt": (test, soft), "frozen": (test, None), "frozen_val": (val, None)}
     scored = evaluate_arms(
-        loaded,
-        {**arms, **hard_arms(loaded, hard, val)},
+        engine,
+        {**arms, **hard_arms(engine, hard, val)},
         config.max_new_tokens,
         config.eval_batch_size,
         config.sandbox_timeout_s,
     )
-    chosen = choose_and_test(loaded, hard, {h.label: scored[h.label].samples for h in hard}, test, config)
+    chosen = choose_and_test(engine, hard, {h.label: scored[h.label].samples for h in hard}, test, config)
     return scored["soft_prompt"].samples, scored["frozen"].samples, chosen, scored["frozen_val"].samples
 
 
@@ -266,16 +260,16 @@ class FinalReport:
 
 
 def score_arms(
-    spec: SpaceSpec, best_params: dict, checkpoint_dir: str, example: HardPrompt | None
+    spec: SpaceSpec, best_params: dict, checkpoint_dir: str, example: HardPrompt | None, engines: list
 ) -> tuple[list, list, HardBaseline | None, list]:
     """Test samples of the soft prompt and the frozen model, the hard-prompt baseline (`example`:
     the one-shot candidate, `search.baselines.one_shot`) and the frozen model's val samples: one
-    Ray task with a trial's resources, one copy of the model (`_score_arms`)."""
+    Ray task with a trial's CPUs, served by the first of the search's `engines`
+    (search.engine_service), the model the trials used (`_score_arms`)."""
     from trainable.softprompt import load_prompt
 
-    resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
     prompt = load_prompt(adapter_dir(checkpoint_dir), "best_adapter")
-    task = _score_arms.options(**resources).remote(spec, best_params, prompt, example)
+    task = _score_arms.options(num_cpus=spec.resources.cpu).remote(spec, best_params, prompt, example, engines[0][0])
     (scored,) = wait_for([task])  # a signal cancels it
     return scored
 

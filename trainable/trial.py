@@ -83,8 +83,8 @@ class Trial:
         engine=None,
     ):
         """`targets`: self-verified targets of the train problems (a search distils them once,
-        before its trials); without them a train source that needs them is distilled here (with
-        a loaded model in this process). `engine`: the engine that serves this trial, with the
+        before its trials); without them a train source that needs them is distilled here, by
+        the trial's engine. `engine`: the engine that serves this trial, with the
         reason for its dtype (`engine.dtype_reason`); else one in this process, on `loaded` or on
         the model this process caches."""
         self.config, self.model_ref, self.data = config, model_ref, data
@@ -98,8 +98,7 @@ class Trial:
         self.prompt = SoftPrompt.create(self.engine, config)
         train = problems_for("train", data)
         if targets is None and data.needs_targets():
-            local = getattr(self.engine, "loaded", None)
-            targets, _ = ensure_targets(model_ref, train, data.distill, config, local)
+            targets, _ = ensure_targets(model_ref, train, data.distill, config, self.engine)
         items, self.skipped = training_items(train, targets)
         self.examples = build_examples(self.model, items, config.max_length)
         self.val_problems = problems_for("val", data)
