@@ -59,7 +59,7 @@ from search.state import (
     identity,
 )
 from search.tracking import EXPERIMENT, PARENT, MlflowLedger, search_view
-from search.engine_service import start_engines, stop_engines
+from search.engine_service import EngineStartError, start_engines, stop_engines
 from search.tuner import build_tuner, can_restore, snapshot_problem
 from spaces import SpaceSpec
 from softprompt_cli.errors import UsageError, field_error
@@ -275,7 +275,12 @@ def _drive(plan: SearchPlan, record: SearchRecord, ledger: MlflowLedger, started
         record.save(plan.state_dir)
         CURRENT.check()
     with CURRENT.during(Phase.RAISE):  # loading the model once per device: nothing to save if stopped
-        engines = start_engines(spec)
+        try:
+            engines = start_engines(spec)
+        except EngineStartError as err:  # fails alike on every try: said once, before any trial
+            print(f"error: {err}", flush=True)
+            _end(plan, record, ledger, FAILED, {"error": str(err)[:500]}, "the model could not be loaded")
+            return 1
     try:  # the engines serve the distillation, the trials and the report, then stop
         with CURRENT.during(Phase.RAISE):  # distillation (or its cache): nothing to save if stopped
             try:

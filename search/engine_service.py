@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -275,8 +276,28 @@ def start_engines(spec, model_ref: str | None = None) -> list:
             if node.get("Alive") and cpus > 0:
                 pinned = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node["NodeID"], soft=False)}
                 handles.append(EngineActor.options(num_cpus=0, **pinned, **options).remote(*args, cpus))
-    described = ray.get([h.describe.remote() for h in handles])
+    try:
+        described = ray.get([h.describe.remote() for h in handles])
+    except ActorDiedError as exc:  # the constructor raised: the same on every try, so Ray does not retry it
+        for handle in handles:
+            ray.kill(handle, no_restart=True)
+        model = model_ref or spec.model
+        raise EngineStartError(f"the engine could not load the model {model}: {_cause(exc)}") from None
     return [(h, d["node_id"]) for h, d in zip(handles, described)]
+
+
+class EngineStartError(RuntimeError):
+    """No engine could load the model (a corrupt or mismatched checkpoint): no trial can run."""
+
+
+def _cause(exc: Exception) -> str:
+    """The exception the actor's constructor raised, from a Ray error's text: what follows the
+    traceback's last frame (its code and caret lines dropped), on one line."""
+    lines = [re.sub(r"\x1b\[[0-9;]*m", "", line).strip() for line in str(exc).splitlines()]
+    frames = [i for i, line in enumerate(lines) if line.startswith('File "')]
+    message = lines[frames[-1] + 2 :] if frames else lines
+    words = " ".join(line for line in message if line and set(line) != {"^"})
+    return words[:400] or type(exc).__name__
 
 
 def pick(engines: list, node_id: str, key: str):

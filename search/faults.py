@@ -2,8 +2,9 @@
 
 A trial is retried (`search.tuner.MAX_TRIAL_FAILURES`) when what failed may pass on another try:
 its worker or node was killed, Ray lost an object. Retrying what cannot change (a read-only or
-full disk, a permission refused, a model that does not load, bad input) only repeats the same
-traceback: such a trial fails at once, with one line. A storage that refuses writes fails every
+full disk, a permission refused, a bad init adapter, bad input) only repeats the same traceback:
+such a trial fails at once, with one line. (A model that does not load fails the search before
+any trial: the engine loads it, `search.engine_service`.) A storage that refuses writes fails every
 trial and the search itself: the driver stops with one line naming the path.
 """
 
