@@ -1,7 +1,9 @@
-"""One frozen model, many soft prompts: a training step for the rows of several trials at once.
+"""One frozen model, many soft prompts: what trials ask of the model, for several trials at once.
 
     results = train_step(loaded, [LossRequest(soft_a, batch_a), LossRequest(soft_b, batch_b)])
     # results[i].loss, .tokens, .grad: trial i's mean completion loss and d loss / d soft_i
+    engine = LocalEngine(loaded)   # the same, plus losses, decoding and token inits, as an object
+                                   # a trial holds (search.engine_service serves it from a Ray actor)
 
 The model is frozen and identical for every trial; trials differ only in their soft prompt.
 So the rows of every request share one forward and one backward of the model, and each
@@ -21,7 +23,7 @@ positions (its first token at the number of virtual tokens or prefix columns bef
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import torch
@@ -218,19 +220,16 @@ class LocalEngine:
 
     A trial, `trainable.evaluate`, `interpolate` and the report's arms talk to an engine only;
     under Ray Tune the same methods are served by one actor per device that fuses the requests of
-    every trial on it (`search.engine_service`). `rows_per_forward`: `train_step`'s; `max_rows`:
-    the most rows a fused decode holds at once (default: the sum of the requests' batch sizes);
+    every trial on it (`search.engine_service`). `rows_per_forward`: `train_step`'s;
     `dtype_reason`: why the model runs in its dtype (recorded with every trial's metrics)."""
 
     def __init__(
         self,
         loaded: LoadedModel,
         rows_per_forward: int | None = None,
-        max_rows: int | None = None,
         dtype_reason: str = "given: the caller's loaded model",
     ):
-        self.loaded, self.rows_per_forward, self.max_rows = loaded, rows_per_forward, max_rows
-        self.dtype_reason = dtype_reason
+        self.loaded, self.rows_per_forward, self.dtype_reason = loaded, rows_per_forward, dtype_reason
 
     @property
     def facts(self) -> ModelFacts:
@@ -267,15 +266,13 @@ class LocalEngine:
         """Every request's completions; requests that can share steps (equal `max_new_tokens` and
         sampling settings) share one decode, each row behind its own soft prompt, so each gets
         exactly the tokens of its own call. A shared decode holds the sum of its requests' batch
-        sizes, at most `max_rows`; each request's `stats` are the shared decode's."""
+        sizes at once; each request's `stats` are the shared decode's."""
         out: list[Generation | None] = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}
         for index, request in enumerate(requests):
             groups.setdefault(request.fuses_with(), []).append(index)
         for members in groups.values():
-            merged = GenerateRequest.merge([requests[i] for i in members])
-            rows = max(1, min(merged.batch_size, self.max_rows or merged.batch_size))
-            fused = generate_request(self.loaded, replace(merged, batch_size=rows), progress)
+            fused = generate_request(self.loaded, GenerateRequest.merge([requests[i] for i in members]), progress)
             start = 0
             for index in members:
                 n = len(requests[index].prompts)
