@@ -18,9 +18,10 @@ fraction did). Columns: trial-epochs per minute (every trial's epochs over the w
 the first trial's start to the last one's end, loading excluded), the sum over the layout's
 processes of their peak resident memory (trials and engine; what the node must hold), on a GPU
 also the sum of their peak GPU memory, the model copies, and the engine's fused steps per trial
-step. `--model tiny` is the tests' tiny random model: what a call costs, not what a model does;
-`random-0.5b` is Qwen2.5-Coder-0.5B's shape with random weights and the bundled tokenizer (or
-`--tokenizer DIR`'s), for a GPU machine without the model.
+step (`--wait-ms`: the engine's window, `engine_wait_ms`). `--model tiny` is the tests' tiny
+random model: what a call costs, not what a model does; `random-0.5b` is Qwen2.5-Coder-0.5B's
+shape with random weights and the bundled tokenizer (or `--tokenizer DIR`'s), for a GPU machine
+without the model.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import ceilings, describe_ceilings, machine, print_table  # noqa: E402 - after the sys.path line above
+from trainable.config import TrainConfig  # noqa: E402 - after the sys.path line above
 
 METHODS = [
     dict(method="prompt_tuning", num_virtual_tokens=8, init="random"),
@@ -133,7 +135,6 @@ def run_layout(layout: str, k: int, model_dir: str, args) -> dict:
     import ray
 
     from search.engine_service import EngineActor, stop_engines
-    from trainable.config import TrainConfig
 
     cores = os.cpu_count() or 1
     work = dict(
@@ -146,7 +147,7 @@ def run_layout(layout: str, k: int, model_dir: str, args) -> dict:
     gpu = args.device == "cuda"
     engines, engine = [], None
     if layout == "engine":
-        config = TrainConfig(dtype=args.dtype, engine_max_batch=max(k, 1))
+        config = TrainConfig(dtype=args.dtype, engine_max_batch=max(k, 1), engine_wait_ms=args.wait_ms)
         engine = EngineActor.options(num_cpus=0, num_gpus=1 if gpu else 0, max_concurrency=1000).remote(
             model_dir, config, config.engine_max_batch, config.engine_wait_ms / 1000, cores
         )
@@ -190,6 +191,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--copies-up-to", type=int, default=4, help="the largest K run with a model copy per trial")
     parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--wait-ms", type=float, default=TrainConfig.engine_wait_ms, help="the engine's window")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=256)
