@@ -2,10 +2,11 @@
 
 Public surface:
 - generate.py: `generate` (continuous batching behind a soft prompt, cut at stop sequences),
+  `GenerateRequest` (a call as data, what an engine serves and fuses) and `generate_request`,
   `GenerationStats`, `Sampling`, `truncate_at_stop`; imported from the module itself, which
   shares the function's name (re-exported here, the function would hide the module);
 - `evaluate_problems`, `EvalResult` (generate_and_score.py, re-exported: generate, then score in
-  the sandbox).
+  the sandbox; `evaluate_arms` there decodes several arms in one call).
 
 Internal: packed_linear.py (oneDNN-packed linears for CPU decoding in fp32).
 """
