@@ -176,18 +176,6 @@ class EngineActor:
         return self.engine.generate_together([_to(r, self.device) for r in requests])
 
 
-def _part(request, start: int, end: int):
-    """Prompts start..end of a GenerateRequest, with their soft prompts, stops and seeds."""
-    from trainable.decoding.generate import Sampling
-
-    soft = request.soft[start:end] if isinstance(request.soft, list) else request.soft
-    stops = request.stops[start:end] if request.stops else None
-    sampling = request.sampling
-    if sampling is not None:
-        sampling = Sampling(sampling.temperature, sampling.top_p, sampling.seeds[start:end])
-    return replace(request, prompts=request.prompts[start:end], soft=soft, stops=stops, sampling=sampling)
-
-
 def _split(flat: list, calls: list[list]) -> list[list]:
     out, start = [], 0
     for call in calls:
@@ -244,17 +232,16 @@ class RemoteEngine:
         step = max(1, 4 * request.batch_size)
         texts, tokens, stats = [], [], GenerationStats()
         for start in range(0, len(request.prompts), step):
-            part = _part(request, start, start + step)
+            part = request.part(start, start + step)
             out = self._call("generate", _to(part, "cpu"))
             texts += out.texts
             tokens += out.tokens
-            for name in ("sequences", "new_tokens", "seconds", "forwards", "prompt_tokens"):
-                setattr(stats, name, getattr(stats, name) + getattr(out.stats, name))
+            stats.add(out.stats)
             progress(len(part.prompts))
         return Generation(texts, tokens, stats)
 
 
-def start_engines(spec, model_ref: str | None = None) -> list:
+def start_engines(spec) -> list:
     """The search's engines, each loading the space's model in the space's (resolved) dtype:
     with `resources.gpu: 1` one per `engine_max_batch` concurrent trials, each taking a GPU (an
     autoscaling cluster adds GPU nodes for them as for any actor); with `gpu: 0` one per alive
@@ -263,7 +250,7 @@ def start_engines(spec, model_ref: str | None = None) -> list:
     from search.targets import generation_config
 
     fixed = generation_config(spec)  # the settings every trial shares: dtype, the engine's window
-    args = (model_ref or spec.model, fixed, fixed.engine_max_batch, fixed.engine_wait_ms / 1000)
+    args = (spec.model, fixed, fixed.engine_max_batch, fixed.engine_wait_ms / 1000)
     options = {"max_concurrency": 1000}  # an async actor: calls wait in its windows, not in Ray's queue
     handles = []
     if spec.resources.gpu:
@@ -281,8 +268,7 @@ def start_engines(spec, model_ref: str | None = None) -> list:
     except ActorDiedError as exc:  # the constructor raised: the same on every try, so Ray does not retry it
         for handle in handles:
             ray.kill(handle, no_restart=True)
-        model = model_ref or spec.model
-        raise EngineStartError(f"the engine could not load the model {model}: {_cause(exc)}") from None
+        raise EngineStartError(f"the engine could not load the model {spec.model}: {_cause(exc)}") from None
     return [(h, d["node_id"]) for h, d in zip(handles, described)]
 
 

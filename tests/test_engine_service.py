@@ -167,3 +167,21 @@ def test_an_engine_that_dies_is_restarted_and_its_trials_lose_nothing(local_ray,
     for a, b in zip(alone, served):
         torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
     local_ray.kill(actor, no_restart=True)
+
+
+def test_a_request_cut_in_parts_merges_back_to_itself():
+    """RemoteEngine sends a long decode in parts (`part`); each keeps its prompts' soft prompts,
+    stops and seeds, so the parts merged are the request again."""
+    from trainable.decoding.generate import Sampling
+
+    softs = [torch.full((2, 3), float(i)) for i in range(5)]
+    request = GenerateRequest(
+        [f"p{i}" for i in range(5)], softs, 8, 2, [(f"s{i}",) for i in range(5)], Sampling(0.8, 0.95, tuple(range(5)))
+    )
+    parts = [request.part(start, start + 2) for start in range(0, 5, 2)]
+    assert [p.prompts for p in parts] == [["p0", "p1"], ["p2", "p3"], ["p4"]]
+    merged = GenerateRequest.merge(parts)
+    assert merged.prompts == request.prompts and merged.stops == request.stops
+    assert merged.sampling == request.sampling and all(a is b for a, b in zip(merged.soft, softs))
+    shared = GenerateRequest(["a", "b", "c"], softs[0], 8, 2)
+    assert shared.part(1, 3).soft is softs[0] and shared.part(1, 3).stops is None

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, Sequence
 
 import torch
@@ -71,6 +71,11 @@ class GenerationStats:
     seconds: float = 0.0
     forwards: int = 0  # model calls (prefills and steps); each reads every weight once
     prompt_tokens: int = 0  # prompt tokens prefilled (padding and soft prompt not counted)
+
+    def add(self, other: "GenerationStats") -> None:
+        """Count `other`'s call into these (the parts of one request sent as several calls)."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     @property
     def tokens_per_forward(self) -> float:
@@ -482,6 +487,20 @@ class GenerateRequest:
 
     def per_prompt_softs(self) -> list[SoftInput]:
         return list(self.soft) if isinstance(self.soft, list) else [self.soft] * len(self.prompts)
+
+    def part(self, start: int, end: int) -> "GenerateRequest":
+        """Prompts start..end of this request, with their soft prompts, stops and seeds (the
+        inverse of `merge`)."""
+        sampling = self.sampling
+        if sampling is not None:
+            sampling = Sampling(sampling.temperature, sampling.top_p, sampling.seeds[start:end])
+        return replace(
+            self,
+            prompts=self.prompts[start:end],
+            soft=self.soft[start:end] if isinstance(self.soft, list) else self.soft,
+            stops=self.stops[start:end] if self.stops else None,
+            sampling=sampling,
+        )
 
     @classmethod
     def merge(cls, requests: Sequence["GenerateRequest"]) -> "GenerateRequest":
