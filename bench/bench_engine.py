@@ -11,7 +11,7 @@ of `--batch` more, and a greedy decode of `--decode-problems` val prompts (`--ne
 methods mixed as in bench_fused.py. Layout "engine": one `EngineActor` (search.engine_service,
 the search's own) holds the model with all the cores' threads and the trials are its clients
 (one thread each). Layout "copies": each trial loads the model itself (`LocalEngine` in its own
-process) with the cores shared out, as trials did before the engine. Both layouts run in one
+process) with the cores shared out: the baseline without an engine. Both layouts run in one
 process's Ray, one after the other, on the same work. With `--device cuda` the engine takes the
 GPU (as `resources.gpu: 1` does) and the copies share it at 1/K GPU each (as Ray trials at a GPU
 fraction did). Columns: trial-epochs per minute (every trial's epochs over the wall time from

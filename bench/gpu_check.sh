@@ -98,7 +98,7 @@ step fused "$t_fused" bench_fused.log bash -c '"$PYTHON" bench/bench_fused.py --
   --dtype bfloat16 --trials 1 4 16 --batch 8 --repeat 2 --rows-per-forward 128 --tokenizer "$BUNDLED_TOKENIZER_DIR"'
 
 # 6. K trials as Ray processes: one engine (K = 4, 16) against a model copy each at 1/K GPU (K = 4,
-#    the layout before the engine): trial-epochs per minute and memory (bench_engine.py).
+#    the baseline without an engine): trial-epochs per minute and memory (bench_engine.py).
 if [[ $device == cpu ]]; then
   step engine "$t_engine" bench_engine.log "$PYTHON" bench/bench_engine.py --model tiny --trials 2 --epochs 1
 else

@@ -65,8 +65,7 @@ def test_a_storage_fault_is_named_by_its_innermost_error():
 @pytest.mark.integration
 def test_a_corrupt_model_fails_the_search_once_before_any_trial(tiny_model_dir, tmp_path):
     """The model is loaded once per device, by the engine: a model that loads nowhere fails the
-    search there, in one line, before a trial starts (when each trial loaded it: 4 tiny trials
-    failed one by one, 12 attempts and 70 s before they were marked as not to retry)."""
+    search there, in one line, before a trial starts; no trial is tried, none retried."""
     import shutil
 
     from fault_helpers import SearchProcess, mlflow_summary, write_fault_space
